@@ -1,0 +1,223 @@
+"""The ``ChannelAttention`` interface, the attention registry and the pieces the blocks share.
+
+Every block is an ``nn.Module`` built as ``Cls(channels, **options)`` that maps a feature map
+``x`` of shape (N, C, H, W) to per-channel weights ``gate(x)`` of shape (N, C, 1, 1) and returns
+``x * gate(x)``. ``descriptors(x)`` exposes the intermediate per-channel quantities the analysis
+tools plot. This module imports torch only, so ``csa_lightning.attention`` can be copied into
+another project on its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+from typing import Callable, Dict, Optional, Type, Union
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "ChannelAttention",
+    "ReductionMLP",
+    "register_attention",
+    "build_attention",
+    "resolve_attention",
+    "available_attentions",
+    "standardize",
+    "global_avg_pool",
+    "PLACEMENTS",
+    "autocast_disabled",
+]
+
+#: The placements ``attention_resnet`` understands by name (a list of [stage, block] pairs also works).
+PLACEMENTS = ("stage_end", "every_block")
+
+_REGISTRY: Dict[str, Type["ChannelAttention"]] = {}
+_NONE_NAMES = ("none",)
+
+
+def global_avg_pool(x: Tensor) -> Tensor:
+    """(N, C, H, W) -> (N, C) spatial mean, accumulated in at least float32."""
+    if x.dim() != 4:
+        raise ValueError(f"expected a feature map of shape (N, C, H, W), got shape {tuple(x.shape)}")
+    return x.mean(dim=(2, 3), dtype=torch.promote_types(x.dtype, torch.float32))
+
+
+def autocast_disabled(x: Tensor) -> contextlib.AbstractContextManager:
+    """A context in which autocast is off for ``x``'s device: the fp32 island of a gate's statistics."""
+    device_type = x.device.type
+    if device_type == "meta":  # shape-only passes (model summary) have no autocast state
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device_type, enabled=False)
+
+
+def standardize(x: Tensor, eps: float) -> Tensor:
+    """Standardise each row of (N, C) over its C entries: (x - mean) / (std + eps).
+
+    The std is the population one (divide by C), the convention this project fixes where the
+    CSA paper is silent; ``eps`` keeps constant rows (all-zero maps) finite: they map to 0.
+    """
+    mean = x.mean(dim=1, keepdim=True)
+    centred = x - mean
+    std = centred.pow(2).mean(dim=1, keepdim=True).sqrt()
+    return centred / (std + eps)
+
+
+class ReductionMLP(nn.Module):
+    """C -> C // r -> ReLU -> C, with biases: the excitation MLP of SE, CBAM and CSA.
+
+    The hidden width is plain ``channels // reduction`` as in the SE and CSA papers and the
+    authors' code (timm rounds it to a multiple of 8 instead), and at least 1.
+    """
+
+    def __init__(self, channels: int, reduction: int = 16) -> None:
+        super().__init__()
+        if reduction < 1:
+            raise ValueError(f"reduction must be >= 1, got {reduction}")
+        hidden = max(1, channels // reduction)
+        self.fc1 = nn.Linear(channels, hidden)
+        self.relu = nn.ReLU(inplace=True)
+        self.fc2 = nn.Linear(hidden, channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.relu(self.fc1(x)))
+
+
+class ChannelAttention(nn.Module):
+    """Base class of every channel-attention block.
+
+    Subclasses implement :meth:`gate`; :meth:`forward` multiplies the input by it. Override
+    :meth:`descriptors` to expose more than the default "z" (standardised GAP) and "p" (the gate),
+    and :meth:`extra_macs` when the block does multiply-adds that are neither convolutions nor
+    linear layers (the model summary counts those two with torch's flop counter).
+
+    Class attribute ``default_placement`` says where ``attention_resnet`` puts the block when the
+    user does not choose: "every_block" (SE, CBAM, ECA, GCT, as in their papers) or "stage_end".
+    """
+
+    default_placement: str = "every_block"
+    #: eps used by the default ``descriptors`` to standardise the GAP vector.
+    descriptor_eps: float = 1e-5
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        if channels < 1:
+            raise ValueError(f"channels must be a positive integer, got {channels}")
+        self.channels = int(channels)
+
+    def gate(self, x: Tensor) -> Tensor:
+        """Per-channel weights of shape (N, C, 1, 1) for a feature map of shape (N, C, H, W)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement gate(x)")
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.gate(x)
+
+    def descriptors(self, x: Tensor) -> Dict[str, Tensor]:
+        """Per-channel descriptors, each (N, C): "z" (standardised GAP) and "p" (the gate)."""
+        return {
+            "z": standardize(global_avg_pool(x), self.descriptor_eps),
+            "p": self.gate(x).flatten(1),
+        }
+
+    def extra_macs(self, input_shape: torch.Size) -> int:
+        """Multiply-adds per sample beyond convolutions and linear layers (0 unless overridden)."""
+        return 0
+
+    def _check_input(self, x: Tensor) -> None:
+        if x.dim() != 4 or x.shape[1] != self.channels:
+            raise ValueError(
+                f"{type(self).__name__} was built for {self.channels} channels and expects (N, "
+                f"{self.channels}, H, W), got shape {tuple(x.shape)}"
+            )
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}"
+
+
+def register_attention(name: str) -> Callable[[Type[ChannelAttention]], Type[ChannelAttention]]:
+    """Class decorator: make a ChannelAttention subclass buildable by ``name``.
+
+    >>> @register_attention("my_gate")
+    ... class MyGate(ChannelAttention): ...
+    """
+    key = name.lower()
+    if key in _NONE_NAMES:
+        raise ValueError(f"'{name}' is reserved: it means 'no attention'")
+
+    def decorator(cls: Type[ChannelAttention]) -> Type[ChannelAttention]:
+        if not (isinstance(cls, type) and issubclass(cls, ChannelAttention)):
+            raise TypeError(f"register_attention('{name}') expects a ChannelAttention subclass, got {cls!r}")
+        existing = _REGISTRY.get(key)
+        if existing is not None and existing.__qualname__ != cls.__qualname__:
+            raise ValueError(
+                f"attention name '{name}' is already registered to {existing.__module__}.{existing.__qualname__}"
+            )
+        _REGISTRY[key] = cls
+        cls.registered_name = key
+        return cls
+
+    return decorator
+
+
+def available_attentions() -> list[str]:
+    """Registered attention names, "none" (no gate) first."""
+    return ["none", *sorted(_REGISTRY)]
+
+
+AttentionSpec = Union[None, str, Type[ChannelAttention]]
+
+
+def resolve_attention(spec: AttentionSpec) -> Optional[Type[ChannelAttention]]:
+    """Turn a spec into a ChannelAttention class, or None for no attention.
+
+    ``spec`` is None / "none", a registered name ("csa"), a dotted import path
+    ("mypkg.blocks.MyGate", imported on demand), or a ChannelAttention subclass.
+    """
+    if spec is None:
+        return None
+    if isinstance(spec, type):
+        if issubclass(spec, ChannelAttention):
+            return spec
+        raise TypeError(f"attention class must subclass ChannelAttention, got {spec.__module__}.{spec.__qualname__}")
+    if not isinstance(spec, str):
+        raise TypeError(f"attention must be a name, a dotted path or a ChannelAttention subclass, got {spec!r}")
+    key = spec.strip().lower()
+    if key in _NONE_NAMES or key == "":
+        return None
+    if key in _REGISTRY:
+        return _REGISTRY[key]
+    if "." in spec:
+        return _import_attention(spec.strip())
+    raise ValueError(
+        f"unknown attention '{spec}': choose one of {', '.join(available_attentions())}, "
+        f"or give a dotted import path such as 'mypkg.blocks.MyGate'"
+    )
+
+
+def _import_attention(path: str) -> Type[ChannelAttention]:
+    module_name, _, attr = path.rpartition(".")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ValueError(
+            f"cannot import attention '{path}': {err}; known names: {', '.join(available_attentions())}"
+        ) from err
+    cls = getattr(module, attr, None)
+    if cls is None:
+        raise ValueError(f"module '{module_name}' has no attribute '{attr}' (attention '{path}')")
+    if not (isinstance(cls, type) and issubclass(cls, ChannelAttention)):
+        raise TypeError(f"attention '{path}' is {cls!r}, not a ChannelAttention subclass")
+    return cls
+
+
+def build_attention(spec: AttentionSpec, channels: int, **options) -> Optional[ChannelAttention]:
+    """Build the block ``spec`` names for ``channels`` channels, or return None for "none"."""
+    cls = resolve_attention(spec)
+    if cls is None:
+        if options:
+            raise ValueError(f"attention 'none' takes no options, got {sorted(options)}")
+        return None
+    try:
+        return cls(channels, **options)
+    except TypeError as err:
+        raise TypeError(f"cannot build attention {cls.__name__}({channels}, **{options}): {err}") from err

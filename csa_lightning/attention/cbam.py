@@ -1,0 +1,32 @@
+"""CBAM's channel-attention gate (the channel part of CBAM only).
+
+Woo, Park, Lee, Kweon. "CBAM: Convolutional Block Attention Module". ECCV 2018.
+https://arxiv.org/abs/1807.06521
+
+One MLP (as SE's, r = 16, with biases) shared by the average- and the max-pooled descriptors;
+the two outputs are summed, then passed through a sigmoid. CBAM's spatial gate is not part of
+this project (the CSA paper's CBAM* row is the channel gate alone). Placed in every block.
+"""
+
+from torch import Tensor
+
+from .base import ChannelAttention, ReductionMLP, global_avg_pool, register_attention
+
+
+@register_attention("cbam")
+class CBAMChannelGate(ChannelAttention):
+    default_placement = "every_block"
+
+    def __init__(self, channels: int, reduction: int = 16) -> None:
+        super().__init__(channels)
+        self.reduction = reduction
+        self.mlp = ReductionMLP(channels, reduction)
+
+    def gate(self, x: Tensor) -> Tensor:
+        self._check_input(x)
+        avg = global_avg_pool(x).to(x.dtype)
+        peak = x.amax(dim=(2, 3))
+        return (self.mlp(avg) + self.mlp(peak)).sigmoid()[:, :, None, None]
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, reduction={self.reduction}"

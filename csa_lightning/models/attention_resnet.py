@@ -1,0 +1,287 @@
+"""ResNets with channel-attention gates, built on torchvision's ResNet (not a rewrite of it).
+
+The gate sits on the residual branch after the block's last BN (``bn3`` of a Bottleneck, ``bn2`` of
+a BasicBlock) and before the identity is added, as in SE and the CSA paper. Every torchvision
+attribute name and state-dict key is kept (``conv1``, ``bn1``, ``layer1``..``layer4``, ``fc``,
+``inplanes``, ``layerK.N.bn3.weight``...); the gates add ``layerK.N.attention.*`` keys only, so a
+torchvision state dict loads with just those missing and torchvision's detection backbones (the
+FPN extractor) accept the model.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+
+from ..attention import ChannelAttention, build_attention, resolve_attention
+from ..attention.base import AttentionSpec
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "AttentionBasicBlock",
+    "AttentionBottleneck",
+    "AttentionResNet",
+    "attention_resnet",
+    "resolve_placement",
+    "load_backbone_weights",
+    "BackboneLoadReport",
+    "RESNET_LAYOUTS",
+]
+
+
+class AttentionBasicBlock(BasicBlock):
+    """torchvision's BasicBlock with an optional gate between ``bn2`` and the residual add."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.register_module("attention", None)
+
+    @property
+    def last_bn(self) -> nn.Module:
+        return self.bn2
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.attention is not None:
+            out = self.attention(out)
+        if self.downsample is not None:
+            identity = self.downsample(x)
+        return self.relu(out + identity)
+
+
+class AttentionBottleneck(Bottleneck):
+    """torchvision's Bottleneck with an optional gate between ``bn3`` and the residual add."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.register_module("attention", None)
+
+    @property
+    def last_bn(self) -> nn.Module:
+        return self.bn3
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        if self.attention is not None:
+            out = self.attention(out)
+        if self.downsample is not None:
+            identity = self.downsample(x)
+        return self.relu(out + identity)
+
+
+#: depth -> (block class, blocks per stage), as in torchvision's resnet18 .. resnet152
+RESNET_LAYOUTS: Dict[int, Tuple[type, Tuple[int, int, int, int]]] = {
+    18: (AttentionBasicBlock, (2, 2, 2, 2)),
+    34: (AttentionBasicBlock, (3, 4, 6, 3)),
+    50: (AttentionBottleneck, (3, 4, 6, 3)),
+    101: (AttentionBottleneck, (3, 4, 23, 3)),
+    152: (AttentionBottleneck, (3, 8, 36, 3)),
+}
+
+PlacementSpec = Union[None, str, Sequence[Sequence[int]]]
+
+
+def resolve_placement(placement: PlacementSpec, layers: Sequence[int]) -> List[Tuple[int, int]]:
+    """Turn a placement into sorted, 0-based (stage, block) pairs.
+
+    ``placement`` is "stage_end" (last block of each stage), "every_block", or a list of
+    [stage, block] pairs with stage in 0..3 and block indices that may be negative (-1 = last).
+    """
+    if isinstance(placement, str):
+        if placement == "stage_end":
+            return [(s, n - 1) for s, n in enumerate(layers)]
+        if placement == "every_block":
+            return [(s, b) for s, n in enumerate(layers) for b in range(n)]
+        raise ValueError(
+            f"unknown placement '{placement}': use 'stage_end', 'every_block' or a list of [stage, block] pairs"
+        )
+    pairs = set()
+    for item in placement:
+        try:
+            stage, block = (int(v) for v in item)
+        except (TypeError, ValueError):
+            raise ValueError(f"placement entries must be [stage, block] pairs of integers, got {item!r}") from None
+        if not 0 <= stage < len(layers):
+            raise ValueError(f"placement stage {stage} out of range: stages are 0..{len(layers) - 1}")
+        n = layers[stage]
+        if not -n <= block < n:
+            raise ValueError(f"placement block {block} out of range for stage {stage}, which has {n} blocks")
+        pairs.add((stage, block % n))
+    return sorted(pairs)
+
+
+class AttentionResNet(ResNet):
+    """torchvision ``ResNet`` with channel-attention gates at chosen blocks.
+
+    Args:
+        depth: 18, 34, 50, 101 or 152.
+        attention: a registered name ("se", "cbam", "eca", "gct", "csa"), a dotted import path, a
+            ChannelAttention subclass, or None / "none" for a plain ResNet.
+        placement: None (the block's ``default_placement``), "stage_end", "every_block", or a list
+            of [stage, block] pairs (0-based, negative block indices allowed).
+        attention_options: keyword arguments for every gate (e.g. ``{"contiguity": "hybrid"}``).
+        num_classes: size of ``fc``.
+        **resnet_kwargs: passed to torchvision's ResNet (``zero_init_residual``, ``norm_layer``,
+            ``groups``, ``width_per_group``, ``replace_stride_with_dilation``).
+    """
+
+    def __init__(
+        self,
+        depth: int = 50,
+        attention: AttentionSpec = None,
+        placement: PlacementSpec = None,
+        attention_options: Optional[Mapping[str, Any]] = None,
+        num_classes: int = 1000,
+        **resnet_kwargs: Any,
+    ) -> None:
+        if depth not in RESNET_LAYOUTS:
+            raise ValueError(f"unsupported ResNet depth {depth}: choose one of {sorted(RESNET_LAYOUTS)}")
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        block, layers = RESNET_LAYOUTS[depth]
+        super().__init__(block, list(layers), num_classes=num_classes, **resnet_kwargs)
+        self.depth = depth
+        options = dict(attention_options or {})
+        cls = resolve_attention(attention)
+        self.attention_name = "none" if cls is None else getattr(cls, "registered_name", cls.__name__)
+        if cls is None:
+            if options:
+                raise ValueError(f"attention_options {options} given without an attention")
+            self.gate_positions: List[Tuple[int, int]] = []
+            return
+        chosen = cls.default_placement if placement is None else placement
+        self.gate_positions = resolve_placement(chosen, layers)
+        for stage, index in self.gate_positions:
+            blk = getattr(self, f"layer{stage + 1}")[index]
+            blk.attention = build_attention(cls, blk.last_bn.num_features, **options)
+
+    def gates(self) -> Iterator[Tuple[str, ChannelAttention]]:
+        """(qualified name, gate) for every gate in the network, in forward order."""
+        for name, module in self.named_modules():
+            if isinstance(module, ChannelAttention):
+                yield name, module
+
+    def stage_blocks(self) -> List[nn.Module]:
+        """The four stages ``layer1``..``layer4`` (each an nn.Sequential of blocks)."""
+        return [self.layer1, self.layer2, self.layer3, self.layer4]
+
+
+def attention_resnet(
+    depth: int = 50,
+    attention: AttentionSpec = None,
+    placement: PlacementSpec = None,
+    attention_options: Optional[Mapping[str, Any]] = None,
+    num_classes: int = 1000,
+    **resnet_kwargs: Any,
+) -> AttentionResNet:
+    """Build an attention ResNet; see :class:`AttentionResNet` for the arguments."""
+    return AttentionResNet(depth, attention, placement, attention_options, num_classes, **resnet_kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading backbone weights
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BackboneLoadReport:
+    """What :func:`load_backbone_weights` did: keys loaded, keys new to the model, keys ignored."""
+
+    loaded: List[str] = field(default_factory=list)
+    missing: List[str] = field(default_factory=list)
+    ignored: List[str] = field(default_factory=list)
+    source_prefix: str = ""
+
+    def summary(self) -> str:
+        return (
+            f"loaded {len(self.loaded)} tensors, {len(self.missing)} new to the model (left as initialised)"
+            f", {len(self.ignored)} in the file ignored"
+        )
+
+
+def _find_state_dict(obj: Any, path: str) -> Tuple[Dict[str, Tensor], str]:
+    """Pick the ResNet state dict out of a torchvision state dict or a Lightning checkpoint."""
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"{path} holds a {type(obj).__name__}, not a state dict or a checkpoint")
+    if isinstance(obj.get("state_dict"), Mapping):  # a Lightning checkpoint
+        sd = obj["state_dict"]
+    elif isinstance(obj.get("model"), Mapping):  # torchvision's reference scripts save {"model": ...}
+        sd = obj["model"]
+    else:
+        sd = obj
+    tensors = {k: v for k, v in sd.items() if isinstance(v, Tensor)}
+    if not tensors:
+        raise ValueError(f"{path} contains no tensors: not a ResNet state dict or checkpoint")
+    # the ResNet may sit under a prefix (e.g. "model." in a LightningModule checkpoint): find it
+    # from the stem, the one part every ResNet has
+    prefixes = sorted(
+        (k[: -len("conv1.weight")] for k in tensors if k.endswith("conv1.weight") and f"{k[: -len('conv1.weight')]}bn1.weight" in tensors),
+        key=len,
+    )
+    prefixes = [p for p in prefixes if f"{p}layer1.0.conv1.weight" in tensors] or prefixes
+    if not prefixes:
+        raise ValueError(f"{path} has no ResNet stem (no '*conv1.weight' beside '*bn1.weight'): not a ResNet checkpoint")
+    prefix = prefixes[0]
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, prefix
+
+
+def load_backbone_weights(
+    model: nn.Module,
+    path: str,
+    exclude: Sequence[str] = (),
+    strict_shapes: bool = True,
+) -> BackboneLoadReport:
+    """Load ResNet weights from ``path`` into ``model`` and report what happened.
+
+    ``path`` is a torchvision-format ResNet state dict (``torch.save(resnet50().state_dict())``) or
+    a checkpoint of this project (a Lightning ``.ckpt`` whose ``state_dict`` holds the ResNet under
+    a prefix such as ``model.``). Files are read with ``torch.load(weights_only=True)``. Keys of the
+    file that start with one of ``exclude`` (e.g. ``("fc.",)`` for a new head) or that the model
+    lacks are ignored and reported; model keys the file lacks (the gates of a plain-ResNet file)
+    keep their initialisation and are reported. A shape mismatch raises a ValueError naming the
+    tensors, unless ``strict_shapes=False``, which skips them instead.
+    """
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"backbone weights not found: {path}") from None
+    except Exception as err:  # a pickle error, a truncated zip, or a non-tensor object
+        raise ValueError(
+            f"cannot read backbone weights {path} ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
+            "expected a state dict or checkpoint saved with torch.save"
+        ) from None
+    source, prefix = _find_state_dict(obj, path)
+    target = model.state_dict()
+    report = BackboneLoadReport(source_prefix=prefix)
+    to_load: Dict[str, Tensor] = {}
+    mismatched = []
+    for key, value in source.items():
+        if any(key.startswith(e) for e in exclude) or key not in target:
+            report.ignored.append(key)
+        elif target[key].shape != value.shape:
+            mismatched.append(f"{key}: file {tuple(value.shape)} vs model {tuple(target[key].shape)}")
+            report.ignored.append(key)
+        else:
+            to_load[key] = value
+    if mismatched and strict_shapes:
+        more = f" (and {len(mismatched) - 3} more)" if len(mismatched) > 3 else ""
+        raise ValueError(
+            f"shape mismatch loading {path}: {'; '.join(mismatched[:3])}{more}; check depth and attention, "
+            f"or exclude the head with exclude=('fc.',)"
+        )
+    model.load_state_dict(to_load, strict=False)
+    report.loaded = sorted(to_load)
+    report.missing = sorted(k for k in target if k not in to_load)
+    log.info("backbone weights from %s: %s", path, report.summary())
+    return report

@@ -1,0 +1,186 @@
+"""Parameter and multiply-add counts of attention ResNets, beside the CSA paper's Table 1.
+
+    python -m csa_lightning.models.summary [--depths 50,101] [--attentions none,se,csa] [--size 224]
+
+GMAC = multiply-adds of one image: torch.utils.flop_counter counts the convolutions and linear
+layers (2 FLOPs per multiply-add, so halved), and each gate adds what it reports through
+``ChannelAttention.extra_macs`` (CSA: C * C * H * W for its Gram matrix, by formula, so the figure
+does not depend on how the Gram is computed). The paper's GFLOPs leave CSA's distance matrix out
+and disagree with each other across rows (REFERENCE.md section 3); they are shown as printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict, dataclass
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from ..attention import ChannelAttention, available_attentions
+from .attention_resnet import RESNET_LAYOUTS, attention_resnet
+
+__all__ = ["ModelCost", "count_cost", "summary_table", "PAPER_TABLE1", "display_name"]
+
+_aten = torch.ops.aten
+#: the ops that implement nn.Conv*d and nn.Linear; batched matmuls (CSA's Gram) are counted by formula
+CONV_AND_LINEAR_OPS = {_aten.convolution, _aten.addmm, _aten.mm}
+
+#: (depth, attention) -> (GFLOPs, params in M, top-1 err %, top-5 err %) from the paper's Table 1
+PAPER_TABLE1: Dict[Tuple[int, str], Tuple[float, float, float, float]] = {
+    (50, "none"): (3.86, 25.6, 24.70, 7.80),
+    (50, "se"): (3.87, 28.1, 23.14, 6.70),
+    (50, "cbam"): (3.87, 28.1, 22.80, 6.52),
+    (50, "eca"): (4.13, 25.5, 22.55, 6.32),
+    (50, "gct"): (4.12, 25.6, 22.45, 6.29),
+    (50, "csa"): (4.12, 26.2, 21.41, 5.72),
+    (101, "none"): (7.58, 44.5, 23.30, 6.88),
+    (101, "se"): (7.60, 49.3, 22.35, 6.19),
+    (101, "eca"): (7.86, 44.5, 21.35, 5.66),
+    (101, "gct"): (7.86, 44.5, 21.15, 5.59),
+    (101, "csa"): (7.84, 45.2, 20.97, 5.30),
+}
+
+_DISPLAY = {"none": "ResNet", "se": "SE", "cbam": "CBAM*", "eca": "ECA", "gct": "GCT", "csa": "CSA"}
+
+
+def display_name(depth: int, attention: str) -> str:
+    """"ResNet-50", "CSA-R50", "CBAM*-R101" (CBAM* = CBAM's channel gate alone)..."""
+    if attention == "none":
+        return f"ResNet-{depth}"
+    return f"{_DISPLAY.get(attention, attention)}-R{depth}"
+
+
+@dataclass
+class ModelCost:
+    depth: int
+    attention: str
+    placement: str
+    gates: int
+    params: int
+    gmac: float
+    paper_gflops: Optional[float]
+    paper_params_m: Optional[float]
+    paper_top1_err: Optional[float]
+
+    @property
+    def name(self) -> str:
+        return display_name(self.depth, self.attention)
+
+
+def count_cost(model: torch.nn.Module, size: int = 224) -> Tuple[int, float]:
+    """(parameters, GMAC per image at ``size`` x ``size``) of ``model``."""
+    params = sum(p.numel() for p in model.parameters())
+    gate_inputs: List[Tuple[ChannelAttention, torch.Size]] = []
+    hooks = [
+        m.register_forward_pre_hook(lambda mod, args: gate_inputs.append((mod, args[0].shape)))
+        for m in model.modules()
+        if isinstance(m, ChannelAttention)
+    ]
+    device = next(model.parameters()).device
+    counter = FlopCounterMode(display=False)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), counter:
+            model(torch.zeros(1, 3, size, size, device=device))
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    per_op = counter.get_flop_counts()["Global"]
+    flops = sum(count for op, count in per_op.items() if op in CONV_AND_LINEAR_OPS)
+    macs = flops / 2 + sum(gate.extra_macs(shape) for gate, shape in gate_inputs)
+    return params, macs / 1e9
+
+
+def summary_table(
+    depths: Iterable[int] = (18, 34, 50, 101, 152),
+    attentions: Iterable[str] = ("none", "se", "cbam", "eca", "gct", "csa"),
+    size: int = 224,
+    placement=None,
+) -> List[ModelCost]:
+    rows = []
+    for depth in depths:
+        for attention in attentions:
+            # meta tensors: shapes and op counts without allocating or computing anything
+            with torch.device("meta"):
+                model = attention_resnet(depth, attention, placement=placement)
+            params, gmac = count_cost(model, size)
+            paper = PAPER_TABLE1.get((depth, attention)) if size == 224 else None
+            rows.append(
+                ModelCost(
+                    depth=depth,
+                    attention=attention,
+                    placement="-" if attention == "none" else str(placement or _default_placement(attention)),
+                    gates=len(model.gate_positions),
+                    params=params,
+                    gmac=round(gmac, 3),
+                    paper_gflops=paper[0] if paper else None,
+                    paper_params_m=paper[1] if paper else None,
+                    paper_top1_err=paper[2] if paper else None,
+                )
+            )
+    return rows
+
+
+def _default_placement(attention: str) -> str:
+    from ..attention import resolve_attention
+
+    return resolve_attention(attention).default_placement
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def to_markdown(rows: Sequence[ModelCost], size: int = 224) -> str:
+    lines = [
+        f"| model | placement | gates | params | GMAC @{size} | paper params | paper GFLOPs | paper top-1 err % |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r.name} | {r.placement} | {r.gates} | {r.params:,} | {r.gmac:.3f} | "
+            f"{_fmt(r.paper_params_m, '.1f')}{'M' if r.paper_params_m else ''} | {_fmt(r.paper_gflops, '.2f')} | "
+            f"{_fmt(r.paper_top1_err, '.2f')} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], prog="python -m csa_lightning.models.summary")
+    parser.add_argument("--depths", default="18,34,50,101,152", help="comma-separated ResNet depths")
+    parser.add_argument("--attentions", default="none,se,cbam,eca,gct,csa", help="comma-separated attention names")
+    parser.add_argument("--placement", default=None, help="stage_end or every_block (default: each block's own)")
+    parser.add_argument("--size", type=int, default=224, help="input side in pixels")
+    parser.add_argument("--format", choices=("markdown", "json"), default="markdown")
+    args = parser.parse_args(argv)
+    try:
+        depths = [int(d) for d in args.depths.split(",")]
+    except ValueError:
+        parser.error(f"--depths must be comma-separated integers from {sorted(RESNET_LAYOUTS)}, got '{args.depths}'")
+    attentions = [a.strip() for a in args.attentions.split(",") if a.strip()]
+    known = available_attentions()
+    for a in attentions:
+        if a not in known and "." not in a:
+            parser.error(f"unknown attention '{a}': choose from {', '.join(known)}")
+    for d in depths:
+        if d not in RESNET_LAYOUTS:
+            parser.error(f"unsupported depth {d}: choose from {sorted(RESNET_LAYOUTS)}")
+    rows = summary_table(depths, attentions, args.size, args.placement)
+    if args.format == "json":
+        print(json.dumps([asdict(r) | {"name": r.name} for r in rows], indent=2))
+    else:
+        print(to_markdown(rows, args.size))
+        print(
+            "\nGMAC: multiply-adds per image (torch.utils.flop_counter on convolutions and linear layers, halved, "
+            "plus C*C*H*W per CSA gate for its Gram matrix). Paper figures: CSA-Net Table 1 "
+            "(its GFLOPs omit CSA's distance matrix). CBAM* = CBAM's channel gate only."
+        )
+
+
+if __name__ == "__main__":
+    main()
