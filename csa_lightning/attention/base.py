@@ -27,6 +27,7 @@ __all__ = [
     "global_avg_pool",
     "PLACEMENTS",
     "autocast_disabled",
+    "sqrt_zero_safe",
 ]
 
 #: The placements ``attention_resnet`` understands by name (a list of [stage, block] pairs also works).
@@ -51,6 +52,16 @@ def autocast_disabled(x: Tensor) -> contextlib.AbstractContextManager:
     return torch.autocast(device_type=device_type, enabled=False)
 
 
+def sqrt_zero_safe(a: Tensor) -> Tensor:
+    """sqrt(a) for a >= 0, with value 0 and gradient 0 (not inf) where a == 0.
+
+    Zero variances (constant descriptors, all-zero maps) and zero distances (identical
+    channels) are exactly where a plain sqrt's backward returns inf * 0 = nan.
+    """
+    tiny = torch.finfo(a.dtype).tiny
+    return torch.where(a > 0, a.clamp_min(tiny).sqrt(), torch.zeros_like(a))
+
+
 def standardize(x: Tensor, eps: float) -> Tensor:
     """Standardise each row of (N, C) over its C entries: (x - mean) / (std + eps).
 
@@ -59,7 +70,7 @@ def standardize(x: Tensor, eps: float) -> Tensor:
     """
     mean = x.mean(dim=1, keepdim=True)
     centred = x - mean
-    std = centred.pow(2).mean(dim=1, keepdim=True).sqrt()
+    std = sqrt_zero_safe(centred.pow(2).mean(dim=1, keepdim=True))
     return centred / (std + eps)
 
 

@@ -19,7 +19,7 @@ Conventions fixed here where the paper is silent (see REFERENCE.md section 1):
   "hybrid" is the authors' public code's default, v_ij = max(cos, 0) * exp(-l_ij / l_bar) with their
   l_bar, the mean over the whole C x C matrix, zero diagonal included. Only v follows the authors'
   code; the standardisations keep this project's conventions in every mode;
-- sum_ij v_ij is clamped below at the dtype's smallest normal number (cosine mode can reach 0);
+- when every v_ij is 0 (possible in the cosine modes) w is all zeros, so I = 0 and q = 0;
 - ``contiguity_grad=False`` (default, as in the authors' code, and cheaper): w is a constant for
   autograd and gradients reach the input through z only; ``True`` differentiates through w too
   (zero distances get a zero subgradient instead of the infinite one of sqrt at 0);
@@ -39,7 +39,7 @@ from typing import Dict
 import torch
 from torch import Tensor
 
-from .base import ChannelAttention, ReductionMLP, autocast_disabled, register_attention, standardize
+from .base import ChannelAttention, ReductionMLP, autocast_disabled, register_attention, sqrt_zero_safe, standardize
 
 CONTIGUITY_MODES = ("l2", "hybrid", "cosine")
 
@@ -51,18 +51,11 @@ def _descriptor_dtype(x: Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
 
 
-def _sqrt_zero_safe(a: Tensor) -> Tensor:
-    """sqrt(a) for a >= 0, with value 0 and gradient 0 (not inf) where a == 0."""
-    positive = a > 0
-    tiny = torch.finfo(a.dtype).tiny
-    return torch.where(positive, a.clamp_min(tiny).sqrt(), torch.zeros_like(a))
-
-
 def contiguity_weights(x: Tensor, contiguity: str = "l2", eps: float = 1e-5) -> Tensor:
     """The unitary spatial weight matrix w, shape (N, C, C), of a feature map (N, C, H, W).
 
     Symmetric, zero diagonal, non-negative entries summing to 1 per sample (or all 0 when every
-    v_ij is 0, which only cosine mode can produce). Computed from one batched Gram matrix.
+    v_ij is 0, which only the cosine modes can produce). Computed from one batched Gram matrix.
     """
     if contiguity not in CONTIGUITY_MODES:
         raise ValueError(f"unknown contiguity '{contiguity}': choose one of {', '.join(CONTIGUITY_MODES)}")
@@ -77,17 +70,18 @@ def contiguity_weights(x: Tensor, contiguity: str = "l2", eps: float = 1e-5) -> 
     v = None
     if contiguity in ("l2", "hybrid"):
         sq_dist = (sq_norms[:, :, None] + sq_norms[:, None, :] - 2 * gram).clamp_min(0)
-        dist = _sqrt_zero_safe(sq_dist) * off_diagonal
+        dist = sqrt_zero_safe(sq_dist) * off_diagonal
         pairs = c * (c - 1) if contiguity == "l2" else c * c  # hybrid: the authors' mean over all C^2
         mean_dist = (dist.sum(dim=(1, 2)) / pairs).clamp_min(eps)
         v = torch.exp(-dist / mean_dist[:, None, None])
     if contiguity in ("cosine", "hybrid"):
-        norms = _sqrt_zero_safe(sq_norms).clamp_min(eps)
+        norms = sqrt_zero_safe(sq_norms).clamp_min(eps)
         cosine = (gram / (norms[:, :, None] * norms[:, None, :])).clamp_min(0)
         v = cosine if v is None else v * cosine
     v = v * off_diagonal
-    total = v.sum(dim=(1, 2), keepdim=True).clamp_min(torch.finfo(v.dtype).tiny)
-    return v / total
+    total = v.sum(dim=(1, 2), keepdim=True)
+    # all v_ij = 0 (cosine modes, no positively correlated pair): w = 0 rather than 0 / 0
+    return v / torch.where(total > 0, total, torch.ones_like(total))
 
 
 def spatial_autocorrelation(

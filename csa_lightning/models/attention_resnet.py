@@ -46,6 +46,10 @@ class AttentionBasicBlock(BasicBlock):
     def last_bn(self) -> nn.Module:
         return self.bn2
 
+    @property
+    def out_channels(self) -> int:
+        return self.conv2.out_channels
+
     def forward(self, x: Tensor) -> Tensor:
         identity = x
         out = self.relu(self.bn1(self.conv1(x)))
@@ -67,6 +71,10 @@ class AttentionBottleneck(Bottleneck):
     @property
     def last_bn(self) -> nn.Module:
         return self.bn3
+
+    @property
+    def out_channels(self) -> int:
+        return self.conv3.out_channels
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x
@@ -164,7 +172,7 @@ class AttentionResNet(ResNet):
         self.gate_positions = resolve_placement(chosen, layers)
         for stage, index in self.gate_positions:
             blk = getattr(self, f"layer{stage + 1}")[index]
-            blk.attention = build_attention(cls, blk.last_bn.num_features, **options)
+            blk.attention = build_attention(cls, blk.out_channels, **options)
 
     def gates(self) -> Iterator[Tuple[str, ChannelAttention]]:
         """(qualified name, gate) for every gate in the network, in forward order."""

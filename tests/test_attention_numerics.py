@@ -1,0 +1,170 @@
+"""Degenerate inputs, autocast and memory shape of the attention blocks.
+
+CSA divides by standard deviations and mean distances: all-zero maps, a zero-initialised last
+BN, identical channels, batch size 1 and bf16 / fp16 autocast must give finite outputs and
+gradients.
+"""
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from csa_lightning.attention import CSA, available_attentions, build_attention, spatial_autocorrelation
+from csa_lightning.models import attention_resnet
+
+MODES = ["l2", "hybrid", "cosine"]
+BLOCKS = [a for a in available_attentions() if a != "none"]
+
+
+def assert_finite_forward_backward(block, x):
+    x = x.clone().requires_grad_(True)
+    out = block(x)
+    assert torch.isfinite(out).all(), "non-finite output"
+    out.sum().backward()
+    assert torch.isfinite(x.grad).all(), "non-finite input gradient"
+    for name, p in block.named_parameters():
+        assert p.grad is None or torch.isfinite(p.grad).all(), f"non-finite gradient of {name}"
+    return out
+
+
+def csa_variants():
+    return [dict(contiguity=m, contiguity_grad=g) for m in MODES for g in (False, True)]
+
+
+@pytest.mark.parametrize("options", csa_variants(), ids=lambda o: f"{o['contiguity']}-grad{o['contiguity_grad']}")
+@pytest.mark.parametrize(
+    "case",
+    ["all_zero", "identical_channels", "constant_maps", "batch_of_one", "opposite_channels", "tiny_values", "huge_values"],
+)
+def test_csa_degenerate_inputs_give_finite_outputs_and_gradients(options, case):
+    g = torch.Generator().manual_seed(0)
+    c = 16
+    if case == "all_zero":
+        x = torch.zeros(2, c, 5, 5)
+    elif case == "identical_channels":
+        x = torch.randn(2, 1, 5, 5, generator=g).expand(2, c, 5, 5).contiguous()
+    elif case == "constant_maps":  # each channel constant over space: distances only from the levels
+        x = torch.randn(2, c, 1, 1, generator=g).expand(2, c, 5, 5).contiguous()
+    elif case == "batch_of_one":
+        x = torch.randn(1, c, 5, 5, generator=g)
+    elif case == "opposite_channels":  # cosine similarities all <= 0: sum of v is 0 in cosine mode
+        base = torch.randn(1, 1, 5, 5, generator=g)
+        x = torch.cat([base, -base], dim=1).expand(2, 2, 5, 5).contiguous()
+        c = 2
+    elif case == "tiny_values":
+        x = torch.randn(2, c, 5, 5, generator=g) * 1e-20
+    else:
+        x = torch.randn(2, c, 5, 5, generator=g) * 1e15
+    block = CSA(c, reduction=2 if c < 16 else 16, **options)
+    out = assert_finite_forward_backward(block, x)
+    desc = block.descriptors(x)
+    for key in ("z", "I", "q", "p"):
+        assert torch.isfinite(desc[key]).all(), key
+    if case in ("all_zero", "identical_channels"):
+        # no channel stands out: z = 0, I = 0, q = 0, and the gate is the MLP's response to 0
+        assert torch.equal(desc["q"], torch.zeros_like(desc["q"]))
+        p0 = block.mlp(torch.zeros(1, c)).sigmoid()
+        torch.testing.assert_close(desc["p"], p0.expand_as(desc["p"]))
+    assert out.shape == x.shape
+
+
+@pytest.mark.parametrize("name", BLOCKS)
+def test_every_block_is_finite_on_all_zero_maps(name):
+    block = build_attention(name, 64)
+    assert_finite_forward_backward(block, torch.zeros(2, 64, 4, 4))
+
+
+@pytest.mark.parametrize("depth", [18, 50])
+@pytest.mark.parametrize("options", csa_variants(), ids=lambda o: f"{o['contiguity']}-grad{o['contiguity_grad']}")
+def test_zero_initialised_last_bn_gives_finite_gradients(depth, options):
+    """zero_init_residual=True zeroes the last BN's weight: every gate sees an all-zero map."""
+    torch.manual_seed(0)
+    model = attention_resnet(depth, "csa", attention_options=options, num_classes=10, zero_init_residual=True)
+    seen = []
+    for _, gate in model.gates():
+        gate.register_forward_pre_hook(lambda m, args: seen.append(float(args[0].detach().abs().max())))
+    out = model(torch.randn(2, 3, 32, 32))
+    assert seen and max(seen) == 0.0, "zero_init_residual should give the gates all-zero maps"
+    out.logsumexp(1).sum().backward()
+    assert torch.isfinite(out).all()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("contiguity", MODES)
+def test_csa_under_autocast_runs_distances_in_fp32_and_agrees_with_fp32_gate(dtype, contiguity):
+    torch.manual_seed(0)
+    block = CSA(64, contiguity=contiguity)
+    x = torch.randn(2, 64, 7, 7) + 0.5 * torch.randn(2, 1, 7, 7)
+    reference = block.gate(x).flatten(1)
+    dtypes = []
+
+    class RecordBmm(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket in (torch.ops.aten.bmm, torch.ops.aten.exp):
+                dtypes.append(args[0].dtype)
+            return func(*args, **(kwargs or {}))
+
+    with torch.autocast("cpu", dtype=dtype), RecordBmm():
+        low = x.to(dtype)  # what a convolution under autocast hands the gate
+        gated = block(low)
+        p = block.gate(low).flatten(1)
+    assert dtypes and all(d == torch.float32 for d in dtypes), dtypes
+    assert gated.dtype == dtype
+    assert torch.isfinite(p).all()
+    assert float((p.float() - reference).abs().max().detach()) <= 1e-2
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("attention", BLOCKS)
+def test_attention_resnet_trains_under_autocast(dtype, attention):
+    torch.manual_seed(0)
+    model = attention_resnet(18, attention, num_classes=5)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.autocast("cpu", dtype=dtype):
+        out = model(x)
+    loss = torch.nn.functional.cross_entropy(out.float(), torch.tensor([0, 3]))
+    loss.backward()
+    assert torch.isfinite(out.float()).all()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_csa_never_builds_a_cubic_tensor():
+    """No op of forward or backward produces a tensor as large as C x C x C (the authors' code does)."""
+    c, n = 64, 2
+    largest = []
+
+    class RecordSizes(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else (out,):
+                if isinstance(t, torch.Tensor):
+                    largest.append(t.numel())
+            return out
+
+    for contiguity_grad in (False, True):
+        block = CSA(c, contiguity="hybrid", contiguity_grad=contiguity_grad)
+        x = torch.randn(n, c, 4, 4, requires_grad=True)
+        with RecordSizes():
+            block(x).sum().backward()
+    assert max(largest) <= n * c * c < c**3
+
+
+def test_spatial_autocorrelation_rejects_bad_input():
+    with pytest.raises(ValueError, match="unknown contiguity 'l3'"):
+        spatial_autocorrelation(torch.randn(1, 4, 2, 2), contiguity="l3")
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
+        spatial_autocorrelation(torch.randn(4, 2, 2))
+    with pytest.raises(ValueError, match="expects \\(N, 8, H, W\\)"):
+        CSA(8)(torch.randn(1, 4, 2, 2))
+
+
+def test_csa_compile_option_matches_eager():
+    """compile=True wraps the descriptor math in torch.compile; results equal eager ones."""
+    torch.manual_seed(0)
+    eager = CSA(32)
+    compiled = CSA(32, compile=True)
+    compiled.load_state_dict(eager.state_dict())
+    x = torch.randn(2, 32, 6, 6)
+    torch.testing.assert_close(compiled(x), eager(x), atol=1e-5, rtol=1e-5)
