@@ -1,0 +1,85 @@
+"""Callbacks every run uses: what produced it (run_info.json) and where its outputs are."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_only
+
+__all__ = ["RunInfo", "RunSummary", "run_info"]
+
+PACKAGES = ("torch", "torchvision", "lightning", "torchmetrics", "jsonargparse", "ffcv", "numba", "numpy", "csa-lightning")
+
+
+def _git(*args: str) -> Optional[str]:
+    try:
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10, cwd=Path(__file__).resolve().parent)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def run_info() -> Dict[str, Any]:
+    """Git commit (and whether the tree was dirty), package versions, seed, command, host."""
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_dirty": bool(status) if status is not None else None,
+        "packages": versions,
+        "python": sys.version.split()[0],
+        "seed": os.environ.get("PL_GLOBAL_SEED"),
+        "command": sys.argv,
+        "host": platform.node(),
+    }
+
+
+class RunInfo(Callback):
+    """Writes ``run_info.json`` into the log directory and stores it in every checkpoint."""
+
+    def __init__(self) -> None:
+        self.info = run_info()
+
+    @rank_zero_only
+    def on_fit_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        log_dir = trainer.log_dir or trainer.default_root_dir
+        Path(log_dir).mkdir(parents=True, exist_ok=True)
+        info = dict(self.info, world_size=trainer.world_size, precision=str(trainer.precision))
+        (Path(log_dir) / "run_info.json").write_text(json.dumps(info, indent=2) + "\n")
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: Dict[str, Any]) -> None:
+        checkpoint["run_info"] = self.info
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {}
+
+
+class RunSummary(Callback):
+    """Prints, as the last lines of a fit, where the checkpoints and logs are and the best score."""
+
+    @rank_zero_only
+    def on_fit_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        lines = []
+        for cb in trainer.checkpoint_callbacks:
+            if isinstance(cb, ModelCheckpoint):
+                if cb.best_model_path:
+                    score = f" ({cb.monitor} = {float(cb.best_model_score):.4f})" if cb.best_model_score is not None else ""
+                    lines.append(f"best checkpoint: {cb.best_model_path}{score}")
+                if cb.last_model_path:
+                    lines.append(f"last checkpoint: {cb.last_model_path}")
+        lines.append(f"logs: {trainer.log_dir or trainer.default_root_dir}")
+        print("\n" + "\n".join(lines), flush=True)

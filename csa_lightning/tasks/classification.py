@@ -1,0 +1,241 @@
+"""Image classification with an attention ResNet: the LightningModule behind the paper's Table 1.
+
+The recipe defaults are the CSA paper's (SGD, Nesterov momentum 0.9, weight decay 1e-4, lr 0.1
+for a global batch of 128 divided by 10 at epochs 30, 60 and 90). ``lr`` is given for a global
+batch of ``lr_reference_batch`` and scaled linearly to the actual global batch (per-process batch
+x processes x gradient accumulation), which is logged as ``lr_scaled`` and printed when training
+starts. The module owns its optimiser and scheduler because the parameter groups (no weight decay
+on norms and biases) need the model.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor, nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+
+from ..models import attention_resnet
+
+__all__ = ["ClassificationModule", "parameter_groups"]
+
+NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+
+
+def parameter_groups(model: nn.Module, weight_decay: float, no_weight_decay_on: Sequence[str]) -> list:
+    """Split parameters into a decayed and a non-decayed group.
+
+    ``no_weight_decay_on`` may name "norm" (weights of normalisation layers) and "bias" (every bias);
+    an empty list decays everything, as the paper's recipe (and torchvision's reference) does.
+    """
+    unknown = set(no_weight_decay_on) - {"norm", "bias"}
+    if unknown:
+        raise ValueError(f"no_weight_decay_on accepts 'norm' and 'bias', got {sorted(unknown)}")
+    decay, no_decay = [], []
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if not param.requires_grad:
+                continue
+            skip = ("bias" in no_weight_decay_on and name == "bias") or (
+                "norm" in no_weight_decay_on and isinstance(module, NORM_TYPES)
+            )
+            (no_decay if skip else decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+class ClassificationModule(L.LightningModule):
+    """Attention-ResNet classifier with the paper's recipe.
+
+    Args:
+        depth: ResNet depth (18, 34, 50, 101, 152).
+        attention: "none", "se", "cbam", "eca", "gct", "csa", a dotted path or a ChannelAttention class.
+        placement: None (the block's default), "stage_end", "every_block" or [[stage, block], ...].
+        attention_options: options for every gate, e.g. ``{contiguity: hybrid}``.
+        num_classes: classifier outputs; the data must not hold a larger label.
+        lr: learning rate for a global batch of ``lr_reference_batch`` (scaled linearly).
+        momentum, nesterov, weight_decay: SGD.
+        milestones, gamma: MultiStepLR, stepped per epoch.
+        label_smoothing: cross-entropy label smoothing (0 in the paper).
+        no_weight_decay_on: "norm" and/or "bias" parameters excluded from weight decay.
+        channels_last: keep the network in channels_last memory format (matches ffcv's batches).
+        zero_init_residual: zero the last BN of each residual branch (torchvision's option).
+        backbone_weights: a torchvision ResNet state dict or a checkpoint of this module to start from.
+    """
+
+    def __init__(
+        self,
+        depth: int = 50,
+        attention: Optional[str] = None,
+        placement: Union[None, str, Sequence[Sequence[int]]] = None,
+        attention_options: Optional[Dict[str, Any]] = None,
+        num_classes: int = 1000,
+        lr: float = 0.1,
+        lr_reference_batch: int = 128,
+        momentum: float = 0.9,
+        nesterov: bool = True,
+        weight_decay: float = 1e-4,
+        milestones: Sequence[int] = (30, 60, 90),
+        gamma: float = 0.1,
+        label_smoothing: float = 0.0,
+        no_weight_decay_on: Sequence[str] = (),
+        channels_last: bool = True,
+        zero_init_residual: bool = False,
+        backbone_weights: Optional[str] = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = self.build_model()
+        if backbone_weights:
+            from ..models import load_backbone_weights
+
+            report = load_backbone_weights(self.model, backbone_weights, exclude=("fc.",))
+            rank_zero_info(f"backbone weights {backbone_weights}: {report.summary()}")
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        top5 = min(5, num_classes)
+        metrics = MetricCollection(
+            {
+                "top1": MulticlassAccuracy(num_classes, top_k=1, average="micro"),
+                f"top{top5}": MulticlassAccuracy(num_classes, top_k=top5, average="micro"),
+            }
+        )
+        self.train_metrics = metrics.clone(prefix="train/")
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+        self._batch_started: Optional[float] = None
+
+    # ------------------------------------------------------------------ model
+
+    def build_model(self) -> nn.Module:
+        """The network; override to change it while keeping the recipe and logging."""
+        hp = self.hparams
+        return attention_resnet(
+            hp.depth,
+            hp.attention,
+            placement=hp.placement,
+            attention_options=hp.attention_options,
+            num_classes=hp.num_classes,
+            zero_init_residual=hp.zero_init_residual,
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.hparams.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.model(x)
+
+    # ------------------------------------------------------------------ checks
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        data_classes = getattr(datamodule, "num_classes", None)
+        if data_classes and data_classes > self.hparams.num_classes:
+            raise ValueError(
+                f"the data has labels up to {data_classes - 1} but model.num_classes is {self.hparams.num_classes}; "
+                f"set --model.num_classes {data_classes}"
+            )
+
+    # ------------------------------------------------------------------ steps
+
+    def _shared_step(self, batch, metrics: MetricCollection, stage: str) -> Tensor:
+        images, labels = batch[0], batch[1]
+        logits = self(images)
+        loss = self.criterion(logits.float(), labels)
+        metrics.update(logits.detach().float(), labels)
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, sync_dist=not on_step, batch_size=len(labels))
+        return loss
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        loss = self._shared_step(batch, self.train_metrics, "train")
+        self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._shared_step(batch, self.val_metrics, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._shared_step(batch, self.test_metrics, "test")
+
+    def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> Dict[str, Tensor]:
+        images = batch[0] if isinstance(batch, (tuple, list)) else batch
+        probs = self(images).float().softmax(dim=1)
+        confidence, prediction = probs.max(dim=1)
+        out = {"prediction": prediction, "confidence": confidence}
+        if isinstance(batch, (tuple, list)) and len(batch) > 1:
+            out["label"] = batch[1]
+        return out
+
+    def _log_epoch_metrics(self, metrics: MetricCollection) -> None:
+        """Accuracies (0..1) and errors (%), synchronised across processes by torchmetrics."""
+        values = metrics.compute()
+        errors = {f"{name}_err": 100.0 * (1.0 - value) for name, value in values.items()}
+        top1 = f"{metrics.prefix}top1"
+        self.log(top1, values.pop(top1), prog_bar=True)
+        self.log_dict({**values, **errors})
+        metrics.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch_metrics(self.val_metrics)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch_metrics(self.test_metrics)
+
+    # ------------------------------------------------------------------ throughput
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        self._batch_started = time.perf_counter()
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self._batch_started is None:
+            return
+        elapsed = time.perf_counter() - self._batch_started
+        images = len(batch[1]) * self.trainer.world_size
+        self.log("train/images_per_sec", images / max(elapsed, 1e-9), on_step=True, on_epoch=True)
+
+    # ------------------------------------------------------------------ optimisation
+
+    def global_batch_size(self) -> Optional[int]:
+        """Per-process batch x processes x accumulation, from the datamodule (None if unknown)."""
+        trainer = self._trainer
+        datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
+        per_process = getattr(datamodule, "batch_size", None)
+        if per_process is None:
+            return None
+        return int(per_process) * trainer.world_size * trainer.accumulate_grad_batches
+
+    def scaled_lr(self) -> float:
+        batch = self.global_batch_size()
+        if batch is None:
+            return self.hparams.lr
+        return self.hparams.lr * batch / self.hparams.lr_reference_batch
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        lr = self.scaled_lr()
+        batch = self.global_batch_size()
+        rank_zero_info(
+            f"lr {hp.lr:g} for a global batch of {hp.lr_reference_batch} -> {lr:g} for the actual global batch "
+            f"of {batch if batch is not None else 'unknown (no datamodule batch_size)'}"
+        )
+        self._scaled_lr = lr
+        optimizer = torch.optim.SGD(
+            parameter_groups(self.model, hp.weight_decay, hp.no_weight_decay_on),
+            lr=lr,
+            momentum=hp.momentum,
+            nesterov=hp.nesterov and hp.momentum > 0,
+        )
+        step = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(hp.milestones), gamma=hp.gamma)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": step, "interval": "epoch"}}
+
+    def on_train_epoch_start(self) -> None:
+        self.log("lr_scaled", float(getattr(self, "_scaled_lr", self.hparams.lr)), on_step=False, on_epoch=True)
+        self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=False, on_epoch=True, prog_bar=True)
