@@ -1,20 +1,125 @@
-"""The LightningCLI behind ``cli.py``."""
+"""The LightningCLI behind ``cli.py``.
+
+Model and data are in subclass mode, so ``class_path`` picks any LightningModule or
+LightningDataModule, a user's subclass in another package included. Beyond LightningCLI:
+
+- ``--ckpt_path`` is checked before anything runs: a missing or corrupt checkpoint is a
+  one-line error (``last`` and ``best`` are resolved by Lightning as usual);
+- a run that fails before its first checkpoint removes the log folder it created, so no
+  half-made run folder is left behind;
+- errors caused by input (missing files, bad values) print as one line,
+  ``error: <what is wrong and how to fix it>``; set ``CSA_LIGHTNING_TRACEBACK=1`` for the traceback.
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
+import sys
+import zipfile
+from pathlib import Path
 from typing import Optional, Sequence
 
 import lightning as L
 from lightning.pytorch.cli import LightningCLI
 
-__all__ = ["CSALightningCLI", "main"]
+__all__ = ["CSALightningCLI", "main", "check_checkpoint_file"]
+
+_SPECIAL_CKPT = {"last", "best", "hpc", "registry"}
+
+
+def check_checkpoint_file(path: Optional[str]) -> None:
+    """Raise a one-line error if ``path`` is not a readable torch checkpoint (cheap: no unpickling)."""
+    if path is None or str(path) in _SPECIAL_CKPT or "://" in str(path):
+        return
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}; pass an existing .ckpt or --ckpt_path last to resume")
+    if not zipfile.is_zipfile(p):
+        raise ValueError(
+            f"checkpoint {path} is corrupt or not a torch checkpoint (truncated write?); "
+            "resume from another one, e.g. --ckpt_path last"
+        )
+    try:
+        with zipfile.ZipFile(p) as archive:
+            names = archive.namelist()
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError) as err:
+        raise ValueError(f"checkpoint {path} is corrupt ({err}); resume from another one, e.g. --ckpt_path last") from None
+    if bad is not None or not any(n.endswith("data.pkl") for n in names):
+        raise ValueError(f"checkpoint {path} is corrupt (damaged member {bad}); resume from another one, e.g. --ckpt_path last")
 
 
 class CSALightningCLI(LightningCLI):
-    """LightningCLI in subclass mode for model and data; the module configures its own optimiser."""
+    """LightningCLI in subclass mode; the module configures its own optimiser and scheduler."""
+
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI unpickles --ckpt_path right after parsing (for its hyperparameters): check it first
+        subcommand = self.config.get("subcommand")
+        if subcommand:
+            ckpt_path = self.config[subcommand].get("ckpt_path")
+            if ckpt_path == "last":
+                ckpt_path = self.config[subcommand].ckpt_path = str(find_last_checkpoint(self.config[subcommand]))
+            check_checkpoint_file(ckpt_path)
+            try:
+                super()._parse_ckpt_path()
+            except (RuntimeError, EOFError, OSError, KeyError) as err:
+                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                raise ValueError(f"cannot read checkpoint {ckpt_path} ({first}); resume from another one, e.g. --ckpt_path last") from None
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        log_dir = self.trainer.log_dir
+        created = _first_missing_ancestor(Path(log_dir)) if log_dir else None
+        try:
+            super()._run_subcommand(subcommand)
+        except BaseException:
+            # leave no half-made run folder behind for a run that never wrote a checkpoint
+            if created is not None and created.is_dir() and not any(created.rglob("*.ckpt")):
+                shutil.rmtree(created, ignore_errors=True)
+            raise
 
 
-def main(args: Optional[Sequence[str]] = None, run: bool = True) -> CSALightningCLI:
+def find_last_checkpoint(config) -> Path:
+    """The newest ``last*.ckpt`` of earlier runs of this config (under its default_root_dir).
+
+    Lightning's own "last" looks only in the new run's checkpoint folder, which a versioned logger
+    makes fresh on every start; a resumed run logs into a new version folder, so nothing of the
+    interrupted run's logs is overwritten.
+    """
+    root = Path(config.trainer.get("default_root_dir") or "lightning_logs")
+    found = sorted(root.rglob("last*.ckpt"), key=lambda p: p.stat().st_mtime) if root.is_dir() else []
+    if not found:
+        raise FileNotFoundError(
+            f"--ckpt_path last: no last.ckpt under {root}; train first, or pass the checkpoint's path"
+        )
+    return found[-1]
+
+
+def _first_missing_ancestor(path: Path) -> Optional[Path]:
+    """The outermost folder of ``path`` that does not exist yet (None if ``path`` exists)."""
+    path = path.absolute()
+    missing = None
+    while not path.exists():
+        missing = path
+        path = path.parent
+    return missing
+
+
+def _one_line(err: BaseException) -> str:
+    """The useful line of an error: jsonargparse wraps errors raised while instantiating classes
+    in a list of what each Union member said; keep the one that is not 'Expected a NoneType'."""
+    text = str(err)
+    if "Does not validate against any of the Union subtypes" in text:
+        reasons = [
+            line.strip()[2:] for line in text.splitlines()
+            if line.strip().startswith("- ") and "Expected a <class 'NoneType'>" not in line
+        ]
+        if reasons:
+            text = reasons[0]
+    return " ".join(text.split())
+
+
+def build_cli(args: Optional[Sequence[str]] = None, run: bool = True) -> CSALightningCLI:
     return CSALightningCLI(
         L.LightningModule,
         L.LightningDataModule,
@@ -25,3 +130,14 @@ def main(args: Optional[Sequence[str]] = None, run: bool = True) -> CSALightning
         args=args,
         run=run,
     )
+
+
+def main(args: Optional[Sequence[str]] = None, run: bool = True) -> CSALightningCLI:
+    """Run the CLI; input errors become ``error: ...`` on one line and exit status 2."""
+    if os.environ.get("CSA_LIGHTNING_TRACEBACK"):
+        return build_cli(args, run)
+    try:
+        return build_cli(args, run)
+    except (FileNotFoundError, ValueError, TypeError, ImportError) as err:
+        print(f"error: {_one_line(err)}", file=sys.stderr)
+        raise SystemExit(2) from None

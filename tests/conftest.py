@@ -1,0 +1,36 @@
+"""Shared fixtures. ffcv compiles for seconds per Loader: FFCV data is written once per session."""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+DEMO_CONFIG = CONFIGS / "demo" / "digits_csa.yaml"
+
+
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    """Tests must not leak a changed thread count (ffcv sets it) into later tests."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def digits_betons(tmp_path_factory):
+    """data_dir holding the digits ImageFolder and train/val betons, written once per session."""
+    from csa_lightning.data import DigitsDataModule
+
+    data_dir = tmp_path_factory.mktemp("digits")
+    DigitsDataModule(data_dir=str(data_dir)).prepare_data()
+    return data_dir
+
+
+@pytest.fixture
+def in_tmp_cwd(tmp_path, monkeypatch):
+    """Run in an empty folder, so relative run folders land in tmp_path."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path

@@ -1,0 +1,168 @@
+"""cli.py and configs/: every config instantiates, print_config round-trips, switches, errors."""
+
+import sys
+
+import pytest
+import torch
+import yaml
+
+from csa_lightning.attention import CSA, SqueezeExcitation
+from csa_lightning.cli import build_cli, main
+from csa_lightning.data import DigitsMemoryDataModule, ImageNetFFCVDataModule
+from csa_lightning.tasks import ClassificationModule
+
+from .conftest import CONFIGS, DEMO_CONFIG
+
+PAPER_ROWS = {
+    "r50": (50, "none"), "se_r50": (50, "se"), "cbam_r50": (50, "cbam"), "eca_r50": (50, "eca"),
+    "gct_r50": (50, "gct"), "csa_r50": (50, "csa"), "r101": (101, "none"), "se_r101": (101, "se"),
+    "eca_r101": (101, "eca"), "gct_r101": (101, "gct"), "csa_r101": (101, "csa"),
+}  # fmt: skip
+
+# every runnable config: the top level (paper rows + their base) and the demos
+RUNNABLE_CONFIGS = sorted(CONFIGS.glob("*.yaml")) + sorted((CONFIGS / "demo").glob("*.yaml"))
+
+MEMORY_DATA = ["--data", "csa_lightning.data.DigitsMemoryDataModule", "--data.resolution", "16", "--data.batch_size", "16"]
+
+
+def test_one_config_per_buildable_table1_row():
+    assert {p.stem for p in CONFIGS.glob("*.yaml")} >= set(PAPER_ROWS)
+
+
+@pytest.mark.parametrize("path", RUNNABLE_CONFIGS, ids=lambda p: str(p.relative_to(CONFIGS)))
+def test_every_config_instantiates(path, in_tmp_cwd):
+    with torch.device("meta"):  # build the models without allocating ResNet-101 weights
+        cli = build_cli(["--config", str(path)], run=False)
+    assert isinstance(cli.model, ClassificationModule)
+    if path.stem in PAPER_ROWS:
+        depth, attention = PAPER_ROWS[path.stem]
+        hp = cli.model.hparams
+        assert (hp.depth, hp.attention) == (depth, attention)
+        assert (hp.lr, hp.lr_reference_batch, hp.momentum, hp.nesterov, hp.weight_decay) == (0.1, 128, 0.9, True, 1e-4)
+        assert list(hp.milestones) == [30, 60, 90] and cli.trainer.max_epochs == 100
+        assert isinstance(cli.datamodule, ImageNetFFCVDataModule) and cli.datamodule.batch_size == 64
+        assert cli.trainer.precision == "bf16-mixed"
+        expected_gates = 0 if attention == "none" else 4 if attention == "csa" else {50: 16, 101: 33}[depth]
+        assert len(list(cli.model.model.gates())) == expected_gates
+
+
+def test_print_config_round_trips(in_tmp_cwd, capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(CONFIGS / "csa_r101.yaml"), "--print_config"])
+    first = capsys.readouterr().out
+    (in_tmp_cwd / "printed.yaml").write_text(first)
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", "printed.yaml", "--print_config"])
+    second = capsys.readouterr().out
+    assert first == second
+    printed = yaml.safe_load(first)
+    assert printed["model"]["init_args"]["depth"] == 101 and printed["model"]["init_args"]["attention"] == "csa"
+
+
+def test_command_line_switches(in_tmp_cwd):
+    with torch.device("meta"):
+        cli = build_cli(
+            [
+                "--config", str(CONFIGS / "csa_r101.yaml"),
+                "--model.attention", "se", "--model.depth", "50", "--model.placement", "stage_end",
+                "--data.train_path", "/data/t.beton", "--data.val_path", "/data/v.beton",
+            ],
+            run=False,
+        )  # fmt: skip
+        gates = [g for _, g in cli.model.model.gates()]
+        assert len(gates) == 4 and all(isinstance(g, SqueezeExcitation) for g in gates)
+        assert cli.datamodule.train_path == "/data/t.beton" and cli.datamodule.val_path == "/data/v.beton"
+        cli = build_cli(
+            ["--config", str(CONFIGS / "csa_r50.yaml"), "--model.placement", "every_block",
+             "--model.attention_options", "{contiguity: hybrid}"],
+            run=False,
+        )  # fmt: skip
+        gates = [g for _, g in cli.model.model.gates()]
+        assert len(gates) == 16 and all(isinstance(g, CSA) and g.contiguity == "hybrid" for g in gates)
+        cli = build_cli(["--config", str(CONFIGS / "csa_r50.yaml"), "--model.placement", "[[0, -1], [3, -1]]"], run=False)
+        assert cli.model.model.gate_positions == [(0, 2), (3, 2)]
+
+
+def test_fast_dev_run_through_the_cli(in_tmp_cwd):
+    cli = main(["fit", "--config", str(DEMO_CONFIG), *MEMORY_DATA, "--trainer.fast_dev_run", "2"])
+    assert isinstance(cli.datamodule, DigitsMemoryDataModule)
+    assert cli.trainer.state.finished
+    assert "val/top1" in cli.trainer.callback_metrics
+
+
+# ---------------------------------------------------------------------------- bad input
+
+
+def run_cli_expecting_error(args, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code not in (0, None)
+    return capsys.readouterr().err.strip()
+
+
+def test_missing_beton_names_the_path_and_the_writer(in_tmp_cwd, capsys):
+    err = run_cli_expecting_error(
+        ["fit", "--config", str(DEMO_CONFIG), "--data", "csa_lightning.data.ImageNetFFCVDataModule",
+         "--data.train_path", "nowhere/train.beton", "--data.val_path", "nowhere/val.beton"],
+        capsys,
+    )  # fmt: skip
+    last = err.splitlines()[-1]
+    assert last.startswith("error: train beton not found: nowhere/train.beton")
+    assert "python -m csa_lightning.data.write_beton --root DIR --out nowhere/train.beton" in last
+    assert not (in_tmp_cwd / "runs").exists(), "a failed run must leave no run folder behind"
+
+
+def test_labels_beyond_num_classes_are_refused(in_tmp_cwd, digits_betons, capsys):
+    err = run_cli_expecting_error(
+        ["fit", "--config", str(DEMO_CONFIG), "--data.data_dir", str(digits_betons), "--model.num_classes", "5"], capsys
+    )
+    assert err.splitlines()[-1] == "error: the data has labels up to 9 but model.num_classes is 5; set --model.num_classes 10"
+    assert not (in_tmp_cwd / "runs").exists()
+
+
+def test_unknown_attention_lists_the_known_ones(in_tmp_cwd, capsys):
+    err = run_cli_expecting_error(["fit", "--config", str(DEMO_CONFIG), "--model.attention", "csaa"], capsys)
+    assert err.splitlines()[-1] == (
+        "error: unknown attention 'csaa': choose one of none, cbam, csa, eca, gct, se, "
+        "or give a dotted import path such as 'mypkg.blocks.MyGate'"
+    )
+
+
+def test_misspelt_config_key_is_reported(in_tmp_cwd, capsys):
+    (in_tmp_cwd / "typo.yaml").write_text(f"config: {DEMO_CONFIG}\nmodel.init_args.atention: se\n")
+    err = run_cli_expecting_error(["fit", "--config", "typo.yaml"], capsys)
+    assert "atention" in err
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "missing"])
+def test_corrupt_or_missing_checkpoint_is_one_line(in_tmp_cwd, capsys, damage):
+    path = in_tmp_cwd / "model.ckpt"
+    if damage == "truncated":
+        torch.save({"state_dict": {"w": torch.zeros(1000)}, "epoch": 1}, path)
+        path.write_bytes(path.read_bytes()[:-300])
+    elif damage == "garbage":
+        path.write_bytes(b"not a checkpoint at all")
+    err = run_cli_expecting_error(["fit", "--config", str(DEMO_CONFIG), *MEMORY_DATA, "--ckpt_path", str(path)], capsys)
+    assert len(err.splitlines()) == 1
+    if damage == "missing":
+        assert err == f"error: checkpoint not found: {path}; pass an existing .ckpt or --ckpt_path last to resume"
+    else:
+        assert err.startswith(f"error: checkpoint {path} is corrupt")
+
+
+def test_resume_last_without_any_run_explains(in_tmp_cwd, capsys):
+    err = run_cli_expecting_error(["fit", "--config", str(DEMO_CONFIG), *MEMORY_DATA, "--ckpt_path", "last"], capsys)
+    assert err == "error: --ckpt_path last: no last.ckpt under runs/demo_digits_csa; train first, or pass the checkpoint's path"
+
+
+def test_cli_script_runs_as_a_program(in_tmp_cwd):
+    import subprocess
+
+    from .conftest import ROOT
+
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "cli.py"), "fit", "--config", str(DEMO_CONFIG), "--print_config"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "csa_lightning.data.DigitsDataModule" in out.stdout

@@ -1,0 +1,110 @@
+"""ClassificationModule: learning, lr scaling, parameter groups, checkpoints and exact resumption."""
+
+import json
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from csa_lightning.cli import main
+from csa_lightning.data import DigitsMemoryDataModule
+from csa_lightning.tasks import ClassificationModule, parameter_groups
+
+from .conftest import DEMO_CONFIG
+
+
+def small_module(**kwargs):
+    args = dict(depth=18, attention="csa", num_classes=10, lr=0.1, lr_reference_batch=16, milestones=[100])
+    args.update(kwargs)
+    return ClassificationModule(**args)
+
+
+def quiet_trainer(**kwargs):
+    args = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                enable_model_summary=False)  # fmt: skip
+    args.update(kwargs)
+    return L.Trainer(**args)
+
+
+def test_overfits_a_few_batches():
+    L.seed_everything(0)
+    module = small_module(weight_decay=0.0)
+    data = DigitsMemoryDataModule(batch_size=16, resolution=16, limit_train_samples=64)
+    trainer = quiet_trainer(max_epochs=20, overfit_batches=2, num_sanity_val_steps=0, limit_val_batches=0)
+    trainer.fit(module, data)
+    metrics = trainer.callback_metrics
+    assert float(metrics["train/top1"]) == 1.0
+    assert float(metrics["train/loss_epoch"]) < 0.2
+
+
+def test_lr_scales_with_the_global_batch():
+    module = small_module(lr=0.1, lr_reference_batch=128)
+    data = DigitsMemoryDataModule(batch_size=32, resolution=16)
+    trainer = quiet_trainer(max_epochs=1, accumulate_grad_batches=2, limit_train_batches=2, limit_val_batches=1)
+    trainer.fit(module, data)
+    optimizer = trainer.optimizers[0]
+    assert module.global_batch_size() == 64
+    assert optimizer.param_groups[0]["initial_lr"] == pytest.approx(0.05)
+    assert trainer.callback_metrics["lr_scaled"] == pytest.approx(0.05)
+    assert optimizer.param_groups[0]["nesterov"] and optimizer.param_groups[0]["momentum"] == 0.9
+
+
+def test_parameter_groups_exclude_norms_and_biases_on_request():
+    model = small_module().model
+    n_norm = sum(p.numel() for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d) for p in m.parameters())
+    n_bias = sum(p.numel() for n, p in model.named_parameters() if n.endswith("bias") and "bn" not in n and "downsample.1" not in n)
+    total = sum(p.numel() for p in model.parameters())
+    groups = parameter_groups(model, 1e-4, ["norm", "bias"])
+    decayed = sum(p.numel() for p in groups[0]["params"])
+    assert groups[1]["weight_decay"] == 0.0 and decayed == total - n_norm - n_bias
+    assert len(parameter_groups(model, 1e-4, [])) == 1
+    with pytest.raises(ValueError, match="accepts 'norm' and 'bias'"):
+        parameter_groups(model, 1e-4, ["norms"])
+
+
+def test_logs_top1_top5_errors_throughput_and_run_info(in_tmp_cwd):
+    cli = main(["fit", "--config", str(DEMO_CONFIG), "--data", "csa_lightning.data.DigitsMemoryDataModule",
+                "--data.resolution", "16", "--data.batch_size", "32", "--trainer.max_epochs", "1",
+                "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "2"])  # fmt: skip
+    metrics = cli.trainer.callback_metrics
+    for key in ("val/top1", "val/top5", "val/top1_err", "val/top5_err", "val/loss", "train/loss_epoch",
+                "train/images_per_sec_epoch", "lr"):  # fmt: skip
+        assert key in metrics, key
+    assert float(metrics["val/top1_err"]) == pytest.approx(100 * (1 - float(metrics["val/top1"])), abs=1e-4)
+    log_dir = Path(cli.trainer.log_dir)
+    info = json.loads((log_dir / "run_info.json").read_text())
+    assert info["packages"]["torch"] and info["seed"] == "0" and "git_commit" in info
+    assert (log_dir / "config.yaml").is_file()
+    ckpt = torch.load(log_dir / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    assert ckpt["run_info"]["packages"]["lightning"]
+
+
+def _fit(args, tmp):
+    base = ["fit", "--config", str(DEMO_CONFIG), "--data", "csa_lightning.data.DigitsMemoryDataModule",
+            "--data.resolution", "16", "--data.batch_size", "32", "--data.limit_train_samples", "128",
+            "--model.milestones", "[1]", "--trainer.limit_val_batches", "2"]  # fmt: skip
+    return main(base + args)
+
+
+@pytest.mark.slow
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    """Run A: 3 epochs straight. Run B: stops after epoch 1, then `--ckpt_path last` to 3 epochs.
+
+    The lr drops at epoch 1 (milestones [1]), so the scheduler, the optimiser's momentum and
+    the epoch counter must all come back for the weights to match.
+    """
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    straight = _fit(["--trainer.max_epochs", "3"], tmp_path)
+    monkeypatch.chdir(tmp_path / "b")
+    _fit(["--trainer.max_epochs", "1"], tmp_path)
+    resumed = _fit(["--trainer.max_epochs", "3", "--ckpt_path", "last"], tmp_path)
+    assert resumed.trainer.current_epoch == 3
+    assert Path(resumed.trainer.log_dir).name == "version_1"  # the interrupted run's logs are kept
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert resumed.trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.1 * 32 / 64 * 0.1)
