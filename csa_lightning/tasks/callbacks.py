@@ -13,7 +13,6 @@ from typing import Any, Dict, Optional
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.utilities import rank_zero_only
 
 __all__ = ["RunInfo", "RunSummary", "run_info"]
 
@@ -54,9 +53,11 @@ class RunInfo(Callback):
     def __init__(self) -> None:
         self.info = run_info()
 
-    @rank_zero_only
     def on_fit_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        # trainer.log_dir is a collective under DDP: every rank asks, rank 0 writes
         log_dir = trainer.log_dir or trainer.default_root_dir
+        if trainer.global_rank != 0:
+            return
         Path(log_dir).mkdir(parents=True, exist_ok=True)
         info = dict(self.info, world_size=trainer.world_size, precision=str(trainer.precision))
         (Path(log_dir) / "run_info.json").write_text(json.dumps(info, indent=2) + "\n")
@@ -71,8 +72,10 @@ class RunInfo(Callback):
 class RunSummary(Callback):
     """Prints, as the last lines of a fit, where the checkpoints and logs are and the best score."""
 
-    @rank_zero_only
     def on_fit_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        log_dir = trainer.log_dir or trainer.default_root_dir  # a collective under DDP: all ranks
+        if trainer.global_rank != 0:
+            return
         lines = []
         for cb in trainer.checkpoint_callbacks:
             if isinstance(cb, ModelCheckpoint):
@@ -81,5 +84,5 @@ class RunSummary(Callback):
                     lines.append(f"best checkpoint: {cb.best_model_path}{score}")
                 if cb.last_model_path:
                     lines.append(f"last checkpoint: {cb.last_model_path}")
-        lines.append(f"logs: {trainer.log_dir or trainer.default_root_dir}")
+        lines.append(f"logs: {log_dir}")
         print("\n" + "\n".join(lines), flush=True)

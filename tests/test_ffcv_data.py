@@ -1,0 +1,154 @@
+"""The FFCV path: beton writing, loaders, epoch-determined order, thread count, DDP.
+
+Every ffcv Loader compiles for seconds, so the loaders are built once per module.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from csa_lightning.data import DigitsDataModule, ImageFolderDataModule
+from csa_lightning.data.ffcv_imagenet import beton_num_samples_and_classes
+from csa_lightning.data.write_beton import main as write_beton_main
+from csa_lightning.data.write_beton import write_beton
+
+from .conftest import DEMO_CONFIG, ROOT
+
+
+@pytest.fixture(scope="module")
+def digits_loaders(digits_betons):
+    data = DigitsDataModule(data_dir=str(digits_betons))
+    data.setup("fit")
+    fake_trainer = SimpleNamespace(current_epoch=0, world_size=1, strategy=SimpleNamespace(root_device=torch.device("cpu")))
+    data.trainer = fake_trainer
+    return data, data.train_dataloader(), data.val_dataloader(), fake_trainer
+
+
+def labels_of(loader):
+    # ffcv reuses its output buffers a few batches later: keep copies, not views
+    return torch.cat([labels.clone() for _, labels in loader])
+
+
+def test_beton_metadata(digits_betons):
+    assert beton_num_samples_and_classes(str(digits_betons / "digits_32px_train.beton")) == (1437, 10)
+    assert beton_num_samples_and_classes(str(digits_betons / "digits_32px_val.beton")) == (360, 10)
+
+
+def test_train_and_val_batches(digits_loaders):
+    data, train, val, _ = digits_loaders
+    threads = torch.get_num_threads()
+    images, labels = next(iter(train))
+    assert images.shape == (64, 3, 32, 32) and images.dtype == torch.float32
+    assert images.is_contiguous(memory_format=torch.channels_last)
+    assert labels.dtype in (torch.int64, torch.int32) and labels.shape == (64,)
+    assert len(train) == 1437 // 64  # drop_last on training
+    val_labels = labels_of(val)
+    assert len(val_labels) == 360  # no drop_last on validation: every image once
+    assert torch.bincount(val_labels.long()).tolist() == [36, 36, 35, 37, 36, 37, 36, 36, 35, 36]
+    # normalised with the digits' own statistics
+    stacked = torch.cat([x.clone() for x, _ in val])
+    assert abs(float(stacked.mean())) < 0.1 and 0.8 < float(stacked.std()) < 1.2
+    assert torch.get_num_threads() == threads, "ffcv must not change torch's thread count"
+
+
+def test_training_order_is_a_function_of_the_trainer_epoch(digits_loaders):
+    """Resuming needs epoch e of a new process to replay epoch e of the old one."""
+    _, train, _, trainer = digits_loaders
+    trainer.current_epoch = 3
+    first = labels_of(train)
+    trainer.current_epoch = 4
+    other = labels_of(train)
+    trainer.current_epoch = 3
+    again = labels_of(train)
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other)
+
+
+def test_write_beton_converts_whatever_pil_opens_to_rgb(tmp_path):
+    root = tmp_path / "folder"
+    rng = np.random.default_rng(0)
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True)
+    pixels = rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)
+    Image.fromarray(pixels).convert("CMYK").save(root / "a" / "cmyk.jpg")
+    Image.fromarray(pixels[:, :, 0]).save(root / "a" / "grey.png")
+    Image.fromarray(pixels).convert("P").save(root / "b" / "palette.png")
+    Image.fromarray(np.dstack([pixels, pixels[:, :, :1]])).save(root / "b" / "rgba.png")
+    Image.fromarray(pixels).resize((600, 400)).save(root / "b" / "large.jpg")
+    out = tmp_path / "out" / "mixed.beton"
+    write_beton_main(["--root", str(root), "--out", str(out), "--max-resolution", "64", "--num-workers", "1"])
+    assert beton_num_samples_and_classes(str(out)) == (5, 2)
+    assert [p.name for p in out.parent.iterdir()] == ["mixed.beton"]
+
+
+def test_write_beton_errors_leave_no_partial_file(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        write_beton_main(["--root", str(tmp_path / "nope"), "--out", str(tmp_path / "x.beton")])
+    assert "image folder not found" in str(exit_info.value.code)
+    root = tmp_path / "folder" / "a"
+    root.mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(root / "ok.png")
+    (root / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    with pytest.raises(ValueError, match=r"1 unreadable image file\(s\) under .*broken.jpg .*fix or remove them"):
+        write_beton(str(tmp_path / "folder"), str(tmp_path / "out.beton"), num_workers=1)
+    assert not list(tmp_path.glob("*.beton*")) and not list(tmp_path.glob(".out.beton*"))
+
+
+def test_corrupt_beton_is_reported(tmp_path, digits_betons):
+    bad = tmp_path / "bad.beton"
+    bad.write_bytes((digits_betons / "digits_32px_val.beton").read_bytes()[:100])
+    with pytest.raises(ValueError, match="cannot read beton .*bad.beton.*corrupt"):
+        beton_num_samples_and_classes(str(bad))
+
+
+def test_image_folder_data_module_reads_the_same_images(digits_betons):
+    folder = digits_betons / "images_32px"
+    data = ImageFolderDataModule(
+        train_path=str(folder / "train"), val_path=str(folder / "val"), batch_size=32, num_workers=0,
+        resolution=32, val_crop_ratio=1.0, flip=False,
+    )  # fmt: skip
+    data.setup("fit")
+    assert data.num_classes == 10
+    images, labels = next(iter(data.train_dataloader()))
+    assert images.shape == (32, 3, 32, 32)
+    assert sum(len(y) for _, y in data.val_dataloader()) == 360
+    with pytest.raises(FileNotFoundError, match="train image folder not found"):
+        ImageFolderDataModule(train_path=str(folder / "nope"), val_path=str(folder / "val")).setup("fit")
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_shard_data_and_sync_metrics(tmp_path, digits_betons):
+    """The digits config under DDP with 2 CPU processes (gloo), each reading its shard through
+    ffcv's distributed loader; the validation metric must be identical on both ranks."""
+    probe_dir = tmp_path / "probe"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "tests"), str(ROOT)]), PROBE_DIR=str(probe_dir))
+    cmd = [
+        sys.executable, str(ROOT / "cli.py"), "fit", "--config", str(DEMO_CONFIG),
+        "--data.data_dir", str(digits_betons), "--data.num_workers", "1",
+        "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.max_epochs", "1",
+        "--trainer.limit_train_batches", "3", "--trainer.num_sanity_val_steps", "0", "--trainer.enable_progress_bar", "false",
+        "--trainer.default_root_dir", str(tmp_path / "runs"),
+        "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
+        "--trainer.callbacks+=ddp_probe.RecordRankMetrics",
+    ]  # fmt: skip
+    out = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=400)
+    assert out.returncode == 0, out.stderr[-3000:]
+    records = [json.loads(p.read_text()) for p in sorted(probe_dir.glob("rank*.json"))]
+    assert [r["rank"] for r in records] == [0, 1] and all(r["world_size"] == 2 for r in records)
+    assert records[0]["val_top1"] == records[1]["val_top1"], "torchmetrics must synchronise val/top1"
+    # the synchronised value is the accuracy over both shards, not either rank's own
+    both = sum(r["val_correct"] for r in records) / sum(r["val_samples"] for r in records)
+    assert records[0]["val_top1"] == pytest.approx(both, abs=1e-6)
+    # each rank validated its own half; together they cover the 360 validation images
+    seen = [r["val_samples"] for r in records]
+    assert sum(seen) >= 360 and max(seen) <= 184
+    assert all(r["train_batches"] == 3 and r["train_batch_size"] == 64 for r in records)
+    assert "Grad strides do not match bucket view strides" not in out.stderr
