@@ -108,3 +108,20 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
     for key in a:
         assert torch.equal(a[key], b[key]), key
     assert resumed.trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.1 * 32 / 64 * 0.1)
+
+
+def test_validate_test_and_predict_from_a_checkpoint(in_tmp_cwd):
+    memory = ["--data", "csa_lightning.data.DigitsMemoryDataModule", "--data.resolution", "16", "--data.batch_size", "60"]
+    fit = main(["fit", "--config", str(DEMO_CONFIG), *memory, "--trainer.max_epochs", "1",
+                "--trainer.limit_train_batches", "4"])  # fmt: skip
+    ckpt = str(Path(fit.trainer.log_dir) / "checkpoints" / "last.ckpt")
+    validated = main(["validate", "--config", str(DEMO_CONFIG), *memory, "--ckpt_path", ckpt])
+    val_top1 = float(validated.trainer.callback_metrics["val/top1"])
+    tested = main(["test", "--config", str(DEMO_CONFIG), *memory, "--ckpt_path", ckpt])
+    assert float(tested.trainer.callback_metrics["test/top1"]) == pytest.approx(val_top1)  # same split
+    predicted = main(["predict", "--config", str(DEMO_CONFIG), *memory, "--ckpt_path", ckpt])
+    batches = predicted.trainer.predict_loop.predictions
+    assert sum(len(b["prediction"]) for b in batches) == 360
+    accuracy = sum(int((b["prediction"] == b["label"]).sum()) for b in batches) / 360
+    assert accuracy == pytest.approx(val_top1, abs=1e-6)
+    assert all(((b["confidence"] > 0) & (b["confidence"] <= 1)).all() for b in batches)
