@@ -11,6 +11,7 @@ import pkgutil
 from .base import (
     PLACEMENTS,
     ChannelAttention,
+    MLPGate,
     ReductionMLP,
     available_attentions,
     build_attention,
@@ -33,6 +34,7 @@ for _module in pkgutil.iter_modules(__path__):
 __all__ = [
     "PLACEMENTS",
     "ChannelAttention",
+    "MLPGate",
     "ReductionMLP",
     "available_attentions",
     "build_attention",

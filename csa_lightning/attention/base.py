@@ -19,6 +19,7 @@ from torch import Tensor, nn
 __all__ = [
     "ChannelAttention",
     "ReductionMLP",
+    "MLPGate",
     "register_attention",
     "build_attention",
     "resolve_attention",
@@ -143,6 +144,18 @@ class ChannelAttention(nn.Module):
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}"
+
+
+class MLPGate(ChannelAttention):
+    """Base of the gates that excite a pooled descriptor through a :class:`ReductionMLP` (SE, CBAM)."""
+
+    def __init__(self, channels: int, reduction: int = 16) -> None:
+        super().__init__(channels)
+        self.reduction = reduction
+        self.mlp = ReductionMLP(channels, reduction)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, reduction={self.reduction}"
 
 
 def register_attention(name: str) -> Callable[[Type[ChannelAttention]], Type[ChannelAttention]]:

@@ -10,23 +10,15 @@ this project (the CSA paper's CBAM* row is the channel gate alone). Placed in ev
 
 from torch import Tensor
 
-from .base import ChannelAttention, ReductionMLP, global_avg_pool, register_attention
+from .base import MLPGate, global_avg_pool, register_attention
 
 
 @register_attention("cbam")
-class CBAMChannelGate(ChannelAttention):
+class CBAMChannelGate(MLPGate):
     default_placement = "every_block"
-
-    def __init__(self, channels: int, reduction: int = 16) -> None:
-        super().__init__(channels)
-        self.reduction = reduction
-        self.mlp = ReductionMLP(channels, reduction)
 
     def gate(self, x: Tensor) -> Tensor:
         self._check_input(x)
         avg = global_avg_pool(x).to(x.dtype)
         peak = x.amax(dim=(2, 3))
         return (self.mlp(avg) + self.mlp(peak)).sigmoid()[:, :, None, None]
-
-    def extra_repr(self) -> str:
-        return f"channels={self.channels}, reduction={self.reduction}"

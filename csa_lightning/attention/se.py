@@ -9,22 +9,14 @@ Placed in every residual block as in the paper (SE-R50: 28,088,024 parameters).
 
 from torch import Tensor
 
-from .base import ChannelAttention, ReductionMLP, global_avg_pool, register_attention
+from .base import MLPGate, global_avg_pool, register_attention
 
 
 @register_attention("se")
-class SqueezeExcitation(ChannelAttention):
+class SqueezeExcitation(MLPGate):
     default_placement = "every_block"
-
-    def __init__(self, channels: int, reduction: int = 16) -> None:
-        super().__init__(channels)
-        self.reduction = reduction
-        self.mlp = ReductionMLP(channels, reduction)
 
     def gate(self, x: Tensor) -> Tensor:
         self._check_input(x)
         squeezed = global_avg_pool(x).to(x.dtype)
         return self.mlp(squeezed).sigmoid()[:, :, None, None]
-
-    def extra_repr(self) -> str:
-        return f"channels={self.channels}, reduction={self.reduction}"

@@ -1,0 +1,13 @@
+"""Lightning data modules and the beton writer. Imports no model code; ffcv only when used.
+
+- :class:`ImageNetFFCVDataModule`: ``.beton`` files through ffcv (the fast path);
+- :class:`ImageFolderDataModule`: the same arguments over an ImageFolder tree with torchvision;
+- :class:`DigitsDataModule`: scikit-learn's digits written to betons, through the FFCV path;
+- :class:`DigitsMemoryDataModule`: the same digits in memory (deterministic; for tests).
+"""
+
+from .digits import DigitsDataModule, DigitsMemoryDataModule
+from .ffcv_imagenet import ImageNetFFCVDataModule
+from .image_folder import ImageFolderDataModule
+
+__all__ = ["DigitsDataModule", "DigitsMemoryDataModule", "ImageFolderDataModule", "ImageNetFFCVDataModule"]

@@ -1,0 +1,313 @@
+"""ImageNet (or any ImageFolder written to ``.beton``) through FFCV loaders, for Lightning.
+
+ffcv is imported lazily, here only: it needs system libraries, does not build everywhere, and
+pins torch to one thread when imported. Conventions follow ffcv-imagenet: random-resized-crop
+decoding and flips for training, a centre crop of ratio 224/256 for validation, QUASI_RANDOM
+order in one process and RANDOM with ``distributed=True`` under DDP, ``drop_last`` on the
+training loader only, ``os_cache`` for data that fits in RAM. Pitfalls measured here
+(REFERENCE.md section 4) and handled:
+
+- on CPU the pipeline order ``decoder, ToTensor, ToTorchImage, NormalizeImage`` never returns
+  from the Loader constructor; CPU pipelines normalise on the numpy side before ``ToTensor``;
+- importing ffcv and starting every epoch set torch's thread count (to 1, then to the Loader's
+  ``num_workers``): the thread count is restored after import and re-asserted on every batch;
+- ``ToTorchImage`` returns channels_last tensors: ``channels_last`` must match the model (the
+  ClassificationModule converts itself to channels_last by default), or DDP warns that grad
+  strides do not match bucket views;
+- Loaders are built inside the ``*_dataloader`` hooks, where the process group exists.
+
+Batches are views into buffers ffcv reuses a few batches later (``batches_ahead + 2`` slots):
+Lightning holds at most two at a time, but code that keeps batches must ``clone()`` them.
+
+Resuming: ffcv orders samples by (seed, epoch); the loader's epoch is set from the trainer's
+``current_epoch`` before each epoch, so a run resumed from a checkpoint sees the same order as an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterator, Optional, Tuple
+
+import lightning as L
+import numpy as np
+import torch
+
+__all__ = ["ImageNetFFCVDataModule", "import_ffcv", "beton_num_samples_and_classes", "IMAGENET_MEAN", "IMAGENET_STD"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_ffcv = None
+
+
+def import_ffcv():
+    """Import ffcv on first use, keeping torch's thread count as it was."""
+    global _ffcv
+    if _ffcv is None:
+        threads = torch.get_num_threads()
+        try:
+            import ffcv  # noqa: F401  (sets torch.set_num_threads(1) as a side effect)
+            import ffcv.fields.decoders
+            import ffcv.loader
+            import ffcv.reader
+            import ffcv.transforms
+        except ImportError as err:
+            raise ImportError(
+                f"ffcv is not installed ({err}); install it with `pip install -e '.[ffcv]'` after "
+                "`apt-get install libopencv-dev libturbojpeg0-dev pkg-config`, or use ImageFolderDataModule"
+            ) from err
+        finally:
+            torch.set_num_threads(threads)
+        _ffcv = ffcv
+    return _ffcv
+
+
+def _missing_beton_message(kind: str, path: Optional[str]) -> str:
+    return (
+        f"{kind} beton not found: {path}; write one from an ImageFolder tree with "
+        f"`python -m csa_lightning.data.write_beton --root DIR --out {path or 'FILE.beton'}`"
+    )
+
+
+def beton_num_samples_and_classes(path: str) -> Tuple[int, int]:
+    """(number of samples, largest label + 1) of a beton, read from its metadata table only."""
+    ffcv = import_ffcv()
+    try:
+        reader = ffcv.reader.Reader(str(path))
+    except FileNotFoundError:
+        raise
+    except Exception as err:
+        raise ValueError(
+            f"cannot read beton {path} ({type(err).__name__}): the file is corrupt or not an ffcv file; "
+            "rewrite it with python -m csa_lightning.data.write_beton"
+        ) from None
+    if "label" not in reader.field_names:
+        raise ValueError(f"beton {path} has no 'label' field; write it with python -m csa_lightning.data.write_beton")
+    labels = reader.metadata[f"f{reader.field_names.index('label')}"]
+    return int(reader.num_samples), int(labels.max()) + 1 if len(labels) else 0
+
+
+class _EpochAwareLoader:
+    """An ffcv Loader that follows the trainer's epoch and keeps torch's thread count.
+
+    Lightning accepts any sized iterable as a dataloader; this one sets the Loader's epoch from
+    the trainer (for exact resumption) and undoes the thread-count change ffcv makes when an
+    epoch starts.
+    """
+
+    def __init__(self, loader: Any, trainer: Optional["L.Trainer"], torch_threads: int) -> None:
+        self.loader = loader
+        self.trainer = trainer
+        self.torch_threads = torch_threads
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    @property
+    def batch_size(self) -> int:
+        return self.loader.batch_size
+
+    def __iter__(self) -> Iterator:
+        if self.trainer is not None:
+            self.loader.next_epoch = self.trainer.current_epoch
+            # ffcv 1.0.2's QuasiRandom shuffles its page table in place, so an epoch's order would
+            # depend on every epoch drawn before it in this process; rebuilding the table makes it
+            # a function of (seed, epoch) alone, as RANDOM order already is
+            order = getattr(self.loader, "traversal_order", None)
+            if hasattr(order, "prepare_data_structures"):
+                order.prepare_data_structures()
+        for batch in self.loader:
+            if torch.get_num_threads() != self.torch_threads:
+                torch.set_num_threads(self.torch_threads)
+            yield batch
+
+
+class ImageNetFFCVDataModule(L.LightningDataModule):
+    """FFCV ``.beton`` files for training, validation, testing and prediction.
+
+    Args:
+        train_path, val_path: ``.beton`` files (write them with ``csa_lightning.data.write_beton``).
+        test_path, predict_path: default to ``val_path``.
+        batch_size: per process (Lightning's convention; the global batch is this times the
+            number of processes).
+        num_workers: ffcv decoding threads per process.
+        resolution: side of the training crops; ``val_resolution`` (default: the same) of the
+            validation centre crops.
+        val_crop_ratio: centre crop side / shorter image side (224/256 as in ffcv-imagenet).
+        train_crop_scale: area range of the random-resized crop.
+        flip: random horizontal flips for training (off for digits, where they change the class).
+        os_cache: let the OS page cache hold the file (for data that fits in RAM).
+        distributed: None (auto: True when the trainer runs several processes), True or False.
+        channels_last: return NHWC-strided batches (matching a channels_last model).
+        seed: ffcv's ordering seed (orders are a function of seed and epoch).
+        mean, std: normalisation, in 0..1 units.
+    """
+
+    def __init__(
+        self,
+        train_path: Optional[str] = None,
+        val_path: Optional[str] = None,
+        test_path: Optional[str] = None,
+        predict_path: Optional[str] = None,
+        batch_size: int = 64,
+        num_workers: int = 8,
+        resolution: int = 224,
+        val_resolution: Optional[int] = None,
+        val_crop_ratio: float = 224 / 256,
+        train_crop_scale: Tuple[float, float] = (0.08, 1.0),
+        flip: bool = True,
+        os_cache: bool = True,
+        distributed: Optional[bool] = None,
+        channels_last: bool = True,
+        seed: int = 0,
+        mean: Tuple[float, float, float] = IMAGENET_MEAN,
+        std: Tuple[float, float, float] = IMAGENET_STD,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.train_path = train_path
+        self.val_path = val_path
+        self.test_path = test_path
+        self.predict_path = predict_path
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.resolution = resolution
+        self.val_resolution = val_resolution or resolution
+        self.val_crop_ratio = val_crop_ratio
+        self.train_crop_scale = tuple(train_crop_scale)
+        self.flip = flip
+        self.os_cache = os_cache
+        self.distributed = distributed
+        self.channels_last = channels_last
+        self.seed = seed
+        self.mean = tuple(mean)
+        self.std = tuple(std)
+        self._num_classes: Optional[int] = None
+
+    # ------------------------------------------------------------------ checks
+
+    def _paths_for(self, stage: Optional[str]) -> dict:
+        val = self.val_path
+        wanted = {
+            "fit": {"train": self.train_path, "val": val},
+            "validate": {"val": val},
+            "test": {"test": self.test_path or val},
+            "predict": {"predict": self.predict_path or val},
+        }
+        if stage is None:
+            return {k: v for d in wanted.values() for k, v in d.items()}
+        return wanted[stage]
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        classes = 0
+        for kind, path in self._paths_for(stage).items():
+            if not path or not Path(path).is_file():
+                raise FileNotFoundError(_missing_beton_message(kind, path))
+            classes = max(classes, beton_num_samples_and_classes(path)[1])
+        self._num_classes = classes
+
+    @property
+    def num_classes(self) -> Optional[int]:
+        """Largest label in the data + 1 (known after ``setup``): the model must have at least this many."""
+        return self._num_classes
+
+    # ------------------------------------------------------------------ loaders
+
+    def _is_distributed(self) -> bool:
+        if self.distributed is not None:
+            return self.distributed
+        trainer = self._trainer_or_none()
+        return trainer is not None and trainer.world_size > 1
+
+    def _trainer_or_none(self) -> Optional["L.Trainer"]:
+        return getattr(self, "trainer", None)
+
+    def _device(self) -> torch.device:
+        trainer = self._trainer_or_none()
+        if trainer is not None:
+            return trainer.strategy.root_device
+        return torch.device("cpu")
+
+    def _image_pipeline(self, train: bool) -> list:
+        ffcv = import_ffcv()
+        dec = ffcv.fields.decoders
+        tr = ffcv.transforms
+        if train:
+            pipeline = [dec.RandomResizedCropRGBImageDecoder((self.resolution, self.resolution), scale=self.train_crop_scale)]
+            if self.flip:
+                pipeline.append(tr.RandomHorizontalFlip())
+        else:
+            pipeline = [dec.CenterCropRGBImageDecoder((self.val_resolution, self.val_resolution), ratio=self.val_crop_ratio)]
+        mean = np.array(self.mean) * 255
+        std = np.array(self.std) * 255
+        device = self._device()
+        if device.type == "cuda":
+            # decode on CPU, normalise in fp16 on the GPU (ffcv-imagenet's order)
+            pipeline += [
+                tr.ToTensor(),
+                tr.ToDevice(device, non_blocking=True),
+                tr.ToTorchImage(channels_last=self.channels_last),
+                tr.NormalizeImage(mean, std, np.float16),
+            ]
+        else:
+            # the only CPU order that works: normalise the numpy batch first (REFERENCE.md section 4)
+            pipeline += [
+                tr.NormalizeImage(mean, std, np.float32),
+                tr.ToTensor(),
+                tr.ToTorchImage(channels_last=self.channels_last, convert_back_int16=False),
+            ]
+        return pipeline
+
+    def _label_pipeline(self) -> list:
+        ffcv = import_ffcv()
+        tr = ffcv.transforms
+        pipeline = [ffcv.fields.decoders.IntDecoder(), tr.ToTensor(), tr.Squeeze()]
+        device = self._device()
+        if device.type == "cuda":
+            pipeline.append(tr.ToDevice(device, non_blocking=True))
+        return pipeline
+
+    def _loader(self, path: Optional[str], kind: str, train: bool) -> _EpochAwareLoader:
+        if not path or not Path(path).is_file():
+            raise FileNotFoundError(_missing_beton_message(kind, path))
+        ffcv = import_ffcv()
+        OrderOption = ffcv.loader.OrderOption
+        distributed = self._is_distributed()
+        if train:
+            order = OrderOption.RANDOM if distributed else OrderOption.QUASI_RANDOM
+        else:
+            order = OrderOption.SEQUENTIAL
+        threads = torch.get_num_threads()
+        try:
+            loader = ffcv.loader.Loader(
+                str(path),
+                batch_size=self.batch_size,
+                num_workers=self.num_workers,
+                order=order,
+                os_cache=self.os_cache,
+                drop_last=train,
+                distributed=distributed,
+                seed=self.seed,
+                pipelines={"image": self._image_pipeline(train), "label": self._label_pipeline()},
+            )
+        finally:
+            torch.set_num_threads(threads)
+        return _EpochAwareLoader(loader, self._trainer_or_none() if train else None, threads)
+
+    def train_dataloader(self):
+        return self._loader(self.train_path, "train", train=True)
+
+    def val_dataloader(self):
+        return self._loader(self.val_path, "val", train=False)
+
+    def test_dataloader(self):
+        return self._loader(self.test_path or self.val_path, "test", train=False)
+
+    def predict_dataloader(self):
+        return self._loader(self.predict_path or self.val_path, "predict", train=False)
+
+
+def default_num_workers() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)

@@ -1,0 +1,116 @@
+"""ImageFolder trees through torchvision transforms and a torch DataLoader.
+
+The same arguments as :class:`ImageNetFFCVDataModule`, for users without ffcv and as the baseline
+of the loader benchmark: RandomResizedCrop (+ flip) for training, Resize to side / ratio then
+CenterCrop for validation (224 / 256 as in torchvision's reference). Images are converted to RGB.
+Under DDP, Lightning puts a DistributedSampler in front of these loaders.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Tuple
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from .ffcv_imagenet import IMAGENET_MEAN, IMAGENET_STD
+
+__all__ = ["ImageFolderDataModule"]
+
+
+def _rgb_loader(path: str):
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+class ImageFolderDataModule(L.LightningDataModule):
+    """``root/<class>/<image>`` trees for training and validation (test/predict default to val)."""
+
+    def __init__(
+        self,
+        train_path: Optional[str] = None,
+        val_path: Optional[str] = None,
+        test_path: Optional[str] = None,
+        predict_path: Optional[str] = None,
+        batch_size: int = 64,
+        num_workers: int = 8,
+        resolution: int = 224,
+        val_resolution: Optional[int] = None,
+        val_crop_ratio: float = 224 / 256,
+        train_crop_scale: Tuple[float, float] = (0.08, 1.0),
+        flip: bool = True,
+        channels_last: bool = True,
+        mean: Tuple[float, float, float] = IMAGENET_MEAN,
+        std: Tuple[float, float, float] = IMAGENET_STD,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.train_path, self.val_path = train_path, val_path
+        self.test_path, self.predict_path = test_path, predict_path
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.resolution = resolution
+        self.val_resolution = val_resolution or resolution
+        self.val_crop_ratio = val_crop_ratio
+        self.train_crop_scale = tuple(train_crop_scale)
+        self.flip = flip
+        self.channels_last = channels_last
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.num_classes: Optional[int] = None
+
+    def train_transform(self):
+        from torchvision import transforms as T
+
+        steps = [T.RandomResizedCrop(self.resolution, scale=self.train_crop_scale)]
+        if self.flip:
+            steps.append(T.RandomHorizontalFlip())
+        return T.Compose(steps + [T.ToTensor(), T.Normalize(self.mean, self.std)])
+
+    def val_transform(self):
+        from torchvision import transforms as T
+
+        resize = int(round(self.val_resolution / self.val_crop_ratio))
+        return T.Compose([T.Resize(resize), T.CenterCrop(self.val_resolution), T.ToTensor(), T.Normalize(self.mean, self.std)])
+
+    def _folder(self, path: Optional[str], kind: str, train: bool):
+        from torchvision.datasets import ImageFolder
+
+        if not path or not Path(path).is_dir():
+            raise FileNotFoundError(f"{kind} image folder not found: {path} (expected {kind}_path/<class>/<image files>)")
+        return ImageFolder(path, transform=self.train_transform() if train else self.val_transform(), loader=_rgb_loader)
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        kinds = {"fit": [("train", self.train_path, True), ("val", self.val_path, False)]}.get(
+            stage, [("val", self.test_path or self.predict_path or self.val_path, False)]
+        )
+        self._datasets = {kind: self._folder(path, kind, train) for kind, path, train in kinds}
+        self.num_classes = max(len(d.classes) for d in self._datasets.values())
+
+    def _loader(self, kind: str, path: Optional[str], train: bool) -> DataLoader:
+        dataset = self._datasets.get(kind) if hasattr(self, "_datasets") else None
+        dataset = dataset or self._folder(path, kind, train)
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=train,
+            drop_last=train,
+            num_workers=self.num_workers,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.train_path, True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", self.val_path, False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("val", self.test_path or self.val_path, False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("val", self.predict_path or self.val_path, False)
