@@ -141,3 +141,7 @@ def main(args: Optional[Sequence[str]] = None, run: bool = True) -> CSALightning
     except (FileNotFoundError, ValueError, TypeError, ImportError) as err:
         print(f"error: {_one_line(err)}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

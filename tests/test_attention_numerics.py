@@ -168,3 +168,22 @@ def test_csa_compile_option_matches_eager():
     compiled.load_state_dict(eager.state_dict())
     x = torch.randn(2, 32, 6, 6)
     torch.testing.assert_close(compiled(x), eager(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("contiguity", MODES)
+@pytest.mark.parametrize("case", ["random", "all_zero", "identical_channels"])
+def test_in_place_weights_equal_the_differentiable_ones(contiguity, case):
+    """The no-gradient path (in place, the default) and the contiguity_grad path compute the same w."""
+    from csa_lightning.attention.csa import _contiguity_weights_in_place, contiguity_weights
+
+    g = torch.Generator().manual_seed(1)
+    x = {
+        "random": torch.randn(3, 24, 5, 5, generator=g, dtype=torch.float64),
+        "all_zero": torch.zeros(2, 24, 5, 5, dtype=torch.float64),
+        "identical_channels": torch.randn(2, 1, 5, 5, generator=g, dtype=torch.float64).expand(2, 24, 5, 5).contiguous(),
+    }[case]
+    before = x.clone()
+    fast = _contiguity_weights_in_place(x, contiguity, 1e-5)
+    torch.testing.assert_close(fast, contiguity_weights(x, contiguity, 1e-5), atol=1e-12, rtol=1e-9)
+    assert torch.equal(x, before), "the input must not be modified"
+    assert torch.allclose(fast, fast.transpose(1, 2)) and torch.all(fast.diagonal(dim1=1, dim2=2) == 0)

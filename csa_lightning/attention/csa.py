@@ -84,6 +84,40 @@ def contiguity_weights(x: Tensor, contiguity: str = "l2", eps: float = 1e-5) -> 
     return v / torch.where(total > 0, total, torch.ones_like(total))
 
 
+@torch.no_grad()
+def _contiguity_weights_in_place(x: Tensor, contiguity: str, eps: float) -> Tensor:
+    """:func:`contiguity_weights` for the no-gradient path, with the C x C work done in place.
+
+    Same math, same conventions; the elementwise chain over the (N, C, C) matrices is the cost
+    that dominates CSA (REFERENCE.md section 1), so it reuses the Gram matrix's storage instead of
+    allocating a new matrix per step (about half the passes over memory).
+    """
+    if contiguity not in CONTIGUITY_MODES:
+        raise ValueError(f"unknown contiguity '{contiguity}': choose one of {', '.join(CONTIGUITY_MODES)}")
+    n, c = x.shape[:2]
+    if c < 2:
+        raise ValueError(f"spatial autocorrelation needs at least 2 channels, got {c}")
+    f = x.reshape(n, c, -1)
+    gram = torch.bmm(f, f.transpose(1, 2))
+    sq_norms = gram.diagonal(dim1=1, dim2=2).clone()
+    cosine = None
+    if contiguity in ("cosine", "hybrid"):
+        norms = sq_norms.sqrt().clamp_min_(eps)
+        cosine = gram.div(norms[:, :, None]).div_(norms[:, None, :]).clamp_min_(0)
+        v = cosine
+    if contiguity in ("l2", "hybrid"):
+        dist = gram.mul_(-2).add_(sq_norms[:, :, None]).add_(sq_norms[:, None, :]).clamp_min_(0).sqrt_()
+        dist.diagonal(dim1=1, dim2=2).zero_()
+        pairs = c * (c - 1) if contiguity == "l2" else c * c
+        mean_dist = (dist.sum(dim=(1, 2)) / pairs).clamp_min_(eps)
+        v = dist.mul_((-1.0 / mean_dist)[:, None, None]).exp_()
+        if cosine is not None:
+            v.mul_(cosine)
+    v.diagonal(dim1=1, dim2=2).zero_()
+    total = v.sum(dim=(1, 2), keepdim=True)
+    return v.div_(torch.where(total > 0, total, torch.ones_like(total)))
+
+
 def spatial_autocorrelation(
     x: Tensor, contiguity: str = "l2", eps: float = 1e-5, contiguity_grad: bool = False
 ) -> Dict[str, Tensor]:
@@ -101,8 +135,7 @@ def spatial_autocorrelation(
         if contiguity_grad:
             w = contiguity_weights(xf, contiguity, eps)
         else:
-            with torch.no_grad():
-                w = contiguity_weights(xf.detach(), contiguity, eps)
+            w = _contiguity_weights_in_place(xf.detach(), contiguity, eps)
         moran = z * torch.bmm(w, z.unsqueeze(-1)).squeeze(-1)
         q = standardize(moran, eps)
     return {"z": z, "I": moran, "q": q}

@@ -14,7 +14,7 @@ from typing import Any, Dict, Optional
 import lightning as L
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-__all__ = ["RunInfo", "RunSummary", "run_info"]
+__all__ = ["RunInfo", "RunSummary", "RecordResult", "run_info"]
 
 PACKAGES = ("torch", "torchvision", "lightning", "torchmetrics", "jsonargparse", "ffcv", "numba", "numpy", "csa-lightning")
 
@@ -86,3 +86,62 @@ class RunSummary(Callback):
                     lines.append(f"last checkpoint: {cb.last_model_path}")
         lines.append(f"logs: {log_dir}")
         print("\n" + "\n".join(lines), flush=True)
+
+
+class RecordResult(Callback):
+    """Writes the outcome of a fit as JSON (the ablation runner's record of one run).
+
+    Path: ``result_path``, or the environment variable ``CSA_RESULT_PATH``. Contents: best and final
+    validation top-1, epochs, params, GMAC at the data's resolution, train images/s (mean over the
+    last epoch) and inference images/s (eval mode, one batch, median of 5), and the checkpoints.
+    """
+
+    def __init__(self, result_path: Optional[str] = None) -> None:
+        self.result_path = result_path or os.environ.get("CSA_RESULT_PATH")
+
+    def on_fit_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        import statistics
+        import time
+
+        import torch
+
+        from ..models.summary import count_cost
+
+        if trainer.global_rank != 0 or not self.result_path:
+            return
+        datamodule = trainer.datamodule
+        size = int(getattr(datamodule, "resolution", 224))
+        batch = int(getattr(datamodule, "batch_size", 32))
+        net = getattr(pl_module, "model", pl_module)
+        params, gmac = count_cost(net, size)
+        was_training = pl_module.training
+        pl_module.eval()
+        x = torch.randn(batch, 3, size, size, device=pl_module.device)
+        times = []
+        with torch.no_grad():
+            for _ in range(6):
+                start = time.perf_counter()
+                pl_module(x)
+                times.append(time.perf_counter() - start)
+        pl_module.train(was_training)
+        metrics = trainer.callback_metrics
+        ckpt = trainer.checkpoint_callback
+        best = ckpt.best_model_score if ckpt is not None and ckpt.best_model_score is not None else metrics.get("val/top1")
+        record = {
+            "best_val_top1": float(best) if best is not None else None,
+            "final_val_top1": float(metrics["val/top1"]) if "val/top1" in metrics else None,
+            "final_val_loss": float(metrics["val/loss"]) if "val/loss" in metrics else None,
+            "epochs": trainer.current_epoch,
+            "params": params,
+            "gmac": round(gmac, 4),
+            "gmac_resolution": size,
+            "train_images_per_sec": float(metrics.get("train/images_per_sec_epoch", float("nan"))),
+            "inference_images_per_sec": batch / statistics.median(times[1:]),
+            "best_checkpoint": getattr(ckpt, "best_model_path", None),
+            "last_checkpoint": getattr(ckpt, "last_model_path", None),
+        }
+        path = Path(self.result_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(record, indent=2))
+        os.replace(tmp, path)

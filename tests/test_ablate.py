@@ -1,0 +1,101 @@
+"""The ablation runner: planning, the results file, the report, and surviving a kill."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from csa_lightning.ablate import Variant, load_results, plan_variants, summarise, write_report
+
+from .conftest import DEMO_CONFIG, ROOT
+
+
+def test_plan_resets_options_and_applies_sweeps_only_where_they_fit():
+    variants = plan_variants(
+        ["none", "se", "csa"], [0, 1],
+        {"model.placement": ["stage_end", "every_block"], "model.attention_options.contiguity": ["l2", "hybrid"]},
+    )  # fmt: skip
+    names = [v.name for v in variants]
+    assert len(names) == len(set(names))
+    # none: no placement, no contiguity -> 2 seeds; se: 2 placements x 2 seeds; csa: 2 x 2 x 2
+    assert sum(v.attention == "none" for v in variants) == 2
+    assert sum(v.attention == "se" for v in variants) == 4
+    assert sum(v.attention == "csa" for v in variants) == 8
+    se = next(v for v in variants if v.attention == "se")
+    args = se.cli_args(["reduction"])
+    assert args[args.index("--model.attention_options") + 1] == "null"  # reset to SE's defaults
+    csa = next(v for v in variants if v.attention == "csa" and v.sweep["model.attention_options.contiguity"] == "hybrid")
+    args = csa.cli_args(["reduction", "contiguity"])
+    assert json.loads(args[args.index("--model.attention_options") + 1]) == {"contiguity": "hybrid"}
+    assert Variant("gct", 3).cli_args([])[-4:] == ["--model.placement", "null", "--model.attention_options", "null"]
+
+
+def _record(group, attention, seed, top1, params=1000, speed=100.0):
+    return {"variant": f"{group}_{seed}", "group": group, "attention": attention, "seed": seed, "best_val_top1": top1,
+            "params": params, "gmac": 0.5, "train_images_per_sec": speed, "inference_images_per_sec": 2 * speed}  # fmt: skip
+
+
+def test_report_means_stds_deltas_and_noise_notes(tmp_path):
+    records = [
+        _record("none", "none", 0, 0.90), _record("none", "none", 1, 0.92),
+        _record("se", "se", 0, 0.905), _record("se", "se", 1, 0.925),
+        _record("csa", "csa", 0, 0.96), _record("csa", "csa", 1, 0.962),
+    ]  # fmt: skip
+    rows = {r["variant"]: r for r in write_report(tmp_path, records, "test")}
+    assert rows["none"]["top1_err_mean"] == pytest.approx(9.0)
+    assert rows["none"]["top1_err_std"] == pytest.approx(1.41421356, rel=1e-6)  # sample std over seeds
+    assert rows["se"]["delta_vs_none"] == pytest.approx(-0.5) and rows["se"]["note"] == "within 1 std (noise)"
+    assert rows["csa"]["delta_vs_none"] == pytest.approx(-5.1) and rows["csa"]["note"] == ""
+    report = (tmp_path / "report.md").read_text()
+    assert "| csa | 2 | 3.90 ± 0.14 | -5.10 |" in report
+    assert (tmp_path / "report.csv").read_text().count("\n") == 4
+    assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
+def test_corrupt_results_file_is_explained(tmp_path):
+    (tmp_path / "results.json").write_text("[{ truncated")
+    with pytest.raises(ValueError, match="results.json is corrupt"):
+        load_results(tmp_path)
+
+
+@pytest.mark.slow
+def test_killed_ablation_resumes_without_losing_or_duplicating(tmp_path):
+    out = tmp_path / "ablation"
+    cmd = [
+        sys.executable, "-m", "csa_lightning.ablate", "--config", str(DEMO_CONFIG),
+        "--attentions", "none,csa", "--seeds", "0", "--out", str(out),
+        "--data", "csa_lightning.data.DigitsMemoryDataModule", "--data.resolution", "16", "--data.batch_size", "32",
+        "--data.limit_train_samples", "128", "--trainer.max_epochs", "5", "--trainer.limit_val_batches", "2",
+        "--trainer.enable_progress_bar", "false",
+    ]  # fmt: skip
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    csa_run = out / "runs" / "csa_seed0"
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline:  # kill once the first run is recorded and the second has a checkpoint
+            if len(load_results(out)) == 1 and list(csa_run.rglob("last.ckpt")):
+                break
+            assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
+            time.sleep(0.1)
+        else:
+            pytest.fail("the ablation never reached the second run's first checkpoint")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert len(load_results(out)) == 1 and not (csa_run / "result.json").exists()
+
+    again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "2 variants, 1 already finished, 1 to run" in again.stdout
+    records = load_results(out)
+    assert sorted(r["variant"] for r in records) == ["csa_seed0", "none_seed0"]
+    csa = next(r for r in records if r["attention"] == "csa")
+    assert csa["epochs"] == 5 and csa["params"] > 0 and csa["git_commit"] is not None
+    assert "Restoring states from the checkpoint" in (csa_run / "stdout.log").read_text()
+    assert len(list((csa_run / "logs").glob("version_*"))) == 2  # the interrupted run's logs are kept
+    assert (out / "report.md").exists() and (out / "report.png").exists()
