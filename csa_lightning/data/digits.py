@@ -95,7 +95,7 @@ class DigitsDataModule(ImageNetFFCVDataModule):
         resolution: int = 32,
         val_resolution: Optional[int] = None,
         val_crop_ratio: float = 1.0,
-        train_crop_scale: Tuple[float, float] = (0.6, 1.0),
+        train_crop_scale: Tuple[float, float] = (0.8, 1.0),
         flip: bool = False,
         os_cache: bool = True,
         distributed: Optional[bool] = None,
