@@ -51,17 +51,22 @@ def _descriptor_dtype(x: Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
 
 
+def _check_contiguity_input(x: Tensor, contiguity: str) -> tuple:
+    if contiguity not in CONTIGUITY_MODES:
+        raise ValueError(f"unknown contiguity '{contiguity}': choose one of {', '.join(CONTIGUITY_MODES)}")
+    n, c = x.shape[:2]
+    if c < 2:
+        raise ValueError(f"spatial autocorrelation needs at least 2 channels, got {c}")
+    return n, c
+
+
 def contiguity_weights(x: Tensor, contiguity: str = "l2", eps: float = 1e-5) -> Tensor:
     """The unitary spatial weight matrix w, shape (N, C, C), of a feature map (N, C, H, W).
 
     Symmetric, zero diagonal, non-negative entries summing to 1 per sample (or all 0 when every
     v_ij is 0, which only the cosine modes can produce). Computed from one batched Gram matrix.
     """
-    if contiguity not in CONTIGUITY_MODES:
-        raise ValueError(f"unknown contiguity '{contiguity}': choose one of {', '.join(CONTIGUITY_MODES)}")
-    n, c = x.shape[:2]
-    if c < 2:
-        raise ValueError(f"spatial autocorrelation needs at least 2 channels, got {c}")
+    n, c = _check_contiguity_input(x, contiguity)
     f = x.reshape(n, c, -1)
     gram = torch.bmm(f, f.transpose(1, 2))  # (N, C, C): the only O(C^2 HW) step
     sq_norms = gram.diagonal(dim1=1, dim2=2)  # (N, C) = ||f_i||^2
@@ -92,11 +97,7 @@ def _contiguity_weights_in_place(x: Tensor, contiguity: str, eps: float) -> Tens
     that dominates CSA (REFERENCE.md section 1), so it reuses the Gram matrix's storage instead of
     allocating a new matrix per step (about half the passes over memory).
     """
-    if contiguity not in CONTIGUITY_MODES:
-        raise ValueError(f"unknown contiguity '{contiguity}': choose one of {', '.join(CONTIGUITY_MODES)}")
-    n, c = x.shape[:2]
-    if c < 2:
-        raise ValueError(f"spatial autocorrelation needs at least 2 channels, got {c}")
+    n, c = _check_contiguity_input(x, contiguity)
     f = x.reshape(n, c, -1)
     gram = torch.bmm(f, f.transpose(1, 2))
     sq_norms = gram.diagonal(dim1=1, dim2=2).clone()

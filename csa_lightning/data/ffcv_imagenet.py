@@ -26,7 +26,6 @@ uninterrupted one.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Iterator, Optional, Tuple
 
@@ -308,6 +307,3 @@ class ImageNetFFCVDataModule(L.LightningDataModule):
     def predict_dataloader(self):
         return self._loader(self.predict_path or self.val_path, "predict", train=False)
 
-
-def default_num_workers() -> int:
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
