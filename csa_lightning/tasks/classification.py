@@ -192,6 +192,7 @@ class ClassificationModule(L.LightningModule):
     # ------------------------------------------------------------------ throughput
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        # images/s of the optimisation step (forward, backward, update); data loading is not included
         self._batch_started = time.perf_counter()
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
