@@ -1,0 +1,190 @@
+"""Efficiency of attention ResNets: the CSA paper's Table 4, extended.
+
+    python -m csa_lightning.benchmark --depth 50 --attentions none,se,cbam,eca,gct,csa --batch 8 --size 224 \\
+        [--csa-modes l2,hybrid,cosine] [--csa-grad] [--repeats 3] [--format markdown|json] [--out FILE]
+
+For each variant, in one process and interleaved (variant A, B, C, then A, B, C again...), after
+one warm-up round: the time of a training step (forward, backward, SGD step; the second of two in
+a row, so that no variant pays for the previous one's memory) and of inference
+(eval mode, no_grad) on one random batch, median over ``repeats``; their ratios to the
+no-attention model of the same run; the bytes saved for backward (distinct storages seen by
+``torch.autograd.graph.saved_tensors_hooks`` during one training forward: exact on CPU); params
+and GMAC (see ``csa_lightning.models.summary``). On a CUDA machine the same is timed on the GPU
+under bf16 autocast, with peak memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from .models import attention_resnet
+from .models.summary import count_cost
+
+__all__ = ["saved_tensor_bytes", "benchmark", "main"]
+
+
+def saved_tensor_bytes(model: nn.Module, x: torch.Tensor) -> int:
+    """Bytes of the distinct storages autograd saves for backward during one forward of ``model``."""
+    storages: Dict[Tuple[int, int], int] = {}
+
+    def pack(t: torch.Tensor):
+        storage = t.untyped_storage()
+        storages[(storage.data_ptr(), t.device.index or 0)] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model(x)
+    del out
+    return sum(storages.values())
+
+
+def _variants(attentions: Sequence[str], csa_modes: Sequence[str], csa_grad: bool) -> List[Tuple[str, str, dict]]:
+    variants = []
+    for attention in attentions:
+        if attention == "csa":
+            for mode in csa_modes:
+                variants.append((f"csa ({mode})", "csa", {"contiguity": mode}))
+                if csa_grad:
+                    variants.append((f"csa ({mode}, contiguity_grad)", "csa", {"contiguity": mode, "contiguity_grad": True}))
+        else:
+            variants.append((attention, attention, {}))
+    return variants
+
+
+def _timed(fn, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def benchmark(
+    depth: int = 50,
+    attentions: Sequence[str] = ("none", "se", "cbam", "eca", "gct", "csa"),
+    batch: int = 8,
+    size: int = 224,
+    repeats: int = 3,
+    csa_modes: Sequence[str] = ("l2",),
+    csa_grad: bool = False,
+    device: str = "cpu",
+    bf16: bool = False,
+) -> List[Dict[str, Any]]:
+    """Rows of measurements, one per variant; ratios are to the "none" row of the same run."""
+    dev = torch.device(device)
+    torch.manual_seed(0)
+    x = torch.randn(batch, 3, size, size, device=dev)
+    y = torch.randint(0, 1000, (batch,), device=dev)
+    setups = []
+    for name, attention, options in _variants(attentions, csa_modes, csa_grad):
+        model = attention_resnet(depth, attention, attention_options=options or None).to(dev)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        setups.append({"name": name, "attention": attention, "options": options, "model": model, "opt": optimizer,
+                       "train": [], "infer": []})  # fmt: skip
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16)
+
+    def train_step(s):
+        s["model"].train()
+        with autocast:
+            loss = nn.functional.cross_entropy(s["model"](x).float(), y)
+        s["opt"].zero_grad(set_to_none=True)
+        loss.backward()
+        s["opt"].step()
+
+    def infer(s):
+        s["model"].eval()
+        with torch.no_grad(), autocast:
+            s["model"](x)
+
+    for round_ in range(repeats + 1):  # round 0 warms up (allocator, kernels, caches)
+        for s in setups:
+            if dev.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(dev)
+            # the first step after another variant pays for its memory being freed and re-allocated:
+            # time the second of two consecutive steps
+            train_step(s)
+            t_train = _timed(lambda: train_step(s), dev)
+            if dev.type == "cuda":
+                s["peak_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
+            t_infer = _timed(lambda: infer(s), dev)
+            if round_ > 0:
+                s["train"].append(t_train)
+                s["infer"].append(t_infer)
+    rows = []
+    for s in setups:
+        s["model"].train()
+        with autocast:
+            saved = saved_tensor_bytes(s["model"], x)
+        with torch.device("meta"):
+            params, gmac = count_cost(attention_resnet(depth, s["attention"], attention_options=s["options"] or None), size)
+        rows.append({
+            "variant": s["name"], "params": params, "gmac": round(gmac, 3),
+            "train_s": statistics.median(s["train"]), "infer_s": statistics.median(s["infer"]),
+            "saved_mb": saved / 2**20, "peak_mb": s.get("peak_mb"),
+        })  # fmt: skip
+    base = next((r for r in rows if r["variant"] == "none"), rows[0])
+    for r in rows:
+        r["train_ratio"] = r["train_s"] / base["train_s"]
+        r["infer_ratio"] = r["infer_s"] / base["infer_s"]
+        r["saved_ratio"] = r["saved_mb"] / base["saved_mb"]
+    return rows
+
+
+def to_markdown(rows: List[Dict[str, Any]], title: str) -> str:
+    peak = any(r["peak_mb"] is not None for r in rows)
+    head = "| variant | params | GMAC | train step s | x none | inference s | x none | saved for backward MB | x none |"
+    head += " peak MB |" if peak else ""
+    lines = [title, "", head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if peak else "")]
+    for r in rows:
+        line = (
+            f"| {r['variant']} | {r['params']:,} | {r['gmac']:.3f} | {r['train_s']:.3f} | {r['train_ratio']:.2f} | "
+            f"{r['infer_s']:.3f} | {r['infer_ratio']:.2f} | {r['saved_mb']:.0f} | {r['saved_ratio']:.2f} |"
+        )
+        lines.append(line + (f" {r['peak_mb']:.0f} |" if peak else ""))
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
+    parser = argparse.ArgumentParser(prog="python -m csa_lightning.benchmark", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--depth", type=int, default=50)
+    parser.add_argument("--attentions", default="none,se,cbam,eca,gct,csa")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--csa-modes", default="l2", help="contiguity modes to time CSA in (l2,hybrid,cosine)")
+    parser.add_argument("--csa-grad", action="store_true", help="also time CSA with contiguity_grad=True")
+    parser.add_argument("--format", choices=("markdown", "json"), default="markdown")
+    parser.add_argument("--out", default=None, help="also write the JSON rows here")
+    args = parser.parse_args(argv)
+    attentions = [a.strip() for a in args.attentions.split(",") if a.strip()]
+    modes = [m.strip() for m in args.csa_modes.split(",") if m.strip()]
+    machine = f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    results = {"cpu": benchmark(args.depth, attentions, args.batch, args.size, args.repeats, modes, args.csa_grad)}
+    if torch.cuda.is_available():
+        results["cuda_bf16"] = benchmark(args.depth, attentions, args.batch, args.size, args.repeats, modes,
+                                         args.csa_grad, device="cuda", bf16=True)  # fmt: skip
+        machine += f", {torch.cuda.get_device_name()}"
+    if args.format == "json":
+        print(json.dumps({"machine": machine, **results}, indent=2))
+    else:
+        for key, rows in results.items():
+            title = f"ResNet-{args.depth}, batch {args.batch} at {args.size} px, {key}, median of {args.repeats} ({machine})"
+            print(to_markdown(rows, title) + "\n")
+    if args.out:
+        with open(args.out, "w") as fh:
+            json.dump({"machine": machine, **results}, fh, indent=2)
+    return results["cpu"]
+
+
+if __name__ == "__main__":
+    main()
