@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from ..attention import ChannelAttention, build_attention, resolve_attention
+from ..attention import PLACEMENTS, ChannelAttention, build_attention, resolve_attention
 from ..attention.base import AttentionSpec
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,8 @@ def resolve_placement(placement: PlacementSpec, layers: Sequence[int]) -> List[T
         if placement == "every_block":
             return [(s, b) for s, n in enumerate(layers) for b in range(n)]
         raise ValueError(
-            f"unknown placement '{placement}': use 'stage_end', 'every_block' or a list of [stage, block] pairs"
+            f"unknown placement '{placement}': use {' or '.join(repr(p) for p in PLACEMENTS)}, "
+            "or a list of [stage, block] pairs"
         )
     pairs = set()
     for item in placement:

@@ -227,7 +227,6 @@ class ClassificationModule(L.LightningModule):
             f"lr {hp.lr:g} for a global batch of {hp.lr_reference_batch} -> {lr:g} for the actual global batch "
             f"of {batch if batch is not None else 'unknown (no datamodule batch_size)'}"
         )
-        self._scaled_lr = lr
         optimizer = torch.optim.SGD(
             parameter_groups(self.model, hp.weight_decay, hp.no_weight_decay_on),
             lr=lr,
@@ -238,5 +237,5 @@ class ClassificationModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": step, "interval": "epoch"}}
 
     def on_train_epoch_start(self) -> None:
-        self.log("lr_scaled", float(getattr(self, "_scaled_lr", self.hparams.lr)), on_step=False, on_epoch=True)
+        self.log("lr_scaled", float(self.scaled_lr()), on_step=False, on_epoch=True)
         self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=False, on_epoch=True, prog_bar=True)
