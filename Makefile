@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.csa-lightning-installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := libopencv-dev libturbojpeg0-dev pkg-config
 
-.PHONY: install test test-fast demo summary clean
+.PHONY: install test test-fast demo summary figures clean
 
 install: $(STAMP)
 
@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml constraints.txt
 	fi
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[ffcv,dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[ffcv,analysis,dev]'
 	@touch $(STAMP)
 
 # The whole suite, slow tests included (none is skipped by default).
@@ -38,6 +38,18 @@ demo: $(STAMP)
 # The parameter / GMAC table beside the paper's Table 1.
 summary: $(STAMP)
 	$(PY) -m csa_lightning.models.summary --depths 50,101
+
+# The README's analysis figures: the digits demo recipe with no gate, SE and CSA (one run each,
+# resumable; ~8 min on 2 CPU cores), then channel descriptors and Grad-CAM of the three.
+FIG_RUNS := runs/analysis-digits
+figures: $(STAMP)
+	$(PY) -m csa_lightning.ablate --config configs/demo/digits_csa.yaml --attentions none,se,csa --seeds 0 --out $(FIG_RUNS)
+	$(PY) -m csa_lightning.analyze descriptors --out figs/digits \
+		--ckpt $(FIG_RUNS)/runs/none_seed0 --ckpt $(FIG_RUNS)/runs/se_seed0 --ckpt $(FIG_RUNS)/runs/csa_seed0 \
+		--images data/digits/images_32px/val
+	$(PY) -m csa_lightning.analyze gradcam --out figs/digits --limit 6 \
+		--ckpt $(FIG_RUNS)/runs/none_seed0 --ckpt $(FIG_RUNS)/runs/se_seed0 --ckpt $(FIG_RUNS)/runs/csa_seed0 \
+		--images data/digits/images_32px/val
 
 clean:
 	rm -rf $(VENV) .pytest_cache
