@@ -34,3 +34,23 @@ def in_tmp_cwd(tmp_path, monkeypatch):
     """Run in an empty folder, so relative run folders land in tmp_path."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+def make_classification_checkpoint(path, attention: str, depth: int = 18, steps: int = 4) -> str:
+    """A genuine Lightning checkpoint of a digits ClassificationModule after a few steps, saved with
+    its data module's settings (as cli.py fit writes them)."""
+    import lightning as L
+
+    from csa_lightning.data import DigitsMemoryDataModule
+    from csa_lightning.tasks import ClassificationModule
+
+    torch.manual_seed(0)
+    module = ClassificationModule(depth=depth, attention=attention, num_classes=10, lr=0.05, milestones=[5])
+    data = DigitsMemoryDataModule(batch_size=32, limit_train_samples=128)
+    trainer = L.Trainer(
+        max_steps=steps, limit_val_batches=0, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", devices=1,
+    )
+    trainer.fit(module, data)
+    trainer.save_checkpoint(path)
+    return str(path)

@@ -1,33 +1,18 @@
 """The analysis tools: descriptor values and figures, Grad-CAM grids, bad input."""
 
 import numpy as np
-import lightning as L
 import pytest
 import torch
 
 from csa_lightning import analyze
 from csa_lightning.attention.csa import spatial_autocorrelation
-from csa_lightning.data import DigitsMemoryDataModule
-from csa_lightning.tasks import ClassificationModule
 
-def _checkpoint(path, attention: str):
-    """A digits CSA/plain ResNet-18 after a few steps, saved with its data module's settings."""
-    torch.manual_seed(0)
-    module = ClassificationModule(depth=18, attention=attention, num_classes=10, lr=0.05, milestones=[5])
-    data = DigitsMemoryDataModule(batch_size=32, limit_train_samples=128)
-    trainer = L.Trainer(
-        max_steps=4, limit_val_batches=0, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", devices=1,
-    )
-    trainer.fit(module, data)
-    trainer.save_checkpoint(path)
-    return str(path)
-
+from .conftest import make_classification_checkpoint
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     folder = tmp_path_factory.mktemp("analysis_ckpts")
-    return {name: _checkpoint(folder / f"{name}.ckpt", name) for name in ("csa", "none")}
+    return {name: make_classification_checkpoint(folder / f"{name}.ckpt", name) for name in ("csa", "none")}
 
 
 @pytest.fixture(scope="module")

@@ -3,11 +3,15 @@
 - :class:`ImageNetFFCVDataModule`: ``.beton`` files through ffcv (the fast path);
 - :class:`ImageFolderDataModule`: the same arguments over an ImageFolder tree with torchvision;
 - :class:`DigitsDataModule`: scikit-learn's digits written to betons, through the FFCV path;
-- :class:`DigitsMemoryDataModule`: the same digits in memory (deterministic; for tests).
+- :class:`DigitsMemoryDataModule`: the same digits in memory (deterministic; for tests);
+- :class:`COCODataModule`: COCO-format detection / instance segmentation (pycocotools);
+- :class:`DigitsCOCODataModule`: digits pasted on canvases, written as a COCO-format set.
 """
 
+from .coco import COCODataModule
 from .digits import DigitsDataModule, DigitsMemoryDataModule
+from .digits_coco import DigitsCOCODataModule
 from .ffcv_imagenet import ImageNetFFCVDataModule
 from .image_folder import ImageFolderDataModule
 
-__all__ = ["DigitsDataModule", "DigitsMemoryDataModule", "ImageFolderDataModule", "ImageNetFFCVDataModule"]
+__all__ = ["COCODataModule", "DigitsCOCODataModule", "DigitsDataModule", "DigitsMemoryDataModule", "ImageFolderDataModule", "ImageNetFFCVDataModule"]

@@ -26,6 +26,8 @@ Conventions, as torchvision's detection references:
 from __future__ import annotations
 
 import bisect
+import contextlib
+import io
 import json
 import logging
 from collections import defaultdict
@@ -69,7 +71,8 @@ def load_coco(annotation_file: str):
         raise ValueError(f"annotation file {annotation_file} lacks {', '.join(missing)}: not a COCO instances file")
     coco = COCO()
     coco.dataset = dataset
-    coco.createIndex()
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
+        coco.createIndex()
     return coco
 
 

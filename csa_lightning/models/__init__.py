@@ -1,4 +1,4 @@
-"""Attention ResNets on torchvision's ResNet, weight loading and the model summary table."""
+"""Attention ResNets on torchvision's ResNet, weight loading, detectors and the model summary table."""
 
 from .attention_resnet import (
     RESNET_LAYOUTS,
@@ -10,8 +10,11 @@ from .attention_resnet import (
     load_backbone_weights,
     resolve_placement,
 )
+from .detection import attention_resnet_fpn, build_detector
 
 __all__ = [
+    "attention_resnet_fpn",
+    "build_detector",
     "RESNET_LAYOUTS",
     "AttentionBasicBlock",
     "AttentionBottleneck",

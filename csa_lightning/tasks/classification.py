@@ -10,7 +10,6 @@ on norms and biases) need the model.
 
 from __future__ import annotations
 
-import time
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import lightning as L
@@ -21,6 +20,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from ..models import attention_resnet
+from .recipe import LinearScaledRecipe
 
 __all__ = ["ClassificationModule", "parameter_groups"]
 
@@ -51,7 +51,7 @@ def parameter_groups(model: nn.Module, weight_decay: float, no_weight_decay_on: 
     return groups
 
 
-class ClassificationModule(L.LightningModule):
+class ClassificationModule(LinearScaledRecipe, L.LightningModule):
     """Attention-ResNet classifier with the paper's recipe.
 
     Args:
@@ -111,7 +111,6 @@ class ClassificationModule(L.LightningModule):
         self.train_metrics = metrics.clone(prefix="train/")
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
-        self._batch_started: Optional[float] = None
 
     # ------------------------------------------------------------------ model
 
@@ -189,44 +188,12 @@ class ClassificationModule(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_epoch_metrics(self.test_metrics)
 
-    # ------------------------------------------------------------------ throughput
-
-    def on_train_batch_start(self, batch, batch_idx: int) -> None:
-        # images/s of the optimisation step (forward, backward, update); data loading is not included
-        self._batch_started = time.perf_counter()
-
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        if self._batch_started is None:
-            return
-        elapsed = time.perf_counter() - self._batch_started
-        images = len(batch[1]) * self.trainer.world_size
-        self.log("train/images_per_sec", images / max(elapsed, 1e-9), on_step=True, on_epoch=True)
-
     # ------------------------------------------------------------------ optimisation
-
-    def global_batch_size(self) -> Optional[int]:
-        """Per-process batch x processes x accumulation, from the datamodule (None if unknown)."""
-        trainer = self._trainer
-        datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
-        per_process = getattr(datamodule, "batch_size", None)
-        if per_process is None:
-            return None
-        return int(per_process) * trainer.world_size * trainer.accumulate_grad_batches
-
-    def scaled_lr(self) -> float:
-        batch = self.global_batch_size()
-        if batch is None:
-            return self.hparams.lr
-        return self.hparams.lr * batch / self.hparams.lr_reference_batch
 
     def configure_optimizers(self):
         hp = self.hparams
         lr = self.scaled_lr()
-        batch = self.global_batch_size()
-        rank_zero_info(
-            f"lr {hp.lr:g} for a global batch of {hp.lr_reference_batch} -> {lr:g} for the actual global batch "
-            f"of {batch if batch is not None else 'unknown (no datamodule batch_size)'}"
-        )
+        rank_zero_info(self.lr_message())
         optimizer = torch.optim.SGD(
             parameter_groups(self.model, hp.weight_decay, hp.no_weight_decay_on),
             lr=lr,

@@ -1,0 +1,106 @@
+"""Faster R-CNN and Mask R-CNN (torchvision's) on attention-ResNet + FPN backbones.
+
+Nothing of the detectors is rewritten: the attention ResNet keeps torchvision's attribute names,
+so torchvision's own FPN extractor wraps it (returning layer1..layer4 to the FPN, freezing the
+stem and the first stages), and torchvision's ``FasterRCNN`` / ``MaskRCNN`` take the result.
+What this module adds: building that backbone from this project's options, loading ImageNet
+(or digits) classification weights into it with a report, FrozenBatchNorm for pretrained
+backbones as torchvision does, and the head sizes a small demo needs to slim.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional, Sequence, Tuple
+
+from torch import nn
+from torchvision.models.detection import FasterRCNN, MaskRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import BackboneWithFPN, _resnet_fpn_extractor
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from ..attention.base import AttentionSpec
+from .attention_resnet import AttentionResNet, BackboneLoadReport, PlacementSpec, load_backbone_weights
+
+__all__ = ["ARCHITECTURES", "attention_resnet_fpn", "build_detector"]
+
+ARCHITECTURES = ("faster_rcnn", "mask_rcnn")
+
+
+def attention_resnet_fpn(
+    depth: int = 50,
+    attention: AttentionSpec = None,
+    placement: PlacementSpec = None,
+    attention_options: Optional[Mapping[str, Any]] = None,
+    trainable_layers: int = 3,
+    backbone_weights: Optional[str] = None,
+    frozen_bn: Optional[bool] = None,
+) -> Tuple[BackboneWithFPN, Optional[BackboneLoadReport]]:
+    """An attention ResNet with an FPN on layer1..layer4 (256 channels), and the weight-load report.
+
+    ``backbone_weights``: a torchvision ResNet state dict or a ClassificationModule checkpoint of
+    this project; its ``fc`` head is ignored. ``frozen_bn`` (default: True when weights are given,
+    as torchvision) swaps BatchNorm for FrozenBatchNorm2d, whose statistics and affine parameters
+    stay those of the classifier. ``trainable_layers`` (0..5) counts stages from the top, as in
+    torchvision: 3 trains layer2..layer4 and the FPN; the gates of frozen stages are frozen too.
+    """
+    if not 0 <= trainable_layers <= 5:
+        raise ValueError(f"trainable_layers must be 0..5, got {trainable_layers}")
+    if frozen_bn is None:
+        frozen_bn = backbone_weights is not None
+    norm_layer = FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d
+    resnet = AttentionResNet(depth, attention, placement, attention_options, norm_layer=norm_layer)
+    report = None
+    if backbone_weights:
+        report = load_backbone_weights(resnet, backbone_weights, exclude=("fc.",))
+    return _resnet_fpn_extractor(resnet, trainable_layers), report
+
+
+def build_detector(
+    architecture: str,
+    num_classes: int,
+    backbone: nn.Module,
+    min_size: int = 800,
+    max_size: int = 1333,
+    anchor_sizes: Optional[Sequence[int]] = None,
+    rpn_pre_nms_top_n_train: int = 2000,
+    rpn_post_nms_top_n_train: int = 2000,
+    rpn_pre_nms_top_n_test: int = 1000,
+    rpn_post_nms_top_n_test: int = 1000,
+    rpn_batch_size_per_image: int = 256,
+    box_batch_size_per_image: int = 512,
+    box_representation_size: int = 1024,
+    box_detections_per_img: int = 100,
+    box_score_thresh: float = 0.05,
+) -> nn.Module:
+    """torchvision's Faster R-CNN or Mask R-CNN for ``num_classes`` object categories (the
+    background is added here). The defaults are torchvision's (COCO); a small demo lowers the
+    sampled RoIs and anchors, the proposals kept, the image size and the box head's width."""
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture '{architecture}': choose one of {', '.join(ARCHITECTURES)}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes (object categories, background excluded) must be >= 1, got {num_classes}")
+    levels = len(backbone.body.return_layers) + 1  # FPN levels + the max-pool level
+    anchors = None
+    if anchor_sizes is not None:
+        if len(anchor_sizes) != levels:
+            raise ValueError(f"anchor_sizes needs one size per FPN level ({levels}), got {list(anchor_sizes)}")
+        anchors = AnchorGenerator(tuple((int(s),) for s in anchor_sizes), ((0.5, 1.0, 2.0),) * levels)
+    resolution = 7  # torchvision's MultiScaleRoIAlign output for boxes
+    box_head = TwoMLPHead(backbone.out_channels * resolution**2, box_representation_size)
+    kwargs = dict(
+        min_size=min_size, max_size=max_size, rpn_anchor_generator=anchors,
+        rpn_pre_nms_top_n_train=rpn_pre_nms_top_n_train, rpn_post_nms_top_n_train=rpn_post_nms_top_n_train,
+        rpn_pre_nms_top_n_test=rpn_pre_nms_top_n_test, rpn_post_nms_top_n_test=rpn_post_nms_top_n_test,
+        rpn_batch_size_per_image=rpn_batch_size_per_image, box_batch_size_per_image=box_batch_size_per_image,
+        box_detections_per_img=box_detections_per_img, box_score_thresh=box_score_thresh,
+        box_head=box_head, box_predictor=FastRCNNPredictor(box_representation_size, num_classes + 1),
+    )
+    cls = FasterRCNN if architecture == "faster_rcnn" else MaskRCNN
+    if cls is MaskRCNN:
+        from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
+
+        # MaskRCNN builds its predictor from num_classes unless given one; with a box predictor
+        # given, num_classes must be None, so the mask predictor is given too (torchvision's sizes)
+        kwargs["mask_predictor"] = MaskRCNNPredictor(256, 256, num_classes + 1)
+    return cls(backbone, num_classes=None, **kwargs)

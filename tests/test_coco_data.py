@@ -1,0 +1,184 @@
+"""COCO-format data: annotation handling, masks, flips, grouping, the digits detection set, errors."""
+
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from csa_lightning.data import COCODataModule, DigitsCOCODataModule
+from csa_lightning.data.coco import COCODetection, GroupedBatchSampler, aspect_ratio_groups
+from csa_lightning.data.digits_coco import write_digits_coco
+
+from pycocotools import mask as mask_utils
+
+
+def _rle(mask: np.ndarray, compressed: bool = True) -> dict:
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    if compressed:
+        return {"size": list(rle["size"]), "counts": rle["counts"].decode("ascii")}
+    # uncompressed RLE: run lengths in column-major order, starting with zeros
+    flat = mask.astype(np.uint8).flatten(order="F")
+    counts, current, run = [], 0, 0
+    for v in flat:
+        if v == current:
+            run += 1
+        else:
+            counts.append(run)
+            current, run = v, 1
+    counts.append(run)
+    return {"size": list(mask.shape), "counts": counts}
+
+
+def write_tiny_coco(root, with_missing_image=False):
+    """Three images; categories 3 and 7 (COCO-like gaps); polygons, both RLE kinds, a crowd region,
+    a degenerate box and an unknown category."""
+    (root / "images").mkdir(parents=True)
+    (root / "annotations").mkdir()
+    sizes = {1: (60, 40), 2: (50, 50), 3: (40, 60)}  # id -> (width, height)
+    for image_id, (w, h) in sizes.items():
+        Image.fromarray(np.full((h, w, 3), 40 * image_id, dtype=np.uint8)).save(root / "images" / f"{image_id}.png")
+    m2 = np.zeros((50, 50), dtype=np.uint8)
+    m2[10:30, 5:25] = 1
+    m3 = np.zeros((50, 50), dtype=np.uint8)
+    m3[35:45, 30:48] = 1
+    crowd = np.zeros((60, 40), dtype=np.uint8)
+    crowd[5:20, 5:30] = 1
+    anns = [
+        {"id": 1, "image_id": 1, "category_id": 3, "bbox": [10, 5, 20, 10], "area": 200.0, "iscrowd": 0,
+         "segmentation": [[10, 5, 30, 5, 30, 15, 10, 15]]},  # polygon
+        {"id": 2, "image_id": 2, "category_id": 7, "bbox": [5, 10, 20, 20], "area": 400.0, "iscrowd": 0,
+         "segmentation": _rle(m2, compressed=True)},
+        {"id": 3, "image_id": 2, "category_id": 3, "bbox": [30, 35, 18, 10], "area": 180.0, "iscrowd": 0,
+         "segmentation": _rle(m3, compressed=False)},
+        {"id": 4, "image_id": 3, "category_id": 7, "bbox": [5, 5, 25, 15], "area": 375.0, "iscrowd": 1,
+         "segmentation": _rle(crowd, compressed=False)},  # image 3 holds only a crowd region
+        {"id": 5, "image_id": 1, "category_id": 3, "bbox": [12, 12, 0, 5], "area": 0.0, "iscrowd": 0,
+         "segmentation": [[12, 12, 12, 17, 12, 17]]},  # degenerate: no width
+        {"id": 6, "image_id": 1, "category_id": 99, "bbox": [1, 1, 5, 5], "area": 25.0, "iscrowd": 0,
+         "segmentation": [[1, 1, 6, 1, 6, 6, 1, 6]]},  # unknown category
+    ]
+    images = [{"id": i, "file_name": f"{i}.png", "width": w, "height": h} for i, (w, h) in sizes.items()]
+    if with_missing_image:
+        images.append({"id": 4, "file_name": "gone.png", "width": 10, "height": 10})
+        anns.append({"id": 7, "image_id": 4, "category_id": 3, "bbox": [1, 1, 5, 5], "area": 25.0, "iscrowd": 0})
+    cats = [{"id": 3, "name": "three"}, {"id": 7, "name": "seven"}]
+    for split in ("train", "val"):
+        (root / "annotations" / f"{split}.json").write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
+    return root
+
+
+def _module(root, **kwargs):
+    return COCODataModule(
+        root=str(root), train_images="images", val_images="images",
+        train_annotations="annotations/train.json", val_annotations="annotations/val.json",
+        num_workers=0, **kwargs,
+    )
+
+
+def test_training_and_validation_targets(tmp_path, caplog):
+    root = write_tiny_coco(tmp_path / "coco")
+    dm = _module(root, masks=True, batch_size=2, flip_prob=0.0)
+    with caplog.at_level(logging.WARNING):
+        dm.setup("fit")
+    # one warning per split, counting both skipped kinds
+    warnings = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert len(warnings) == 2 and all("1 with a degenerate box" in w and "1 with an unknown category" in w for w in warnings)
+    assert dm.num_classes == 2 and dm.class_names == ["three", "seven"]
+
+    train = dm.train_set
+    assert train.ids == [1, 2]  # image 3 has only a crowd region: no training target
+    image, target = train[1]  # image 2
+    assert image.shape == (3, 50, 50) and image.dtype == torch.float32 and float(image.max()) <= 1.0
+    assert target["labels"].tolist() == [2, 1]  # category 7 -> 2, category 3 -> 1
+    assert target["boxes"].tolist() == [[5, 10, 25, 30], [30, 35, 48, 45]]
+    assert target["masks"].shape == (2, 50, 50) and target["masks"].dtype == torch.uint8
+    assert target["masks"][0].sum() == 400 and target["masks"][1].sum() == 180  # compressed and plain RLE
+    _, poly = train[0]
+    assert poly["masks"].shape == (1, 40, 60) and 150 < int(poly["masks"].sum()) <= 231  # the polygon's pixels
+
+    val = dm.val_set
+    assert val.ids == [1, 2, 3]
+    _, crowd_target = val[2]
+    assert crowd_target["iscrowd"].tolist() == [1] and crowd_target["area"].tolist() == [375.0]
+    assert crowd_target["masks"].sum() == 15 * 25
+
+
+def test_flip_moves_boxes_and_masks_together(tmp_path):
+    root = write_tiny_coco(tmp_path / "coco")
+    flipped = COCODetection(str(root / "images"), str(root / "annotations/train.json"), train=True, masks=True, flip_prob=1.0)
+    plain = COCODetection(str(root / "images"), str(root / "annotations/train.json"), train=True, masks=True)
+    _, f = flipped[1]
+    _, p = plain[1]
+    assert torch.equal(f["masks"], p["masks"].flip(-1))
+    for box, mask in zip(f["boxes"], f["masks"]):
+        ys, xs = torch.nonzero(mask, as_tuple=True)
+        assert box.tolist() == [xs.min().item(), ys.min().item(), xs.max().item() + 1, ys.max().item() + 1]
+
+
+def test_grouped_batches_share_an_aspect_ratio_and_cover_each_index_once():
+    ratios = [0.5, 2.0] * 10 + [1.0] * 5  # 25 images in three groups
+    groups = aspect_ratio_groups(ratios, 3)
+    assert len(set(groups)) == 3
+    sampler = GroupedBatchSampler(torch.utils.data.RandomSampler(range(25), generator=torch.Generator().manual_seed(0)), groups, 4)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 25 // 4
+    flat = [i for b in batches for i in b]
+    assert len(flat) == len(set(flat)) and all(len(b) == 4 for b in batches)
+    mixed = [b for b in batches if len({groups[i] for i in b}) > 1]
+    assert len(mixed) <= 1  # only the leftovers at the end may mix groups
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("no_annotations", "annotation file"),
+        ("bad_json", "is not valid JSON"),
+        ("missing_image", "gone.png"),
+        ("no_root", "COCO root"),
+    ],
+)
+def test_bad_files_are_one_line_errors(tmp_path, damage, message):
+    root = write_tiny_coco(tmp_path / "coco", with_missing_image=damage == "missing_image")
+    if damage == "no_annotations":
+        (root / "annotations" / "train.json").unlink()
+    elif damage == "bad_json":
+        (root / "annotations" / "train.json").write_text("{not json")
+    elif damage == "no_root":
+        root = tmp_path / "nowhere"
+    with pytest.raises((FileNotFoundError, ValueError)) as err:
+        _module(root).setup("fit")
+    text = str(err.value)
+    assert message in text and "\n" not in text
+
+
+@pytest.mark.slow
+def test_digits_detection_set_is_real_cached_and_consistent(tmp_path):
+    root = write_digits_coco(str(tmp_path / "d"), canvas=96, num_train=12, num_val=6, digits_per_image=(2, 4), digit_size=(16, 32), seed=3)
+    data = json.loads((root / "annotations" / "instances_train.json").read_text())
+    assert len(data["images"]) == 12 and {c["name"] for c in data["categories"]} == {str(d) for d in range(10)}
+    assert 24 <= len(data["annotations"]) <= 48
+    stamp = (root / "train" / "000001.png").stat().st_mtime_ns
+    assert write_digits_coco(str(tmp_path / "d")) == root and (root / "train" / "000001.png").stat().st_mtime_ns == stamp
+
+    dm = DigitsCOCODataModule(data_dir=str(tmp_path / "cache"), canvas_size=96, num_train=12, num_val=6,
+                              digits_per_image=(2, 4), digit_size=(16, 32), seed=3, masks=True, num_workers=0)
+    dm.setup("fit")
+    assert dm.num_classes == 10
+    for image, target in (dm.train_set[i] for i in range(len(dm.train_set))):
+        assert image.shape == (3, 96, 96)
+        boxes = target["boxes"]
+        for box, mask in zip(boxes, target["masks"]):  # each box is tight around its digit's pixels
+            ys, xs = torch.nonzero(mask, as_tuple=True)
+            assert box.tolist() == [xs.min().item(), ys.min().item(), xs.max().item() + 1, ys.max().item() + 1]
+            assert image[0][mask.bool()].min() > 0.29  # the mask covers bright digit pixels
+        # digits never overlap
+        for i in range(len(boxes)):
+            for j in range(i + 1, len(boxes)):
+                a, b = boxes[i], boxes[j]
+                assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1]
+    # the same seed writes the same pixels
+    again = write_digits_coco(str(tmp_path / "e"), canvas=96, num_train=12, num_val=6, digits_per_image=(2, 4), digit_size=(16, 32), seed=3)
+    assert np.array_equal(np.asarray(Image.open(again / "val" / "000004.png")), np.asarray(Image.open(root / "val" / "000004.png")))
