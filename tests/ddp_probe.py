@@ -36,3 +36,30 @@ class RecordRankMetrics(Callback):
             "train_batch_size": self.train_batch_size,
         }
         (out / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
+
+
+class RecordDetectionShards(Callback):
+    """Each rank writes the image ids it trained and validated on, and the synchronised box AP50."""
+
+    def __init__(self):
+        self.train_ids = []
+        self.val_ids = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.train_ids += [int(t["image_id"]) for t in batch[1]]
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        self.val_ids += [int(t["image_id"]) for t in batch[1]]
+
+    def on_validation_end(self, trainer, pl_module):
+        out = Path(os.environ["PROBE_DIR"])
+        out.mkdir(parents=True, exist_ok=True)
+        record = {
+            "rank": trainer.global_rank,
+            "world_size": trainer.world_size,
+            "box_AP50": float(trainer.callback_metrics["val/box_AP50"]),
+            "evaluated_images": float(trainer.callback_metrics["val/images"]),
+            "train_ids": self.train_ids,
+            "val_ids": self.val_ids,
+        }
+        (out / f"detection_rank{trainer.global_rank}.json").write_text(json.dumps(record))

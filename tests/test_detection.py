@@ -220,3 +220,40 @@ def test_missing_backbone_weights_are_one_line(in_tmp_cwd, capsys):
               "--trainer.fast_dev_run", "1"])
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: backbone weights no/such/run not found")
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_shard_coco_batches_without_repeats(tmp_path):
+    """Faster R-CNN under DDP with 2 CPU processes (gloo): training batches sharded by Lightning
+    through the grouped batch sampler, validation sharded without padding (no image evaluated
+    twice), box AP synchronised across ranks."""
+    import os
+    import subprocess
+    import sys
+
+    from .conftest import ROOT
+
+    probe_dir = tmp_path / "probe"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "tests"), str(ROOT)]), PROBE_DIR=str(probe_dir))
+    data = TINY_DATA[:2] + TINY_DATA[4:]  # every tiny setting but num_val
+    cmd = [
+        sys.executable, str(ROOT / "cli.py"), "fit", "--config", str(DEMO_DETECTION["faster_rcnn"]), *data,
+        "--data.init_args.num_val", "5", "--data.init_args.data_dir", str(tmp_path / "data"),
+        "--model.init_args.backbone_weights", "null",
+        "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.max_epochs", "1",
+        "--trainer.num_sanity_val_steps", "0", "--trainer.enable_progress_bar", "false",
+        "--trainer.default_root_dir", str(tmp_path / "runs"), "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
+        "--trainer.callbacks+=ddp_probe.RecordDetectionShards",
+    ]  # fmt: skip
+    out = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=400)
+    assert out.returncode == 0, out.stderr[-3000:]
+    records = [json.loads(p.read_text()) for p in sorted(probe_dir.glob("detection_rank*.json"))]
+    assert [r["rank"] for r in records] == [0, 1] and all(r["world_size"] == 2 for r in records)
+    # 8 training images, batch 2 per rank: 2 batches each, disjoint halves
+    train = [set(r["train_ids"]) for r in records]
+    assert all(len(r["train_ids"]) == 4 for r in records) and not train[0] & train[1]
+    # 5 validation images: 3 + 2, each once (Lightning's own sharding would pad to 3 + 3)
+    assert sorted(records[0]["val_ids"] + records[1]["val_ids"]) == [1, 2, 3, 4, 5]
+    # each rank's AP covers all 5 images (gathered), so the ranks agree
+    assert all(r["evaluated_images"] == 5 for r in records)
+    assert records[0]["box_AP50"] == records[1]["box_AP50"]

@@ -30,7 +30,7 @@ from ..models.attention_resnet import BackboneLoadReport, load_backbone_weights
 from ..models.detection import ARCHITECTURES, attention_resnet_fpn, build_detector
 from .recipe import LinearScaledRecipe
 
-__all__ = ["DetectionModule", "detection_metric", "METRIC_NAMES"]
+__all__ = ["DetectionModule", "detection_metric", "gather_list_states", "METRIC_NAMES"]
 
 #: torchmetrics' result keys -> the names logged (COCO's AP, AP50, AP75, APs, APm, APl)
 METRIC_NAMES = {"map": "AP", "map_50": "AP50", "map_75": "AP75", "map_small": "APs", "map_medium": "APm", "map_large": "APl"}
@@ -47,8 +47,31 @@ def detection_metric(iou_types: Sequence[str] = ("bbox",), backend: str = "faste
     iou_thresholds = np.linspace(0.5, 0.95, 10).tolist()
     rec_thresholds = np.linspace(0.0, 1.0, 101).tolist()
     return MeanAveragePrecision(
-        iou_type=tuple(iou_types), backend=backend, iou_thresholds=iou_thresholds, rec_thresholds=rec_thresholds
+        iou_type=tuple(iou_types), backend=backend, iou_thresholds=iou_thresholds, rec_thresholds=rec_thresholds,
+        sync_on_compute=False,  # gathered by gather_list_states: ranks hold different numbers of images
     )
+
+
+def gather_list_states(metric) -> None:
+    """Give every process all processes' per-image states of a list-state metric, in rank order.
+
+    torchmetrics synchronises a list state one element at a time, which needs the same number of
+    elements on every rank; validation sharded without padding (no image counted twice) holds
+    3 images on one rank and 2 on another. all_gather_object handles any lengths.
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    world = torch.distributed.get_world_size()
+    if world == 1:
+        return
+    for name in metric._defaults:
+        local = getattr(metric, name)
+        if not isinstance(local, list):
+            continue
+        gathered = [None] * world
+        torch.distributed.all_gather_object(gathered, [t.cpu() if isinstance(t, Tensor) else t for t in local])
+        device = metric.device
+        setattr(metric, name, [t.to(device) if isinstance(t, Tensor) else t for part in gathered for t in part])
 
 
 def _resolve_backbone_weights(path: Optional[str], recipe: Optional[str]) -> Optional[str]:
@@ -245,7 +268,10 @@ class DetectionModule(LinearScaledRecipe, L.LightningModule):
         return self.model(list(images))
 
     def _log_metric(self, metric, stage: str) -> None:
-        values = metric.compute()  # synchronised across processes by torchmetrics
+        gather_list_states(metric)
+        # how many images the AP covers (all processes'): COCO val2017 gives 5000
+        self.log(f"{stage}/images", float(len(metric.groundtruth_labels)))
+        values = metric.compute()
         logged = {}
         for iou_type in self.iou_types:
             prefix = iou_type if len(self.iou_types) > 1 else ""
