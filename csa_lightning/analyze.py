@@ -42,6 +42,7 @@ from .attention import ChannelAttention
 from .attention.csa import spatial_autocorrelation
 from .models.attention_resnet import resolve_placement
 from .models.summary import display_name
+from .tasks.checkpoints import resolve_checkpoint
 
 __all__ = [
     "AnalysedModel",
@@ -88,9 +89,9 @@ def load_checkpoint_model(path: str, label: Optional[str] = None) -> AnalysedMod
     """Load a classification checkpoint of this project (or of a subclass) for analysis, on CPU."""
     from .tasks import ClassificationModule
 
+    if not Path(path).exists():
+        raise FileNotFoundError(f"checkpoint {path} not found; pass a .ckpt file written by cli.py fit, or its run folder")
     path = resolve_checkpoint(path)
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found; pass the path of a .ckpt file written by cli.py fit")
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file for the user
@@ -108,18 +109,6 @@ def load_checkpoint_model(path: str, label: Optional[str] = None) -> AnalysedMod
         depth, attention = hparams.get("depth"), hparams.get("attention")
         label = display_name(depth, str(attention or "none")) if depth else Path(path).stem
     return AnalysedModel(label, network, str(path), dict(raw.get("datamodule_hyper_parameters") or {}))
-
-
-def resolve_checkpoint(path: str) -> str:
-    """A checkpoint file as given; for a run folder, its newest last*.ckpt (else newest *.ckpt)."""
-    folder = Path(path)
-    if not folder.is_dir():
-        return path
-    for pattern in ("last*.ckpt", "*.ckpt"):
-        found = sorted(folder.rglob(pattern), key=lambda p: p.stat().st_mtime)
-        if found:
-            return str(found[-1])
-    raise FileNotFoundError(f"no .ckpt file under {path}; train first (cli.py fit) or pass a checkpoint file")
 
 
 def load_models(paths: Sequence[str], labels: Optional[Sequence[str]] = None) -> List[AnalysedModel]:

@@ -257,3 +257,26 @@ def test_ddp_two_cpu_processes_shard_coco_batches_without_repeats(tmp_path):
     # each rank's AP covers all 5 images (gathered), so the ranks agree
     assert all(r["evaluated_images"] == 5 for r in records)
     assert records[0]["box_AP50"] == records[1]["box_AP50"]
+
+
+@pytest.mark.slow
+def test_missing_backbone_checkpoint_is_trained_first_from_its_recipe(in_tmp_cwd):
+    recipe = in_tmp_cwd / "tiny_classifier.yaml"
+    recipe.write_text(
+        "trainer:\n  accelerator: cpu\n  max_steps: 2\n  limit_val_batches: 0\n  logger: false\n  enable_progress_bar: false\n"
+        "model:\n  class_path: csa_lightning.tasks.ClassificationModule\n  init_args:\n    depth: 18\n    attention: csa\n"
+        "    num_classes: 10\n"
+        "data:\n  class_path: csa_lightning.data.DigitsMemoryDataModule\n  init_args:\n    batch_size: 16\n"
+        "    limit_train_samples: 64\n"
+    )
+    cli = main(["fit", "--config", str(DEMO_DETECTION["faster_rcnn"]), *TINY_DATA,
+                "--model.init_args.backbone_weights", "runs/tiny_backbone", "--model.init_args.backbone_recipe", str(recipe),
+                "--trainer.fast_dev_run", "1"])
+    made = sorted(Path("runs/tiny_backbone").rglob("*.ckpt"))
+    assert len(made) == 1
+    report = cli.model.backbone_report
+    assert report is not None and report.missing == [] and len(report.loaded) == len(cli.model.model.backbone.body.state_dict())
+    classifier = torch.load(made[0], map_location="cpu", weights_only=True)["state_dict"]
+    body = cli.model.model.backbone.body.state_dict()
+    # layer1 is frozen (3 trainable stages), so the training step left the loaded values in place
+    assert torch.equal(body["layer1.1.attention.mlp.fc1.weight"], classifier["model.layer1.1.attention.mlp.fc1.weight"])

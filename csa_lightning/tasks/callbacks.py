@@ -79,10 +79,11 @@ class RunSummary(Callback):
         lines = []
         for cb in trainer.checkpoint_callbacks:
             if isinstance(cb, ModelCheckpoint):
-                if cb.best_model_path:
+                # fast_dev_run names checkpoints it never writes: list only files that exist
+                if cb.best_model_path and os.path.isfile(cb.best_model_path):
                     score = f" ({cb.monitor} = {float(cb.best_model_score):.4f})" if cb.best_model_score is not None else ""
                     lines.append(f"best checkpoint: {cb.best_model_path}{score}")
-                if cb.last_model_path:
+                if cb.last_model_path and os.path.isfile(cb.last_model_path):
                     lines.append(f"last checkpoint: {cb.last_model_path}")
         lines.append(f"logs: {log_dir}")
         print("\n" + "\n".join(lines), flush=True)

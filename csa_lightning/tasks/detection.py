@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from ..models.attention_resnet import BackboneLoadReport, load_backbone_weights
 from ..models.detection import ARCHITECTURES, attention_resnet_fpn, build_detector
+from .checkpoints import newest_checkpoint
 from .recipe import LinearScaledRecipe
 
 __all__ = ["DetectionModule", "detection_metric", "gather_list_states", "METRIC_NAMES"]
@@ -75,26 +76,25 @@ def gather_list_states(metric) -> None:
 
 
 def _resolve_backbone_weights(path: Optional[str], recipe: Optional[str]) -> Optional[str]:
-    """A checkpoint file as given; a run folder -> its newest last*.ckpt; trained first from
-    ``recipe`` (a cli.py classification config) when the folder holds none yet."""
+    """A checkpoint file as given; a run folder -> its newest checkpoint; trained first from
+    ``recipe`` (a cli.py classification config) when there is none yet."""
     if not path:
         return None
-    target = Path(path)
-    if target.is_file():
+    if Path(path).is_file():
         return path
-    found = sorted(target.rglob("last*.ckpt"), key=lambda p: p.stat().st_mtime) if target.is_dir() else []
-    if not found and recipe:
+    found = newest_checkpoint(path)
+    if found is None and recipe:
         rank_zero_info(f"no classification checkpoint under {path}: training one first with {recipe}")
-        cli = Path(__file__).resolve().parents[2] / "cli.py"
-        command = [sys.executable, str(cli), "fit", "--config", recipe, "--trainer.default_root_dir", str(target)]
-        subprocess.run(command, check=True)
-        found = sorted(target.rglob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
-    if not found:
+        command = [sys.executable, "-m", "csa_lightning.cli", "fit", "--config", recipe, "--trainer.default_root_dir", str(path)]
+        if subprocess.run(command).returncode != 0:
+            raise ValueError(f"training the backbone with {recipe} failed (see its output above); fix it or pass model.backbone_weights")
+        found = newest_checkpoint(path)
+    if found is None:
         raise FileNotFoundError(
-            f"backbone weights {path} not found (no file, no last.ckpt under it); pass a ResNet state dict or "
+            f"backbone weights {path} not found (no file, no checkpoint under it); pass a ResNet state dict or "
             "a classification checkpoint, or set model.backbone_recipe to train one"
         )
-    return str(found[-1])
+    return str(found)
 
 
 class DetectionModule(LinearScaledRecipe, L.LightningModule):
