@@ -171,19 +171,88 @@ def test_csa_compile_option_matches_eager():
 
 
 @pytest.mark.parametrize("contiguity", MODES)
-@pytest.mark.parametrize("case", ["random", "all_zero", "identical_channels"])
-def test_in_place_weights_equal_the_differentiable_ones(contiguity, case):
-    """The no-gradient path (in place, the default) and the contiguity_grad path compute the same w."""
-    from csa_lightning.attention.csa import _contiguity_weights_in_place, contiguity_weights
+@pytest.mark.parametrize("case", ["random", "all_zero", "identical_channels", "opposite_channels"])
+@pytest.mark.parametrize("blocks", [1, 2, 3, 5])
+def test_lean_weighted_sums_equal_the_dense_weights(contiguity, case, blocks):
+    """The default path (symmetric blocks, w never formed) computes w @ y for the same w as the
+    dense, differentiable contiguity_weights, for any block count (uneven blocks included)."""
+    from csa_lightning.attention.csa import _weighted_sums, contiguity_weights
 
     g = torch.Generator().manual_seed(1)
+    base = torch.randn(2, 1, 5, 5, generator=g, dtype=torch.float64)
     x = {
-        "random": torch.randn(3, 24, 5, 5, generator=g, dtype=torch.float64),
-        "all_zero": torch.zeros(2, 24, 5, 5, dtype=torch.float64),
-        "identical_channels": torch.randn(2, 1, 5, 5, generator=g, dtype=torch.float64).expand(2, 24, 5, 5).contiguous(),
+        "random": torch.randn(3, 23, 5, 5, generator=g, dtype=torch.float64),
+        "all_zero": torch.zeros(2, 23, 5, 5, dtype=torch.float64),
+        "identical_channels": base.expand(2, 23, 5, 5).contiguous(),
+        "opposite_channels": torch.cat([base, -base] * 11 + [base], dim=1),
     }[case]
+    y = torch.randn(x.shape[0], 23, 2, generator=g, dtype=torch.float64)
     before = x.clone()
-    fast = _contiguity_weights_in_place(x, contiguity, 1e-5)
-    torch.testing.assert_close(fast, contiguity_weights(x, contiguity, 1e-5), atol=1e-12, rtol=1e-9)
+    lean, _ = _weighted_sums(x.reshape(x.shape[0], 23, -1), y, contiguity, 1e-5, blocks)
+    dense = contiguity_weights(x, contiguity, 1e-5)
+    torch.testing.assert_close(lean, torch.bmm(dense, y), atol=1e-12, rtol=1e-9)
     assert torch.equal(x, before), "the input must not be modified"
-    assert torch.allclose(fast, fast.transpose(1, 2)) and torch.all(fast.diagonal(dim1=1, dim2=2) == 0)
+
+
+def _saved_for_backward(fn, x):
+    """(shape, storage bytes) of every distinct storage autograd keeps during fn(x)."""
+    seen = {}
+
+    def pack(t):
+        seen[t.untyped_storage().data_ptr()] = (tuple(t.shape), t.untyped_storage().nbytes())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn(x)
+    return seen
+
+
+@pytest.mark.parametrize("contiguity", MODES)
+def test_lean_path_keeps_no_channel_by_channel_matrix_for_backward(contiguity):
+    """Default CSA keeps for backward the feature map (which x * p keeps anyway) and a few
+    per-channel vectors: no C x C tensor per sample. contiguity_grad=True keeps several."""
+    n, c = 4, 64
+    x = torch.randn(n, c, 6, 6, requires_grad=True)
+    torch.manual_seed(0)
+    lean = _saved_for_backward(CSA(c, contiguity=contiguity), x)
+    assert all(shape[-2:] != (c, c) for shape, _ in lean.values())
+    others = sum(nbytes for ptr, (shape, nbytes) in lean.items() if ptr != x.untyped_storage().data_ptr())
+    mlp_weights = sum(p.numel() for p in CSA(c).mlp.parameters()) * 4
+    assert others <= mlp_weights + 24 * n * c * 4  # weights and O(N x C) vectors, nothing of size C x C
+    dense = _saved_for_backward(CSA(c, contiguity=contiguity, contiguity_grad=True), x)
+    assert sum(nbytes for shape, nbytes in dense.values() if shape[-2:] == (c, c)) >= n * c * c * 4
+
+
+def test_projected_distances():
+    from csa_lightning.attention.csa import distance_features
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 32, 16, 16, generator=g)
+    # maps no larger than k are used as they are: projected == exact
+    small = torch.randn(2, 32, 4, 4, generator=g)
+    for key in ("z", "I", "q"):
+        torch.testing.assert_close(
+            spatial_autocorrelation(small, distance="projected", projection_dim=16)[key],
+            spatial_autocorrelation(small)[key], atol=1e-6, rtol=1e-6,
+        )
+    # the projection is fixed by its seed (the same in every process and call), and another seed differs
+    a = distance_features(x, 64, projection_seed=3)
+    assert a.shape == (2, 32, 64) and torch.equal(a, distance_features(x, 64, projection_seed=3))
+    assert not torch.equal(a, distance_features(x, 64, projection_seed=4))
+    # Johnson-Lindenstrauss: 64 x 64 maps (4,096 values) projected to 1,024 keep their pairwise distances
+    big = torch.randn(1, 16, 64, 64, generator=g)
+    exact = torch.cdist(big.flatten(2), big.flatten(2))
+    projected = torch.cdist(distance_features(big, 1024), distance_features(big, 1024))
+    off = ~torch.eye(16, dtype=torch.bool)
+    assert ((projected[0][off] / exact[0][off]) - 1).abs().max() < 0.15
+    # the gate runs, projected, with finite gradients, and says so in its repr
+    gate = CSA(32, distance="projected", projection_dim=32)
+    xg = x.clone().requires_grad_()
+    gate(xg).sum().backward()
+    assert torch.isfinite(xg.grad).all() and "projection_dim=32" in repr(gate)
+    assert gate.extra_macs(x.shape) == 32 * 256 * 32 + 32 * 32 * 32
+    # ResNet-50's first stage end: 256 channels of 56 x 56, k = 64: 3.7x fewer multiply-adds
+    stage1 = torch.Size([1, 256, 56, 56])
+    assert CSA(256).extra_macs(stage1) / CSA(256, distance="projected").extra_macs(stage1) > 3.6
+    with pytest.raises(ValueError, match="unknown distance"):
+        CSA(32, distance="approximate")

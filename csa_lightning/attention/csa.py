@@ -26,15 +26,22 @@ Conventions fixed here where the paper is silent (see REFERENCE.md section 1):
 - under autocast (bf16 / fp16) the descriptor math and the MLP run in float32 (a float64 input stays
   float64); the gate is returned in the input's dtype.
 
-Costs: one batched C x C Gram matrix per sample (C * C * H * W multiply-adds), never a C x C x C
-tensor (the authors' code builds diag(z z^T w) with an O(C^3) product). Placed, as in the paper, at
-the end of each resolution stage ("stage_end": the last block of layer1..layer4; CSA-R50 has
-26,257,432 parameters).
+Costs: one C x C Gram matrix per sample (C * C * H * W multiply-adds, the figure the model table
+counts), never a C x C x C tensor (the authors' code builds diag(z z^T w) with an O(C^3) product).
+The default path (``contiguity_grad=False``) never forms w: w is symmetric, so the Gram matrix and
+the elementwise chain are computed on the upper-triangular blocks only (about 5/8 of the work with
+4 x 4 blocks), each block giving both its rows' and its columns' share of w z; the distance sum
+comes out of the same BLAS call (``baddbmm``); backward recomputes w (g * z) from the feature map
+(which the gated block keeps anyway for x * p) instead of keeping a C x C matrix per sample.
+Opt-in ``distance="projected"``: distances from a seeded random projection of each map to
+``projection_dim`` dimensions where H * W is larger (large detection inputs). Placed, as in the
+paper, at the end of each resolution stage ("stage_end": the last block of layer1..layer4; CSA-R50
+has 26,257,432 parameters).
 """
 
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -42,8 +49,9 @@ from torch import Tensor
 from .base import ChannelAttention, ReductionMLP, autocast_disabled, register_attention, sqrt_zero_safe, standardize
 
 CONTIGUITY_MODES = ("l2", "hybrid", "cosine")
+DISTANCE_MODES = ("exact", "projected")
 
-__all__ = ["CSA", "spatial_autocorrelation", "contiguity_weights", "CONTIGUITY_MODES"]
+__all__ = ["CSA", "spatial_autocorrelation", "contiguity_weights", "distance_features", "CONTIGUITY_MODES", "DISTANCE_MODES"]
 
 
 def _descriptor_dtype(x: Tensor) -> torch.dtype:
@@ -60,21 +68,35 @@ def _check_contiguity_input(x: Tensor, contiguity: str) -> tuple:
     return n, c
 
 
-def contiguity_weights(x: Tensor, contiguity: str = "l2", eps: float = 1e-5) -> Tensor:
+def rounding_floor(sq_norms: Tensor, length: int) -> Tensor:
+    """Per sample, the rounding error of ||f_i||^2 + ||f_j||^2 - 2 f_i.f_j: 4 sqrt(K) ulps of the
+    largest squared norm. It is subtracted before the clamp at 0, so channels equal up to rounding
+    get distance 0 however the Gram matrix was blocked (otherwise their distances are rounding noise
+    of about 1e-4 |f| in float32, which exp(-l / l_bar) would turn into arbitrary weights). The shift
+    is below float32's resolution of the distances themselves."""
+    ulp = torch.finfo(sq_norms.dtype).eps
+    return 4 * length**0.5 * ulp * sq_norms.amax(dim=1)
+
+
+def contiguity_weights(
+    x: Tensor, contiguity: str = "l2", eps: float = 1e-5, projection_dim: Optional[int] = None, projection_seed: int = 0
+) -> Tensor:
     """The unitary spatial weight matrix w, shape (N, C, C), of a feature map (N, C, H, W).
 
     Symmetric, zero diagonal, non-negative entries summing to 1 per sample (or all 0 when every
-    v_ij is 0, which only the cosine modes can produce). Computed from one batched Gram matrix.
+    v_ij is 0, which only the cosine modes can produce). Computed from one batched Gram matrix,
+    differentiably (the ``contiguity_grad=True`` path; the default path never forms w).
     """
     n, c = _check_contiguity_input(x, contiguity)
-    f = x.reshape(n, c, -1)
+    f = distance_features(x, projection_dim, projection_seed) if projection_dim else x.reshape(n, c, -1)
     gram = torch.bmm(f, f.transpose(1, 2))  # (N, C, C): the only O(C^2 HW) step
     sq_norms = gram.diagonal(dim1=1, dim2=2)  # (N, C) = ||f_i||^2
     off_diagonal = ~torch.eye(c, dtype=torch.bool, device=x.device)
 
     v = None
     if contiguity in ("l2", "hybrid"):
-        sq_dist = (sq_norms[:, :, None] + sq_norms[:, None, :] - 2 * gram).clamp_min(0)
+        floor = rounding_floor(sq_norms, f.shape[-1])
+        sq_dist = (sq_norms[:, :, None] + sq_norms[:, None, :] - 2 * gram - floor[:, None, None]).clamp_min(0)
         dist = sqrt_zero_safe(sq_dist) * off_diagonal
         pairs = c * (c - 1) if contiguity == "l2" else c * c  # hybrid: the authors' mean over all C^2
         mean_dist = (dist.sum(dim=(1, 2)) / pairs).clamp_min(eps)
@@ -89,57 +111,171 @@ def contiguity_weights(x: Tensor, contiguity: str = "l2", eps: float = 1e-5) -> 
     return v / torch.where(total > 0, total, torch.ones_like(total))
 
 
-@torch.no_grad()
-def _contiguity_weights_in_place(x: Tensor, contiguity: str, eps: float) -> Tensor:
-    """:func:`contiguity_weights` for the no-gradient path, with the C x C work done in place.
-
-    Same math, same conventions; the elementwise chain over the (N, C, C) matrices is the cost
-    that dominates CSA (REFERENCE.md section 1), so it reuses the Gram matrix's storage instead of
-    allocating a new matrix per step (about half the passes over memory).
-    """
-    n, c = _check_contiguity_input(x, contiguity)
-    f = x.reshape(n, c, -1)
-    gram = torch.bmm(f, f.transpose(1, 2))
-    sq_norms = gram.diagonal(dim1=1, dim2=2).clone()
-    cosine = None
-    if contiguity in ("cosine", "hybrid"):
-        norms = sq_norms.sqrt().clamp_min_(eps)
-        cosine = gram.div(norms[:, :, None]).div_(norms[:, None, :]).clamp_min_(0)
-        v = cosine
-    if contiguity in ("l2", "hybrid"):
-        dist = gram.mul_(-2).add_(sq_norms[:, :, None]).add_(sq_norms[:, None, :]).clamp_min_(0).sqrt_()
-        dist.diagonal(dim1=1, dim2=2).zero_()
-        pairs = c * (c - 1) if contiguity == "l2" else c * c
-        mean_dist = (dist.sum(dim=(1, 2)) / pairs).clamp_min_(eps)
-        v = dist.mul_((-1.0 / mean_dist)[:, None, None]).exp_()
-        if cosine is not None:
-            v.mul_(cosine)
-    v.diagonal(dim1=1, dim2=2).zero_()
-    total = v.sum(dim=(1, 2), keepdim=True)
-    return v.div_(torch.where(total > 0, total, torch.ones_like(total)))
-
-
 def spatial_autocorrelation(
-    x: Tensor, contiguity: str = "l2", eps: float = 1e-5, contiguity_grad: bool = False
+    x: Tensor,
+    contiguity: str = "l2",
+    eps: float = 1e-5,
+    contiguity_grad: bool = False,
+    distance: str = "exact",
+    projection_dim: int = 64,
+    projection_seed: int = 0,
+    blocks: Optional[int] = None,
 ) -> Dict[str, Tensor]:
     """Parameter-free CSA descriptors of any feature map (N, C, H, W).
 
     Returns a dict of (N, C) tensors: "z" (standardised GAP), "I" (local Moran's I, z * (w z))
     and "q" (standardised I), in float32 (float64 for float64 input), with the same options and
     conventions as :class:`CSA`. The analysis tools apply it to models without a CSA gate.
+    ``distance="projected"`` takes the distances from a seeded random projection of each map to
+    ``projection_dim`` dimensions where H * W is larger (opt-in, approximate). ``blocks``: the
+    symmetric Gram work is cut into blocks x blocks pieces (default: from C; 1 = one piece).
     """
     if x.dim() != 4:
         raise ValueError(f"expected a feature map of shape (N, C, H, W), got shape {tuple(x.shape)}")
+    if distance not in DISTANCE_MODES:
+        raise ValueError(f"unknown distance '{distance}': choose one of {', '.join(DISTANCE_MODES)}")
+    _check_contiguity_input(x, contiguity)
+    projection = (projection_dim if distance == "projected" else None, projection_seed)
     with autocast_disabled(x):
         xf = x.to(_descriptor_dtype(x))
         z = standardize(xf.mean(dim=(2, 3)), eps)
         if contiguity_grad:
-            w = contiguity_weights(xf, contiguity, eps)
+            w = contiguity_weights(xf, contiguity, eps, *projection)
+            moran = z * torch.bmm(w, z.unsqueeze(-1)).squeeze(-1)
         else:
-            w = _contiguity_weights_in_place(xf.detach(), contiguity, eps)
-        moran = z * torch.bmm(w, z.unsqueeze(-1)).squeeze(-1)
+            moran = _MoranI.apply(x, z, contiguity, eps, blocks or _default_blocks(x.shape[1]), projection)
         q = standardize(moran, eps)
     return {"z": z, "I": moran, "q": q}
+
+
+def _symmetric_blocks(channels: int, blocks: int) -> List[Tuple[slice, slice]]:
+    """The (row, column) slices of the upper-triangular blocks (diagonal included) of a C x C
+    matrix cut into ``blocks`` x ``blocks`` pieces: w is symmetric, so only these are computed."""
+    edges = [round(i * channels / blocks) for i in range(blocks + 1)]
+    cuts = [slice(a, b) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+    return [(r, c) for i, r in enumerate(cuts) for c in cuts[i:]]
+
+
+def _default_blocks(channels: int) -> int:
+    # blocks of at least 128 channels: smaller ones lose more to per-call overhead than they save
+    return max(1, min(4, channels // 128))
+
+
+def distance_features(x: Tensor, projection_dim: Optional[int] = None, projection_seed: int = 0) -> Tensor:
+    """The flattened maps (N, C, H*W) the distances are computed from, in the descriptor dtype.
+
+    With ``projection_dim`` k and H*W > k: a fixed Gaussian random projection (N, C, k) of them
+    (seeded, scaled by 1/sqrt(k), so squared distances and norms are preserved in expectation):
+    the Gram matrix then costs C * C * k instead of C * C * H * W.
+    """
+    n, c = x.shape[:2]
+    f = x.reshape(n, c, -1).to(_descriptor_dtype(x))
+    if projection_dim is None or f.shape[-1] <= projection_dim:
+        return f
+    return torch.matmul(f, _projection(f.shape[-1], projection_dim, projection_seed, f.device, f.dtype))
+
+
+_PROJECTIONS: Dict[tuple, Tensor] = {}
+
+
+def _projection(size: int, k: int, seed: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    key = (size, k, seed, str(device), dtype)
+    if key not in _PROJECTIONS:
+        # drawn on the CPU from its own generator: the same matrix on every device and process
+        g = torch.Generator().manual_seed(seed * 1_000_003 + size)
+        _PROJECTIONS[key] = (torch.randn(size, k, generator=g, dtype=torch.float64) / k**0.5).to(device, dtype)
+    return _PROJECTIONS[key]
+
+
+@torch.no_grad()
+def _weighted_sums(
+    f: Tensor, y: Tensor, contiguity: str, eps: float, blocks: int, stats: Optional[Tuple[Tensor, Tensor]] = None
+) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
+    """w @ y for the contiguity weights w of ``f`` (N, C, K), without ever holding w.
+
+    ``y`` is (N, C, m). w is symmetric, so only the upper-triangular blocks of the Gram matrix
+    and of the elementwise work are computed, each block used for both (i, j) and (j, i). Also
+    returns (mean distance, sum of v) per sample, which a second call (the backward pass) takes
+    as ``stats`` to skip the reductions. Same math and conventions as :func:`contiguity_weights`.
+    """
+    n, c, _ = f.shape
+    sq = f.square().sum(-1)  # ||f_i||^2, (N, C)
+    norms = sq.sqrt().clamp_min(eps) if contiguity != "l2" else None
+    pieces = _symmetric_blocks(c, blocks)
+    out = torch.zeros_like(y)
+    need_stats = stats is None
+    mean_dist, total = (None, None) if need_stats else stats
+    dists: List[Optional[Tensor]] = []
+    if contiguity in ("l2", "hybrid"):
+        dist_sum = torch.zeros(n, dtype=f.dtype, device=f.device)
+        sq_floored = sq - rounding_floor(sq, f.shape[-1])[:, None]
+        for r, col in pieces:
+            # ||f_i||^2 + ||f_j||^2 - 2 f_i.f_j - floor: the product and the first sum in one BLAS call
+            d = torch.baddbmm(sq_floored[:, r, None], f[:, r], f[:, col].transpose(1, 2), alpha=-2)
+            d.add_(sq[:, None, col]).clamp_min_(0).sqrt_()
+            if r == col:
+                d.diagonal(dim1=1, dim2=2).zero_()
+            if need_stats:
+                dist_sum += d.sum((1, 2)) * (1 if r == col else 2)
+            dists.append(d)
+        if need_stats:
+            pairs = c * (c - 1) if contiguity == "l2" else c * c  # hybrid: the authors' mean over all C^2
+            mean_dist = (dist_sum / pairs).clamp_min_(eps)
+        scale = (-1.0 / mean_dist)[:, None, None]
+    v_sum = torch.zeros(n, dtype=f.dtype, device=f.device)
+    for index, (r, col) in enumerate(pieces):
+        if contiguity == "cosine":
+            v = torch.bmm(f[:, r], f[:, col].transpose(1, 2))
+        else:
+            v = dists[index].mul_(scale).exp_()
+            dists[index] = None  # free each block once used
+        if contiguity != "l2":
+            cosine = v if contiguity == "cosine" else torch.bmm(f[:, r], f[:, col].transpose(1, 2))
+            cosine.div_(norms[:, r, None]).div_(norms[:, None, col]).clamp_min_(0)
+            v = cosine if contiguity == "cosine" else v.mul_(cosine)
+        if r == col:
+            v.diagonal(dim1=1, dim2=2).zero_()
+        if need_stats:
+            v_sum += v.sum((1, 2)) * (1 if r == col else 2)
+        out[:, r] += torch.bmm(v, y[:, col])
+        if r != col:
+            out[:, col] += torch.bmm(v.transpose(1, 2), y[:, r])
+    if need_stats:
+        total = v_sum
+        if mean_dist is None:  # cosine: no distances
+            mean_dist = torch.zeros_like(total)
+    # all v_ij = 0 (cosine modes, no positively correlated pair): w = 0 rather than 0 / 0
+    out /= torch.where(total > 0, total, torch.ones_like(total))[:, None, None]
+    return out, (mean_dist, total)
+
+
+class _MoranI(torch.autograd.Function):
+    """I = z * (w z) with w constant for autograd, w never stored (``contiguity_grad=False``).
+
+    Backward needs w (g * z); w is recomputed from the feature map, which the gated block keeps
+    for its own backward anyway (x * p), instead of keeping a C x C matrix per sample.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, z: Tensor, contiguity: str, eps: float, blocks: int, projection: tuple) -> Tensor:
+        f = distance_features(x.detach(), *projection)
+        wz, stats = _weighted_sums(f, z.detach().unsqueeze(-1).to(f.dtype), contiguity, eps, blocks)
+        wz = wz.squeeze(-1).to(z.dtype)
+        ctx.save_for_backward(x, z, wz, *stats)
+        ctx.options = (contiguity, eps, blocks, projection)
+        return z * wz
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        x, z, wz, mean_dist, total = ctx.saved_tensors
+        contiguity, eps, blocks, projection = ctx.options
+        with autocast_disabled(x):
+            f = distance_features(x, *projection)
+            gz = (grad * z).unsqueeze(-1).to(f.dtype)
+            w_gz, _ = _weighted_sums(f, gz, contiguity, eps, blocks, (mean_dist, total))
+        # dI/dz: d(z_i (w z)_i)/dz_j = delta_ij (w z)_i + z_i w_ij, and w is symmetric
+        return None, grad * wz + w_gz.squeeze(-1).to(grad.dtype), None, None, None, None
 
 
 @register_attention("csa")
@@ -155,11 +291,18 @@ class CSA(ChannelAttention):
         contiguity: str = "l2",
         contiguity_grad: bool = False,
         eps: float = 1e-5,
+        distance: str = "exact",
+        projection_dim: int = 64,
+        projection_seed: int = 0,
         compile: bool = False,
     ) -> None:
         super().__init__(channels)
         if contiguity not in CONTIGUITY_MODES:
             raise ValueError(f"unknown contiguity '{contiguity}': choose one of {', '.join(CONTIGUITY_MODES)}")
+        if distance not in DISTANCE_MODES:
+            raise ValueError(f"unknown distance '{distance}': choose one of {', '.join(DISTANCE_MODES)}")
+        if projection_dim < 1:
+            raise ValueError(f"projection_dim must be >= 1, got {projection_dim}")
         if channels < 2:
             raise ValueError(f"CSA needs at least 2 channels, got {channels}")
         self.reduction = reduction
@@ -167,6 +310,9 @@ class CSA(ChannelAttention):
         self.contiguity_grad = contiguity_grad
         self.eps = eps
         self.descriptor_eps = eps
+        self.distance = distance
+        self.projection_dim = projection_dim
+        self.projection_seed = projection_seed
         self.compile = compile
         self.mlp = ReductionMLP(channels, reduction)
         # opt-in: torch.compile fuses the chain of elementwise passes over the C x C matrices
@@ -175,7 +321,10 @@ class CSA(ChannelAttention):
     def autocorrelation(self, x: Tensor) -> Dict[str, Tensor]:
         """z, I and q of ``x`` with this gate's options (see :func:`spatial_autocorrelation`)."""
         self._check_input(x)
-        return self._autocorrelation(x, contiguity=self.contiguity, eps=self.eps, contiguity_grad=self.contiguity_grad)
+        return self._autocorrelation(
+            x, contiguity=self.contiguity, eps=self.eps, contiguity_grad=self.contiguity_grad,
+            distance=self.distance, projection_dim=self.projection_dim, projection_seed=self.projection_seed,
+        )
 
     def _excite(self, q: Tensor) -> Tensor:
         with autocast_disabled(q):
@@ -191,12 +340,18 @@ class CSA(ChannelAttention):
         return out
 
     def extra_macs(self, input_shape: torch.Size) -> int:
-        # the Gram matrix: C * C * H * W multiply-adds per sample, however it is computed
-        c, h, w = input_shape[-3:]
-        return int(c) * int(c) * int(h) * int(w)
+        # the Gram matrix: C * C * H * W multiply-adds per sample (the figure the paper's cost
+        # discussion uses, though only its upper half is computed); projected: C * H * W * k for
+        # the projection plus C * C * k
+        c, h, w = (int(v) for v in input_shape[-3:])
+        if self.distance == "projected" and h * w > self.projection_dim:
+            k = self.projection_dim
+            return c * h * w * k + c * c * k
+        return c * c * h * w
 
     def extra_repr(self) -> str:
         return (
             f"channels={self.channels}, reduction={self.reduction}, contiguity={self.contiguity!r}, "
             f"contiguity_grad={self.contiguity_grad}, eps={self.eps:g}"
+            + (f", distance='projected', projection_dim={self.projection_dim}" if self.distance == "projected" else "")
         )
