@@ -1,7 +1,7 @@
 """Efficiency of attention ResNets: the CSA paper's Table 4, extended.
 
     python -m csa_lightning.benchmark --depth 50 --attentions none,se,cbam,eca,gct,csa --batch 8 --size 224 \\
-        [--csa-modes l2,hybrid,cosine] [--csa-grad] [--repeats 3] [--format markdown|json] [--out FILE]
+        [--csa-modes l2,hybrid,cosine] [--csa-grad] [--csa-projected] [--repeats 3] [--format markdown|json] [--out FILE]
 
 For each variant, in one process and interleaved (variant A, B, C, then A, B, C again...), after
 one warm-up round: the time of a training step (forward, backward, SGD step; the second of two in
@@ -46,7 +46,9 @@ def saved_tensor_bytes(model: nn.Module, x: torch.Tensor) -> int:
     return sum(storages.values())
 
 
-def _variants(attentions: Sequence[str], csa_modes: Sequence[str], csa_grad: bool) -> List[Tuple[str, str, dict]]:
+def _variants(
+    attentions: Sequence[str], csa_modes: Sequence[str], csa_grad: bool, csa_projected: bool = False
+) -> List[Tuple[str, str, dict]]:
     variants = []
     for attention in attentions:
         if attention == "csa":
@@ -54,6 +56,8 @@ def _variants(attentions: Sequence[str], csa_modes: Sequence[str], csa_grad: boo
                 variants.append((f"csa ({mode})", "csa", {"contiguity": mode}))
                 if csa_grad:
                     variants.append((f"csa ({mode}, contiguity_grad)", "csa", {"contiguity": mode, "contiguity_grad": True}))
+                if csa_projected:
+                    variants.append((f"csa ({mode}, projected k=64)", "csa", {"contiguity": mode, "distance": "projected"}))
         else:
             variants.append((attention, attention, {}))
     return variants
@@ -78,6 +82,7 @@ def benchmark(
     csa_modes: Sequence[str] = ("l2",),
     csa_grad: bool = False,
     device: str = "cpu",
+    csa_projected: bool = False,
     bf16: bool = False,
 ) -> List[Dict[str, Any]]:
     """Rows of measurements, one per variant; ratios are to the "none" row of the same run."""
@@ -86,7 +91,7 @@ def benchmark(
     x = torch.randn(batch, 3, size, size, device=dev)
     y = torch.randint(0, 1000, (batch,), device=dev)
     setups = []
-    for name, attention, options in _variants(attentions, csa_modes, csa_grad):
+    for name, attention, options in _variants(attentions, csa_modes, csa_grad, csa_projected):
         model = attention_resnet(depth, attention, attention_options=options or None).to(dev)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         setups.append({"name": name, "attention": attention, "options": options, "model": model, "opt": optimizer,
@@ -163,16 +168,17 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--csa-modes", default="l2", help="contiguity modes to time CSA in (l2,hybrid,cosine)")
     parser.add_argument("--csa-grad", action="store_true", help="also time CSA with contiguity_grad=True")
+    parser.add_argument("--csa-projected", action="store_true", help='also time CSA with distance="projected" (k=64)')
     parser.add_argument("--format", choices=("markdown", "json"), default="markdown")
     parser.add_argument("--out", default=None, help="also write the JSON rows here")
     args = parser.parse_args(argv)
     attentions = [a.strip() for a in args.attentions.split(",") if a.strip()]
     modes = [m.strip() for m in args.csa_modes.split(",") if m.strip()]
     machine = f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
-    results = {"cpu": benchmark(args.depth, attentions, args.batch, args.size, args.repeats, modes, args.csa_grad)}
+    options = dict(csa_modes=modes, csa_grad=args.csa_grad, csa_projected=args.csa_projected)
+    results = {"cpu": benchmark(args.depth, attentions, args.batch, args.size, args.repeats, **options)}
     if torch.cuda.is_available():
-        results["cuda_bf16"] = benchmark(args.depth, attentions, args.batch, args.size, args.repeats, modes,
-                                         args.csa_grad, device="cuda", bf16=True)  # fmt: skip
+        results["cuda_bf16"] = benchmark(args.depth, attentions, args.batch, args.size, args.repeats, device="cuda", bf16=True, **options)
         machine += f", {torch.cuda.get_device_name()}"
     if args.format == "json":
         print(json.dumps({"machine": machine, **results}, indent=2))
