@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.csa-lightning-installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := libopencv-dev libturbojpeg0-dev pkg-config
 
-.PHONY: install test test-fast demo summary figures clean
+.PHONY: install test test-fast demo demo-detection summary figures clean
 
 install: $(STAMP)
 
@@ -34,6 +34,11 @@ test-fast: $(STAMP)
 # The main job on the embedded data: CSA-ResNet-18 on scikit-learn's digits through the FFCV path.
 demo: $(STAMP)
 	$(PY) cli.py fit --config configs/demo/digits_csa.yaml
+
+# Faster R-CNN (CSA-ResNet-18-FPN) on digits pasted on canvases, starting from make demo's checkpoint
+# (trained first when missing); configs/demo/digits_mask_rcnn_csa.yaml is the Mask R-CNN twin.
+demo-detection: $(STAMP)
+	$(PY) cli.py fit --config configs/demo/digits_faster_rcnn_csa.yaml
 
 # The parameter / GMAC table beside the paper's Table 1.
 summary: $(STAMP)

@@ -28,7 +28,7 @@ from torch import nn
 from .models import attention_resnet
 from .models.summary import count_cost
 
-__all__ = ["saved_tensor_bytes", "benchmark", "main"]
+__all__ = ["saved_tensor_bytes", "benchmark", "projection_agreement", "main"]
 
 
 def saved_tensor_bytes(model: nn.Module, x: torch.Tensor) -> int:
@@ -142,6 +142,62 @@ def benchmark(
         r["train_ratio"] = r["train_s"] / base["train_s"]
         r["infer_ratio"] = r["infer_s"] / base["infer_s"]
         r["saved_ratio"] = r["saved_mb"] / base["saved_mb"]
+    return rows
+
+
+def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman's rank correlation of two 1-D tensors (Pearson's r of their ranks)."""
+    ranks = [torch.argsort(torch.argsort(v)).double() for v in (a, b)]
+    ra, rb = (r - r.mean() for r in ranks)
+    return float((ra * rb).sum() / (ra.norm() * rb.norm()).clamp_min(1e-30))
+
+
+@torch.no_grad()
+def projection_agreement(
+    model: nn.Module, images: Sequence[torch.Tensor], projection_dim: int = 64, projection_seed: int = 0, repeats: int = 3
+) -> List[Dict[str, Any]]:
+    """How close projected distances keep CSA's q and p to the exact ones, gate by gate.
+
+    For each image (1, 3, H, W) and each CSA gate of ``model``: the gate's input is read by a
+    hook, q and p are computed exactly (the gate's own options) and with ``distance="projected"``,
+    and compared by Spearman's rank correlation over channels; the two descriptor computations are
+    timed on that input (median of ``repeats``). One row per gate and image.
+    """
+    from .attention.csa import CSA, spatial_autocorrelation
+
+    model.eval()
+    gates = [(name, m) for name, m in model.named_modules() if isinstance(m, CSA)]
+    captured: Dict[str, torch.Tensor] = {}
+    handles = [m.register_forward_pre_hook(lambda _m, args, name=name: captured.__setitem__(name, args[0])) for name, m in gates]
+    rows = []
+    try:
+        for index, image in enumerate(images):
+            model(image)
+            for name, gate in gates:
+                x = captured[name]
+                options = dict(contiguity=gate.contiguity, eps=gate.eps)
+
+                def exact():
+                    return spatial_autocorrelation(x, **options)["q"]
+
+                def projected():
+                    return spatial_autocorrelation(
+                        x, distance="projected", projection_dim=projection_dim, projection_seed=projection_seed, **options
+                    )["q"]
+
+                q_exact, q_proj = exact(), projected()
+                t_exact = statistics.median(_timed(exact, x.device) for _ in range(repeats))
+                t_proj = statistics.median(_timed(projected, x.device) for _ in range(repeats))
+                rows.append({
+                    "image": index, "gate": name, "channels": x.shape[1], "map": f"{x.shape[2]}x{x.shape[3]}",
+                    "projected": x.shape[2] * x.shape[3] > projection_dim,
+                    "rho_q": _spearman(q_exact[0], q_proj[0]),
+                    "rho_p": _spearman(gate._excite(q_exact)[0], gate._excite(q_proj)[0]),
+                    "exact_s": t_exact, "projected_s": t_proj,
+                })  # fmt: skip
+    finally:
+        for h in handles:
+            h.remove()
     return rows
 
 

@@ -1,5 +1,6 @@
 """The efficiency benchmark's measurements (structure and exact byte counts; no timing asserted)."""
 
+import pytest
 import torch
 
 from csa_lightning.benchmark import benchmark, saved_tensor_bytes, to_markdown
@@ -27,3 +28,32 @@ def test_benchmark_rows_ratios_and_the_cost_of_contiguity_grad():
     assert by_name["csa (l2, contiguity_grad)"]["saved_mb"] > by_name["csa (l2)"]["saved_mb"]
     assert all(r["train_s"] > 0 and r["infer_s"] > 0 for r in rows)
     assert "| csa (l2) | 11,734,052 |" in to_markdown(rows, "t")
+
+
+def test_projection_agreement_rows_per_gate_and_image():
+    from csa_lightning.benchmark import projection_agreement
+    from csa_lightning.models import attention_resnet
+
+    torch.manual_seed(0)
+    model = attention_resnet(18, "csa")
+    images = [torch.randn(1, 3, 96, 128), torch.randn(1, 3, 64, 64)]
+    rows = projection_agreement(model, images, projection_dim=16, repeats=1)
+    assert len(rows) == 2 * 4  # 2 images x 4 stage-end gates
+    first = [r for r in rows if r["image"] == 0]
+    assert [r["map"] for r in first] == ["24x32", "12x16", "6x8", "3x4"]
+    assert [r["projected"] for r in first] == [True, True, True, False]  # 3 x 4 = 12 <= k = 16
+    for r in rows:
+        assert -1 <= r["rho_q"] <= 1 and -1 <= r["rho_p"] <= 1 and r["exact_s"] > 0 and r["projected_s"] > 0
+    # where nothing is projected the two computations are the same: rank correlation 1
+    assert all(r["rho_q"] == pytest.approx(1.0) for r in rows if not r["projected"])
+    # hooks removed: the model runs clean afterwards
+    assert not any(m._forward_pre_hooks for m in model.modules())
+
+
+def test_spearman_matches_the_definition():
+    from csa_lightning.benchmark import _spearman
+
+    a = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    assert _spearman(a, a * 10) == pytest.approx(1.0)
+    assert _spearman(a, -a) == pytest.approx(-1.0)
+    assert _spearman(a, torch.tensor([1.0, 3.0, 2.0, 4.0])) == pytest.approx(0.8)  # 1 - 6 * 2 / (4 * 15)

@@ -280,3 +280,31 @@ def test_missing_backbone_checkpoint_is_trained_first_from_its_recipe(in_tmp_cwd
     body = cli.model.model.backbone.body.state_dict()
     # layer1 is frozen (3 trainable stages), so the training step left the loaded values in place
     assert torch.equal(body["layer1.1.attention.mlp.fc1.weight"], classifier["model.layer1.1.attention.mlp.fc1.weight"])
+
+
+def test_module_takes_every_detector_size_option_with_torchvisions_defaults():
+    import inspect
+
+    from csa_lightning.models import build_detector
+    from csa_lightning.tasks.detection import _DETECTOR_OPTIONS
+
+    detector = inspect.signature(build_detector).parameters
+    module = inspect.signature(DetectionModule).parameters
+    assert _DETECTOR_OPTIONS and all(module[name].default == detector[name].default for name in _DETECTOR_OPTIONS)
+
+
+@pytest.mark.slow
+def test_default_heads_are_torchvisions():
+    """With no slimming, the detector has exactly torchvision's Mask R-CNN R50-FPN parameters."""
+    from torchvision.models.detection import maskrcnn_resnet50_fpn
+
+    from csa_lightning.models import attention_resnet_fpn, build_detector
+
+    reference = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=81)
+    backbone, _ = attention_resnet_fpn(50, None, trainable_layers=5)
+    ours = build_detector("mask_rcnn", 80, backbone)
+
+    def count(m):
+        return sum(p.numel() for p in m.parameters())
+
+    assert count(ours) == count(reference) == 44_400_693

@@ -72,10 +72,13 @@ def build_detector(
     box_representation_size: int = 1024,
     box_detections_per_img: int = 100,
     box_score_thresh: float = 0.05,
+    mask_head_layers: Sequence[int] = (256, 256, 256, 256),
 ) -> nn.Module:
     """torchvision's Faster R-CNN or Mask R-CNN for ``num_classes`` object categories (the
     background is added here). The defaults are torchvision's (COCO); a small demo lowers the
-    sampled RoIs and anchors, the proposals kept, the image size and the box head's width."""
+    sampled RoIs and anchors, the proposals kept, the image size, the box head's width and the
+    mask head's convolutions (torchvision's: four of 256 channels; they run on every positive RoI and
+    dominate a CPU training step once the RPN finds objects)."""
     if architecture not in ARCHITECTURES:
         raise ValueError(f"unknown architecture '{architecture}': choose one of {', '.join(ARCHITECTURES)}")
     if num_classes < 1:
@@ -98,9 +101,11 @@ def build_detector(
     )
     cls = FasterRCNN if architecture == "faster_rcnn" else MaskRCNN
     if cls is MaskRCNN:
-        from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
+        from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 
         # MaskRCNN builds its predictor from num_classes unless given one; with a box predictor
-        # given, num_classes must be None, so the mask predictor is given too (torchvision's sizes)
-        kwargs["mask_predictor"] = MaskRCNNPredictor(256, 256, num_classes + 1)
+        # given, num_classes must be None, so the mask head and predictor are given too
+        layers = [int(c) for c in mask_head_layers]
+        kwargs["mask_head"] = MaskRCNNHeads(backbone.out_channels, layers, dilation=1)
+        kwargs["mask_predictor"] = MaskRCNNPredictor(layers[-1], 256, num_classes + 1)
     return cls(backbone, num_classes=None, **kwargs)

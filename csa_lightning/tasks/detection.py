@@ -16,6 +16,7 @@ ignored and the size split uses the annotation area, as COCO's own evaluation do
 from __future__ import annotations
 
 import bisect
+import inspect
 import subprocess
 import sys
 from pathlib import Path
@@ -32,6 +33,9 @@ from .checkpoints import newest_checkpoint
 from .recipe import LinearScaledRecipe
 
 __all__ = ["DetectionModule", "detection_metric", "gather_list_states", "METRIC_NAMES"]
+
+#: build_detector's keyword options, which DetectionModule takes under the same names
+_DETECTOR_OPTIONS = tuple(inspect.signature(build_detector).parameters)[3:]
 
 #: torchmetrics' result keys -> the names logged (COCO's AP, AP50, AP75, APs, APm, APl)
 METRIC_NAMES = {"map": "AP", "map_50": "AP50", "map_75": "AP75", "map_small": "APs", "map_medium": "APm", "map_large": "APl"}
@@ -116,8 +120,8 @@ class DetectionModule(LinearScaledRecipe, L.LightningModule):
         warmup_iters, warmup_factor: linear warm-up from ``lr * warmup_factor`` over these steps.
         min_size, max_size: torchvision's resizing of the input images (800 / 1333 for COCO).
         anchor_sizes: one anchor size per FPN level (default torchvision's 32..512).
-        rpn_*, box_*: torchvision's sampling and proposal numbers and the box head's width (its
-            defaults are COCO's; the demos slim them).
+        rpn_*, box_*, mask_head_layers: torchvision's sampling and proposal numbers, the box head's
+            width and the mask head's convolutions (its defaults are COCO's; the demos slim them).
     """
 
     def __init__(
@@ -152,6 +156,7 @@ class DetectionModule(LinearScaledRecipe, L.LightningModule):
         box_representation_size: int = 1024,
         box_detections_per_img: int = 100,
         box_score_thresh: float = 0.05,
+        mask_head_layers: Sequence[int] = (256, 256, 256, 256),
     ) -> None:
         super().__init__()
         if architecture not in ARCHITECTURES:
@@ -192,15 +197,9 @@ class DetectionModule(LinearScaledRecipe, L.LightningModule):
     def build_model(self) -> nn.Module:
         """The detector; override to change it while keeping the recipe and the evaluation."""
         hp = self.hparams
-        return build_detector(
-            hp.architecture, hp.num_classes, self.build_backbone(),
-            min_size=hp.min_size, max_size=hp.max_size, anchor_sizes=hp.anchor_sizes,
-            rpn_pre_nms_top_n_train=hp.rpn_pre_nms_top_n_train, rpn_post_nms_top_n_train=hp.rpn_post_nms_top_n_train,
-            rpn_pre_nms_top_n_test=hp.rpn_pre_nms_top_n_test, rpn_post_nms_top_n_test=hp.rpn_post_nms_top_n_test,
-            rpn_batch_size_per_image=hp.rpn_batch_size_per_image, box_batch_size_per_image=hp.box_batch_size_per_image,
-            box_representation_size=hp.box_representation_size, box_detections_per_img=hp.box_detections_per_img,
-            box_score_thresh=hp.box_score_thresh,
-        )
+        # the size options go through under their own names (see build_detector for their meaning)
+        options = {name: hp[name] for name in _DETECTOR_OPTIONS}
+        return build_detector(hp.architecture, hp.num_classes, self.build_backbone(), **options)
 
     def on_fit_start(self) -> None:
         # after a resume the checkpoint holds the weights: start from backbone_weights only on a
