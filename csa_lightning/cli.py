@@ -134,13 +134,29 @@ def build_cli(args: Optional[Sequence[str]] = None, run: bool = True) -> CSALigh
 
 def main(args: Optional[Sequence[str]] = None, run: bool = True) -> CSALightningCLI:
     """Run the CLI; input errors become ``error: ...`` on one line and exit status 2."""
-    if os.environ.get("CSA_LIGHTNING_TRACEBACK"):
-        return build_cli(args, run)
     try:
-        return build_cli(args, run)
-    except (FileNotFoundError, ValueError, TypeError, ImportError) as err:
-        print(f"error: {_one_line(err)}", file=sys.stderr)
-        raise SystemExit(2) from None
+        if os.environ.get("CSA_LIGHTNING_TRACEBACK"):
+            return build_cli(args, run)
+        try:
+            return build_cli(args, run)
+        except (FileNotFoundError, ValueError, TypeError, ImportError) as err:
+            print(f"error: {_one_line(err)}", file=sys.stderr)
+            raise SystemExit(2) from None
+    finally:
+        _release_process_group()
+
+
+def _release_process_group() -> None:
+    """Destroy the DDP process group before the interpreter exits.
+
+    Lightning leaves it alive after fit (for later trainer calls); a gloo group still alive at
+    interpreter exit sometimes aborts the process with "terminate called without an active
+    exception" (exit -6) after a finished run (measured: 1 run in 4 of the 2-process CPU test).
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
