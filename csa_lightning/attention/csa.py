@@ -41,6 +41,7 @@ has 26,257,432 parameters).
 
 from __future__ import annotations
 
+import math
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -255,13 +256,14 @@ def _weighted_sums(
         if need_stats:
             pairs = c * (c - 1) if contiguity == "l2" else c * c  # hybrid: the authors' mean over all C^2
             mean_dist = (dist_sum / pairs).clamp_min_(eps)
-        scale = (-1.0 / mean_dist)[:, None, None]
+        # exp(-l / l_bar) = 2^(-l log2(e) / l_bar): exp2 is ~2.5x faster than exp on this CPU
+        scale = (-math.log2(math.e) / mean_dist)[:, None, None]
     v_sum = torch.zeros(n, dtype=f.dtype, device=f.device)
     for index, (r, col) in enumerate(pieces):
         if contiguity == "cosine":
             v = torch.bmm(f[:, r], f[:, col].transpose(1, 2))
         else:
-            v = dists[index].mul_(scale).exp_()
+            v = dists[index].mul_(scale).exp2_()
             dists[index] = None  # free each block once used
         if contiguity != "l2":
             cosine = v if contiguity == "cosine" else torch.bmm(f[:, r], f[:, col].transpose(1, 2))
