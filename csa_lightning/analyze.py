@@ -235,30 +235,27 @@ def image_folder_batches(
     return batches(), classes
 
 
-class _DataOnlyCLI:
-    """Build only the data module of a cli.py config (no trainer, nothing run)."""
+def datamodule_from_config(config: str):
+    """The data module of a cli.py config, built alone (no trainer, nothing run)."""
+    from .cli import CSALightningCLI
 
-    @staticmethod
-    def datamodule(config: str):
-        from .cli import CSALightningCLI
+    class DataOnly(CSALightningCLI):
+        def instantiate_classes(self) -> None:
+            self.config_init = self.parser.instantiate_classes(self.config)
+            self.datamodule = self._get(self.config_init, "data")
+            self.model = self._get(self.config_init, "model")
 
-        class DataOnly(CSALightningCLI):
-            def instantiate_classes(self) -> None:
-                self.config_init = self.parser.instantiate_classes(self.config)
-                self.datamodule = self._get(self.config_init, "data")
-                self.model = self._get(self.config_init, "model")
-
-        if not Path(config).is_file():
-            raise FileNotFoundError(f"config {config} not found; pass --data with a cli.py YAML config")
-        return DataOnly(
-            subclass_mode_model=True, subclass_mode_data=True, auto_configure_optimizers=False,
-            args=["--config", config], run=False,
-        ).datamodule
+    if not Path(config).is_file():
+        raise FileNotFoundError(f"config {config} not found; pass --data with a cli.py YAML config")
+    return DataOnly(
+        subclass_mode_model=True, subclass_mode_data=True, auto_configure_optimizers=False,
+        args=["--config", config], run=False,
+    ).datamodule
 
 
 def datamodule_batches(config: str, limit: Optional[int] = None) -> Tuple[Iterator[ImageBatch], List[str]]:
     """Validation batches of the data module a cli.py config describes (written first if needed)."""
-    dm = _DataOnlyCLI.datamodule(config)
+    dm = datamodule_from_config(config)
     if dm is None:
         raise ValueError(f"config {config} has no data section; pass one that cli.py fit accepts")
     dm.prepare_data()

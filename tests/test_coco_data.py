@@ -182,3 +182,12 @@ def test_digits_detection_set_is_real_cached_and_consistent(tmp_path):
     # the same seed writes the same pixels
     again = write_digits_coco(str(tmp_path / "e"), canvas=96, num_train=12, num_val=6, digits_per_image=(2, 4), digit_size=(16, 32), seed=3)
     assert np.array_equal(np.asarray(Image.open(again / "val" / "000004.png")), np.asarray(Image.open(root / "val" / "000004.png")))
+
+
+def test_validation_alone_reads_only_the_validation_file(tmp_path):
+    root = write_tiny_coco(tmp_path / "coco")
+    (root / "annotations" / "train.json").unlink()  # validate / test need no training annotations
+    dm = _module(root, masks=True)
+    dm.setup("validate")
+    assert dm.train_set is None and dm.num_classes == 2 and dm.val_set.ids == [1, 2, 3]
+    assert dm.val_set[1][1]["labels"].tolist() == [2, 1]  # the same label space as training's

@@ -235,17 +235,18 @@ def _weighted_sums(
     out_t = y_t.new_zeros(y_t.shape)
     need_stats = stats is None
     mean_dist, total = (None, None) if need_stats else stats
-    dists: List[Optional[Tensor]] = []
+    dists: List[Tensor] = []
     if contiguity in ("l2", "hybrid"):
         dist_sum = torch.zeros(n, dtype=f.dtype, device=f.device)
         sq_floored = sq - rounding_floor(sq, f.shape[-1])[:, None]
         f_times_minus_2 = -2 * f  # folds the -2 into the product (baddbmm's broadcast copy is slower)
-        sizes = [n * (r.stop - r.start) * (col.stop - col.start) for r, col in pieces]
-        space = _workspace(sum(sizes), f)
-        offsets = [sum(sizes[:i]) for i in range(len(sizes))]
-        for (r, col), offset in zip(pieces, offsets):
+        shapes = [(n, r.stop - r.start, col.stop - col.start) for r, col in pieces]
+        space = _workspace(sum(a * b * k for a, b, k in shapes), f)
+        offset = 0
+        for (r, col), shape in zip(pieces, shapes):
+            d = space[offset : offset + shape[0] * shape[1] * shape[2]].view(shape)
+            offset += d.numel()
             # ||f_i||^2 - floor + ||f_j||^2 - 2 f_i.f_j
-            d = space[offset : offset + n * (r.stop - r.start) * (col.stop - col.start)].view(n, r.stop - r.start, col.stop - col.start)
             torch.bmm(f[:, r], f_times_minus_2[:, col].transpose(1, 2), out=d)
             d.add_(sq_floored[:, r, None]).add_(sq[:, None, col]).clamp_min_(0).sqrt_()
             if r == col:
@@ -264,7 +265,6 @@ def _weighted_sums(
             v = torch.bmm(f[:, r], f[:, col].transpose(1, 2))
         else:
             v = dists[index].mul_(scale).exp2_()
-            dists[index] = None  # free each block once used
         if contiguity != "l2":
             cosine = v if contiguity == "cosine" else torch.bmm(f[:, r], f[:, col].transpose(1, 2))
             cosine.div_(norms[:, r, None]).div_(norms[:, None, col]).clamp_min_(0)

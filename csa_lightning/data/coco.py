@@ -289,9 +289,11 @@ class COCODataModule(L.LightningDataModule):
     def _path(self, relative: str) -> str:
         return str(Path(self.root) / relative)
 
-    def _category_ids(self) -> List[int]:
-        # the training file defines the label space; validate and test alone read it too
-        return sorted(load_coco(self._path(self.train_annotations)).getCatIds()) if self.train_set is None else self.train_set.category_ids
+    def _category_ids(self) -> Optional[List[int]]:
+        # when training, the training file defines the label space (a validation annotation of
+        # another category is skipped and counted); validate / test alone use the validation file's
+        # own categories, which for COCO are the same 80, without reading the 450 MB training file
+        return self.train_set.category_ids if self.train_set is not None else None
 
     def setup(self, stage: Optional[str] = None) -> None:
         if not Path(self.root).is_dir():
