@@ -7,6 +7,14 @@ from pathlib import Path
 from lightning.pytorch.callbacks import Callback
 
 
+def write_rank_record(trainer, prefix: str, **fields) -> None:
+    """PROBE_DIR/{prefix}{rank}.json with the rank, the world size and ``fields``."""
+    out = Path(os.environ["PROBE_DIR"])
+    out.mkdir(parents=True, exist_ok=True)
+    record = {"rank": trainer.global_rank, "world_size": trainer.world_size, **fields}
+    (out / f"{prefix}{trainer.global_rank}.json").write_text(json.dumps(record))
+
+
 class RecordRankMetrics(Callback):
     def __init__(self):
         self.val_samples = 0
@@ -24,18 +32,14 @@ class RecordRankMetrics(Callback):
 
     def on_validation_end(self, trainer, pl_module):
         # after the module's on_validation_epoch_end has logged the synchronised val/top1
-        out = Path(os.environ["PROBE_DIR"])
-        out.mkdir(parents=True, exist_ok=True)
-        record = {
-            "rank": trainer.global_rank,
-            "world_size": trainer.world_size,
-            "val_top1": float(trainer.callback_metrics["val/top1"]),
-            "val_samples": self.val_samples,
-            "val_correct": self.val_correct,
-            "train_batches": self.train_batches,
-            "train_batch_size": self.train_batch_size,
-        }
-        (out / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
+        write_rank_record(
+            trainer, "rank",
+            val_top1=float(trainer.callback_metrics["val/top1"]),
+            val_samples=self.val_samples,
+            val_correct=self.val_correct,
+            train_batches=self.train_batches,
+            train_batch_size=self.train_batch_size,
+        )
 
 
 class RecordDetectionShards(Callback):
@@ -52,14 +56,10 @@ class RecordDetectionShards(Callback):
         self.val_ids += [int(t["image_id"]) for t in batch[1]]
 
     def on_validation_end(self, trainer, pl_module):
-        out = Path(os.environ["PROBE_DIR"])
-        out.mkdir(parents=True, exist_ok=True)
-        record = {
-            "rank": trainer.global_rank,
-            "world_size": trainer.world_size,
-            "box_AP50": float(trainer.callback_metrics["val/box_AP50"]),
-            "evaluated_images": float(trainer.callback_metrics["val/images"]),
-            "train_ids": self.train_ids,
-            "val_ids": self.val_ids,
-        }
-        (out / f"detection_rank{trainer.global_rank}.json").write_text(json.dumps(record))
+        write_rank_record(
+            trainer, "detection_rank",
+            box_AP50=float(trainer.callback_metrics["val/box_AP50"]),
+            evaluated_images=float(trainer.callback_metrics["val/images"]),
+            train_ids=self.train_ids,
+            val_ids=self.val_ids,
+        )

@@ -10,7 +10,7 @@ on norms and biases) need the model.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Union
 
 import lightning as L
 import torch
