@@ -35,10 +35,13 @@ def mean(values):
     return sum(values) / len(values)
 
 
-def standardize_ref(values, eps=EPS):
+def standardize_ref(values):
+    """Population std, no eps (docs/csa.md); a row constant up to rounding maps to 0."""
     mu = mean(values)
     sigma = math.sqrt(mean([(v - mu) ** 2 for v in values]))  # population std
-    return [(v - mu) / (sigma + eps) for v in values]
+    if sigma <= 1e-12 * max(abs(v) for v in values):
+        return [0.0 for _ in values]
+    return [(v - mu) / sigma for v in values]
 
 
 def sigmoid(v):
@@ -54,7 +57,7 @@ def mlp_ref(mlp, values):
 
 
 def csa_descriptors_ref(x, contiguity="l2", eps=EPS, w_source=None):
-    """z, I, q per sample, exactly as REFERENCE.md section 1 and csa.py's conventions state.
+    """z, I, q per sample, exactly as docs/csa.md states the equations and conventions.
 
     ``w_source`` (default ``x``) is the map the contiguity matrix is computed from, so that the
     gradient with w held constant (contiguity_grad=False) can be checked by finite differences.
@@ -65,7 +68,7 @@ def csa_descriptors_ref(x, contiguity="l2", eps=EPS, w_source=None):
         f = maps_of(x, n)
         g = maps_of(w_source, n)
         c = len(f)
-        z = standardize_ref([mean(fi) for fi in f], eps)
+        z = standardize_ref([mean(fi) for fi in f])
         dist = [[math.sqrt(sum((a - b) ** 2 for a, b in zip(g[i], g[j]))) if i != j else 0.0 for j in range(c)] for i in range(c)]
         norms = [max(math.sqrt(sum(a * a for a in gi)), eps) for gi in g]
         cos = [[sum(a * b for a, b in zip(g[i], g[j])) / (norms[i] * norms[j]) for j in range(c)] for i in range(c)]
@@ -90,7 +93,7 @@ def csa_descriptors_ref(x, contiguity="l2", eps=EPS, w_source=None):
         moran = [z[i] * sum(w[i][j] * z[j] for j in range(c)) for i in range(c)]
         out["z"].append(z)
         out["I"].append(moran)
-        out["q"].append(standardize_ref(moran, eps))
+        out["q"].append(standardize_ref(moran))
     return {k: torch.tensor(v, dtype=torch.float64) for k, v in out.items()}
 
 
@@ -141,7 +144,7 @@ def gct_gate_ref(block, x):
     c_value = float(block.c.detach())
     rows = []
     for n in range(x.shape[0]):
-        z = standardize_ref([mean(fi) for fi in maps_of(x, n)], block.eps)
+        z = standardize_ref([mean(fi) for fi in maps_of(x, n)])
         rows.append([math.exp(-(v * v) / (2 * c_value * c_value)) for v in z])
     return torch.tensor(rows, dtype=torch.float64)
 

@@ -1,47 +1,47 @@
 """Channel-wise Spatially Autocorrelated attention (CSA).
 
-"Channel-wise Spatially Autocorrelated Attention Networks" (CSA-Net), Nikzad, Gao and Zhou,
-2024 (the paper this project is built around; REFERENCE.md restates its equations). The gate re-weights channels by their local Moran's I over the C feature maps:
+"Channel-wise Spatially Autocorrelated Attention Networks" (CSA-Net), Nikzad, Gao and Zhou, 2024,
+the paper this project is built around. The gate re-weights channels by their local Moran's I over
+the C feature maps:
 
-1. x_i = GAP(F_i); z = (x - mean_C(x)) / (std_C(x) + eps)
+1. x_i = GAP(F_i); z = (x - mean_C(x)) / std_C(x)
 2. l_ij = ||f_i - f_j||_2 between the flattened maps; v_ij = exp(-l_ij / l_bar); v_ii = 0
 3. w = v / sum_ij v_ij (the unitary spatial weight matrix)
-4. I_i = z_i (w z)_i (= diag(z z^T w), w symmetric); q = (I - mean_C(I)) / (std_C(I) + eps)
+4. I_i = z_i (w z)_i (= diag(z z^T w), w symmetric); q = (I - mean_C(I)) / std_C(I)
 5. p = sigmoid(U(ReLU(D(q)))), D: Linear(C, C // r), U: Linear(C // r, C), r = 16, with biases
 6. output F * p
 
-Conventions fixed here where the paper is silent (see REFERENCE.md section 1):
+docs/csa.md states every convention this project fixes where the paper is silent and every
+difference from the authors' code, with the option that selects each. In short:
 
-- std is the population std (divide by C) with ``eps`` added, in z and in q;
-- v_ii = 0 in every contiguity mode; in "l2" mode l_bar is the mean over the C(C - 1)
-  off-diagonal pairs, clamped below at ``eps`` (so identical or all-zero channels give finite w);
+- population std and no eps in z and q, scale-free (:func:`~.base.standardize`: a row constant up
+  to rounding maps to 0); I is O(1/C), so an absolute eps on std_C(I) would bias q;
+- v_ii = 0 in every mode; in "l2" mode l_bar is the off-diagonal mean; ``eps`` floors l_bar and
+  the cosine modes' norms (it binds only for all-zero or identical maps);
 - ``contiguity``: "l2" is the paper's formula (default); "cosine" is v_ij = max(cos(f_i, f_j), 0);
-  "hybrid" is the authors' public code's default, v_ij = max(cos, 0) * exp(-l_ij / l_bar) with their
-  l_bar, the mean over the whole C x C matrix, zero diagonal included. Only v follows the authors'
-  code; the standardisations keep this project's conventions in every mode;
-- when every v_ij is 0 (possible in the cosine modes) w is all zeros, so I = 0 and q = 0;
+  "hybrid" is the authors' code's default, max(cos, 0) * exp(-l_ij / l_bar) with their l_bar (the
+  mean over the whole C x C matrix); when every v_ij is 0 (cosine modes) w = 0, so I = q = 0;
 - ``contiguity_grad=False`` (default, as in the authors' code, and cheaper): w is a constant for
-  autograd and gradients reach the input through z only; ``True`` differentiates through w too
-  (zero distances get a zero subgradient instead of the infinite one of sqrt at 0);
-- under autocast (bf16 / fp16) the descriptor math and the MLP run in float32 (a float64 input stays
-  float64); the gate is returned in the input's dtype.
+  autograd; ``True`` differentiates through w too;
+- under autocast (bf16 / fp16) the descriptor math and the MLP run in float32; the gate is returned
+  in the input's dtype.
 
-Costs: one C x C Gram matrix per sample (C * C * H * W multiply-adds, the figure the model table
-counts), never a C x C x C tensor (the authors' code builds diag(z z^T w) with an O(C^3) product).
-The default path (``contiguity_grad=False``) never forms w: w is symmetric, so the Gram matrix and
-the elementwise chain are computed on the upper-triangular blocks only (about 5/8 of the work with
-4 x 4 blocks), each block giving both its rows' and its columns' share of w z; the distance sum
-comes out of the same BLAS call (``baddbmm``); backward recomputes w (g * z) from the feature map
-(which the gated block keeps anyway for x * p) instead of keeping a C x C matrix per sample.
-Opt-in ``distance="projected"``: distances from a seeded random projection of each map to
-``projection_dim`` dimensions where H * W is larger (large detection inputs). Placed, as in the
-paper, at the end of each resolution stage ("stage_end": the last block of layer1..layer4; CSA-R50
-has 26,257,432 parameters).
+Costs: one C x C Gram matrix per sample (C * C * H * W multiply-adds), never a C x C x C tensor.
+The default path never forms w: the Gram matrix and the elementwise chain run on the
+upper-triangular blocks only, each giving both its rows' and its columns' share of w z; backward
+recomputes w (g * z) from the feature map instead of keeping a C x C matrix per sample. On the CPU
+the distance blocks use a per-thread workspace (see :func:`_workspace`); nothing is cached under
+torch.compile, torch.export or FakeTensor tracing. Opt-in ``distance="projected"``: distances from a
+seeded random projection of each map to ``projection_dim`` dimensions where H * W is larger.
+Placed, as in the paper, at the end of each resolution stage ("stage_end"; CSA-R50 has 26,257,432
+parameters).
 """
 
 from __future__ import annotations
 
 import math
+import threading
+from collections import OrderedDict
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -52,7 +52,17 @@ from .base import ChannelAttention, ReductionMLP, autocast_disabled, register_at
 CONTIGUITY_MODES = ("l2", "hybrid", "cosine")
 DISTANCE_MODES = ("exact", "projected")
 
-__all__ = ["CSA", "spatial_autocorrelation", "contiguity_weights", "distance_features", "release_workspace", "CONTIGUITY_MODES", "DISTANCE_MODES"]
+__all__ = [
+    "CSA",
+    "spatial_autocorrelation",
+    "contiguity_weights",
+    "distance_features",
+    "release_workspace",
+    "clear_projection_cache",
+    "CONTIGUITY_MODES",
+    "DISTANCE_MODES",
+    "PROJECTION_CACHE_SIZE",
+]
 
 
 def _descriptor_dtype(x: Tensor) -> torch.dtype:
@@ -139,13 +149,13 @@ def spatial_autocorrelation(
     projection = (projection_dim if distance == "projected" else None, projection_seed)
     with autocast_disabled(x):
         xf = x.to(_descriptor_dtype(x))
-        z = standardize(xf.mean(dim=(2, 3)), eps)
+        z = standardize(xf.mean(dim=(2, 3)))
         if contiguity_grad:
             w = contiguity_weights(xf, contiguity, eps, *projection)
             moran = z * torch.bmm(w, z.unsqueeze(-1)).squeeze(-1)
         else:
             moran = _MoranI.apply(x, z, contiguity, eps, blocks or _default_blocks(x.shape[1]), projection)
-        q = standardize(moran, eps)
+        q = standardize(moran)
     return {"z": z, "I": moran, "q": q}
 
 
@@ -173,45 +183,86 @@ def distance_features(x: Tensor, projection_dim: Optional[int] = None, projectio
     f = x.reshape(n, c, -1).to(_descriptor_dtype(x))
     if projection_dim is None or f.shape[-1] <= projection_dim:
         return f
-    return torch.matmul(f, _projection(f.shape[-1], projection_dim, projection_seed, f.device, f.dtype))
+    return torch.matmul(f, _projection(f.shape[-1], projection_dim, projection_seed, f))
 
 
-_PROJECTIONS: Dict[tuple, Tensor] = {}
+#: How many random projections (one per map size, device and dtype) are kept; COCO's padded
+#: input sizes vary batch to batch, about 17 MB per layer1 size at k = 64.
+PROJECTION_CACHE_SIZE = 8
+_PROJECTIONS: "OrderedDict[tuple, Tensor]" = OrderedDict()
+_PROJECTIONS_LOCK = threading.Lock()
 
 
-def _projection(size: int, k: int, seed: int, device: torch.device, dtype: torch.dtype) -> Tensor:
-    key = (size, k, seed, str(device), dtype)
-    if key not in _PROJECTIONS:
+def _is_plain_eager(t: Tensor) -> bool:
+    """True for an ordinary tensor in an eager call: not under torch.compile or torch.export, and
+    not a FakeTensor or another tracing subclass. Only then may a call keep state between calls
+    (a workspace, a cached projection): a traced call would leave a fake tensor behind for later
+    eager calls, or bake the cached tensor into the program as a constant."""
+    return type(t) is torch.Tensor and not torch.compiler.is_compiling() and not torch.compiler.is_exporting()
+
+
+def _projection(size: int, k: int, seed: int, like: Tensor) -> Tensor:
+    def draw() -> Tensor:
         # drawn on the CPU from its own generator: the same matrix on every device and process
         g = torch.Generator().manual_seed(seed * 1_000_003 + size)
-        _PROJECTIONS[key] = (torch.randn(size, k, generator=g, dtype=torch.float64) / k**0.5).to(device, dtype)
-    return _PROJECTIONS[key]
+        return (torch.randn(size, k, generator=g, dtype=torch.float64) / k**0.5).to(like.device, like.dtype)
+
+    if not _is_plain_eager(like):
+        return draw()
+    key = (size, k, seed, str(like.device), like.dtype)
+    with _PROJECTIONS_LOCK:
+        if key in _PROJECTIONS:
+            _PROJECTIONS.move_to_end(key)
+            return _PROJECTIONS[key]
+    matrix = draw()
+    with _PROJECTIONS_LOCK:
+        _PROJECTIONS[key] = matrix
+        while len(_PROJECTIONS) > PROJECTION_CACHE_SIZE:
+            _PROJECTIONS.popitem(last=False)  # least recently used
+    return matrix
 
 
-_WORKSPACES: Dict[tuple, Tensor] = {}
+def clear_projection_cache() -> None:
+    """Forget the cached random projections (they are redrawn, identically, on the next call)."""
+    with _PROJECTIONS_LOCK:
+        _PROJECTIONS.clear()
+
+
+def _projection_cache_tensors() -> List[Tensor]:
+    with _PROJECTIONS_LOCK:
+        return list(_PROJECTIONS.values())
+
+
+_THREAD_STATE = threading.local()
 
 
 def _workspace(numel: int, like: Tensor) -> Tensor:
-    """Memory for the distance blocks, reused across calls on the CPU.
+    """Memory for the distance blocks, reused across eager calls of one thread on the CPU.
 
     The blocks of one call are alive together (the mean distance needs all of them before the
     exponentials); freshly allocated, tens of MB per call at ResNet-50's layer4 go back to the OS
     and fault in again page by page on the next call, which measured about a third of the gate's
-    time there. The largest size seen is kept per dtype (:func:`release_workspace` frees it).
-    On GPUs the caching allocator already does this.
+    time there. Each thread keeps its own buffer (the largest size it has needed, per dtype), freed
+    with the thread, so concurrent calls from several threads or models never share one: about
+    N * C^2 * 5/8 * 4 bytes for the largest gate seen, 84 MB per thread for ResNet-50's layer4 at
+    batch 8 (C = 2048, float32). Under torch.compile, torch.export or FakeTensor tracing a fresh
+    tensor is used and nothing is kept. On GPUs the caching allocator already does this.
+    :func:`release_workspace` frees the calling thread's buffer.
     """
-    key = (like.device, like.dtype)
-    if like.device.type != "cpu":
+    if like.device.type != "cpu" or not _is_plain_eager(like):
         return torch.empty(numel, device=like.device, dtype=like.dtype)
-    space = _WORKSPACES.get(key)
+    spaces = getattr(_THREAD_STATE, "spaces", None)
+    if spaces is None:
+        spaces = _THREAD_STATE.spaces = {}
+    space = spaces.get(like.dtype)
     if space is None or space.numel() < numel:
-        space = _WORKSPACES[key] = torch.empty(numel, dtype=like.dtype)
+        space = spaces[like.dtype] = torch.empty(numel, dtype=like.dtype)
     return space
 
 
 def release_workspace() -> None:
-    """Free the CPU memory CSA keeps between calls for its distance blocks."""
-    _WORKSPACES.clear()
+    """Free the CPU memory the calling thread keeps between calls for CSA's distance blocks."""
+    _THREAD_STATE.spaces = {}
 
 
 @torch.no_grad()
@@ -345,7 +396,6 @@ class CSA(ChannelAttention):
         self.contiguity = contiguity
         self.contiguity_grad = contiguity_grad
         self.eps = eps
-        self.descriptor_eps = eps
         self.distance = distance
         self.projection_dim = projection_dim
         self.projection_seed = projection_seed

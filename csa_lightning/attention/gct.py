@@ -3,7 +3,8 @@
 Ruan, Wang, Wang, Dong, Chen. "Gaussian Context Transformer". CVPR 2021 (the CSA paper's [45]).
 Not Yang et al.'s "Gated Channel Transformation", which shares the acronym.
 
-x = GAP(F); z = (x - mean_C(x)) / (std_C(x) + eps) with the population std;
+x = GAP(F); z = (x - mean_C(x)) / std_C(x) with the population std, scale-free (``standardize``: a
+row constant up to rounding gives z = 0, no eps);
 p = exp(-z^2 / (2 c^2)). GCT-B0 (the default, parameter-free, so GCT-R50 has exactly ResNet-50's
 parameter count) fixes c = 2, the value public re-implementations use. Note that several of those
 compute exp(-c z^2 / 2) instead, a different curve; this project uses exp(-z^2 / (2 c^2)), the
@@ -21,12 +22,10 @@ from .base import ChannelAttention, global_avg_pool, register_attention, standar
 class GaussianContextTransformer(ChannelAttention):
     default_placement = "every_block"
 
-    def __init__(self, channels: int, c: float = 2.0, learn_c: bool = False, eps: float = 1e-5) -> None:
+    def __init__(self, channels: int, c: float = 2.0, learn_c: bool = False) -> None:
         super().__init__(channels)
         if c <= 0:
             raise ValueError(f"GCT's c must be positive, got {c}")
-        self.eps = eps
-        self.descriptor_eps = eps
         self.learn_c = learn_c
         if learn_c:
             self.c = nn.Parameter(torch.tensor(float(c)))
@@ -35,7 +34,7 @@ class GaussianContextTransformer(ChannelAttention):
 
     def gate(self, x: Tensor) -> Tensor:
         self._check_input(x)
-        z = standardize(global_avg_pool(x), self.eps)
+        z = standardize(global_avg_pool(x))
         c = self.c.float()
         p = torch.exp(-z.pow(2) / (2 * c * c))
         return p.to(x.dtype)[:, :, None, None]

@@ -4,8 +4,8 @@ ffcv is imported lazily, here only: it needs system libraries, does not build ev
 pins torch to one thread when imported. Conventions follow ffcv-imagenet: random-resized-crop
 decoding and flips for training, a centre crop of ratio 224/256 for validation, QUASI_RANDOM
 order in one process and RANDOM with ``distributed=True`` under DDP, ``drop_last`` on the
-training loader only, ``os_cache`` for data that fits in RAM. Pitfalls measured here
-(REFERENCE.md section 4) and handled:
+training loader only, ``os_cache`` for data that fits in RAM. Pitfalls of ffcv 1.0.2 (unmaintained
+since 2024), measured here and handled:
 
 - on CPU the pipeline order ``decoder, ToTensor, ToTorchImage, NormalizeImage`` never returns
   from the Loader constructor; CPU pipelines normalise on the numpy side before ``ToTensor``;
@@ -251,7 +251,7 @@ class ImageNetFFCVDataModule(L.LightningDataModule):
                 tr.NormalizeImage(mean, std, np.float16),
             ]
         else:
-            # the only CPU order that works: normalise the numpy batch first (REFERENCE.md section 4)
+            # the only CPU order that works: normalise the numpy batch first (see the module docstring)
             pipeline += [
                 tr.NormalizeImage(mean, std, np.float32),
                 tr.ToTensor(),

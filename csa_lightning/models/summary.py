@@ -5,8 +5,10 @@
 GMAC = multiply-adds of one image: torch.utils.flop_counter counts the convolutions and linear
 layers (2 FLOPs per multiply-add, so halved), and each gate adds what it reports through
 ``ChannelAttention.extra_macs`` (CSA: C * C * H * W for its Gram matrix, by formula, so the figure
-does not depend on how the Gram is computed). The paper's GFLOPs leave CSA's distance matrix out
-and disagree with each other across rows (REFERENCE.md section 3); they are shown as printed.
+does not depend on how the Gram is computed). The paper's GFLOPs column is shown as printed,
+beside ours, but it is not comparable: its rows are not consistent with each other (3.86 for
+ResNet-50, whose usual count is 4.1 GMAC, yet 4.13 for ECA-R50, whose gates add almost nothing)
+and its CSA rows leave out the distance matrix (about 0.82 GMAC per image at 224 px for R50).
 """
 
 from __future__ import annotations
