@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.csa-lightning-installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := libopencv-dev libturbojpeg0-dev pkg-config
 
-.PHONY: install test test-fast demo demo-detection summary figures clean
+.PHONY: install test test-fast demo demo-detection summary figures gpu-check clean
 
 install: $(STAMP)
 
@@ -55,6 +55,11 @@ figures: $(STAMP)
 	$(PY) -m csa_lightning.analyze gradcam --out figs/digits --limit 6 \
 		--ckpt $(FIG_RUNS)/runs/none_seed0 --ckpt $(FIG_RUNS)/runs/se_seed0 --ckpt $(FIG_RUNS)/runs/csa_seed0 \
 		--images data/digits/images_32px/val
+
+# Every CUDA path in ~5 minutes on one GPU (benchmarks/gpu_check.py says how to run it on a bare
+# GPU machine); writes runs/gpu-check/report.{md,json}, exits non-zero when a check fails.
+gpu-check: $(STAMP)
+	$(PY) benchmarks/gpu_check.py --out runs/gpu-check
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -9,8 +9,8 @@ a row, so that no variant pays for the previous one's memory) and of inference
 (eval mode, no_grad) on one random batch, median over ``repeats``; their ratios to the
 no-attention model of the same run; the bytes saved for backward (distinct storages seen by
 ``torch.autograd.graph.saved_tensors_hooks`` during one training forward: exact on CPU); params
-and GMAC (see ``csa_lightning.models.summary``). On a CUDA machine the same is timed on the GPU
-under bf16 autocast, with peak memory.
+and GMAC (see ``csa_lightning.models.summary``). ``--device cuda`` times on the GPU instead (CUDA
+events), with peak memory and its ratio; ``--bf16`` and ``--channels-last`` give a GPU recipe.
 """
 
 from __future__ import annotations
@@ -64,13 +64,19 @@ def _variants(
 
 
 def _timed(fn, device: torch.device) -> float:
+    """Seconds ``fn`` takes: CUDA events on a GPU (the kernels' time, not the launch queue's),
+    the wall clock on the CPU."""
     if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         torch.cuda.synchronize(device)
-    start = time.perf_counter()
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1000
+    start_s = time.perf_counter()
     fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start
+    return time.perf_counter() - start_s
 
 
 def benchmark(
@@ -84,15 +90,20 @@ def benchmark(
     device: str = "cpu",
     csa_projected: bool = False,
     bf16: bool = False,
+    channels_last: bool = False,
 ) -> List[Dict[str, Any]]:
-    """Rows of measurements, one per variant; ratios are to the "none" row of the same run."""
+    """Rows of measurements, one per variant; ratios are to the "none" row of the same run.
+
+    ``bf16``: forward under bf16 autocast; ``channels_last``: model and input in that memory
+    format (what a GPU run uses)."""
     dev = torch.device(device)
     torch.manual_seed(0)
-    x = torch.randn(batch, 3, size, size, device=dev)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(batch, 3, size, size, device=dev).contiguous(memory_format=memory_format)
     y = torch.randint(0, 1000, (batch,), device=dev)
     setups = []
     for name, attention, options in _variants(attentions, csa_modes, csa_grad, csa_projected):
-        model = attention_resnet(depth, attention, attention_options=options or None).to(dev)
+        model = attention_resnet(depth, attention, attention_options=options or None).to(dev, memory_format=memory_format)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         setups.append({"name": name, "attention": attention, "options": options, "model": model, "opt": optimizer,
                        "train": [], "infer": []})  # fmt: skip
@@ -142,6 +153,7 @@ def benchmark(
         r["train_ratio"] = r["train_s"] / base["train_s"]
         r["infer_ratio"] = r["infer_s"] / base["infer_s"]
         r["saved_ratio"] = r["saved_mb"] / base["saved_mb"]
+        r["peak_ratio"] = r["peak_mb"] / base["peak_mb"] if r["peak_mb"] and base["peak_mb"] else None
     return rows
 
 
@@ -204,14 +216,14 @@ def projection_agreement(
 def to_markdown(rows: List[Dict[str, Any]], title: str) -> str:
     peak = any(r["peak_mb"] is not None for r in rows)
     head = "| variant | params | GMAC | train step s | x none | inference s | x none | saved for backward MB | x none |"
-    head += " peak MB |" if peak else ""
-    lines = [title, "", head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if peak else "")]
+    head += " peak MB | x none |" if peak else ""
+    lines = [title, "", head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if peak else "")]
     for r in rows:
         line = (
             f"| {r['variant']} | {r['params']:,} | {r['gmac']:.3f} | {r['train_s']:.3f} | {r['train_ratio']:.2f} | "
             f"{r['infer_s']:.3f} | {r['infer_ratio']:.2f} | {r['saved_mb']:.0f} | {r['saved_ratio']:.2f} |"
         )
-        lines.append(line + (f" {r['peak_mb']:.0f} |" if peak else ""))
+        lines.append(line + (f" {r['peak_mb']:.0f} | {r['peak_ratio']:.2f} |" if peak else ""))
     return "\n".join(lines)
 
 
@@ -219,23 +231,37 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     parser = argparse.ArgumentParser(prog="python -m csa_lightning.benchmark", description=__doc__.split("\n\n")[0])
     parser.add_argument("--depth", type=int, default=50)
     parser.add_argument("--attentions", default="none,se,cbam,eca,gct,csa")
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch", type=_positive, default=8)
+    parser.add_argument("--size", type=_positive, default=224)
+    parser.add_argument("--repeats", type=_positive, default=3)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="cuda: time on the GPU (CUDA events; add --bf16 --channels-last for a GPU recipe)")
+    parser.add_argument("--bf16", action="store_true", help="forward under bf16 autocast")
+    parser.add_argument("--channels-last", action="store_true", help="model and input in channels_last")
     parser.add_argument("--csa-modes", default="l2", help="contiguity modes to time CSA in (l2,hybrid,cosine)")
     parser.add_argument("--csa-grad", action="store_true", help="also time CSA with contiguity_grad=True")
     parser.add_argument("--csa-projected", action="store_true", help='also time CSA with distance="projected" (k=64)')
     parser.add_argument("--format", choices=("markdown", "json"), default="markdown")
     parser.add_argument("--out", default=None, help="also write the JSON rows here")
     args = parser.parse_args(argv)
-    attentions = [a.strip() for a in args.attentions.split(",") if a.strip()]
+    attentions = [a.strip().lower() for a in args.attentions.split(",") if a.strip()]
+    from .attention import available_attentions
+
+    unknown = [a for a in attentions if a not in available_attentions()]
+    if unknown:
+        parser.error(f"unknown attention {', '.join(unknown)}: choose from {', '.join(available_attentions())}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is visible here (run on a GPU machine, or use --device cpu)")
     modes = [m.strip() for m in args.csa_modes.split(",") if m.strip()]
     machine = f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    if args.device == "cuda":
+        machine += f", {torch.cuda.get_device_name()}, CUDA {torch.version.cuda}"
     options = dict(csa_modes=modes, csa_grad=args.csa_grad, csa_projected=args.csa_projected)
-    results = {"cpu": benchmark(args.depth, attentions, args.batch, args.size, args.repeats, **options)}
-    if torch.cuda.is_available():
-        results["cuda_bf16"] = benchmark(args.depth, attentions, args.batch, args.size, args.repeats, device="cuda", bf16=True, **options)
-        machine += f", {torch.cuda.get_device_name()}"
+    key = args.device + ("_bf16" if args.bf16 else "") + ("_channels_last" if args.channels_last else "")
+    results = {
+        key: benchmark(args.depth, attentions, args.batch, args.size, args.repeats, device=args.device,
+                       bf16=args.bf16, channels_last=args.channels_last, **options)
+    }  # fmt: skip
     if args.format == "json":
         print(json.dumps({"machine": machine, **results}, indent=2))
     else:
@@ -245,7 +271,14 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     if args.out:
         with open(args.out, "w") as fh:
             json.dump({"machine": machine, **results}, fh, indent=2)
-    return results["cpu"]
+    return results[key]
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
 
 
 if __name__ == "__main__":

@@ -57,3 +57,27 @@ def test_spearman_matches_the_definition():
     assert _spearman(a, a * 10) == pytest.approx(1.0)
     assert _spearman(a, -a) == pytest.approx(-1.0)
     assert _spearman(a, torch.tensor([1.0, 3.0, 2.0, 4.0])) == pytest.approx(0.8)  # 1 - 6 * 2 / (4 * 15)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--attentions", "none,sse"], "unknown attention sse"),
+        (["--batch", "0"], "must be a positive integer"),
+        (["--repeats", "-1"], "must be a positive integer"),
+    ],
+)
+def test_bad_arguments_are_one_line_errors(argv, message, capsys):
+    from csa_lightning.benchmark import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message in err[-1] and "Traceback" not in "\n".join(err)
+
+
+def test_channels_last_and_bf16_options_run():
+    rows = benchmark(depth=18, attentions=["none", "csa"], batch=2, size=32, repeats=1, bf16=True, channels_last=True)
+    assert [r["variant"] for r in rows] == ["none", "csa (l2)"]
+    assert rows[0]["peak_ratio"] is None  # peak memory is a CUDA figure

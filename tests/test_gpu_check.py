@@ -1,0 +1,69 @@
+"""The GPU kit's dry run: the same code paths as on a GPU, on the CPU, with tiny sizes (<= 30 s),
+and the report writer."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_gpu_check():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_report_writer_counts_failures_and_writes_both_files(tmp_path):
+    gpu_check = load_gpu_check()
+    report = gpu_check.Report()
+    report.run("numerics", "passes", lambda: "fine")
+    report.run("numerics", "fails", lambda: (_ for _ in ()).throw(AssertionError("off by 1e-2\nmore")))
+    report.run("train", "crashes", lambda: 1 / 0)
+    report.tables.append("| a | b |")
+    report.write(tmp_path, {"gpu": "test"})
+    assert not report.ok
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert [c["ok"] for c in data["checks"]] == [True, False, False]
+    assert data["checks"][1]["detail"] == "off by 1e-2"  # one line
+    assert data["checks"][2]["detail"].startswith("ZeroDivisionError")
+    text = (tmp_path / "report.md").read_text()
+    assert "**1 of 3 checks passed.**" in text and "| a | b |" in text and "- gpu: test" in text
+
+
+def test_every_block_and_csa_mode_is_checked():
+    gpu_check = load_gpu_check()
+    labels = [label for label, _, _ in gpu_check.block_variants()]
+    assert {"se", "cbam", "eca", "gct"} <= set(labels)
+    assert len([label for label in labels if label.startswith("csa")]) == 3 * 2 * 2  # modes x grad x distance
+
+
+@pytest.mark.slow
+def test_cpu_quick_dry_run_passes_every_section(tmp_path):
+    """All three sections on the CPU with tiny sizes: what the GPU run executes, minus the GPU.
+    Runs as its own process, as on the GPU machine (~25 s: a detection fast_dev_run and a DDP fit)."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--device", "cpu", "--quick", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    data = json.loads((tmp_path / "report.json").read_text())
+    sections = {c["section"] for c in data["checks"]}
+    assert sections == {"numerics", "speed", "train"} and data["ok"]
+    assert "ResNet-18, batch 2" in (tmp_path / "report.md").read_text()
+
+
+def test_cuda_without_a_gpu_is_one_line(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--out", str(tmp_path)],
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 2 and "no CUDA device is visible" in result.stderr.strip().splitlines()[-1]
