@@ -10,7 +10,8 @@ a row, so that no variant pays for the previous one's memory) and of inference
 no-attention model of the same run; the bytes saved for backward (distinct storages seen by
 ``torch.autograd.graph.saved_tensors_hooks`` during one training forward: exact on CPU); params
 and GMAC (see ``csa_lightning.models.summary``). ``--device cuda`` times on the GPU instead (CUDA
-events), with peak memory and its ratio; ``--bf16`` and ``--channels-last`` give a GPU recipe.
+events), with the step's peak memory above what is resident (activations and workspaces) and its
+ratio; ``--variant 'LABEL|ATTENTION|{"placement": ..., option: ...}'`` adds rows; ``--bf16`` and ``--channels-last`` give a GPU recipe.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ def saved_tensor_bytes(model: nn.Module, x: torch.Tensor) -> int:
 def _variants(
     attentions: Sequence[str], csa_modes: Sequence[str], csa_grad: bool, csa_projected: bool = False
 ) -> List[Tuple[str, str, dict]]:
+    """(label, attention, options) per variant; options may hold "placement" besides the gate's own."""
     variants = []
     for attention in attentions:
         if attention == "csa":
@@ -61,6 +63,11 @@ def _variants(
         else:
             variants.append((attention, attention, {}))
     return variants
+
+
+def _build(depth: int, attention: str, options: dict) -> nn.Module:
+    gate_options = {k: v for k, v in options.items() if k != "placement"}
+    return attention_resnet(depth, attention, placement=options.get("placement"), attention_options=gate_options or None)
 
 
 def _timed(fn, device: torch.device) -> float:
@@ -91,19 +98,26 @@ def benchmark(
     csa_projected: bool = False,
     bf16: bool = False,
     channels_last: bool = False,
+    extra_variants: Sequence[Tuple[str, str, dict]] = (),
 ) -> List[Dict[str, Any]]:
     """Rows of measurements, one per variant; ratios are to the "none" row of the same run.
 
     ``bf16``: forward under bf16 autocast; ``channels_last``: model and input in that memory
-    format (what a GPU run uses)."""
+    format (what a GPU run uses). ``extra_variants``: more (label, attention, options) rows, where
+    options may hold "placement" (e.g. CSA in every block) besides the gate's own options."""
     dev = torch.device(device)
+    if dev.type == "cuda":  # an earlier run's models must not count here
+        import gc
+
+        gc.collect()
+        torch.cuda.empty_cache()
     torch.manual_seed(0)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     x = torch.randn(batch, 3, size, size, device=dev).contiguous(memory_format=memory_format)
     y = torch.randint(0, 1000, (batch,), device=dev)
     setups = []
-    for name, attention, options in _variants(attentions, csa_modes, csa_grad, csa_projected):
-        model = attention_resnet(depth, attention, attention_options=options or None).to(dev, memory_format=memory_format)
+    for name, attention, options in [*_variants(attentions, csa_modes, csa_grad, csa_projected), *extra_variants]:
+        model = _build(depth, attention, options).to(dev, memory_format=memory_format)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         setups.append({"name": name, "attention": attention, "options": options, "model": model, "opt": optimizer,
                        "train": [], "infer": []})  # fmt: skip
@@ -124,14 +138,18 @@ def benchmark(
 
     for round_ in range(repeats + 1):  # round 0 warms up (allocator, kernels, caches)
         for s in setups:
-            if dev.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(dev)
             # the first step after another variant pays for its memory being freed and re-allocated:
             # time the second of two consecutive steps
             train_step(s)
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+                torch.cuda.reset_peak_memory_stats(dev)
+                held = torch.cuda.memory_allocated(dev)
             t_train = _timed(lambda: train_step(s), dev)
             if dev.type == "cuda":
-                s["peak_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
+                # what one training step adds on top of what is resident (every variant's weights,
+                # gradients and momenta stay on the device): activations and workspaces
+                s["peak_mb"] = (torch.cuda.max_memory_allocated(dev) - held) / 2**20
             t_infer = _timed(lambda: infer(s), dev)
             if round_ > 0:
                 s["train"].append(t_train)
@@ -142,7 +160,7 @@ def benchmark(
         with autocast:
             saved = saved_tensor_bytes(s["model"], x)
         with torch.device("meta"):
-            params, gmac = count_cost(attention_resnet(depth, s["attention"], attention_options=s["options"] or None), size)
+            params, gmac = count_cost(_build(depth, s["attention"], s["options"]), size)
         rows.append({
             "variant": s["name"], "params": params, "gmac": round(gmac, 3),
             "train_s": statistics.median(s["train"]), "infer_s": statistics.median(s["infer"]),
@@ -216,7 +234,7 @@ def projection_agreement(
 def to_markdown(rows: List[Dict[str, Any]], title: str) -> str:
     peak = any(r["peak_mb"] is not None for r in rows)
     head = "| variant | params | GMAC | train step s | x none | inference s | x none | saved for backward MB | x none |"
-    head += " peak MB | x none |" if peak else ""
+    head += " step peak MB | x none |" if peak else ""
     lines = [title, "", head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if peak else "")]
     for r in rows:
         line = (
@@ -241,6 +259,8 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     parser.add_argument("--csa-modes", default="l2", help="contiguity modes to time CSA in (l2,hybrid,cosine)")
     parser.add_argument("--csa-grad", action="store_true", help="also time CSA with contiguity_grad=True")
     parser.add_argument("--csa-projected", action="store_true", help='also time CSA with distance="projected" (k=64)')
+    parser.add_argument("--variant", action="append", default=[], metavar="LABEL|ATTENTION|JSON",
+                        help='another row, e.g. \'csa every block|csa|{"placement": "every_block"}\' (repeatable)')
     parser.add_argument("--format", choices=("markdown", "json"), default="markdown")
     parser.add_argument("--out", default=None, help="also write the JSON rows here")
     args = parser.parse_args(argv)
@@ -253,6 +273,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is visible here (run on a GPU machine, or use --device cpu)")
     modes = [m.strip() for m in args.csa_modes.split(",") if m.strip()]
+    extra = [_parse_variant(parser, text) for text in args.variant]
     machine = f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
     if args.device == "cuda":
         machine += f", {torch.cuda.get_device_name()}, CUDA {torch.version.cuda}"
@@ -260,7 +281,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     key = args.device + ("_bf16" if args.bf16 else "") + ("_channels_last" if args.channels_last else "")
     results = {
         key: benchmark(args.depth, attentions, args.batch, args.size, args.repeats, device=args.device,
-                       bf16=args.bf16, channels_last=args.channels_last, **options)
+                       bf16=args.bf16, channels_last=args.channels_last, extra_variants=extra, **options)
     }  # fmt: skip
     if args.format == "json":
         print(json.dumps({"machine": machine, **results}, indent=2))
@@ -272,6 +293,17 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
         with open(args.out, "w") as fh:
             json.dump({"machine": machine, **results}, fh, indent=2)
     return results[key]
+
+
+def _parse_variant(parser: argparse.ArgumentParser, text: str) -> Tuple[str, str, dict]:
+    parts = text.split("|", 2)
+    if len(parts) < 2:
+        parser.error(f"--variant {text!r}: expected LABEL|ATTENTION or LABEL|ATTENTION|JSON-OPTIONS")
+    try:
+        options = json.loads(parts[2]) if len(parts) == 3 and parts[2].strip() else {}
+    except json.JSONDecodeError as err:
+        parser.error(f"--variant {text!r}: options are not JSON ({err.msg})")
+    return parts[0].strip(), parts[1].strip().lower(), options
 
 
 def _positive(text: str) -> int:
