@@ -148,10 +148,10 @@ def spatial_autocorrelation(
     _check_contiguity_input(x, contiguity)
     projection = (projection_dim if distance == "projected" else None, projection_seed)
     with autocast_disabled(x):
-        xf = x.to(_descriptor_dtype(x))
-        z = standardize(xf.mean(dim=(2, 3)))
+        # the mean accumulates in the descriptor dtype without a converted copy of the whole map
+        z = standardize(x.mean(dim=(2, 3), dtype=_descriptor_dtype(x)))
         if contiguity_grad:
-            w = contiguity_weights(xf, contiguity, eps, *projection)
+            w = contiguity_weights(x.to(_descriptor_dtype(x)), contiguity, eps, *projection)
             moran = z * torch.bmm(w, z.unsqueeze(-1)).squeeze(-1)
         else:
             moran = _MoranI.apply(x, z, contiguity, eps, blocks or _default_blocks(x.shape[1]), projection)
@@ -180,6 +180,8 @@ def distance_features(x: Tensor, projection_dim: Optional[int] = None, projectio
     the Gram matrix then costs C * C * k instead of C * C * H * W.
     """
     n, c = x.shape[:2]
+    # a view for contiguous and channels_last maps alike (H and W merge in both layouts); the dtype
+    # conversion keeps the layout, so it is the only pass over the map
     f = x.reshape(n, c, -1).to(_descriptor_dtype(x))
     if projection_dim is None or f.shape[-1] <= projection_dim:
         return f
@@ -277,7 +279,7 @@ def _weighted_sums(
     as ``stats`` to skip the reductions. Same math and conventions as :func:`contiguity_weights`.
     """
     n, c, _ = f.shape
-    sq = f.square().sum(-1)  # ||f_i||^2, (N, C)
+    sq = torch.linalg.vector_norm(f, dim=-1).square_()  # ||f_i||^2, (N, C), one pass without an N x C x K temporary
     norms = sq.sqrt().clamp_min(eps) if contiguity != "l2" else None
     pieces = _symmetric_blocks(c, blocks)
     # w y is accumulated transposed, as row vectors times blocks (y^T v): on CPU that product is
@@ -402,7 +404,9 @@ class CSA(ChannelAttention):
         self.compile = compile
         self.mlp = ReductionMLP(channels, reduction)
         # opt-in: torch.compile fuses the chain of elementwise passes over the C x C matrices
-        self._autocorrelation = torch.compile(spatial_autocorrelation) if compile else spatial_autocorrelation
+        # static shapes: the stage-end gates of one network have different shapes, and dynamic-shape
+        # recompilation took minutes on a GPU (measured); one static compile per shape is ~20 s
+        self._autocorrelation = torch.compile(spatial_autocorrelation, dynamic=False) if compile else spatial_autocorrelation
 
     def autocorrelation(self, x: Tensor) -> Dict[str, Tensor]:
         """z, I and q of ``x`` with this gate's options (see :func:`spatial_autocorrelation`)."""
