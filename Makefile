@@ -40,9 +40,11 @@ demo: $(STAMP)
 demo-detection: $(STAMP)
 	$(PY) cli.py fit --config configs/demo/digits_faster_rcnn_csa.yaml
 
-# The parameter / GMAC table beside the paper's Table 1.
+# The parameter / GMAC table beside the paper's Table 1, with the authors' detection backbone
+# (CSA in every block, pooled hybrid distances) as an extra row per depth.
+AUTHORS_VARIANT := authors detection backbone|csa|{"placement": "every_block", "contiguity": "hybrid", "distance": "pooled"}
 summary: $(STAMP)
-	$(PY) -m csa_lightning.models.summary --depths 50,101
+	$(PY) -m csa_lightning.models.summary --depths 50,101 --variant '$(AUTHORS_VARIANT)'
 
 # The README's analysis figures: the digits demo recipe with no gate, SE and CSA (one run each,
 # resumable; ~8 min on 2 CPU cores), then channel descriptors and Grad-CAM of the three.

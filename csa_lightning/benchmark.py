@@ -26,8 +26,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from .models import attention_resnet
-from .models.summary import count_cost
+from .models.summary import build_variant, count_cost, parse_variant
 
 __all__ = ["saved_tensor_bytes", "benchmark", "projection_agreement", "main"]
 
@@ -63,11 +62,6 @@ def _variants(
         else:
             variants.append((attention, attention, {}))
     return variants
-
-
-def _build(depth: int, attention: str, options: dict) -> nn.Module:
-    gate_options = {k: v for k, v in options.items() if k != "placement"}
-    return attention_resnet(depth, attention, placement=options.get("placement"), attention_options=gate_options or None)
 
 
 def _timed(fn, device: torch.device) -> float:
@@ -117,7 +111,7 @@ def benchmark(
     y = torch.randint(0, 1000, (batch,), device=dev)
     setups = []
     for name, attention, options in [*_variants(attentions, csa_modes, csa_grad, csa_projected), *extra_variants]:
-        model = _build(depth, attention, options).to(dev, memory_format=memory_format)
+        model = build_variant(depth, attention, options).to(dev, memory_format=memory_format)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         setups.append({"name": name, "attention": attention, "options": options, "model": model, "opt": optimizer,
                        "train": [], "infer": []})  # fmt: skip
@@ -160,7 +154,7 @@ def benchmark(
         with autocast:
             saved = saved_tensor_bytes(s["model"], x)
         with torch.device("meta"):
-            params, gmac = count_cost(_build(depth, s["attention"], s["options"]), size)
+            params, gmac = count_cost(build_variant(depth, s["attention"], s["options"]), size)
         rows.append({
             "variant": s["name"], "params": params, "gmac": round(gmac, 3),
             "train_s": statistics.median(s["train"]), "infer_s": statistics.median(s["infer"]),
@@ -273,7 +267,10 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is visible here (run on a GPU machine, or use --device cpu)")
     modes = [m.strip() for m in args.csa_modes.split(",") if m.strip()]
-    extra = [_parse_variant(parser, text) for text in args.variant]
+    try:
+        extra = [parse_variant(text) for text in args.variant]
+    except ValueError as err:
+        parser.error(str(err))
     machine = f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
     if args.device == "cuda":
         machine += f", {torch.cuda.get_device_name()}, CUDA {torch.version.cuda}"
@@ -293,17 +290,6 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
         with open(args.out, "w") as fh:
             json.dump({"machine": machine, **results}, fh, indent=2)
     return results[key]
-
-
-def _parse_variant(parser: argparse.ArgumentParser, text: str) -> Tuple[str, str, dict]:
-    parts = text.split("|", 2)
-    if len(parts) < 2:
-        parser.error(f"--variant {text!r}: expected LABEL|ATTENTION or LABEL|ATTENTION|JSON-OPTIONS")
-    try:
-        options = json.loads(parts[2]) if len(parts) == 3 and parts[2].strip() else {}
-    except json.JSONDecodeError as err:
-        parser.error(f"--variant {text!r}: options are not JSON ({err.msg})")
-    return parts[0].strip(), parts[1].strip().lower(), options
 
 
 def _positive(text: str) -> int:

@@ -308,3 +308,21 @@ def test_default_heads_are_torchvisions():
         return sum(p.numel() for p in m.parameters())
 
     assert count(ours) == count(reference) == 44_400_693
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["faster_rcnn", "mask_rcnn"])
+def test_authors_backbone_configs(arch, in_tmp_cwd):
+    """The authors' detection backbone: CSA in all 16 Bottlenecks, pooled hybrid distances, the
+    2x recipe of the paper rows, torchvision's ResNet-50 weights as the starting point."""
+    from csa_lightning.attention import CSA
+
+    cli = build_cli(["--config", str(CONFIGS / "coco" / f"{arch}_csa_r50_authors.yaml")], run=False)
+    hp = cli.model.hparams
+    assert (hp.architecture, hp.depth, hp.attention, hp.placement) == (arch, 50, "csa", "every_block")
+    assert (hp.lr, hp.lr_reference_batch, list(hp.milestones), cli.trainer.max_epochs) == (0.02, 16, [16, 22], 24)
+    assert hp.backbone_weights == "data/resnet50-0676ba61.pth"
+    gates = [m for n, m in cli.model.model.backbone.body.named_modules() if n.endswith(".attention")]
+    assert len(gates) == 16 and all(isinstance(g, CSA) for g in gates)
+    assert {(g.contiguity, g.distance) for g in gates} == {("hybrid", "pooled")}
+    assert cli.trainer.default_root_dir == f"runs/coco/{arch}_csa_r50_authors"

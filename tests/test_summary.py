@@ -75,3 +75,15 @@ def test_cli_rejects_unknown_names(capsys):
     with pytest.raises(SystemExit):
         main(["--attentions", "csaa"])
     assert "unknown attention 'csaa'" in capsys.readouterr().err
+
+
+def test_named_variant_rows_and_their_errors(capsys):
+    from csa_lightning.models.summary import main
+
+    main(["--depths", "50", "--attentions", "se", "--variant",
+          'authors|csa|{"placement": "every_block", "contiguity": "hybrid", "distance": "pooled"}'])  # fmt: skip
+    out = capsys.readouterr().out
+    assert "| CSA-R50 (authors) | every_block | 16 | 28,088,024 | 4.484 |" in out
+    with pytest.raises(SystemExit):
+        main(["--depths", "50", "--variant", "broken|csa|{placement"])
+    assert "options are not JSON" in capsys.readouterr().err.strip().splitlines()[-1]

@@ -33,7 +33,8 @@ recomputes w (g * z) from the feature map instead of keeping a C x C matrix per 
 the distance blocks use a per-thread workspace (see :func:`_workspace`); nothing is cached under
 torch.compile, torch.export or FakeTensor tracing. Opt-in ``distance="projected"``: distances from a
 seeded random projection of each map to ``projection_dim`` dimensions where H * W is larger.
-Placed, as in the paper, at the end of each resolution stage ("stage_end"; CSA-R50 has 26,257,432
+``distance="pooled"`` (the authors' detection backbone): distances from each map average-pooled to a
+side set by its channel count (:data:`AUTHORS_POOL_SIZES`) or ``pool_size``. Placed, as in the paper, at the end of each resolution stage ("stage_end"; CSA-R50 has 26,257,432
 parameters).
 """
 
@@ -50,7 +51,10 @@ from torch import Tensor
 from .base import ChannelAttention, ReductionMLP, autocast_disabled, register_attention, sqrt_zero_safe, standardize
 
 CONTIGUITY_MODES = ("l2", "hybrid", "cosine")
-DISTANCE_MODES = ("exact", "projected")
+DISTANCE_MODES = ("exact", "projected", "pooled")
+#: distance="pooled": the side each map is average-pooled to before the distances, by channel
+#: count, as in the authors' detection backbone (mmdet/models/backbones/CSA/CSA_Module.py)
+AUTHORS_POOL_SIZES = {64: 35, 128: 28, 256: 14, 512: 7, 1024: 4, 2048: 4}
 
 __all__ = [
     "CSA",
@@ -62,6 +66,9 @@ __all__ = [
     "CONTIGUITY_MODES",
     "DISTANCE_MODES",
     "PROJECTION_CACHE_SIZE",
+    "AUTHORS_POOL_SIZES",
+    "pooled_size",
+    "pool_map",
 ]
 
 
@@ -122,6 +129,29 @@ def contiguity_weights(
     return v / torch.where(total > 0, total, torch.ones_like(total))
 
 
+def pooled_size(channels: int, pool_size: Optional[int] = None) -> int:
+    """The side a map of ``channels`` channels is pooled to for distance="pooled": ``pool_size``
+    if given, else the authors' size for that channel count (:data:`AUTHORS_POOL_SIZES`)."""
+    if pool_size is not None:
+        if int(pool_size) < 1:
+            raise ValueError(f"pool_size must be a positive integer, got {pool_size}")
+        return int(pool_size)
+    if channels not in AUTHORS_POOL_SIZES:
+        raise ValueError(
+            f"distance='pooled' has no default size for {channels} channels (the authors' table covers "
+            f"{', '.join(map(str, AUTHORS_POOL_SIZES))}): give pool_size"
+        )
+    return AUTHORS_POOL_SIZES[channels]
+
+
+def pool_map(x: Tensor, size: int) -> Tensor:
+    """Average-pool a map (N, C, H, W) to min(size, H) x min(size, W): never upsampled."""
+    target = (min(size, x.shape[-2]), min(size, x.shape[-1]))
+    if target == tuple(x.shape[-2:]):
+        return x
+    return torch.nn.functional.adaptive_avg_pool2d(x, target)
+
+
 def spatial_autocorrelation(
     x: Tensor,
     contiguity: str = "l2",
@@ -131,6 +161,7 @@ def spatial_autocorrelation(
     projection_dim: int = 64,
     projection_seed: int = 0,
     blocks: Optional[int] = None,
+    pool_size: Optional[int] = None,
 ) -> Dict[str, Tensor]:
     """Parameter-free CSA descriptors of any feature map (N, C, H, W).
 
@@ -138,7 +169,9 @@ def spatial_autocorrelation(
     and "q" (standardised I), in float32 (float64 for float64 input), with the same options and
     conventions as :class:`CSA`. The analysis tools apply it to models without a CSA gate.
     ``distance="projected"`` takes the distances from a seeded random projection of each map to
-    ``projection_dim`` dimensions where H * W is larger (opt-in, approximate). ``blocks``: the
+    ``projection_dim`` dimensions where H * W is larger (opt-in, approximate); ``distance="pooled"``
+    from the map average-pooled to ``pool_size`` (default: the authors' size for its channel count,
+    :data:`AUTHORS_POOL_SIZES`; never upsampled), z still from the full map. ``blocks``: the
     symmetric Gram work is cut into blocks x blocks pieces (default: from C; 1 = one piece).
     """
     if x.dim() != 4:
@@ -148,13 +181,15 @@ def spatial_autocorrelation(
     _check_contiguity_input(x, contiguity)
     projection = (projection_dim if distance == "projected" else None, projection_seed)
     with autocast_disabled(x):
+        # the map the distances come from: the authors' detection backbone pools it first
+        source = pool_map(x, pooled_size(x.shape[1], pool_size)) if distance == "pooled" else x
         # the mean accumulates in the descriptor dtype without a converted copy of the whole map
         z = standardize(x.mean(dim=(2, 3), dtype=_descriptor_dtype(x)))
         if contiguity_grad:
-            w = contiguity_weights(x.to(_descriptor_dtype(x)), contiguity, eps, *projection)
+            w = contiguity_weights(source.to(_descriptor_dtype(x)), contiguity, eps, *projection)
             moran = z * torch.bmm(w, z.unsqueeze(-1)).squeeze(-1)
         else:
-            moran = _MoranI.apply(x, z, contiguity, eps, blocks or _default_blocks(x.shape[1]), projection)
+            moran = _MoranI.apply(source, z, contiguity, eps, blocks or _default_blocks(x.shape[1]), projection)
         q = standardize(moran)
     return {"z": z, "I": moran, "q": q}
 
@@ -384,6 +419,7 @@ class CSA(ChannelAttention):
         projection_dim: int = 64,
         projection_seed: int = 0,
         compile: bool = False,
+        pool_size: Optional[int] = None,
     ) -> None:
         super().__init__(channels)
         if contiguity not in CONTIGUITY_MODES:
@@ -394,6 +430,11 @@ class CSA(ChannelAttention):
             raise ValueError(f"projection_dim must be >= 1, got {projection_dim}")
         if channels < 2:
             raise ValueError(f"CSA needs at least 2 channels, got {channels}")
+        if distance == "pooled":
+            pooled_size(channels, pool_size)  # a one-line error now, not at the first forward
+        elif pool_size is not None:
+            raise ValueError(f"pool_size is for distance='pooled', got distance='{distance}'")
+        self.pool_size = pool_size
         self.reduction = reduction
         self.contiguity = contiguity
         self.contiguity_grad = contiguity_grad
@@ -414,6 +455,7 @@ class CSA(ChannelAttention):
         return self._autocorrelation(
             x, contiguity=self.contiguity, eps=self.eps, contiguity_grad=self.contiguity_grad,
             distance=self.distance, projection_dim=self.projection_dim, projection_seed=self.projection_seed,
+            pool_size=self.pool_size,
         )
 
     def _excite(self, q: Tensor) -> Tensor:
@@ -434,6 +476,9 @@ class CSA(ChannelAttention):
         # discussion uses, though only its upper half is computed); projected: C * H * W * k for
         # the projection plus C * C * k
         c, h, w = (int(v) for v in input_shape[-3:])
+        if self.distance == "pooled":  # the Gram of the pooled maps (pooling itself is additions only)
+            side = pooled_size(c, self.pool_size)
+            return c * c * min(side, h) * min(side, w)
         if self.distance == "projected" and h * w > self.projection_dim:
             k = self.projection_dim
             return c * h * w * k + c * c * k
@@ -444,4 +489,5 @@ class CSA(ChannelAttention):
             f"channels={self.channels}, reduction={self.reduction}, contiguity={self.contiguity!r}, "
             f"contiguity_grad={self.contiguity_grad}, eps={self.eps:g}"
             + (f", distance='projected', projection_dim={self.projection_dim}" if self.distance == "projected" else "")
+            + (f", distance='pooled', pool_size={pooled_size(self.channels, self.pool_size)}" if self.distance == "pooled" else "")
         )

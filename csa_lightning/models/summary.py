@@ -65,10 +65,12 @@ class ModelCost:
     paper_gflops: Optional[float]
     paper_params_m: Optional[float]
     paper_top1_err: Optional[float]
+    label: Optional[str] = None  # a named variant's own label (--variant)
 
     @property
     def name(self) -> str:
-        return display_name(self.depth, self.attention)
+        base = display_name(self.depth, self.attention)
+        return f"{base} ({self.label})" if self.label else base
 
 
 def count_cost(model: torch.nn.Module, size: int = 224) -> Tuple[int, float]:
@@ -104,31 +106,58 @@ def count_cost(model: torch.nn.Module, size: int = 224) -> Tuple[int, float]:
     return params, macs / 1e9
 
 
+def parse_variant(text: str) -> Tuple[str, str, Dict]:
+    """"LABEL|ATTENTION|JSON" -> (label, attention, options): a named model variant for the summary
+    and the benchmark; options hold the gate's options and optionally "placement", e.g.
+    'authors|csa|{"placement": "every_block", "contiguity": "hybrid", "distance": "pooled"}'."""
+    parts = text.split("|", 2)
+    if len(parts) < 2 or not parts[0].strip() or not parts[1].strip():
+        raise ValueError(f"variant {text!r}: expected LABEL|ATTENTION or LABEL|ATTENTION|JSON-OPTIONS")
+    try:
+        options = json.loads(parts[2]) if len(parts) == 3 and parts[2].strip() else {}
+    except json.JSONDecodeError as err:
+        raise ValueError(f"variant {text!r}: options are not JSON ({err.msg})") from None
+    if not isinstance(options, dict):
+        raise ValueError(f"variant {text!r}: options must be a JSON object")
+    return parts[0].strip(), parts[1].strip().lower(), options
+
+
+def build_variant(depth: int, attention: str, options: Dict) -> torch.nn.Module:
+    """The attention ResNet of a variant: options' "placement" goes to the model, the rest to the gates."""
+    gate_options = {k: v for k, v in options.items() if k != "placement"}
+    return attention_resnet(depth, attention, placement=options.get("placement"), attention_options=gate_options or None)
+
+
 def summary_table(
     depths: Iterable[int] = (18, 34, 50, 101, 152),
     attentions: Iterable[str] = ("none", "se", "cbam", "eca", "gct", "csa"),
     size: int = 224,
     placement=None,
+    variants: Sequence[Tuple[str, str, Dict]] = (),
 ) -> List[ModelCost]:
+    """One row per depth and attention (at ``placement``), then one per depth and named variant."""
     rows = []
     for depth in depths:
-        for attention in attentions:
+        specs = [(None, a, {"placement": placement} if placement else {}) for a in attentions] + list(variants)
+        for label, attention, options in specs:
             # meta tensors: shapes and op counts without allocating or computing anything
             with torch.device("meta"):
-                model = attention_resnet(depth, attention, placement=placement)
+                model = build_variant(depth, attention, options)
             params, gmac = count_cost(model, size)
-            paper = PAPER_TABLE1.get((depth, attention)) if size == 224 else None
+            paper = PAPER_TABLE1.get((depth, attention)) if size == 224 and label is None else None
+            chosen = options.get("placement")
             rows.append(
                 ModelCost(
                     depth=depth,
                     attention=attention,
-                    placement="-" if attention == "none" else str(placement or _default_placement(attention)),
+                    placement="-" if attention == "none" else str(chosen or _default_placement(attention)),
                     gates=len(model.gate_positions),
                     params=params,
                     gmac=round(gmac, 3),
                     paper_gflops=paper[0] if paper else None,
                     paper_params_m=paper[1] if paper else None,
                     paper_top1_err=paper[2] if paper else None,
+                    label=label,
                 )
             )
     return rows
@@ -164,8 +193,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--attentions", default="none,se,cbam,eca,gct,csa", help="comma-separated attention names")
     parser.add_argument("--placement", default=None, help="stage_end or every_block (default: each block's own)")
     parser.add_argument("--size", type=int, default=224, help="input side in pixels")
+    parser.add_argument("--variant", action="append", default=[], metavar="LABEL|ATTENTION|JSON",
+                        help='another row per depth, e.g. \'authors|csa|{"placement": "every_block", "distance": "pooled"}\'')
     parser.add_argument("--format", choices=("markdown", "json"), default="markdown")
     args = parser.parse_args(argv)
+    try:
+        variants = [parse_variant(v) for v in args.variant]
+    except ValueError as err:
+        parser.error(str(err))
     try:
         depths = [int(d) for d in args.depths.split(",")]
     except ValueError:
@@ -178,7 +213,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     for d in depths:
         if d not in RESNET_LAYOUTS:
             parser.error(f"unsupported depth {d}: choose from {sorted(RESNET_LAYOUTS)}")
-    rows = summary_table(depths, attentions, args.size, args.placement)
+    rows = summary_table(depths, attentions, args.size, args.placement, variants)
     if args.format == "json":
         print(json.dumps([asdict(r) | {"name": r.name} for r in rows], indent=2))
     else:
