@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.csa-lightning-installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := libopencv-dev libturbojpeg0-dev pkg-config
 
-.PHONY: install test test-fast demo demo-detection summary figures gpu-check clean
+.PHONY: install test test-fast lint format demo demo-detection summary figures gpu-check clean
 
 install: $(STAMP)
 
@@ -27,6 +27,15 @@ $(STAMP): pyproject.toml constraints.txt
 test: $(STAMP)
 	$(PY) -m pytest
 
+# ruff: lint and formatting (configured in pyproject.toml); `make format` rewrites the files.
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: $(STAMP)
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
+
 # Only the quick tests, for the edit-run loop.
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow"
@@ -36,8 +45,9 @@ demo: $(STAMP)
 	$(PY) cli.py fit --config configs/demo/digits_csa.yaml
 
 # Faster R-CNN (CSA-ResNet-18-FPN) on digits pasted on canvases, starting from make demo's checkpoint
-# (trained first when missing); configs/demo/digits_mask_rcnn_csa.yaml is the Mask R-CNN twin.
+# (make demo runs first when there is none); configs/demo/digits_mask_rcnn_csa.yaml is the Mask R-CNN twin.
 demo-detection: $(STAMP)
+	@[ -n "$$(find runs/demo_digits_csa -name '*.ckpt' 2>/dev/null | head -1)" ] || $(MAKE) demo
 	$(PY) cli.py fit --config configs/demo/digits_faster_rcnn_csa.yaml
 
 # The parameter / GMAC table beside the paper's Table 1, with the authors' detection backbone

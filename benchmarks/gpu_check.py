@@ -319,9 +319,10 @@ def _trainer(device: torch.device, root: str, **kwargs):
 
 
 def _classifier():
+    from csa_lightning.models import ResNetSpec
     from csa_lightning.tasks import ClassificationModule
 
-    return ClassificationModule(depth=18, attention="csa", num_classes=10, lr=0.1, lr_reference_batch=64,
+    return ClassificationModule(ResNetSpec(18, "csa", num_classes=10), lr=0.1, lr_reference_batch=64,
                                 weight_decay=5e-4, milestones=(8, 11), no_weight_decay_on=("norm", "bias"))  # fmt: skip
 
 
@@ -365,14 +366,16 @@ def train(report: Report, device: torch.device, quick: bool, workdir: Path) -> N
 
     def detection() -> str:
         from csa_lightning.data import DigitsCOCODataModule
+        from csa_lightning.models import RCNNSpec
         from csa_lightning.tasks import DetectionModule
 
-        module = DetectionModule(
+        net = RCNNSpec(
             architecture="faster_rcnn", depth=18, attention="csa", num_classes=10, min_size=128, max_size=128,
             rpn_pre_nms_top_n_train=300, rpn_post_nms_top_n_train=150, rpn_pre_nms_top_n_test=300,
             rpn_post_nms_top_n_test=150, rpn_batch_size_per_image=64, box_batch_size_per_image=64,
-            box_representation_size=256, box_detections_per_img=20, warmup_iters=2,
+            box_representation_size=256, box_detections_per_img=20,
         )  # fmt: skip
+        module = DetectionModule(net, warmup_iters=2)
         data = DigitsCOCODataModule(data_dir=str(workdir / "digits_coco"), num_train=16, num_val=8, batch_size=4, num_workers=0)
         trainer = _trainer(device, str(workdir / "detection"), fast_dev_run=2, precision=precision)
         trainer.fit(module, data)

@@ -46,7 +46,7 @@ def images_per_second(loader, epochs: int) -> list[float]:
     rates = []
     for _ in range(epochs):
         start, seen = time.perf_counter(), 0
-        for images, labels in loader:
+        for _images, labels in loader:
             seen += len(labels)
         rates.append(seen / (time.perf_counter() - start))
     return rates

@@ -57,16 +57,20 @@ class Variant:
         return f"{safe}_seed{self.seed}".replace("/", "-")
 
     def cli_args(self, attention_option_keys: Sequence[str]) -> List[str]:
-        """The arguments that make this variant out of the base config."""
-        args = ["--model.attention", self.attention, "--seed_everything", str(self.seed)]
-        placement = self.sweep.get("model.placement", "null")
-        args += ["--model.placement", placement]
+        """The arguments that make this variant out of the base config.
+
+        The user's keys (model.placement, model.attention_options.X) name the network's options;
+        they are set together as one JSON merge into ``model.net`` (null resets the placement to
+        the block's default and the options to none: jsonargparse turns a nested null into "None").
+        """
         options = {
             k.split(".", 2)[2]: _yaml_scalar(v)
             for k, v in self.sweep.items()
             if k.startswith("model.attention_options.") and k.split(".", 2)[2] in attention_option_keys
         }
-        args += ["--model.attention_options", json.dumps(options) if options else "null"]
+        placement = _yaml_scalar(self.sweep["model.placement"]) if "model.placement" in self.sweep else None
+        net = {"attention": self.attention, "placement": placement, "attention_options": options or None}
+        args = ["--model.net", json.dumps({"init_args": net}), "--seed_everything", str(self.seed)]
         for key, value in self.sweep.items():
             if key != "model.placement" and not key.startswith("model.attention_options."):
                 args += [f"--{key}", value]
@@ -154,9 +158,11 @@ def _run_variant(variant: Variant, base_config: str, extra: Sequence[str], out: 
         "--trainer.callbacks+=csa_lightning.tasks.callbacks.RecordResult",
         *extra,
     ]  # fmt: skip
-    last = sorted(run_dir.rglob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
-    if last:
-        cmd += ["--ckpt_path", str(last[-1])]
+    from .tasks.checkpoints import newest_checkpoint
+
+    last = newest_checkpoint(str(run_dir), last_only=True)
+    if last is not None:
+        cmd += ["--ckpt_path", str(last)]
     env = dict(os.environ, CSA_RESULT_PATH=str(run_dir / "result.json"))
     if device is not None:
         env["CUDA_VISIBLE_DEVICES"] = str(device)

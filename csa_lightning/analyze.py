@@ -106,7 +106,8 @@ def load_checkpoint_model(path: str, label: Optional[str] = None) -> AnalysedMod
     module = cls.load_from_checkpoint(path, map_location="cpu", weights_only=True, **overrides)
     network = getattr(module, "model", module).eval()
     if label is None:
-        depth, attention = hparams.get("depth"), hparams.get("attention")
+        net = dict((hparams.get("net") or {}).get("init_args") or {})
+        depth, attention = net.get("depth"), net.get("attention")
         label = display_name(depth, str(attention or "none")) if depth else Path(path).stem
     return AnalysedModel(label, network, str(path), dict(raw.get("datamodule_hyper_parameters") or {}))
 
@@ -205,8 +206,8 @@ def image_folder_batches(
     folder: str, prep: Preprocessing, limit: Optional[int] = None, batch_size: int = 32
 ) -> Tuple[Iterator[ImageBatch], List[str]]:
     """Batches of the images under ``folder``, preprocessed as validation data; and the class names."""
-    from PIL import Image, UnidentifiedImageError
     import torchvision.transforms as T
+    from PIL import Image, UnidentifiedImageError
 
     files, targets, classes = find_images(folder)
     if limit is not None:

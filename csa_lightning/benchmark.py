@@ -216,7 +216,7 @@ def projection_agreement(
                     "image": index, "gate": name, "channels": x.shape[1], "map": f"{x.shape[2]}x{x.shape[3]}",
                     "projected": x.shape[2] * x.shape[3] > projection_dim,
                     "rho_q": _spearman(q_exact[0], q_proj[0]),
-                    "rho_p": _spearman(gate._excite(q_exact)[0], gate._excite(q_proj)[0]),
+                    "rho_p": _spearman(gate.excite(q_exact)[0], gate.excite(q_proj)[0]),
                     "exact_s": t_exact, "projected_s": t_proj,
                 })  # fmt: skip
     finally:

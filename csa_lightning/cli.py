@@ -54,7 +54,9 @@ class CSALightningCLI(LightningCLI):
     """LightningCLI in subclass mode; the module configures its own optimiser and scheduler."""
 
     def _parse_ckpt_path(self) -> None:
-        # LightningCLI unpickles --ckpt_path right after parsing (for its hyperparameters): check it first
+        # LightningCLI unpickles --ckpt_path right after parsing (for its hyperparameters), before any
+        # public hook runs (before_instantiate_classes comes later): only this override can turn a
+        # missing or corrupt file into a one-line error, and resolve "last" to this config's run
         subcommand = self.config.get("subcommand")
         if subcommand:
             ckpt_path = self.config[subcommand].get("ckpt_path")
@@ -68,6 +70,8 @@ class CSALightningCLI(LightningCLI):
                 raise ValueError(f"cannot read checkpoint {ckpt_path} ({first}); resume from another one, e.g. --ckpt_path last") from None
 
     def _run_subcommand(self, subcommand: str) -> None:
+        # no public hook wraps the subcommand's run (before_/after_<subcommand> do not see failures),
+        # so removing the run folder of a run that failed needs this override
         log_dir = self.trainer.log_dir
         created = _first_missing_ancestor(Path(log_dir)) if log_dir else None
         try:
@@ -86,13 +90,13 @@ def find_last_checkpoint(config) -> Path:
     makes fresh on every start; a resumed run logs into a new version folder, so nothing of the
     interrupted run's logs is overwritten.
     """
+    from .tasks.checkpoints import newest_checkpoint
+
     root = Path(config.trainer.get("default_root_dir") or "lightning_logs")
-    found = sorted(root.rglob("last*.ckpt"), key=lambda p: p.stat().st_mtime) if root.is_dir() else []
-    if not found:
-        raise FileNotFoundError(
-            f"--ckpt_path last: no last.ckpt under {root}; train first, or pass the checkpoint's path"
-        )
-    return found[-1]
+    found = newest_checkpoint(str(root), last_only=True)
+    if found is None:
+        raise FileNotFoundError(f"--ckpt_path last: no last.ckpt under {root}; train first, or pass the checkpoint's path")
+    return found
 
 
 def _first_missing_ancestor(path: Path) -> Optional[Path]:

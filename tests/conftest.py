@@ -1,6 +1,5 @@
 """Shared fixtures. ffcv compiles for seconds per Loader: FFCV data is written once per session."""
 
-import os
 from pathlib import Path
 
 import pytest
@@ -42,10 +41,11 @@ def make_classification_checkpoint(path, attention: str, depth: int = 18, steps:
     import lightning as L
 
     from csa_lightning.data import DigitsMemoryDataModule
+    from csa_lightning.models import ResNetSpec
     from csa_lightning.tasks import ClassificationModule
 
     torch.manual_seed(0)
-    module = ClassificationModule(depth=depth, attention=attention, num_classes=10, lr=0.05, milestones=[5])
+    module = ClassificationModule(ResNetSpec(depth, attention, num_classes=10), lr=0.05, milestones=[5])
     data = DigitsMemoryDataModule(batch_size=32, limit_train_samples=128)
     trainer = L.Trainer(
         max_steps=steps, limit_val_batches=0, logger=False, enable_checkpointing=False,

@@ -26,12 +26,15 @@ def test_plan_resets_options_and_applies_sweeps_only_where_they_fit():
     assert sum(v.attention == "se" for v in variants) == 4
     assert sum(v.attention == "csa" for v in variants) == 8
     se = next(v for v in variants if v.attention == "se")
-    args = se.cli_args(["reduction"])
-    assert args[args.index("--model.attention_options") + 1] == "null"  # reset to SE's defaults
+    def net(args):
+        return json.loads(args[args.index("--model.net") + 1])["init_args"]
+
+    assert net(se.cli_args(["reduction"]))["attention_options"] is None  # reset to SE's defaults
     csa = next(v for v in variants if v.attention == "csa" and v.sweep["model.attention_options.contiguity"] == "hybrid")
-    args = csa.cli_args(["reduction", "contiguity"])
-    assert json.loads(args[args.index("--model.attention_options") + 1]) == {"contiguity": "hybrid"}
-    assert Variant("gct", 3).cli_args([])[-4:] == ["--model.placement", "null", "--model.attention_options", "null"]
+    assert net(csa.cli_args(["reduction", "contiguity"])) == {
+        "attention": "csa", "placement": csa.sweep["model.placement"], "attention_options": {"contiguity": "hybrid"}
+    }
+    assert net(Variant("gct", 3).cli_args([])) == {"attention": "gct", "placement": None, "attention_options": None}
 
 
 def _record(group, attention, seed, top1, params=1000, speed=100.0):

@@ -9,6 +9,7 @@ from csa_lightning.attention.csa import spatial_autocorrelation
 
 from .conftest import make_classification_checkpoint
 
+
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     folder = tmp_path_factory.mktemp("analysis_ckpts")
@@ -136,7 +137,8 @@ def test_gradcam_stage_can_be_chosen_and_checked(checkpoints, val_images, tmp_pa
 def test_descriptors_from_a_data_config(checkpoints, digits_betons, tmp_path):
     config = tmp_path / "digits.yaml"
     config.write_text(
-        "model:\n  class_path: csa_lightning.tasks.ClassificationModule\n  init_args:\n    depth: 18\n    num_classes: 10\n"
+        "model:\n  class_path: csa_lightning.tasks.ClassificationModule\n  init_args:\n    net:\n"
+        "      class_path: csa_lightning.models.ResNetSpec\n      init_args: {depth: 18, num_classes: 10}\n"
         f"data:\n  class_path: csa_lightning.data.DigitsDataModule\n  init_args:\n    data_dir: {digits_betons}\n"
         "    batch_size: 16\n    num_workers: 1\n"
     )

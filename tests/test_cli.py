@@ -37,13 +37,13 @@ def test_every_config_instantiates(path, in_tmp_cwd):
     with torch.device("cpu" if detection else "meta"):
         cli = build_cli(["--config", str(path)], run=False)
     if detection:
-        assert isinstance(cli.model, DetectionModule) and cli.model.hparams.architecture in path.stem
+        assert isinstance(cli.model, DetectionModule) and cli.model.net_spec.architecture in path.stem
         return
     assert isinstance(cli.model, ClassificationModule)
     if path.stem in PAPER_ROWS:
         depth, attention = PAPER_ROWS[path.stem]
-        hp = cli.model.hparams
-        assert (hp.depth, hp.attention) == (depth, attention)
+        hp, net = cli.model.hparams, cli.model.net_spec
+        assert (net.depth, net.attention) == (depth, attention)
         assert (hp.lr, hp.lr_reference_batch, hp.momentum, hp.nesterov, hp.weight_decay) == (0.1, 128, 0.9, True, 1e-4)
         assert list(hp.milestones) == [30, 60, 90] and cli.trainer.max_epochs == 100
         assert isinstance(cli.datamodule, ImageNetFFCVDataModule) and cli.datamodule.batch_size == 64
@@ -62,7 +62,8 @@ def test_print_config_round_trips(in_tmp_cwd, capsys):
     second = capsys.readouterr().out
     assert first == second
     printed = yaml.safe_load(first)
-    assert printed["model"]["init_args"]["depth"] == 101 and printed["model"]["init_args"]["attention"] == "csa"
+    net = printed["model"]["init_args"]["net"]["init_args"]
+    assert net["depth"] == 101 and net["attention"] == "csa"
 
 
 def test_command_line_switches(in_tmp_cwd):
@@ -70,7 +71,7 @@ def test_command_line_switches(in_tmp_cwd):
         cli = build_cli(
             [
                 "--config", str(CONFIGS / "csa_r101.yaml"),
-                "--model.attention", "se", "--model.depth", "50", "--model.placement", "stage_end",
+                "--model.net.attention", "se", "--model.net.depth", "50", "--model.net.placement", "stage_end",
                 "--data.train_path", "/data/t.beton", "--data.val_path", "/data/v.beton",
             ],
             run=False,
@@ -79,13 +80,13 @@ def test_command_line_switches(in_tmp_cwd):
         assert len(gates) == 4 and all(isinstance(g, SqueezeExcitation) for g in gates)
         assert cli.datamodule.train_path == "/data/t.beton" and cli.datamodule.val_path == "/data/v.beton"
         cli = build_cli(
-            ["--config", str(CONFIGS / "csa_r50.yaml"), "--model.placement", "every_block",
-             "--model.attention_options", "{contiguity: hybrid}"],
+            ["--config", str(CONFIGS / "csa_r50.yaml"), "--model.net.placement", "every_block",
+             "--model.net.attention_options", "{contiguity: hybrid}"],
             run=False,
         )  # fmt: skip
         gates = [g for _, g in cli.model.model.gates()]
         assert len(gates) == 16 and all(isinstance(g, CSA) and g.contiguity == "hybrid" for g in gates)
-        cli = build_cli(["--config", str(CONFIGS / "csa_r50.yaml"), "--model.placement", "[[0, -1], [3, -1]]"], run=False)
+        cli = build_cli(["--config", str(CONFIGS / "csa_r50.yaml"), "--model.net.placement", "[[0, -1], [3, -1]]"], run=False)
         assert cli.model.model.gate_positions == [(0, 2), (3, 2)]
 
 
@@ -120,16 +121,20 @@ def test_missing_beton_names_the_path_and_the_writer(in_tmp_cwd, capsys):
 
 def test_labels_beyond_num_classes_are_refused(in_tmp_cwd, digits_betons, capsys):
     err = run_cli_expecting_error(
-        ["fit", "--config", str(DEMO_CONFIG), "--data.data_dir", str(digits_betons), "--model.num_classes", "5"], capsys
+        ["fit", "--config", str(DEMO_CONFIG), "--data.data_dir", str(digits_betons), "--model.net.num_classes", "5"], capsys
     )
-    assert err.splitlines()[-1] == "error: the data has labels up to 9 but model.num_classes is 5; set --model.num_classes 10"
+    assert err.splitlines()[-1] == "error: the data has labels up to 9 but model.net.num_classes is 5; set --model.net.num_classes 10"
     assert not (in_tmp_cwd / "runs").exists()
 
 
 def test_unknown_attention_lists_the_known_ones(in_tmp_cwd, capsys):
-    err = run_cli_expecting_error(["fit", "--config", str(DEMO_CONFIG), "--model.attention", "csaa"], capsys)
+    err = run_cli_expecting_error(["fit", "--config", str(DEMO_CONFIG), "--model.net.attention", "csaa"], capsys)
+    from csa_lightning.attention import available_attentions
+
+    known = available_attentions()  # the built-in blocks, plus any an earlier test registered
+    assert {"none", "cbam", "csa", "eca", "gct", "se"} <= set(known)
     assert err.splitlines()[-1] == (
-        "error: unknown attention 'csaa': choose one of none, cbam, csa, eca, gct, se, "
+        f"error: unknown attention 'csaa': choose one of {', '.join(known)}, "
         "or give a dotted import path such as 'mypkg.blocks.MyGate'"
     )
 

@@ -7,12 +7,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from pycocotools import mask as mask_utils
 
 from csa_lightning.data import COCODataModule, DigitsCOCODataModule
 from csa_lightning.data.coco import COCODetection, GroupedBatchSampler, aspect_ratio_groups
 from csa_lightning.data.digits_coco import write_digits_coco
-
-from pycocotools import mask as mask_utils
 
 
 def _rle(mask: np.ndarray, compressed: bool = True) -> dict:

@@ -12,6 +12,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from csa_lightning.cli import build_cli, main
 from csa_lightning.data import COCODataModule
+from csa_lightning.models import RCNNSpec
 from csa_lightning.tasks import ClassificationModule, DetectionModule, detection_metric
 
 from .conftest import CONFIGS, make_classification_checkpoint
@@ -24,7 +25,7 @@ COCO_ROWS = {"r50": "none", "se_r50": "se", "eca_r50": "eca", "gct_r50": "gct", 
 TINY_DATA = [
     "--data.init_args.num_train", "8", "--data.init_args.num_val", "4", "--data.init_args.canvas_size", "64",
     "--data.init_args.digit_size", "[16, 24]", "--data.init_args.batch_size", "2", "--data.init_args.num_workers", "0",
-    "--model.init_args.min_size", "64", "--model.init_args.max_size", "64",
+    "--model.init_args.net.init_args.min_size", "64", "--model.init_args.net.init_args.max_size", "64",
 ]
 
 
@@ -68,11 +69,11 @@ def _pycocotools_stats(preds, targets, size):
     dt = []
     for image_id, (p, t) in enumerate(zip(preds, targets)):
         gt["images"].append({"id": image_id, "width": size, "height": size})
-        for b, l, c, a in zip(t["boxes"], t["labels"], t["iscrowd"], t["area"]):
-            gt["annotations"].append({"id": len(gt["annotations"]) + 1, "image_id": image_id, "category_id": int(l),
+        for b, label, c, a in zip(t["boxes"], t["labels"], t["iscrowd"], t["area"]):
+            gt["annotations"].append({"id": len(gt["annotations"]) + 1, "image_id": image_id, "category_id": int(label),
                                       "bbox": xywh(b), "iscrowd": int(c), "area": float(a)})
-        for b, l, s in zip(p["boxes"], p["labels"], p["scores"]):
-            dt.append({"image_id": image_id, "category_id": int(l), "bbox": xywh(b), "score": float(s)})
+        for b, label, s in zip(p["boxes"], p["labels"], p["scores"]):
+            dt.append({"image_id": image_id, "category_id": int(label), "bbox": xywh(b), "score": float(s)})
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO()
         coco_gt.dataset = gt
@@ -106,7 +107,7 @@ def test_module_metric_equals_pycocotools_cocoeval(seed):
 def test_classification_checkpoint_loads_into_the_detector_backbone(tmp_path):
     ckpt = make_classification_checkpoint(tmp_path / "cls.ckpt", "csa", depth=18)
     classifier = ClassificationModule.load_from_checkpoint(ckpt, map_location="cpu").model.state_dict()
-    detector = DetectionModule(depth=18, attention="csa", num_classes=10, backbone_weights=ckpt, min_size=64, max_size=64)
+    detector = DetectionModule(RCNNSpec(depth=18, attention="csa", num_classes=10, min_size=64, max_size=64), backbone_weights=ckpt)
     body = detector.model.backbone.body
     before = {k: v.clone() for k, v in body.state_dict().items()}
     report = detector.load_backbone_weights()
@@ -130,7 +131,7 @@ def test_classification_checkpoint_loads_into_the_detector_backbone(tmp_path):
 @pytest.mark.slow
 def test_a_gate_mismatch_in_the_backbone_is_reported(tmp_path):
     ckpt = make_classification_checkpoint(tmp_path / "plain.ckpt", "none", depth=18, steps=1)
-    detector = DetectionModule(depth=18, attention="se", num_classes=10, backbone_weights=ckpt, min_size=64, max_size=64)
+    detector = DetectionModule(RCNNSpec(depth=18, attention="se", num_classes=10, min_size=64, max_size=64), backbone_weights=ckpt)
     report = detector.load_backbone_weights()
     assert report.missing and all(".attention." in k for k in report.missing)  # SE gates: new, reported
 
@@ -145,13 +146,13 @@ def test_a_gate_mismatch_in_the_backbone_is_reported(tmp_path):
 def test_every_coco_config_is_the_paper_recipe(arch, row, in_tmp_cwd):
     path = CONFIGS / "coco" / f"{arch}_{row}.yaml"
     cli = build_cli(["--config", str(path)], run=False)
-    hp = cli.model.hparams
+    hp, net = cli.model.hparams, cli.model.net_spec
     assert isinstance(cli.model, DetectionModule) and isinstance(cli.datamodule, COCODataModule)
-    assert (hp.architecture, hp.depth, hp.attention) == (arch, 50, COCO_ROWS[row])
+    assert (net.architecture, net.depth, net.attention) == (arch, 50, COCO_ROWS[row])
     assert (hp.lr, hp.lr_reference_batch, hp.momentum, hp.weight_decay) == (0.02, 16, 0.9, 1e-4)
     assert list(hp.milestones) == [16, 22] and hp.warmup_iters == 500 and cli.trainer.max_epochs == 24
-    assert hp.trainable_layers == 3 and hp.frozen_bn and hp.backbone_weights == f"runs/{row}"
-    assert (hp.min_size, hp.max_size, hp.box_batch_size_per_image, hp.rpn_post_nms_top_n_train) == (800, 1333, 512, 2000)
+    assert net.trainable_layers == 3 and net.frozen_bn and hp.backbone_weights == f"runs/{row}"
+    assert (net.min_size, net.max_size, net.box_batch_size_per_image, net.rpn_post_nms_top_n_train) == (800, 1333, 512, 2000)
     assert cli.datamodule.masks == (arch == "mask_rcnn") and cli.datamodule.batch_size == 2
     assert cli.trainer.default_root_dir == f"runs/coco/{arch}_{row}"
     gates = [n for n, _ in cli.model.model.backbone.body.named_modules() if n.endswith(".attention")]
@@ -206,20 +207,27 @@ def test_resume_restores_optimizer_scheduler_and_epoch(in_tmp_cwd):
 @pytest.mark.slow
 def test_wrong_class_count_is_one_line(in_tmp_cwd, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        _fit(DEMO_DETECTION["faster_rcnn"], "--model.init_args.num_classes", "80", "--trainer.fast_dev_run", "1")
+        _fit(DEMO_DETECTION["faster_rcnn"], "--model.init_args.net.init_args.num_classes", "80", "--trainer.fast_dev_run", "1")
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "the data has 10 object categories but model.num_classes is 80; set --model.num_classes 10" in err
+    assert "the data has 10 object categories but model.net.num_classes is 80; set --model.net.num_classes 10" in err
 
 
 @pytest.mark.slow
 def test_missing_backbone_weights_are_one_line(in_tmp_cwd, capsys):
     with pytest.raises(SystemExit):
         main(["fit", "--config", str(DEMO_DETECTION["faster_rcnn"]), *TINY_DATA,
-              "--model.init_args.backbone_weights", "no/such/run", "--model.init_args.backbone_recipe", "null",
-              "--trainer.fast_dev_run", "1"])
+              "--model.init_args.backbone_weights", "no/such/run", "--trainer.fast_dev_run", "1"])
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith("error: backbone weights no/such/run not found")
+    assert err.startswith("error: backbone weights: no such file or folder: no/such/run; train it first")
+    assert "make demo" in err  # the command that makes the demos' backbone
+    # an existing run folder without a checkpoint: the same one line, and nothing is trained
+    Path("runs/empty").mkdir(parents=True)
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(DEMO_DETECTION["faster_rcnn"]), *TINY_DATA,
+              "--model.init_args.backbone_weights", "runs/empty", "--trainer.fast_dev_run", "1"])
+    assert "error: backbone weights: no .ckpt file under runs/empty" in capsys.readouterr().err
+    assert not list(Path("runs/empty").rglob("*.ckpt"))
 
 
 @pytest.mark.slow
@@ -260,37 +268,31 @@ def test_ddp_two_cpu_processes_shard_coco_batches_without_repeats(tmp_path):
 
 
 @pytest.mark.slow
-def test_missing_backbone_checkpoint_is_trained_first_from_its_recipe(in_tmp_cwd):
-    recipe = in_tmp_cwd / "tiny_classifier.yaml"
-    recipe.write_text(
-        "trainer:\n  accelerator: cpu\n  max_steps: 2\n  limit_val_batches: 0\n  logger: false\n  enable_progress_bar: false\n"
-        "model:\n  class_path: csa_lightning.tasks.ClassificationModule\n  init_args:\n    depth: 18\n    attention: csa\n"
-        "    num_classes: 10\n"
-        "data:\n  class_path: csa_lightning.data.DigitsMemoryDataModule\n  init_args:\n    batch_size: 16\n"
-        "    limit_train_samples: 64\n"
-    )
+def test_backbone_from_a_run_folder_loads_its_newest_checkpoint(in_tmp_cwd):
+    ckpt = make_classification_checkpoint(in_tmp_cwd / "runs/tiny_backbone/version_0/checkpoints/last.ckpt", "csa", depth=18)
     cli = main(["fit", "--config", str(DEMO_DETECTION["faster_rcnn"]), *TINY_DATA,
-                "--model.init_args.backbone_weights", "runs/tiny_backbone", "--model.init_args.backbone_recipe", str(recipe),
-                "--trainer.fast_dev_run", "1"])
-    made = sorted(Path("runs/tiny_backbone").rglob("*.ckpt"))
-    assert len(made) == 1
+                "--model.init_args.backbone_weights", "runs/tiny_backbone", "--trainer.fast_dev_run", "1"])
     report = cli.model.backbone_report
     assert report is not None and report.missing == [] and len(report.loaded) == len(cli.model.model.backbone.body.state_dict())
-    classifier = torch.load(made[0], map_location="cpu", weights_only=True)["state_dict"]
+    classifier = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     body = cli.model.model.backbone.body.state_dict()
     # layer1 is frozen (3 trainable stages), so the training step left the loaded values in place
     assert torch.equal(body["layer1.1.attention.mlp.fc1.weight"], classifier["model.layer1.1.attention.mlp.fc1.weight"])
 
 
-def test_module_takes_every_detector_size_option_with_torchvisions_defaults():
+def test_detector_spec_defaults_are_torchvisions():
+    """RCNNSpec is the one place the detector's options are written; their defaults are torchvision's."""
     import inspect
 
-    from csa_lightning.models import build_detector
-    from csa_lightning.tasks.detection import _DETECTOR_OPTIONS
+    from torchvision.models.detection import FasterRCNN
 
-    detector = inspect.signature(build_detector).parameters
+    ours = inspect.signature(RCNNSpec).parameters
+    theirs = inspect.signature(FasterRCNN).parameters
+    shared = [name for name in ours if name in theirs and name != "num_classes"]
+    assert len(shared) >= 10
+    assert all(ours[name].default == theirs[name].default for name in shared), shared
     module = inspect.signature(DetectionModule).parameters
-    assert _DETECTOR_OPTIONS and all(module[name].default == detector[name].default for name in _DETECTOR_OPTIONS)
+    assert not set(shared) & set(module), "the task must not repeat the network's options"
 
 
 @pytest.mark.slow
@@ -298,11 +300,8 @@ def test_default_heads_are_torchvisions():
     """With no slimming, the detector has exactly torchvision's Mask R-CNN R50-FPN parameters."""
     from torchvision.models.detection import maskrcnn_resnet50_fpn
 
-    from csa_lightning.models import attention_resnet_fpn, build_detector
-
     reference = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=81)
-    backbone, _ = attention_resnet_fpn(50, None, trainable_layers=5)
-    ours = build_detector("mask_rcnn", 80, backbone)
+    ours = RCNNSpec("mask_rcnn", 80, 50, None, trainable_layers=5, frozen_bn=False).build()
 
     def count(m):
         return sum(p.numel() for p in m.parameters())
@@ -318,8 +317,8 @@ def test_authors_backbone_configs(arch, in_tmp_cwd):
     from csa_lightning.attention import CSA
 
     cli = build_cli(["--config", str(CONFIGS / "coco" / f"{arch}_csa_r50_authors.yaml")], run=False)
-    hp = cli.model.hparams
-    assert (hp.architecture, hp.depth, hp.attention, hp.placement) == (arch, 50, "csa", "every_block")
+    hp, net = cli.model.hparams, cli.model.net_spec
+    assert (net.architecture, net.depth, net.attention, net.placement) == (arch, 50, "csa", "every_block")
     assert (hp.lr, hp.lr_reference_batch, list(hp.milestones), cli.trainer.max_epochs) == (0.02, 16, [16, 22], 24)
     assert hp.backbone_weights == "data/resnet50-0676ba61.pth"
     gates = [m for n, m in cli.model.model.backbone.body.named_modules() if n.endswith(".attention")]

@@ -20,7 +20,7 @@ FAST = ["--data", "csa_lightning.data.DigitsMemoryDataModule", "--data.resolutio
 )
 def test_custom_attention_trains_from_the_command_line(tmp_path, script, attention):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(EXAMPLE), str(ROOT)]))
-    cmd = [sys.executable, str(script), "fit", "--config", str(DEMO_CONFIG), "--model.attention", attention, *FAST]
+    cmd = [sys.executable, str(script), "fit", "--config", str(DEMO_CONFIG), "--model.net.attention", attention, *FAST]
     out = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
 
@@ -29,8 +29,19 @@ def test_custom_block_is_used_in_the_model(monkeypatch):
     monkeypatch.syspath_prepend(str(EXAMPLE))
     from my_attention import StdGate
 
+    from csa_lightning.models import ResNetSpec
     from csa_lightning.tasks import ClassificationModule
 
-    module = ClassificationModule(depth=18, attention="my_attention.StdGate", num_classes=10)
+    module = ClassificationModule(ResNetSpec(18, "my_attention.StdGate", num_classes=10))
     gates = [g for _, g in module.model.gates()]
     assert len(gates) == 4 and all(isinstance(g, StdGate) for g in gates)
+
+
+def test_custom_block_gets_the_shape_check_without_writing_it(monkeypatch):
+    import torch
+
+    monkeypatch.syspath_prepend(str(EXAMPLE))
+    from my_attention import StdGate
+
+    with pytest.raises(ValueError, match=r"StdGate was built for 16 channels"):
+        StdGate(16)(torch.randn(2, 8, 4, 4))

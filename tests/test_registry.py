@@ -143,3 +143,24 @@ def test_forward_is_input_times_gate():
     gate = block.gate(x)
     assert gate.shape == (3, 32, 1, 1)
     torch.testing.assert_close(block(x), x * gate)
+
+
+@pytest.mark.parametrize("name", [n for n in available_attentions() if n != "none"])
+def test_forward_checks_the_input_shape_for_every_block(name):
+    """The base class checks the shape once (forward and descriptors): no gate has to remember it."""
+    import torch
+
+    block = build_attention(name, 64)
+    for bad in (torch.randn(1, 32, 4, 4), torch.randn(64, 4, 4)):
+        with pytest.raises(ValueError, match=r"was built for 64 channels and expects \(N, 64, H, W\)"):
+            block(bad)
+        with pytest.raises(ValueError, match="expects"):
+            block.descriptors(bad)
+
+
+def test_one_registration_mechanism_exports_every_blocks_names():
+    import csa_lightning.attention as attention
+
+    for name in ("CSA", "SqueezeExcitation", "CBAMChannelGate", "EfficientChannelAttention", "GaussianContextTransformer",
+                 "spatial_autocorrelation", "eca_kernel_size", "standardize", "register_attention"):  # fmt: skip
+        assert name in attention.__all__ and hasattr(attention, name)

@@ -9,15 +9,17 @@ import torch
 
 from csa_lightning.cli import main
 from csa_lightning.data import DigitsMemoryDataModule
+from csa_lightning.models import ResNetSpec
 from csa_lightning.tasks import ClassificationModule, parameter_groups
 
 from .conftest import DEMO_CONFIG
 
 
 def small_module(**kwargs):
-    args = dict(depth=18, attention="csa", num_classes=10, lr=0.1, lr_reference_batch=16, milestones=[100])
+    net = {k: kwargs.pop(k) for k in ("depth", "attention", "num_classes") if k in kwargs}
+    args = dict(lr=0.1, lr_reference_batch=16, milestones=[100])
     args.update(kwargs)
-    return ClassificationModule(**args)
+    return ClassificationModule(ResNetSpec(**{"depth": 18, "attention": "csa", "num_classes": 10, **net}), **args)
 
 
 def quiet_trainer(**kwargs):
@@ -69,8 +71,12 @@ def test_logs_top1_top5_errors_throughput_and_run_info(in_tmp_cwd):
                 "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "2"])  # fmt: skip
     metrics = cli.trainer.callback_metrics
     for key in ("val/top1", "val/top5", "val/top1_err", "val/top5_err", "val/loss", "train/loss_epoch",
-                "train/images_per_sec_epoch", "lr"):  # fmt: skip
+                "train/images_per_sec_epoch", "lr_scaled"):  # fmt: skip
         assert key in metrics, key
+    # the lr is logged once, by LearningRateMonitor (callbacks/classification.yaml), not by the module too
+    assert "lr" not in metrics
+    csv = (Path(cli.trainer.log_dir) / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert any(c.startswith("lr-SGD") for c in csv) and "lr" not in csv
     assert float(metrics["val/top1_err"]) == pytest.approx(100 * (1 - float(metrics["val/top1"])), abs=1e-4)
     log_dir = Path(cli.trainer.log_dir)
     info = json.loads((log_dir / "run_info.json").read_text())
@@ -125,3 +131,27 @@ def test_validate_test_and_predict_from_a_checkpoint(in_tmp_cwd):
     accuracy = sum(int((b["prediction"] == b["label"]).sum()) for b in batches) / 360
     assert accuracy == pytest.approx(val_top1, abs=1e-6)
     assert all(((b["confidence"] > 0) & (b["confidence"] <= 1)).all() for b in batches)
+
+
+def test_load_from_checkpoint_rebuilds_the_network_without_the_config(tmp_path):
+    """The network's spec is stored as plain values in the checkpoint: a module made in Python and
+    one made by the CLI both come back with the same network and weights from the file alone."""
+    from .conftest import make_classification_checkpoint
+
+    path = make_classification_checkpoint(tmp_path / "python.ckpt", "se", depth=34, steps=1)
+    hparams = torch.load(path, map_location="cpu", weights_only=True)["hyper_parameters"]
+    assert hparams["net"] == {"class_path": "csa_lightning.models.attention_resnet.ResNetSpec",
+                              "init_args": {"depth": 34, "attention": "se", "placement": None, "attention_options": None,
+                                            "num_classes": 10, "zero_init_residual": False}}  # fmt: skip
+    module = ClassificationModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+    assert module.net_spec == ResNetSpec(34, "se", num_classes=10)
+    assert len(list(module.model.gates())) == 16
+    saved = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    assert all(torch.equal(v, saved[k]) for k, v in module.state_dict().items())
+
+
+def test_a_checkpoint_names_no_arbitrary_class(tmp_path):
+    from csa_lightning.models import network_spec
+
+    with pytest.raises(TypeError, match="is not a ClassifierSpec subclass"):
+        network_spec({"class_path": "collections.OrderedDict", "init_args": {}}, base=__import__("csa_lightning.models", fromlist=["ClassifierSpec"]).ClassifierSpec)

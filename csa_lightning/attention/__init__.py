@@ -1,54 +1,23 @@
 """Channel-attention blocks behind one interface, :class:`ChannelAttention`.
 
 Blocks: "se", "cbam" (channel gate), "eca", "gct" (Gaussian Context Transformer), "csa".
-Every module in this package is imported here, so a new block is one new file with a
-``@register_attention("name")`` class and no edit elsewhere. Imports torch only.
+One registration mechanism: every module in this folder is imported here (a scan, no list to
+edit), its ``@register_attention("name")`` classes register themselves, and the names in its
+``__all__`` become this package's. A new block is one new file. Imports torch only.
 """
 
 import importlib
 import pkgutil
 
-from .base import (
-    PLACEMENTS,
-    ChannelAttention,
-    MLPGate,
-    ReductionMLP,
-    available_attentions,
-    build_attention,
-    global_avg_pool,
-    register_attention,
-    resolve_attention,
-    standardize,
-)
-from .cbam import CBAMChannelGate
-from .csa import CSA, CONTIGUITY_MODES, contiguity_weights, spatial_autocorrelation
-from .eca import EfficientChannelAttention, eca_kernel_size
-from .gct import GaussianContextTransformer
-from .se import SqueezeExcitation
+from . import base as _base
 
-# register blocks dropped into this folder without editing this file
-for _module in pkgutil.iter_modules(__path__):
-    if not _module.name.startswith("_"):
-        importlib.import_module(f"{__name__}.{_module.name}")
+__all__ = list(_base.__all__)
+globals().update({name: getattr(_base, name) for name in _base.__all__})
 
-__all__ = [
-    "PLACEMENTS",
-    "ChannelAttention",
-    "MLPGate",
-    "ReductionMLP",
-    "available_attentions",
-    "build_attention",
-    "global_avg_pool",
-    "register_attention",
-    "resolve_attention",
-    "standardize",
-    "CBAMChannelGate",
-    "CSA",
-    "CONTIGUITY_MODES",
-    "contiguity_weights",
-    "spatial_autocorrelation",
-    "EfficientChannelAttention",
-    "eca_kernel_size",
-    "GaussianContextTransformer",
-    "SqueezeExcitation",
-]
+for _info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+    if _info.name.startswith("_") or _info.name == "base":
+        continue
+    _module = importlib.import_module(f"{__name__}.{_info.name}")
+    for _name in getattr(_module, "__all__", ()):
+        globals()[_name] = getattr(_module, _name)
+        __all__.append(_name)

@@ -22,6 +22,7 @@ __all__ = [
     "MLPGate",
     "register_attention",
     "build_attention",
+    "construct_attention",
     "resolve_attention",
     "available_attentions",
     "standardize",
@@ -104,7 +105,8 @@ class ReductionMLP(nn.Module):
 class ChannelAttention(nn.Module):
     """Base class of every channel-attention block.
 
-    Subclasses implement :meth:`gate`; :meth:`forward` multiplies the input by it. Override
+    Subclasses implement :meth:`gate`; :meth:`forward` checks the input's shape (once, here: a
+    ``gate`` need not) and multiplies the input by the gate. Override
     :meth:`descriptors` to expose more than the default "z" (standardised GAP) and "p" (the gate),
     and :meth:`extra_macs` when the block does multiply-adds that are neither convolutions nor
     linear layers (the model summary counts those two with torch's flop counter).
@@ -126,10 +128,12 @@ class ChannelAttention(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} must implement gate(x)")
 
     def forward(self, x: Tensor) -> Tensor:
+        self._check_input(x)
         return x * self.gate(x)
 
     def descriptors(self, x: Tensor) -> Dict[str, Tensor]:
         """Per-channel descriptors, each (N, C): "z" (standardised GAP) and "p" (the gate)."""
+        self._check_input(x)
         return {
             "z": standardize(global_avg_pool(x)),
             "p": self.gate(x).flatten(1),
@@ -245,6 +249,11 @@ def build_attention(spec: AttentionSpec, channels: int, **options) -> Optional[C
         if options:
             raise ValueError(f"attention 'none' takes no options, got {sorted(options)}")
         return None
+    return construct_attention(cls, channels, options)
+
+
+def construct_attention(cls: Type[ChannelAttention], channels: int, options: Dict) -> ChannelAttention:
+    """``cls(channels, **options)`` for an already resolved class, with a clear error for bad options."""
     try:
         return cls(channels, **options)
     except TypeError as err:

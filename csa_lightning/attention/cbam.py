@@ -12,13 +12,14 @@ from torch import Tensor
 
 from .base import MLPGate, global_avg_pool, register_attention
 
+__all__ = ["CBAMChannelGate"]
+
 
 @register_attention("cbam")
 class CBAMChannelGate(MLPGate):
     default_placement = "every_block"
 
     def gate(self, x: Tensor) -> Tensor:
-        self._check_input(x)
         avg = global_avg_pool(x).to(x.dtype)
         peak = x.amax(dim=(2, 3))
         return (self.mlp(avg) + self.mlp(peak)).sigmoid()[:, :, None, None]

@@ -452,23 +452,27 @@ class CSA(ChannelAttention):
     def autocorrelation(self, x: Tensor) -> Dict[str, Tensor]:
         """z, I and q of ``x`` with this gate's options (see :func:`spatial_autocorrelation`)."""
         self._check_input(x)
+        return self._descriptor_math(x)
+
+    def _descriptor_math(self, x: Tensor) -> Dict[str, Tensor]:
         return self._autocorrelation(
             x, contiguity=self.contiguity, eps=self.eps, contiguity_grad=self.contiguity_grad,
             distance=self.distance, projection_dim=self.projection_dim, projection_seed=self.projection_seed,
             pool_size=self.pool_size,
         )
 
-    def _excite(self, q: Tensor) -> Tensor:
+    def excite(self, q: Tensor) -> Tensor:
+        """The gate p = sigmoid(MLP(q)) for descriptors q (N, C), in the MLP's dtype."""
         with autocast_disabled(q):
             return self.mlp(q.to(self.mlp.fc1.weight.dtype)).sigmoid()
 
     def gate(self, x: Tensor) -> Tensor:
-        p = self._excite(self.autocorrelation(x)["q"])
+        p = self.excite(self._descriptor_math(x)["q"])  # forward() has checked x
         return p.to(x.dtype)[:, :, None, None]
 
     def descriptors(self, x: Tensor) -> Dict[str, Tensor]:
         out = dict(self.autocorrelation(x))
-        out["p"] = self._excite(out["q"])
+        out["p"] = self.excite(out["q"])
         return out
 
     def extra_macs(self, input_shape: torch.Size) -> int:

@@ -18,6 +18,8 @@ from torch import Tensor, nn
 
 from .base import ChannelAttention, global_avg_pool, register_attention
 
+__all__ = ["EfficientChannelAttention", "eca_kernel_size"]
+
 
 def eca_kernel_size(channels: int, gamma: float = 2.0, b: float = 1.0) -> int:
     """ECA's adaptive kernel size for ``channels`` channels (odd, at least 3)."""
@@ -39,7 +41,6 @@ class EfficientChannelAttention(ChannelAttention):
         self.conv = nn.Conv1d(1, 1, kernel_size=k, padding=(k - 1) // 2, bias=False)
 
     def gate(self, x: Tensor) -> Tensor:
-        self._check_input(x)
         squeezed = global_avg_pool(x).to(x.dtype)
         return self.conv(squeezed[:, None, :]).sigmoid()[:, 0, :, None, None]
 

@@ -17,6 +17,8 @@ from torch import Tensor, nn
 
 from .base import ChannelAttention, global_avg_pool, register_attention, standardize
 
+__all__ = ["GaussianContextTransformer"]
+
 
 @register_attention("gct")
 class GaussianContextTransformer(ChannelAttention):
@@ -33,7 +35,6 @@ class GaussianContextTransformer(ChannelAttention):
             self.register_buffer("c", torch.tensor(float(c)), persistent=False)
 
     def gate(self, x: Tensor) -> Tensor:
-        self._check_input(x)
         z = standardize(global_avg_pool(x))
         c = self.c.float()
         p = torch.exp(-z.pow(2) / (2 * c * c))

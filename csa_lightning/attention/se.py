@@ -11,12 +11,13 @@ from torch import Tensor
 
 from .base import MLPGate, global_avg_pool, register_attention
 
+__all__ = ["SqueezeExcitation"]
+
 
 @register_attention("se")
 class SqueezeExcitation(MLPGate):
     default_placement = "every_block"
 
     def gate(self, x: Tensor) -> Tensor:
-        self._check_input(x)
         squeezed = global_avg_pool(x).to(x.dtype)
         return self.mlp(squeezed).sigmoid()[:, :, None, None]

@@ -18,12 +18,14 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from ..attention import PLACEMENTS, ChannelAttention, build_attention, resolve_attention
-from ..attention.base import AttentionSpec
+from ..attention import PLACEMENTS, ChannelAttention, resolve_attention
+from ..attention.base import AttentionSpec, construct_attention
+from .networks import ClassifierSpec
 
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "ResNetSpec",
     "AttentionBasicBlock",
     "AttentionBottleneck",
     "AttentionResNet",
@@ -173,7 +175,7 @@ class AttentionResNet(ResNet):
         self.gate_positions = resolve_placement(chosen, layers)
         for stage, index in self.gate_positions:
             blk = getattr(self, f"layer{stage + 1}")[index]
-            blk.attention = build_attention(cls, blk.out_channels, **options)
+            blk.attention = construct_attention(cls, blk.out_channels, options)  # resolved once, above
 
     def gates(self) -> Iterator[Tuple[str, ChannelAttention]]:
         """(qualified name, gate) for every gate in the network, in forward order."""
@@ -184,6 +186,44 @@ class AttentionResNet(ResNet):
     def stage_blocks(self) -> List[nn.Module]:
         """The four stages ``layer1``..``layer4`` (each an nn.Sequential of blocks)."""
         return [self.layer1, self.layer2, self.layer3, self.layer4]
+
+
+class ResNetSpec(ClassifierSpec):
+    """An attention-ResNet classifier (:class:`AttentionResNet`) as a task's ``net``.
+
+    Args: as :class:`AttentionResNet`, plus ``zero_init_residual`` (torchvision's option: zero the
+    last BN of each residual branch).
+    """
+
+    def __init__(
+        self,
+        depth: int = 50,
+        attention: Optional[str] = None,
+        placement: Union[None, str, List[List[int]]] = None,
+        attention_options: Optional[Dict[str, Any]] = None,
+        num_classes: int = 1000,
+        zero_init_residual: bool = False,
+    ) -> None:
+        self.depth = depth
+        self.attention = attention
+        self.placement = _default_placement(placement)
+        self.attention_options = dict(attention_options) if attention_options else None
+        self.num_classes = num_classes
+        self.zero_init_residual = zero_init_residual
+
+    def build(self) -> "AttentionResNet":
+        return AttentionResNet(
+            self.depth, self.attention, self.placement, self.attention_options, self.num_classes,
+            zero_init_residual=self.zero_init_residual,
+        )  # fmt: skip
+
+
+def _default_placement(placement: Any) -> Any:
+    # "default" (and a null that jsonargparse turned into the string "None" in a nested override)
+    # means the block's own default placement
+    if isinstance(placement, str) and placement.strip().lower() in ("default", "none", "null"):
+        return None
+    return placement
 
 
 def attention_resnet(

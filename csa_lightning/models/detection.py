@@ -10,7 +10,7 @@ backbones as torchvision does, and the head sizes a small demo needs to slim.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 from torch import nn
 from torchvision.models.detection import FasterRCNN, MaskRCNN
@@ -20,9 +20,16 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from ..attention.base import AttentionSpec
-from .attention_resnet import AttentionResNet, BackboneLoadReport, PlacementSpec, load_backbone_weights
+from .attention_resnet import (
+    AttentionResNet,
+    BackboneLoadReport,
+    PlacementSpec,
+    _default_placement,
+    load_backbone_weights,
+)
+from .networks import DetectorSpec
 
-__all__ = ["ARCHITECTURES", "attention_resnet_fpn", "build_detector"]
+__all__ = ["ARCHITECTURES", "attention_resnet_fpn", "RCNNSpec"]
 
 ARCHITECTURES = ("faster_rcnn", "mask_rcnn")
 
@@ -56,56 +63,96 @@ def attention_resnet_fpn(
     return _resnet_fpn_extractor(resnet, trainable_layers), report
 
 
-def build_detector(
-    architecture: str,
-    num_classes: int,
-    backbone: nn.Module,
-    min_size: int = 800,
-    max_size: int = 1333,
-    anchor_sizes: Optional[Sequence[int]] = None,
-    rpn_pre_nms_top_n_train: int = 2000,
-    rpn_post_nms_top_n_train: int = 2000,
-    rpn_pre_nms_top_n_test: int = 1000,
-    rpn_post_nms_top_n_test: int = 1000,
-    rpn_batch_size_per_image: int = 256,
-    box_batch_size_per_image: int = 512,
-    box_representation_size: int = 1024,
-    box_detections_per_img: int = 100,
-    box_score_thresh: float = 0.05,
-    mask_head_layers: Sequence[int] = (256, 256, 256, 256),
-) -> nn.Module:
-    """torchvision's Faster R-CNN or Mask R-CNN for ``num_classes`` object categories (the
-    background is added here). The defaults are torchvision's (COCO); a small demo lowers the
-    sampled RoIs and anchors, the proposals kept, the image size, the box head's width and the
-    mask head's convolutions (torchvision's: four of 256 channels; they run on every positive RoI and
-    dominate a CPU training step once the RPN finds objects)."""
-    if architecture not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture '{architecture}': choose one of {', '.join(ARCHITECTURES)}")
-    if num_classes < 1:
-        raise ValueError(f"num_classes (object categories, background excluded) must be >= 1, got {num_classes}")
-    levels = len(backbone.body.return_layers) + 1  # FPN levels + the max-pool level
-    anchors = None
-    if anchor_sizes is not None:
-        if len(anchor_sizes) != levels:
-            raise ValueError(f"anchor_sizes needs one size per FPN level ({levels}), got {list(anchor_sizes)}")
-        anchors = AnchorGenerator(tuple((int(s),) for s in anchor_sizes), ((0.5, 1.0, 2.0),) * levels)
-    resolution = 7  # torchvision's MultiScaleRoIAlign output for boxes
-    box_head = TwoMLPHead(backbone.out_channels * resolution**2, box_representation_size)
-    kwargs = dict(
-        min_size=min_size, max_size=max_size, rpn_anchor_generator=anchors,
-        rpn_pre_nms_top_n_train=rpn_pre_nms_top_n_train, rpn_post_nms_top_n_train=rpn_post_nms_top_n_train,
-        rpn_pre_nms_top_n_test=rpn_pre_nms_top_n_test, rpn_post_nms_top_n_test=rpn_post_nms_top_n_test,
-        rpn_batch_size_per_image=rpn_batch_size_per_image, box_batch_size_per_image=box_batch_size_per_image,
-        box_detections_per_img=box_detections_per_img, box_score_thresh=box_score_thresh,
-        box_head=box_head, box_predictor=FastRCNNPredictor(box_representation_size, num_classes + 1),
-    )
-    cls = FasterRCNN if architecture == "faster_rcnn" else MaskRCNN
-    if cls is MaskRCNN:
+class RCNNSpec(DetectorSpec):
+    """torchvision's Faster R-CNN or Mask R-CNN on an attention-ResNet-FPN backbone, as a task's ``net``.
+
+    Args:
+        architecture: "faster_rcnn" or "mask_rcnn".
+        num_classes: object categories (COCO: 80; the background is added here).
+        depth, attention, placement, attention_options: the backbone, as :class:`ResNetSpec`.
+        trainable_layers: backbone stages trained, counted from the top (torchvision's; 3 in the paper).
+        frozen_bn: FrozenBatchNorm2d in the backbone (torchvision's choice for a pretrained one).
+        min_size, max_size: torchvision's resizing of the input images (800 / 1333 for COCO).
+        anchor_sizes: one anchor size per FPN level (default torchvision's 32..512).
+        rpn_*, box_*, mask_head_layers: torchvision's sampling and proposal numbers, the box head's
+            width and the mask head's convolutions. The defaults are torchvision's (COCO); a small
+            demo lowers the sampled RoIs and anchors, the proposals kept, the image size, the box
+            head's width and the mask head's convolutions (they run on every positive RoI and
+            dominate a CPU training step once the RPN finds objects).
+    """
+
+    def __init__(
+        self,
+        architecture: str = "faster_rcnn",
+        num_classes: int = 80,
+        depth: int = 50,
+        attention: Optional[str] = None,
+        placement: Union[None, str, List[List[int]]] = None,
+        attention_options: Optional[Dict[str, Any]] = None,
+        trainable_layers: int = 3,
+        frozen_bn: bool = True,
+        min_size: int = 800,
+        max_size: int = 1333,
+        anchor_sizes: Optional[List[int]] = None,
+        rpn_pre_nms_top_n_train: int = 2000,
+        rpn_post_nms_top_n_train: int = 2000,
+        rpn_pre_nms_top_n_test: int = 1000,
+        rpn_post_nms_top_n_test: int = 1000,
+        rpn_batch_size_per_image: int = 256,
+        box_batch_size_per_image: int = 512,
+        box_representation_size: int = 1024,
+        box_detections_per_img: int = 100,
+        box_score_thresh: float = 0.05,
+        mask_head_layers: List[int] = (256, 256, 256, 256),
+    ) -> None:
+        if architecture not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture '{architecture}': choose one of {', '.join(ARCHITECTURES)}")
+        if num_classes < 1:
+            raise ValueError(f"num_classes (object categories, background excluded) must be >= 1, got {num_classes}")
+        placement = _default_placement(placement)
+        # every argument under its own name: config() reads them back
+        for name, value in list(locals().items()):
+            if name not in ("self", "__class__"):
+                setattr(self, name, list(value) if isinstance(value, tuple) else value)
+
+    @property
+    def iou_types(self) -> Tuple[str, ...]:
+        """What the detector is evaluated on: boxes, and masks for Mask R-CNN."""
+        return ("bbox", "segm") if self.architecture == "mask_rcnn" else ("bbox",)
+
+    def build_backbone(self) -> BackboneWithFPN:
+        """The attention ResNet-FPN, randomly initialised (weights are loaded by the task)."""
+        backbone, _ = attention_resnet_fpn(
+            self.depth, self.attention, self.placement, self.attention_options,
+            trainable_layers=self.trainable_layers, frozen_bn=self.frozen_bn,
+        )  # fmt: skip
+        return backbone
+
+    def build(self) -> nn.Module:
+        backbone = self.build_backbone()
+        levels = len(backbone.body.return_layers) + 1  # FPN levels + the max-pool level
+        anchors = None
+        if self.anchor_sizes is not None:
+            if len(self.anchor_sizes) != levels:
+                raise ValueError(f"anchor_sizes needs one size per FPN level ({levels}), got {list(self.anchor_sizes)}")
+            anchors = AnchorGenerator(tuple((int(s),) for s in self.anchor_sizes), ((0.5, 1.0, 2.0),) * levels)
+        resolution = 7  # torchvision's MultiScaleRoIAlign output for boxes
+        box_head = TwoMLPHead(backbone.out_channels * resolution**2, self.box_representation_size)
+        kwargs = dict(
+            min_size=self.min_size, max_size=self.max_size, rpn_anchor_generator=anchors,
+            rpn_pre_nms_top_n_train=self.rpn_pre_nms_top_n_train, rpn_post_nms_top_n_train=self.rpn_post_nms_top_n_train,
+            rpn_pre_nms_top_n_test=self.rpn_pre_nms_top_n_test, rpn_post_nms_top_n_test=self.rpn_post_nms_top_n_test,
+            rpn_batch_size_per_image=self.rpn_batch_size_per_image, box_batch_size_per_image=self.box_batch_size_per_image,
+            box_detections_per_img=self.box_detections_per_img, box_score_thresh=self.box_score_thresh,
+            box_head=box_head, box_predictor=FastRCNNPredictor(self.box_representation_size, self.num_classes + 1),
+        )  # fmt: skip
+        if self.architecture == "faster_rcnn":
+            return FasterRCNN(backbone, num_classes=None, **kwargs)
         from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 
         # MaskRCNN builds its predictor from num_classes unless given one; with a box predictor
         # given, num_classes must be None, so the mask head and predictor are given too
-        layers = [int(c) for c in mask_head_layers]
+        layers = [int(c) for c in self.mask_head_layers]
         kwargs["mask_head"] = MaskRCNNHeads(backbone.out_channels, layers, dilation=1)
-        kwargs["mask_predictor"] = MaskRCNNPredictor(layers[-1], 256, num_classes + 1)
-    return cls(backbone, num_classes=None, **kwargs)
+        kwargs["mask_predictor"] = MaskRCNNPredictor(layers[-1], 256, self.num_classes + 1)
+        return MaskRCNN(backbone, num_classes=None, **kwargs)

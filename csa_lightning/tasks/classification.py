@@ -10,7 +10,7 @@ on norms and biases) need the model.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence, Union
+from typing import Dict, Optional, Sequence
 
 import lightning as L
 import torch
@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from ..models import attention_resnet
+from ..models import ClassifierSpec, ResNetSpec, network_spec
 from .recipe import LinearScaledRecipe
 
 __all__ = ["ClassificationModule", "parameter_groups"]
@@ -52,31 +52,25 @@ def parameter_groups(model: nn.Module, weight_decay: float, no_weight_decay_on: 
 
 
 class ClassificationModule(LinearScaledRecipe, L.LightningModule):
-    """Attention-ResNet classifier with the paper's recipe.
+    """An image classifier (by default an attention ResNet) with the paper's recipe.
 
     Args:
-        depth: ResNet depth (18, 34, 50, 101, 152).
-        attention: "none", "se", "cbam", "eca", "gct", "csa", a dotted path or a ChannelAttention class.
-        placement: None (the block's default), "stage_end", "every_block" or [[stage, block], ...].
-        attention_options: options for every gate, e.g. ``{contiguity: hybrid}``.
-        num_classes: classifier outputs; the data must not hold a larger label.
+        net: the network, a :class:`~csa_lightning.models.ClassifierSpec` (default
+            ``ResNetSpec()``: ResNet-50, no gates, 1000 classes); in a config, ``class_path`` /
+            ``init_args``, e.g. ``--model.net.attention csa``. Stored in the hyperparameters as
+            plain values, so ``load_from_checkpoint`` rebuilds it.
         lr: learning rate for a global batch of ``lr_reference_batch`` (scaled linearly).
         momentum, nesterov, weight_decay: SGD.
         milestones, gamma: MultiStepLR, stepped per epoch.
         label_smoothing: cross-entropy label smoothing (0 in the paper).
         no_weight_decay_on: "norm" and/or "bias" parameters excluded from weight decay.
         channels_last: keep the network in channels_last memory format (matches ffcv's batches).
-        zero_init_residual: zero the last BN of each residual branch (torchvision's option).
         backbone_weights: a torchvision ResNet state dict or a checkpoint of this module to start from.
     """
 
     def __init__(
         self,
-        depth: int = 50,
-        attention: Optional[str] = None,
-        placement: Union[None, str, Sequence[Sequence[int]]] = None,
-        attention_options: Optional[Dict[str, Any]] = None,
-        num_classes: int = 1000,
+        net: Optional[ClassifierSpec] = None,
         lr: float = 0.1,
         lr_reference_batch: int = 128,
         momentum: float = 0.9,
@@ -87,11 +81,12 @@ class ClassificationModule(LinearScaledRecipe, L.LightningModule):
         label_smoothing: float = 0.0,
         no_weight_decay_on: Sequence[str] = (),
         channels_last: bool = True,
-        zero_init_residual: bool = False,
         backbone_weights: Optional[str] = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.net_spec = network_spec(net if net is not None else ResNetSpec(), ClassifierSpec)
+        self.save_hyperparameters(ignore=["net"])
+        self.hparams["net"] = self.net_spec.config()  # plain values: load_from_checkpoint rebuilds the network
         self.model = self.build_model()
         if backbone_weights:
             from ..models import load_backbone_weights
@@ -101,6 +96,7 @@ class ClassificationModule(LinearScaledRecipe, L.LightningModule):
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        num_classes = self.net_spec.num_classes
         top5 = min(5, num_classes)
         metrics = MetricCollection(
             {
@@ -115,16 +111,8 @@ class ClassificationModule(LinearScaledRecipe, L.LightningModule):
     # ------------------------------------------------------------------ model
 
     def build_model(self) -> nn.Module:
-        """The network; override to change it while keeping the recipe and logging."""
-        hp = self.hparams
-        return attention_resnet(
-            hp.depth,
-            hp.attention,
-            placement=hp.placement,
-            attention_options=hp.attention_options,
-            num_classes=hp.num_classes,
-            zero_init_residual=hp.zero_init_residual,
-        )
+        """The network (``net.build()``); override to change it while keeping the recipe and logging."""
+        return self.net_spec.build()
 
     def forward(self, x: Tensor) -> Tensor:
         if self.hparams.channels_last:
@@ -136,10 +124,10 @@ class ClassificationModule(LinearScaledRecipe, L.LightningModule):
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
         data_classes = getattr(datamodule, "num_classes", None)
-        if data_classes and data_classes > self.hparams.num_classes:
+        if data_classes and data_classes > self.net_spec.num_classes:
             raise ValueError(
-                f"the data has labels up to {data_classes - 1} but model.num_classes is {self.hparams.num_classes}; "
-                f"set --model.num_classes {data_classes}"
+                f"the data has labels up to {data_classes - 1} but model.net.num_classes is {self.net_spec.num_classes}; "
+                f"set --model.net.num_classes {data_classes}"
             )
 
     # ------------------------------------------------------------------ steps
@@ -204,5 +192,5 @@ class ClassificationModule(LinearScaledRecipe, L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": step, "interval": "epoch"}}
 
     def on_train_epoch_start(self) -> None:
+        # the configured lr scaled to this run's global batch; the lr itself is LearningRateMonitor's (lr-SGD)
         self.log("lr_scaled", float(self.scaled_lr()), on_step=False, on_epoch=True)
-        self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=False, on_epoch=True, prog_bar=True)

@@ -16,26 +16,19 @@ ignored and the size split uses the annotation area, as COCO's own evaluation do
 from __future__ import annotations
 
 import bisect
-import inspect
-import subprocess
-import sys
-from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence
 
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
+from ..models import DetectorSpec, RCNNSpec, network_spec
 from ..models.attention_resnet import BackboneLoadReport, load_backbone_weights
-from ..models.detection import ARCHITECTURES, attention_resnet_fpn, build_detector
-from .checkpoints import newest_checkpoint
+from .checkpoints import resolve_checkpoint
 from .recipe import LinearScaledRecipe
 
 __all__ = ["DetectionModule", "detection_metric", "gather_list_states", "METRIC_NAMES"]
-
-#: build_detector's keyword options, which DetectionModule takes under the same names
-_DETECTOR_OPTIONS = tuple(inspect.signature(build_detector).parameters)[3:]
 
 #: torchmetrics' result keys -> the names logged (COCO's AP, AP50, AP75, APs, APm, APl)
 METRIC_NAMES = {"map": "AP", "map_50": "AP50", "map_75": "AP75", "map_small": "APs", "map_medium": "APm", "map_large": "APl"}
@@ -79,63 +72,27 @@ def gather_list_states(metric) -> None:
         setattr(metric, name, [t.to(device) if isinstance(t, Tensor) else t for part in gathered for t in part])
 
 
-def _resolve_backbone_weights(path: Optional[str], recipe: Optional[str]) -> Optional[str]:
-    """A checkpoint file as given; a run folder -> its newest checkpoint; trained first from
-    ``recipe`` (a cli.py classification config) when there is none yet."""
-    if not path:
-        return None
-    if Path(path).is_file():
-        return path
-    found = newest_checkpoint(path)
-    if found is None and recipe:
-        rank_zero_info(f"no classification checkpoint under {path}: training one first with {recipe}")
-        command = [sys.executable, "-m", "csa_lightning.cli", "fit", "--config", recipe, "--trainer.default_root_dir", str(path)]
-        if subprocess.run(command).returncode != 0:
-            raise ValueError(f"training the backbone with {recipe} failed (see its output above); fix it or pass model.backbone_weights")
-        found = newest_checkpoint(path)
-    if found is None:
-        raise FileNotFoundError(
-            f"backbone weights {path} not found (no file, no checkpoint under it); pass a ResNet state dict or "
-            "a classification checkpoint, or set model.backbone_recipe to train one"
-        )
-    return str(found)
-
-
 class DetectionModule(LinearScaledRecipe, L.LightningModule):
-    """Faster R-CNN / Mask R-CNN with an attention ResNet-FPN backbone.
+    """Faster R-CNN / Mask R-CNN with an attention ResNet-FPN backbone, with the paper's 2x recipe.
 
     Args:
-        architecture: "faster_rcnn" or "mask_rcnn".
-        depth, attention, placement, attention_options: the backbone, as in ClassificationModule.
-        num_classes: object categories (COCO: 80; the background is added by the model).
-        trainable_layers: backbone stages trained, counted from the top (torchvision's; 3 in the paper).
+        net: the detector, a :class:`~csa_lightning.models.DetectorSpec` (default ``RCNNSpec()``:
+            Faster R-CNN, plain ResNet-50-FPN, 80 categories); in a config, ``class_path`` /
+            ``init_args``, e.g. ``--model.net.attention csa``. Stored in the hyperparameters as
+            plain values, so ``load_from_checkpoint`` rebuilds it.
         backbone_weights: a torchvision ResNet state dict, a ClassificationModule checkpoint of this
-            project, or a run folder holding one (its newest last.ckpt); the ``fc`` head is ignored.
-        backbone_recipe: a cli.py classification config to train first when ``backbone_weights``
-            is a folder without a checkpoint (the demos make their digits backbone this way).
-        frozen_bn: FrozenBatchNorm2d in the backbone (default: when starting from weights).
+            project, or a run folder holding one (its newest checkpoint); the ``fc`` head is ignored.
+            Loaded when a fresh fit starts (not on resume, not when building the module).
         lr: learning rate for a global batch of ``lr_reference_batch`` (scaled linearly).
         momentum, weight_decay: SGD.
         milestones, gamma: lr divided by 1 / gamma at these epochs.
         warmup_iters, warmup_factor: linear warm-up from ``lr * warmup_factor`` over these steps.
-        min_size, max_size: torchvision's resizing of the input images (800 / 1333 for COCO).
-        anchor_sizes: one anchor size per FPN level (default torchvision's 32..512).
-        rpn_*, box_*, mask_head_layers: torchvision's sampling and proposal numbers, the box head's
-            width and the mask head's convolutions (its defaults are COCO's; the demos slim them).
     """
 
     def __init__(
         self,
-        architecture: str = "faster_rcnn",
-        depth: int = 50,
-        attention: Optional[str] = None,
-        placement: Union[None, str, Sequence[Sequence[int]]] = None,
-        attention_options: Optional[Dict[str, Any]] = None,
-        num_classes: int = 80,
-        trainable_layers: int = 3,
+        net: Optional[DetectorSpec] = None,
         backbone_weights: Optional[str] = None,
-        backbone_recipe: Optional[str] = None,
-        frozen_bn: Optional[bool] = None,
         lr: float = 0.02,
         lr_reference_batch: int = 16,
         momentum: float = 0.9,
@@ -144,70 +101,38 @@ class DetectionModule(LinearScaledRecipe, L.LightningModule):
         gamma: float = 0.1,
         warmup_iters: int = 500,
         warmup_factor: float = 0.001,
-        min_size: int = 800,
-        max_size: int = 1333,
-        anchor_sizes: Optional[Sequence[int]] = None,
-        rpn_pre_nms_top_n_train: int = 2000,
-        rpn_post_nms_top_n_train: int = 2000,
-        rpn_pre_nms_top_n_test: int = 1000,
-        rpn_post_nms_top_n_test: int = 1000,
-        rpn_batch_size_per_image: int = 256,
-        box_batch_size_per_image: int = 512,
-        box_representation_size: int = 1024,
-        box_detections_per_img: int = 100,
-        box_score_thresh: float = 0.05,
-        mask_head_layers: Sequence[int] = (256, 256, 256, 256),
     ) -> None:
         super().__init__()
-        if architecture not in ARCHITECTURES:
-            raise ValueError(f"unknown architecture '{architecture}': choose one of {', '.join(ARCHITECTURES)}")
-        self.save_hyperparameters()
+        self.net_spec = network_spec(net if net is not None else RCNNSpec(), DetectorSpec)
+        self.save_hyperparameters(ignore=["net"])
+        self.hparams["net"] = self.net_spec.config()  # plain values: load_from_checkpoint rebuilds the network
         self.backbone_report = None
         self.model = self.build_model()
-        self.iou_types = ("bbox", "segm") if architecture == "mask_rcnn" else ("bbox",)
+        self.iou_types = getattr(self.net_spec, "iou_types", ("bbox",))
         self.val_metric = detection_metric(self.iou_types)
         self.test_metric = detection_metric(self.iou_types)
 
     # ------------------------------------------------------------------ model
 
-    def build_backbone(self) -> nn.Module:
-        """The attention ResNet-FPN, randomly initialised; override to change the backbone.
-
-        ``backbone_weights`` are loaded when training starts (:meth:`load_backbone_weights`), not
-        here: building the module (configs, checkpoints, analysis) never needs the file.
-        """
-        hp = self.hparams
-        frozen_bn = hp.frozen_bn if hp.frozen_bn is not None else bool(hp.backbone_weights)
-        backbone, _ = attention_resnet_fpn(
-            hp.depth, hp.attention, hp.placement, hp.attention_options,
-            trainable_layers=hp.trainable_layers, frozen_bn=frozen_bn,
-        )
-        return backbone
+    def build_model(self) -> nn.Module:
+        """The detector (``net.build()``); override to change it while keeping the recipe and the evaluation."""
+        return self.net_spec.build()
 
     def load_backbone_weights(self, path: Optional[str] = None) -> Optional[BackboneLoadReport]:
         """Load classification weights (``backbone_weights`` unless ``path``) into the backbone's
         ResNet and report what was loaded, what is new, and what was ignored (the ``fc`` head)."""
-        weights = _resolve_backbone_weights(path or self.hparams.backbone_weights, self.hparams.backbone_recipe)
-        if weights is None:
+        source = path or self.hparams.backbone_weights
+        if not source:
             return None
+        weights = resolve_checkpoint(source, what="backbone weights")
         self.backbone_report = load_backbone_weights(self.model.backbone.body, weights, exclude=("fc.",))
         rank_zero_info(f"backbone weights {weights}: {self.backbone_report.summary()}")
         return self.backbone_report
-
-    def build_model(self) -> nn.Module:
-        """The detector; override to change it while keeping the recipe and the evaluation."""
-        hp = self.hparams
-        # the size options go through under their own names (see build_detector for their meaning)
-        options = {name: hp[name] for name in _DETECTOR_OPTIONS}
-        return build_detector(hp.architecture, hp.num_classes, self.build_backbone(), **options)
 
     def on_fit_start(self) -> None:
         # after a resume the checkpoint holds the weights: start from backbone_weights only on a
         # fresh run (Lightning restores checkpoints after setup, so this is the first hook that knows)
         if self.trainer.ckpt_path is None and self.hparams.backbone_weights:
-            if self.trainer.is_global_zero:  # a missing digits backbone is trained once, by rank 0
-                _resolve_backbone_weights(self.hparams.backbone_weights, self.hparams.backbone_recipe)
-            self.trainer.strategy.barrier("backbone_weights")
             self.load_backbone_weights()
 
     def forward(self, images: List[Tensor], targets: Optional[List[Dict[str, Tensor]]] = None):
@@ -218,12 +143,12 @@ class DetectionModule(LinearScaledRecipe, L.LightningModule):
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
         data_classes = getattr(datamodule, "num_classes", None)
-        if data_classes is not None and data_classes != self.hparams.num_classes:
+        if data_classes is not None and data_classes != self.net_spec.num_classes:
             raise ValueError(
-                f"the data has {data_classes} object categories but model.num_classes is {self.hparams.num_classes}; "
-                f"set --model.num_classes {data_classes}"
+                f"the data has {data_classes} object categories but model.net.num_classes is {self.net_spec.num_classes}; "
+                f"set --model.net.num_classes {data_classes}"
             )
-        if self.hparams.architecture == "mask_rcnn" and datamodule is not None and not getattr(datamodule, "masks", True):
+        if "segm" in self.iou_types and datamodule is not None and not getattr(datamodule, "masks", True):
             raise ValueError("mask_rcnn needs instance masks: set --data.masks true")
 
     # ------------------------------------------------------------------ steps
@@ -321,5 +246,5 @@ class DetectionModule(LinearScaledRecipe, L.LightningModule):
         return max(1, -(-int(batches) // trainer.accumulate_grad_batches))
 
     def on_train_epoch_start(self) -> None:
+        # the configured lr scaled to this run's global batch; the lr itself is LearningRateMonitor's (lr-SGD)
         self.log("lr_scaled", float(self.scaled_lr()), on_step=False, on_epoch=True)
-        self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=False, on_epoch=True, prog_bar=True)

@@ -3,8 +3,8 @@
 In the spirit of SRM (Lee, Kim, Nam, "SRM: A Style-based Recalibration Module", ICCV 2019):
 each channel is described by its mean and its standard deviation over space, a per-channel
 linear map (2 weights and a bias per channel) mixes the two, then BN-free sigmoid gating.
-Registered as "std_gate", so once this package is imported ``--model.attention std_gate`` works;
-without the import, ``--model.attention my_attention.StdGate`` finds it by dotted path.
+Registered as "std_gate", so once this package is imported ``--model.net.attention std_gate`` works;
+without the import, ``--model.net.attention my_attention.StdGate`` finds it by dotted path.
 """
 
 import torch
