@@ -89,7 +89,9 @@ class Report:
             detail, ok = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}", False
             traceback.print_exc()
         seconds = time.perf_counter() - start
-        self.checks.append({"section": section, "check": name, "ok": ok, "detail": detail, "seconds": round(seconds, 2)})
+        self.checks.append(
+            {"section": section, "check": name, "ok": ok, "detail": detail, "seconds": round(seconds, 2)}
+        )
         print(f"[{'PASS' if ok else 'FAIL'}] {section}: {name} ({seconds:.1f} s) {detail}", flush=True)
 
     @property
@@ -105,7 +107,9 @@ class Report:
                   "|---|---|---|---:|---|"]  # fmt: skip
         for c in self.checks:
             detail = c["detail"].replace("|", "/")
-            lines.append(f"| {c['section']} | {c['check']} | {'pass' if c['ok'] else '**FAIL**'} | {c['seconds']} | {detail} |")
+            lines.append(
+                f"| {c['section']} | {c['check']} | {'pass' if c['ok'] else '**FAIL**'} | {c['seconds']} | {detail} |"
+            )
         lines += ["", *self.tables]
         (out / "report.md").write_text("\n".join(lines) + "\n")
         payload = {"environment": environment, "ok": self.ok, "checks": self.checks, **self.data}
@@ -119,7 +123,10 @@ def environment(device: torch.device) -> Dict[str, str]:
         env["cuda (torch build)"] = str(torch.version.cuda)
         try:
             env["driver"] = subprocess.run(
-                ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True, text=True, timeout=20
+                ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=20,
             ).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             env["driver"] = "unknown (nvidia-smi not found)"
@@ -151,7 +158,9 @@ def block_variants() -> List[tuple]:
                     options = dict(contiguity=contiguity, contiguity_grad=grad, distance=distance)
                     if distance == "projected":
                         options["projection_dim"] = 16
-                    label = f"csa {contiguity}{' grad' if grad else ''}{' projected' if distance == 'projected' else ''}"
+                    label = (
+                        f"csa {contiguity}{' grad' if grad else ''}{' projected' if distance == 'projected' else ''}"
+                    )
                     variants.append((label, name, options))
     return variants
 
@@ -159,7 +168,11 @@ def block_variants() -> List[tuple]:
 def _correlated_map(shape, seed: int, dtype=torch.float64) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     base = torch.randn(shape[0], 1, *shape[2:], generator=g, dtype=dtype)
-    return 0.6 * base + torch.randn(shape, generator=g, dtype=dtype) + 0.3 * torch.randn(*shape[:2], 1, 1, generator=g, dtype=dtype)
+    return (
+        0.6 * base
+        + torch.randn(shape, generator=g, dtype=dtype)
+        + 0.3 * torch.randn(*shape[:2], 1, 1, generator=g, dtype=dtype)
+    )
 
 
 def check_block_against_float64(name: str, options: dict, device: torch.device, channels: int) -> str:
@@ -223,7 +236,9 @@ def check_zero_init_resnet(device: torch.device, dtype: torch.dtype, size: int) 
     from csa_lightning.models import attention_resnet
 
     torch.manual_seed(0)
-    model = attention_resnet(18, "csa", num_classes=10, zero_init_residual=True).to(device, memory_format=torch.channels_last)
+    model = attention_resnet(18, "csa", num_classes=10, zero_init_residual=True).to(
+        device, memory_format=torch.channels_last
+    )
     x = torch.randn(2, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
     with torch.autocast(device.type, dtype=dtype):
         out = model(x)
@@ -255,7 +270,11 @@ def _numerics(report: Report, device: torch.device, quick: bool) -> None:
         for label, name, options in variants if not quick else variants[::4]:
             report.run("numerics", f"{label}: {str(dtype)[6:]} autocast, degenerate inputs",
                        lambda: check_autocast_finite(name, options, device, dtype))  # fmt: skip
-        report.run("numerics", f"CSA-R18 {str(dtype)[6:]} autocast, zero-init BN", lambda: check_zero_init_resnet(device, dtype, 32))
+        report.run(
+            "numerics",
+            f"CSA-R18 {str(dtype)[6:]} autocast, zero-init BN",
+            lambda: check_zero_init_resnet(device, dtype, 32),
+        )
 
 
 # --------------------------------------------------------------------------------------- speed
@@ -272,6 +291,7 @@ def speed(report: Report, device: torch.device, quick: bool) -> None:
     ]  # fmt: skip
     report.data["speed"] = []
     for setting in settings:
+
         def run(setting=setting) -> str:
             rows = benchmark(attentions=attentions, csa_modes=modes, device=str(device),
                              bf16=True, channels_last=True, **setting)  # fmt: skip
@@ -376,7 +396,9 @@ def train(report: Report, device: torch.device, quick: bool, workdir: Path) -> N
             box_representation_size=256, box_detections_per_img=20,
         )  # fmt: skip
         module = DetectionModule(net, warmup_iters=2)
-        data = DigitsCOCODataModule(data_dir=str(workdir / "digits_coco"), num_train=16, num_val=8, batch_size=4, num_workers=0)
+        data = DigitsCOCODataModule(
+            data_dir=str(workdir / "digits_coco"), num_train=16, num_val=8, batch_size=4, num_workers=0
+        )
         trainer = _trainer(device, str(workdir / "detection"), fast_dev_run=2, precision=precision)
         trainer.fit(module, data)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/box")}
@@ -415,14 +437,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--out", default="runs/gpu-check", help="folder for report.md and report.json")
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {', '.join(SECTIONS)}")
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes and no thresholds: a dry run of the code paths")
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny sizes and no thresholds: a dry run of the code paths"
+    )
     args = parser.parse_args(argv)
     sections = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown:
         parser.error(f"unknown section {', '.join(unknown)}: choose from {', '.join(SECTIONS)}")
     if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device is visible (run on a GPU machine, or --device cpu --quick for a dry run)")
+        parser.error(
+            "--device cuda: no CUDA device is visible (run on a GPU machine, or --device cpu --quick for a dry run)"
+        )
     device = torch.device(args.device)
     report = Report()
     env = environment(device)
@@ -440,7 +466,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                 train(report, device, args.quick, Path(tmp))
     report.write(Path(args.out), env)
     failed = [c for c in report.checks if not c["ok"]]
-    print(f"{len(report.checks) - len(failed)} of {len(report.checks)} checks passed; report in {Path(args.out) / 'report.md'}")
+    print(
+        f"{len(report.checks) - len(failed)} of {len(report.checks)} checks passed; report in {Path(args.out) / 'report.md'}"
+    )
     return 1 if failed else 0
 
 

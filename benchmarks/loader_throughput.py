@@ -75,7 +75,10 @@ def main() -> None:
     torch_data = ImageFolderDataModule(train_path=str(folder), val_path=str(folder), **common)
     torch_data.setup("fit")
     results = {}
-    for name, loader in (("ffcv", ffcv_data.train_dataloader()), ("torchvision ImageFolder", torch_data.train_dataloader())):
+    for name, loader in (
+        ("ffcv", ffcv_data.train_dataloader()),
+        ("torchvision ImageFolder", torch_data.train_dataloader()),
+    ):
         rates = images_per_second(loader, 1 + args.epochs)[1:]
         results[name] = statistics.median(rates)
     ratio = results["ffcv"] / results["torchvision ImageFolder"]
@@ -83,11 +86,23 @@ def main() -> None:
     print("|---|---:|")
     for name, rate in results.items():
         print(f"| {name} | {rate:,.0f} |")
-    print(f"\nffcv / ImageFolder: {ratio:.2f}x  ({platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__})")
+    print(
+        f"\nffcv / ImageFolder: {ratio:.2f}x  ({platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__})"
+    )
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"images_per_sec": results, "ratio": ratio, "workers": args.workers,
-                                              "batch_size": args.batch_size, "epochs": args.epochs}, indent=2))
+        Path(args.out).write_text(
+            json.dumps(
+                {
+                    "images_per_sec": results,
+                    "ratio": ratio,
+                    "workers": args.workers,
+                    "batch_size": args.batch_size,
+                    "epochs": args.epochs,
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -50,7 +50,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     model = attention_resnet(args.depth, "csa").eval()
-    print("| short side | gate | channels | map | projected | Spearman q mean (min) | Spearman p mean (min) | exact ms | projected ms | speed-up |")
+    print(
+        "| short side | gate | channels | map | projected | Spearman q mean (min) | Spearman p mean (min) | exact ms | projected ms | speed-up |"
+    )
     print("|---:|---|---:|---|---|---:|---:|---:|---:|---:|")
     for size in (int(s) for s in args.sizes.split(",")):
         rows = projection_agreement(model, load_photos(size), projection_dim=args.k)

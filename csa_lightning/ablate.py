@@ -131,7 +131,9 @@ def load_results(out: Path) -> List[Dict[str, Any]]:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is corrupt ({err}); restore it or move it away to start the ablation afresh") from None
+        raise ValueError(
+            f"{path} is corrupt ({err}); restore it or move it away to start the ablation afresh"
+        ) from None
 
 
 def _append_result(out: Path, record: Dict[str, Any]) -> None:
@@ -146,7 +148,9 @@ def _append_result(out: Path, record: Dict[str, Any]) -> None:
 # one run
 
 
-def _run_variant(variant: Variant, base_config: str, extra: Sequence[str], out: Path, device: Optional[int]) -> subprocess.Popen:
+def _run_variant(
+    variant: Variant, base_config: str, extra: Sequence[str], out: Path, device: Optional[int]
+) -> subprocess.Popen:
     run_dir = out / "runs" / variant.name
     run_dir.mkdir(parents=True, exist_ok=True)
     args = variant.cli_args(_option_keys(variant.attention))
@@ -324,7 +328,10 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     variants = plan_variants(attentions, seeds, sweeps)
     done = {r["variant"] for r in load_results(out)}
     todo = [v for v in variants if v.name not in done]
-    print(f"ablation: {len(variants)} variants, {len(done & {v.name for v in variants})} already finished, {len(todo)} to run -> {out}", flush=True)
+    print(
+        f"ablation: {len(variants)} variants, {len(done & {v.name for v in variants})} already finished, {len(todo)} to run -> {out}",
+        flush=True,
+    )
 
     from .models.summary import count_cost  # noqa: F401  (fail early if the stack is broken)
 
@@ -349,7 +356,10 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
             slots.append(slot)
             if proc.returncode != 0 or not (out / "runs" / variant.name / "result.json").exists():
                 failures.append(variant.name)
-                print(f"    {variant.name} failed (exit {proc.returncode}); see {out / 'runs' / variant.name / 'stdout.log'}", flush=True)
+                print(
+                    f"    {variant.name} failed (exit {proc.returncode}); see {out / 'runs' / variant.name / 'stdout.log'}",
+                    flush=True,
+                )
                 continue
             _append_result(out, _record_for(variant, args.config, extra, out, time.time() - started))
             finished += 1

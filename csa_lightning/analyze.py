@@ -90,7 +90,9 @@ def load_checkpoint_model(path: str, label: Optional[str] = None) -> AnalysedMod
     from .tasks import ClassificationModule
 
     if not Path(path).exists():
-        raise FileNotFoundError(f"checkpoint {path} not found; pass a .ckpt file written by cli.py fit, or its run folder")
+        raise FileNotFoundError(
+            f"checkpoint {path} not found; pass a .ckpt file written by cli.py fit, or its run folder"
+        )
     path = resolve_checkpoint(path)
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
@@ -122,7 +124,9 @@ def load_models(paths: Sequence[str], labels: Optional[Sequence[str]] = None) ->
     for m in models:
         if seen[m.label] > 1:
             p = Path(m.path)
-            m.label = f"{m.label} ({p.parent.parent.parent.name}/{p.stem})" if len(p.parents) > 3 else f"{m.label} ({p.stem})"
+            m.label = (
+                f"{m.label} ({p.parent.parent.parent.name}/{p.stem})" if len(p.parents) > 3 else f"{m.label} ({p.stem})"
+            )
     return models
 
 
@@ -130,7 +134,9 @@ def stage_blocks(network: nn.Module) -> List[Sequence[nn.Module]]:
     """The four stages of a torchvision-style ResNet (``layer1`` .. ``layer4``)."""
     stages = [getattr(network, f"layer{i}", None) for i in range(1, 5)]
     if any(s is None for s in stages):
-        raise ValueError(f"{type(network).__name__} has no layer1..layer4; the analysis tools need a ResNet-style model")
+        raise ValueError(
+            f"{type(network).__name__} has no layer1..layer4; the analysis tools need a ResNet-style model"
+        )
     return stages
 
 
@@ -142,7 +148,7 @@ def _last_bn(block: nn.Module) -> nn.Module:
 
 
 def parse_blocks(spec: str):
-    """"stage_end", "every_block" or a JSON list of [stage, block] pairs (0-based, -1 = last)."""
+    """ "stage_end", "every_block" or a JSON list of [stage, block] pairs (0-based, -1 = last)."""
     spec = spec.strip()
     return json.loads(spec) if spec.startswith("[") else spec
 
@@ -174,7 +180,9 @@ class Preprocessing:
         size = hp.get("val_resolution") or hp.get("resolution") or hp.get("image_size") or cls.size
         # a data module without a crop ratio does not crop; with no data settings at all, ImageNet's
         ratio = hp.get("val_crop_ratio") or (1.0 if hp else cls.crop_ratio)
-        return cls(int(size), float(ratio), tuple(hp.get("mean") or IMAGENET_MEAN), tuple(hp.get("std") or IMAGENET_STD))
+        return cls(
+            int(size), float(ratio), tuple(hp.get("mean") or IMAGENET_MEAN), tuple(hp.get("std") or IMAGENET_STD)
+        )
 
 
 def find_images(folder: str) -> Tuple[List[Path], Optional[List[int]], List[str]]:
@@ -185,7 +193,9 @@ def find_images(folder: str) -> Tuple[List[Path], Optional[List[int]], List[str]
     """
     root = Path(folder)
     if not root.is_dir():
-        raise FileNotFoundError(f"image folder {folder} not found; pass --images DIR with image files (or class sub-folders of them)")
+        raise FileNotFoundError(
+            f"image folder {folder} not found; pass --images DIR with image files (or class sub-folders of them)"
+        )
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
         raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {folder}")
@@ -249,8 +259,11 @@ def datamodule_from_config(config: str):
     if not Path(config).is_file():
         raise FileNotFoundError(f"config {config} not found; pass --data with a cli.py YAML config")
     return DataOnly(
-        subclass_mode_model=True, subclass_mode_data=True, auto_configure_optimizers=False,
-        args=["--config", config], run=False,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        auto_configure_optimizers=False,
+        args=["--config", config],
+        run=False,
     ).datamodule
 
 
@@ -298,7 +311,9 @@ def block_descriptors(block: nn.Module, x: Tensor) -> Dict[str, Tensor]:
 
 
 @torch.no_grad()
-def collect_descriptors(network: nn.Module, batches: Iterable[ImageBatch], blocks="stage_end") -> Dict[str, Dict[str, np.ndarray]]:
+def collect_descriptors(
+    network: nn.Module, batches: Iterable[ImageBatch], blocks="stage_end"
+) -> Dict[str, Dict[str, np.ndarray]]:
     """Mean z, q (and p) over all images at each chosen block, keyed "layer{stage}.{block}".
 
     Forward hooks on each block's last BN read the gate's input; the descriptors are summed in
@@ -363,7 +378,9 @@ def sort_order(values: Dict[str, np.ndarray], sort_key: str) -> np.ndarray:
     if sort_key == "none":
         return np.arange(channels)
     if sort_key not in values:
-        raise ValueError(f"cannot sort by '{sort_key}': this model has {', '.join(k for k in DESCRIPTOR_KEYS if k in values)}")
+        raise ValueError(
+            f"cannot sort by '{sort_key}': this model has {', '.join(k for k in DESCRIPTOR_KEYS if k in values)}"
+        )
     return np.argsort(values[sort_key], kind="stable")
 
 
@@ -475,9 +492,14 @@ def choose_cam_stage(network: nn.Module, inputs: Tensor, stage: Optional[int] = 
         return last, ""
     larger = [s for s, hw in enumerate(sizes, start=1) if hw != (1, 1)]
     if not larger:
-        raise ValueError(f"every stage's maps are 1 x 1 at input size {tuple(inputs.shape[-2:])}; use larger images (--size)")
+        raise ValueError(
+            f"every stage's maps are 1 x 1 at input size {tuple(inputs.shape[-2:])}; use larger images (--size)"
+        )
     chosen = larger[-1]
-    return chosen, f"layer{last} maps are 1x1 at {inputs.shape[-1]} px; Grad-CAM at layer{chosen} ({sizes[chosen - 1][0]}x{sizes[chosen - 1][1]})"
+    return (
+        chosen,
+        f"layer{last} maps are 1x1 at {inputs.shape[-1]} px; Grad-CAM at layer{chosen} ({sizes[chosen - 1][0]}x{sizes[chosen - 1][1]})",
+    )
 
 
 def gradcam_maps(
@@ -498,7 +520,9 @@ def gradcam_maps(
     num_classes = probs.shape[1]
     bad = [t for t in targets if not 0 <= t < num_classes]
     if bad:
-        raise ValueError(f"target classes {bad} out of range for a model with {num_classes} classes; check the image folder's classes")
+        raise ValueError(
+            f"target classes {bad} out of range for a model with {num_classes} classes; check the image folder's classes"
+        )
     with GradCAM(model=network, target_layers=[target_layer]) as cam:
         maps = cam(input_tensor=inputs, targets=[ClassifierOutputTarget(int(t)) for t in targets])
     chosen = probs[torch.arange(len(targets)), torch.as_tensor(list(targets))]
@@ -506,8 +530,12 @@ def gradcam_maps(
 
 
 def gradcam_figure(
-    batch: ImageBatch, targets: Sequence[int], maps: Dict[str, np.ndarray], probs: Dict[str, np.ndarray],
-    class_names: Sequence[str] = (), title: str = "",
+    batch: ImageBatch,
+    targets: Sequence[int],
+    maps: Dict[str, np.ndarray],
+    probs: Dict[str, np.ndarray],
+    class_names: Sequence[str] = (),
+    title: str = "",
 ):
     """Grid of rows = images, columns = the input and each model's Grad-CAM overlay; each model
     cell is titled with the target class and the model's probability for it."""
@@ -604,9 +632,12 @@ def run_gradcam(args) -> List[Path]:
         maps[m.label], probs[m.label] = gradcam_maps(m.network, batch.inputs, targets, stage)
     np.savez(
         out / "gradcam.npz",
-        labels=np.array(list(maps)), targets=np.array(targets), images=batch.display,
+        labels=np.array(list(maps)),
+        targets=np.array(targets),
+        images=batch.display,
         stages=np.array([stages[k] for k in maps]),
-        **{f"{_safe(k)}__cam": v for k, v in maps.items()}, **{f"{_safe(k)}__prob": v for k, v in probs.items()},
+        **{f"{_safe(k)}__cam": v for k, v in maps.items()},
+        **{f"{_safe(k)}__prob": v for k, v in probs.items()},
     )
     used = sorted(set(stages.values()))
     title = f"Grad-CAM at the last block of layer{'/'.join(map(str, used))}"
@@ -623,27 +654,39 @@ def build_parser() -> argparse.ArgumentParser:
         ("gradcam", "Grad-CAM grid at the last stage of each model (paper Figs. 4, 6)"),
     ):
         p = sub.add_parser(name, help=helptext)
-        p.add_argument("--ckpt", action="append", required=True, help="a classification checkpoint (repeat for more models)")
+        p.add_argument(
+            "--ckpt", action="append", required=True, help="a classification checkpoint (repeat for more models)"
+        )
         p.add_argument("--label", action="append", help="a figure label per --ckpt (default: e.g. CSA-R50)")
         source = p.add_mutually_exclusive_group(required=True)
         source.add_argument("--images", help="a folder of images, or of class sub-folders of images")
         source.add_argument("--data", help="a cli.py config whose data module's validation images to use")
         p.add_argument("--out", default="figs", help="output folder (default: figs)")
-        p.add_argument("--limit", type=int, default=None if name == "descriptors" else 6,
-                       help="use the first N images (descriptors: all; gradcam: 6)")
+        p.add_argument(
+            "--limit",
+            type=int,
+            default=None if name == "descriptors" else 6,
+            help="use the first N images (descriptors: all; gradcam: 6)",
+        )
         p.add_argument("--size", type=int, help="input side (default: the checkpoint's validation resolution)")
         p.add_argument("--crop-ratio", type=float, help="centre-crop ratio (default: the checkpoint's, else 224/256)")
         p.add_argument("--mean", type=float, nargs=3, help="normalisation mean (default: the checkpoint's)")
         p.add_argument("--std", type=float, nargs=3, help="normalisation std (default: the checkpoint's)")
         if name == "descriptors":
-            p.add_argument("--blocks", default="stage_end",
-                           help='"stage_end" (default), "every_block" or a JSON list of [stage, block] pairs')
+            p.add_argument(
+                "--blocks",
+                default="stage_end",
+                help='"stage_end" (default), "every_block" or a JSON list of [stage, block] pairs',
+            )
             p.add_argument("--sort", default="q", choices=("q", "z", "p", "none"), help="sort channels by (default: q)")
             p.add_argument("--alpha", type=float, default=0.3, help="EMA smoothing factor (default: 0.3)")
             p.add_argument("--batch-size", type=int, default=32)
         else:
-            p.add_argument("--stage", type=int, help="stage 1..4 whose last block Grad-CAM reads (default: the last "
-                           "with maps larger than 1x1)")
+            p.add_argument(
+                "--stage",
+                type=int,
+                help="stage 1..4 whose last block Grad-CAM reads (default: the last with maps larger than 1x1)",
+            )
     return parser
 
 

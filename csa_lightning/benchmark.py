@@ -56,9 +56,13 @@ def _variants(
             for mode in csa_modes:
                 variants.append((f"csa ({mode})", "csa", {"contiguity": mode}))
                 if csa_grad:
-                    variants.append((f"csa ({mode}, contiguity_grad)", "csa", {"contiguity": mode, "contiguity_grad": True}))
+                    variants.append(
+                        (f"csa ({mode}, contiguity_grad)", "csa", {"contiguity": mode, "contiguity_grad": True})
+                    )
                 if csa_projected:
-                    variants.append((f"csa ({mode}, projected k=64)", "csa", {"contiguity": mode, "distance": "projected"}))
+                    variants.append(
+                        (f"csa ({mode}, projected k=64)", "csa", {"contiguity": mode, "distance": "projected"})
+                    )
         else:
             variants.append((attention, attention, {}))
     return variants
@@ -178,7 +182,11 @@ def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @torch.no_grad()
 def projection_agreement(
-    model: nn.Module, images: Sequence[torch.Tensor], projection_dim: int = 64, projection_seed: int = 0, repeats: int = 3
+    model: nn.Module,
+    images: Sequence[torch.Tensor],
+    projection_dim: int = 64,
+    projection_seed: int = 0,
+    repeats: int = 3,
 ) -> List[Dict[str, Any]]:
     """How close projected distances keep CSA's q and p to the exact ones, gate by gate.
 
@@ -192,7 +200,10 @@ def projection_agreement(
     model.eval()
     gates = [(name, m) for name, m in model.named_modules() if isinstance(m, CSA)]
     captured: Dict[str, torch.Tensor] = {}
-    handles = [m.register_forward_pre_hook(lambda _m, args, name=name: captured.__setitem__(name, args[0])) for name, m in gates]
+    handles = [
+        m.register_forward_pre_hook(lambda _m, args, name=name: captured.__setitem__(name, args[0]))
+        for name, m in gates
+    ]
     rows = []
     try:
         for index, image in enumerate(images):
@@ -206,7 +217,11 @@ def projection_agreement(
 
                 def projected():
                     return spatial_autocorrelation(
-                        x, distance="projected", projection_dim=projection_dim, projection_seed=projection_seed, **options
+                        x,
+                        distance="projected",
+                        projection_dim=projection_dim,
+                        projection_seed=projection_seed,
+                        **options,
                     )["q"]
 
                 q_exact, q_proj = exact(), projected()
@@ -246,15 +261,24 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     parser.add_argument("--batch", type=_positive, default=8)
     parser.add_argument("--size", type=_positive, default=224)
     parser.add_argument("--repeats", type=_positive, default=3)
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                        help="cuda: time on the GPU (CUDA events; add --bf16 --channels-last for a GPU recipe)")
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="cuda: time on the GPU (CUDA events; add --bf16 --channels-last for a GPU recipe)",
+    )
     parser.add_argument("--bf16", action="store_true", help="forward under bf16 autocast")
     parser.add_argument("--channels-last", action="store_true", help="model and input in channels_last")
     parser.add_argument("--csa-modes", default="l2", help="contiguity modes to time CSA in (l2,hybrid,cosine)")
     parser.add_argument("--csa-grad", action="store_true", help="also time CSA with contiguity_grad=True")
     parser.add_argument("--csa-projected", action="store_true", help='also time CSA with distance="projected" (k=64)')
-    parser.add_argument("--variant", action="append", default=[], metavar="LABEL|ATTENTION|JSON",
-                        help='another row, e.g. \'csa every block|csa|{"placement": "every_block"}\' (repeatable)')
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="LABEL|ATTENTION|JSON",
+        help='another row, e.g. \'csa every block|csa|{"placement": "every_block"}\' (repeatable)',
+    )
     parser.add_argument("--format", choices=("markdown", "json"), default="markdown")
     parser.add_argument("--out", default=None, help="also write the JSON rows here")
     args = parser.parse_args(argv)

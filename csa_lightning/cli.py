@@ -45,9 +45,13 @@ def check_checkpoint_file(path: Optional[str]) -> None:
             names = archive.namelist()
             bad = archive.testzip()
     except (zipfile.BadZipFile, OSError) as err:
-        raise ValueError(f"checkpoint {path} is corrupt ({err}); resume from another one, e.g. --ckpt_path last") from None
+        raise ValueError(
+            f"checkpoint {path} is corrupt ({err}); resume from another one, e.g. --ckpt_path last"
+        ) from None
     if bad is not None or not any(n.endswith("data.pkl") for n in names):
-        raise ValueError(f"checkpoint {path} is corrupt (damaged member {bad}); resume from another one, e.g. --ckpt_path last")
+        raise ValueError(
+            f"checkpoint {path} is corrupt (damaged member {bad}); resume from another one, e.g. --ckpt_path last"
+        )
 
 
 class CSALightningCLI(LightningCLI):
@@ -67,7 +71,9 @@ class CSALightningCLI(LightningCLI):
                 super()._parse_ckpt_path()
             except (RuntimeError, EOFError, OSError, KeyError) as err:
                 first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-                raise ValueError(f"cannot read checkpoint {ckpt_path} ({first}); resume from another one, e.g. --ckpt_path last") from None
+                raise ValueError(
+                    f"cannot read checkpoint {ckpt_path} ({first}); resume from another one, e.g. --ckpt_path last"
+                ) from None
 
     def _run_subcommand(self, subcommand: str) -> None:
         # no public hook wraps the subcommand's run (before_/after_<subcommand> do not see failures),
@@ -95,7 +101,9 @@ def find_last_checkpoint(config) -> Path:
     root = Path(config.trainer.get("default_root_dir") or "lightning_logs")
     found = newest_checkpoint(str(root), last_only=True)
     if found is None:
-        raise FileNotFoundError(f"--ckpt_path last: no last.ckpt under {root}; train first, or pass the checkpoint's path")
+        raise FileNotFoundError(
+            f"--ckpt_path last: no last.ckpt under {root}; train first, or pass the checkpoint's path"
+        )
     return found
 
 
@@ -115,7 +123,8 @@ def _one_line(err: BaseException) -> str:
     text = str(err)
     if "Does not validate against any of the Union subtypes" in text:
         reasons = [
-            line.strip()[2:] for line in text.splitlines()
+            line.strip()[2:]
+            for line in text.splitlines()
             if line.strip().startswith("- ") and "Expected a <class 'NoneType'>" not in line
         ]
         if reasons:

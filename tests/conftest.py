@@ -48,8 +48,14 @@ def make_classification_checkpoint(path, attention: str, depth: int = 18, steps:
     module = ClassificationModule(ResNetSpec(depth, attention, num_classes=10), lr=0.05, milestones=[5])
     data = DigitsMemoryDataModule(batch_size=32, limit_train_samples=128)
     trainer = L.Trainer(
-        max_steps=steps, limit_val_batches=0, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", devices=1,
+        max_steps=steps,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        devices=1,
     )
     trainer.fit(module, data)
     trainer.save_checkpoint(path)

@@ -33,7 +33,8 @@ class RecordRankMetrics(Callback):
     def on_validation_end(self, trainer, pl_module):
         # after the module's on_validation_epoch_end has logged the synchronised val/top1
         write_rank_record(
-            trainer, "rank",
+            trainer,
+            "rank",
             val_top1=float(trainer.callback_metrics["val/top1"]),
             val_samples=self.val_samples,
             val_correct=self.val_correct,
@@ -57,7 +58,8 @@ class RecordDetectionShards(Callback):
 
     def on_validation_end(self, trainer, pl_module):
         write_rank_record(
-            trainer, "detection_rank",
+            trainer,
+            "detection_rank",
             box_AP50=float(trainer.callback_metrics["val/box_AP50"]),
             evaluated_images=float(trainer.callback_metrics["val/images"]),
             train_ids=self.train_ids,

@@ -26,13 +26,18 @@ def test_plan_resets_options_and_applies_sweeps_only_where_they_fit():
     assert sum(v.attention == "se" for v in variants) == 4
     assert sum(v.attention == "csa" for v in variants) == 8
     se = next(v for v in variants if v.attention == "se")
+
     def net(args):
         return json.loads(args[args.index("--model.net") + 1])["init_args"]
 
     assert net(se.cli_args(["reduction"]))["attention_options"] is None  # reset to SE's defaults
-    csa = next(v for v in variants if v.attention == "csa" and v.sweep["model.attention_options.contiguity"] == "hybrid")
+    csa = next(
+        v for v in variants if v.attention == "csa" and v.sweep["model.attention_options.contiguity"] == "hybrid"
+    )
     assert net(csa.cli_args(["reduction", "contiguity"])) == {
-        "attention": "csa", "placement": csa.sweep["model.placement"], "attention_options": {"contiguity": "hybrid"}
+        "attention": "csa",
+        "placement": csa.sweep["model.placement"],
+        "attention_options": {"contiguity": "hybrid"},
     }
     assert net(Variant("gct", 3).cli_args([])) == {"attention": "gct", "placement": None, "attention_options": None}
 
@@ -77,7 +82,9 @@ def test_killed_ablation_resumes_without_losing_or_duplicating(tmp_path):
         "--trainer.enable_progress_bar", "false",
     ]  # fmt: skip
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
     csa_run = out / "runs" / "csa_seed0"
     deadline = time.time() + 300
     try:
@@ -115,7 +122,9 @@ def test_parallel_runs_and_a_sweep_reach_only_the_blocks_that_take_it(tmp_path):
         "--data.limit_train_samples", "64", "--trainer.max_epochs", "1", "--trainer.limit_val_batches", "1",
         "--trainer.enable_progress_bar", "false",
     ]  # fmt: skip
-    done = subprocess.run(cmd, cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=400)
+    done = subprocess.run(
+        cmd, cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=400
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     records = {r["variant"]: r for r in load_results(out)}
     assert sorted(records) == ["csa_contiguity-cosine_seed0", "csa_contiguity-l2_seed0", "se_seed0"]

@@ -36,17 +36,34 @@ def _last_bn_outputs(network, inputs, keys):
 
 
 def _inputs(val_images, limit, network_hparams=None):
-    batches, _ = analyze.image_folder_batches(val_images, analyze.Preprocessing(32, 1.0, (0.306,) * 3, (0.324,) * 3), limit, 64)
+    batches, _ = analyze.image_folder_batches(
+        val_images, analyze.Preprocessing(32, 1.0, (0.306,) * 3, (0.324,) * 3), limit, 64
+    )
     return torch.cat([b.inputs for b in batches])
 
 
 @pytest.mark.slow
 def test_saved_descriptors_equal_the_gates_own(checkpoints, val_images, tmp_path):
     out = tmp_path / "figs"
-    written = analyze.main(["descriptors", "--ckpt", checkpoints["csa"], "--images", val_images, "--limit", "24",
-                            "--batch-size", "10", "--out", str(out)])
+    written = analyze.main(
+        [
+            "descriptors",
+            "--ckpt",
+            checkpoints["csa"],
+            "--images",
+            val_images,
+            "--limit",
+            "24",
+            "--batch-size",
+            "10",
+            "--out",
+            str(out),
+        ]
+    )
     keys = ["layer1.1", "layer2.1", "layer3.1", "layer4.1"]
-    assert sorted(p.name for p in written) == sorted([f"descriptors_{k}.npz" for k in keys] + [f"descriptors_{k}.png" for k in keys])
+    assert sorted(p.name for p in written) == sorted(
+        [f"descriptors_{k}.npz" for k in keys] + [f"descriptors_{k}.png" for k in keys]
+    )
 
     model = analyze.load_checkpoint_model(checkpoints["csa"])
     inputs = _inputs(val_images, 24)
@@ -61,7 +78,9 @@ def test_saved_descriptors_equal_the_gates_own(checkpoints, val_images, tmp_path
         prefix = "CSA-R18"
         assert int(saved[f"{prefix}__count"]) == 24
         for name in ("z", "q", "p"):
-            np.testing.assert_allclose(saved[f"{prefix}__{name}"], own[name].double().mean(0).numpy(), rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(
+                saved[f"{prefix}__{name}"], own[name].double().mean(0).numpy(), rtol=1e-5, atol=1e-6
+            )
         order = saved[f"{prefix}__order"]
         assert np.all(np.diff(saved[f"{prefix}__q"][order]) >= 0)  # sorted by q ascending
         np.testing.assert_allclose(saved[f"{prefix}__q_smoothed"], analyze.ema(saved[f"{prefix}__q"][order], 0.3))
@@ -70,8 +89,23 @@ def test_saved_descriptors_equal_the_gates_own(checkpoints, val_images, tmp_path
 @pytest.mark.slow
 def test_model_without_gates_gets_z_and_q_but_no_p(checkpoints, val_images, tmp_path):
     out = tmp_path / "figs"
-    analyze.main(["descriptors", "--ckpt", checkpoints["none"], "--ckpt", checkpoints["csa"], "--images", val_images,
-                  "--limit", "12", "--blocks", "[[3, -1], [0, 0]]", "--out", str(out)])
+    analyze.main(
+        [
+            "descriptors",
+            "--ckpt",
+            checkpoints["none"],
+            "--ckpt",
+            checkpoints["csa"],
+            "--images",
+            val_images,
+            "--limit",
+            "12",
+            "--blocks",
+            "[[3, -1], [0, 0]]",
+            "--out",
+            str(out),
+        ]
+    )
     saved = np.load(out / "descriptors_layer4.1.npz")
     assert list(saved["labels"]) == ["ResNet-18", "CSA-R18"]
     assert "ResNet-18__p" not in saved and "CSA-R18__p" in saved
@@ -79,7 +113,9 @@ def test_model_without_gates_gets_z_and_q_but_no_p(checkpoints, val_images, tmp_
     x = _last_bn_outputs(model.network, _inputs(val_images, 12), ["layer4.1"])["layer4.1"]
     expected = spatial_autocorrelation(x)
     for name in ("z", "q"):
-        np.testing.assert_allclose(saved[f"ResNet-18__{name}"], expected[name].double().mean(0).numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            saved[f"ResNet-18__{name}"], expected[name].double().mean(0).numpy(), rtol=1e-5, atol=1e-6
+        )
     # a block without a gate in a model with gates elsewhere: z and q, no p
     first = np.load(out / "descriptors_layer1.0.npz")
     assert "CSA-R18__q" in first and "CSA-R18__p" not in first
@@ -96,8 +132,21 @@ def test_ema_is_the_recursive_moving_average():
 @pytest.mark.slow
 def test_gradcam_grid_for_models_with_and_without_gates(checkpoints, val_images, tmp_path):
     out = tmp_path / "figs"
-    written = analyze.main(["gradcam", "--ckpt", checkpoints["none"], "--ckpt", checkpoints["csa"],
-                            "--images", val_images, "--limit", "3", "--out", str(out)])
+    written = analyze.main(
+        [
+            "gradcam",
+            "--ckpt",
+            checkpoints["none"],
+            "--ckpt",
+            checkpoints["csa"],
+            "--images",
+            val_images,
+            "--limit",
+            "3",
+            "--out",
+            str(out),
+        ]
+    )
     assert {p.name for p in written} == {"gradcam.npz", "gradcam.png"}
     saved = np.load(out / "gradcam.npz")
     assert list(saved["targets"]) == [0, 1, 2]  # one image per class folder, in class order
@@ -125,11 +174,26 @@ def test_gradcam_grid_for_models_with_and_without_gates(checkpoints, val_images,
 
 @pytest.mark.slow
 def test_gradcam_stage_can_be_chosen_and_checked(checkpoints, val_images, tmp_path):
-    analyze.main(["gradcam", "--ckpt", checkpoints["csa"], "--images", val_images, "--limit", "2",
-                  "--stage", "2", "--out", str(tmp_path)])
+    analyze.main(
+        [
+            "gradcam",
+            "--ckpt",
+            checkpoints["csa"],
+            "--images",
+            val_images,
+            "--limit",
+            "2",
+            "--stage",
+            "2",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert list(np.load(tmp_path / "gradcam.npz")["stages"]) == [2]
     with pytest.raises(SystemExit) as exit_info:
-        analyze.main(["gradcam", "--ckpt", checkpoints["csa"], "--images", val_images, "--stage", "5", "--out", str(tmp_path)])
+        analyze.main(
+            ["gradcam", "--ckpt", checkpoints["csa"], "--images", val_images, "--stage", "5", "--out", str(tmp_path)]
+        )
     assert exit_info.value.code == 2
 
 
@@ -142,8 +206,21 @@ def test_descriptors_from_a_data_config(checkpoints, digits_betons, tmp_path):
         f"data:\n  class_path: csa_lightning.data.DigitsDataModule\n  init_args:\n    data_dir: {digits_betons}\n"
         "    batch_size: 16\n    num_workers: 1\n"
     )
-    analyze.main(["descriptors", "--ckpt", checkpoints["csa"], "--data", str(config), "--limit", "40",
-                  "--blocks", "[[3, -1]]", "--out", str(tmp_path / "figs")])
+    analyze.main(
+        [
+            "descriptors",
+            "--ckpt",
+            checkpoints["csa"],
+            "--data",
+            str(config),
+            "--limit",
+            "40",
+            "--blocks",
+            "[[3, -1]]",
+            "--out",
+            str(tmp_path / "figs"),
+        ]
+    )
     saved = np.load(tmp_path / "figs" / "descriptors_layer4.1.npz")
     assert int(saved["CSA-R18__count"]) == 40
     assert saved["CSA-R18__z"].shape == (512,) and np.isfinite(saved["CSA-R18__q"]).all()

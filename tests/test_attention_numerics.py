@@ -34,7 +34,15 @@ def csa_variants():
 @pytest.mark.parametrize("options", csa_variants(), ids=lambda o: f"{o['contiguity']}-grad{o['contiguity_grad']}")
 @pytest.mark.parametrize(
     "case",
-    ["all_zero", "identical_channels", "constant_maps", "batch_of_one", "opposite_channels", "tiny_values", "huge_values"],
+    [
+        "all_zero",
+        "identical_channels",
+        "constant_maps",
+        "batch_of_one",
+        "opposite_channels",
+        "tiny_values",
+        "huge_values",
+    ],
 )
 def test_csa_degenerate_inputs_give_finite_outputs_and_gradients(options, case):
     g = torch.Generator().manual_seed(0)
@@ -233,7 +241,9 @@ def test_projected_distances():
     for key in ("z", "I", "q"):
         torch.testing.assert_close(
             spatial_autocorrelation(small, distance="projected", projection_dim=16)[key],
-            spatial_autocorrelation(small)[key], atol=1e-6, rtol=1e-6,
+            spatial_autocorrelation(small)[key],
+            atol=1e-6,
+            rtol=1e-6,
         )
     # the projection is fixed by its seed (the same in every process and call), and another seed differs
     a = distance_features(x, 64, projection_seed=3)

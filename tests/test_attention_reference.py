@@ -69,7 +69,10 @@ def csa_descriptors_ref(x, contiguity="l2", eps=EPS, w_source=None):
         g = maps_of(w_source, n)
         c = len(f)
         z = standardize_ref([mean(fi) for fi in f])
-        dist = [[math.sqrt(sum((a - b) ** 2 for a, b in zip(g[i], g[j]))) if i != j else 0.0 for j in range(c)] for i in range(c)]
+        dist = [
+            [math.sqrt(sum((a - b) ** 2 for a, b in zip(g[i], g[j]))) if i != j else 0.0 for j in range(c)]
+            for i in range(c)
+        ]
         norms = [max(math.sqrt(sum(a * a for a in gi)), eps) for gi in g]
         cos = [[sum(a * b for a, b in zip(g[i], g[j])) / (norms[i] * norms[j]) for j in range(c)] for i in range(c)]
         total_dist = sum(dist[i][j] for i in range(c) for j in range(c) if i != j)
@@ -156,7 +159,9 @@ def random_map(seed, shape=(2, 12, 5, 5), dtype=torch.float64):
     g = torch.Generator().manual_seed(seed)
     # a shared component makes the channels correlated, as real feature maps are
     base = torch.randn(shape[0], 1, *shape[2:], generator=g)
-    return (0.6 * base + torch.randn(shape, generator=g) + 0.3 * torch.randn(shape[0], shape[1], 1, 1, generator=g)).to(dtype)
+    return (0.6 * base + torch.randn(shape, generator=g) + 0.3 * torch.randn(shape[0], shape[1], 1, 1, generator=g)).to(
+        dtype
+    )
 
 
 def init_mlp(block, seed):

@@ -20,9 +20,20 @@ PAPER_ROWS = {
 }  # fmt: skip
 
 # every runnable config: the top level (paper rows + their base), the COCO rows and the demos
-RUNNABLE_CONFIGS = sorted(CONFIGS.glob("*.yaml")) + sorted((CONFIGS / "coco").glob("*.yaml")) + sorted((CONFIGS / "demo").glob("*.yaml"))
+RUNNABLE_CONFIGS = (
+    sorted(CONFIGS.glob("*.yaml"))
+    + sorted((CONFIGS / "coco").glob("*.yaml"))
+    + sorted((CONFIGS / "demo").glob("*.yaml"))
+)
 
-MEMORY_DATA = ["--data", "csa_lightning.data.DigitsMemoryDataModule", "--data.resolution", "16", "--data.batch_size", "16"]
+MEMORY_DATA = [
+    "--data",
+    "csa_lightning.data.DigitsMemoryDataModule",
+    "--data.resolution",
+    "16",
+    "--data.batch_size",
+    "16",
+]
 
 
 def test_one_config_per_buildable_table1_row():
@@ -86,7 +97,9 @@ def test_command_line_switches(in_tmp_cwd):
         )  # fmt: skip
         gates = [g for _, g in cli.model.model.gates()]
         assert len(gates) == 16 and all(isinstance(g, CSA) and g.contiguity == "hybrid" for g in gates)
-        cli = build_cli(["--config", str(CONFIGS / "csa_r50.yaml"), "--model.net.placement", "[[0, -1], [3, -1]]"], run=False)
+        cli = build_cli(
+            ["--config", str(CONFIGS / "csa_r50.yaml"), "--model.net.placement", "[[0, -1], [3, -1]]"], run=False
+        )
         assert cli.model.model.gate_positions == [(0, 2), (3, 2)]
 
 
@@ -121,9 +134,13 @@ def test_missing_beton_names_the_path_and_the_writer(in_tmp_cwd, capsys):
 
 def test_labels_beyond_num_classes_are_refused(in_tmp_cwd, digits_betons, capsys):
     err = run_cli_expecting_error(
-        ["fit", "--config", str(DEMO_CONFIG), "--data.data_dir", str(digits_betons), "--model.net.num_classes", "5"], capsys
+        ["fit", "--config", str(DEMO_CONFIG), "--data.data_dir", str(digits_betons), "--model.net.num_classes", "5"],
+        capsys,
     )
-    assert err.splitlines()[-1] == "error: the data has labels up to 9 but model.net.num_classes is 5; set --model.net.num_classes 10"
+    assert (
+        err.splitlines()[-1]
+        == "error: the data has labels up to 9 but model.net.num_classes is 5; set --model.net.num_classes 10"
+    )
     assert not (in_tmp_cwd / "runs").exists()
 
 
@@ -163,7 +180,10 @@ def test_corrupt_or_missing_checkpoint_is_one_line(in_tmp_cwd, capsys, damage):
 
 def test_resume_last_without_any_run_explains(in_tmp_cwd, capsys):
     err = run_cli_expecting_error(["fit", "--config", str(DEMO_CONFIG), *MEMORY_DATA, "--ckpt_path", "last"], capsys)
-    assert err == "error: --ckpt_path last: no last.ckpt under runs/demo_digits_csa; train first, or pass the checkpoint's path"
+    assert (
+        err
+        == "error: --ckpt_path last: no last.ckpt under runs/demo_digits_csa; train first, or pass the checkpoint's path"
+    )
 
 
 def test_cli_script_runs_as_a_program(in_tmp_cwd):

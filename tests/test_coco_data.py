@@ -46,18 +46,60 @@ def write_tiny_coco(root, with_missing_image=False):
     crowd = np.zeros((60, 40), dtype=np.uint8)
     crowd[5:20, 5:30] = 1
     anns = [
-        {"id": 1, "image_id": 1, "category_id": 3, "bbox": [10, 5, 20, 10], "area": 200.0, "iscrowd": 0,
-         "segmentation": [[10, 5, 30, 5, 30, 15, 10, 15]]},  # polygon
-        {"id": 2, "image_id": 2, "category_id": 7, "bbox": [5, 10, 20, 20], "area": 400.0, "iscrowd": 0,
-         "segmentation": _rle(m2, compressed=True)},
-        {"id": 3, "image_id": 2, "category_id": 3, "bbox": [30, 35, 18, 10], "area": 180.0, "iscrowd": 0,
-         "segmentation": _rle(m3, compressed=False)},
-        {"id": 4, "image_id": 3, "category_id": 7, "bbox": [5, 5, 25, 15], "area": 375.0, "iscrowd": 1,
-         "segmentation": _rle(crowd, compressed=False)},  # image 3 holds only a crowd region
-        {"id": 5, "image_id": 1, "category_id": 3, "bbox": [12, 12, 0, 5], "area": 0.0, "iscrowd": 0,
-         "segmentation": [[12, 12, 12, 17, 12, 17]]},  # degenerate: no width
-        {"id": 6, "image_id": 1, "category_id": 99, "bbox": [1, 1, 5, 5], "area": 25.0, "iscrowd": 0,
-         "segmentation": [[1, 1, 6, 1, 6, 6, 1, 6]]},  # unknown category
+        {
+            "id": 1,
+            "image_id": 1,
+            "category_id": 3,
+            "bbox": [10, 5, 20, 10],
+            "area": 200.0,
+            "iscrowd": 0,
+            "segmentation": [[10, 5, 30, 5, 30, 15, 10, 15]],
+        },  # polygon
+        {
+            "id": 2,
+            "image_id": 2,
+            "category_id": 7,
+            "bbox": [5, 10, 20, 20],
+            "area": 400.0,
+            "iscrowd": 0,
+            "segmentation": _rle(m2, compressed=True),
+        },
+        {
+            "id": 3,
+            "image_id": 2,
+            "category_id": 3,
+            "bbox": [30, 35, 18, 10],
+            "area": 180.0,
+            "iscrowd": 0,
+            "segmentation": _rle(m3, compressed=False),
+        },
+        {
+            "id": 4,
+            "image_id": 3,
+            "category_id": 7,
+            "bbox": [5, 5, 25, 15],
+            "area": 375.0,
+            "iscrowd": 1,
+            "segmentation": _rle(crowd, compressed=False),
+        },  # image 3 holds only a crowd region
+        {
+            "id": 5,
+            "image_id": 1,
+            "category_id": 3,
+            "bbox": [12, 12, 0, 5],
+            "area": 0.0,
+            "iscrowd": 0,
+            "segmentation": [[12, 12, 12, 17, 12, 17]],
+        },  # degenerate: no width
+        {
+            "id": 6,
+            "image_id": 1,
+            "category_id": 99,
+            "bbox": [1, 1, 5, 5],
+            "area": 25.0,
+            "iscrowd": 0,
+            "segmentation": [[1, 1, 6, 1, 6, 6, 1, 6]],
+        },  # unknown category
     ]
     images = [{"id": i, "file_name": f"{i}.png", "width": w, "height": h} for i, (w, h) in sizes.items()]
     if with_missing_image:
@@ -65,15 +107,21 @@ def write_tiny_coco(root, with_missing_image=False):
         anns.append({"id": 7, "image_id": 4, "category_id": 3, "bbox": [1, 1, 5, 5], "area": 25.0, "iscrowd": 0})
     cats = [{"id": 3, "name": "three"}, {"id": 7, "name": "seven"}]
     for split in ("train", "val"):
-        (root / "annotations" / f"{split}.json").write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
+        (root / "annotations" / f"{split}.json").write_text(
+            json.dumps({"images": images, "annotations": anns, "categories": cats})
+        )
     return root
 
 
 def _module(root, **kwargs):
     return COCODataModule(
-        root=str(root), train_images="images", val_images="images",
-        train_annotations="annotations/train.json", val_annotations="annotations/val.json",
-        num_workers=0, **kwargs,
+        root=str(root),
+        train_images="images",
+        val_images="images",
+        train_annotations="annotations/train.json",
+        val_annotations="annotations/val.json",
+        num_workers=0,
+        **kwargs,
     )
 
 
@@ -84,7 +132,9 @@ def test_training_and_validation_targets(tmp_path, caplog):
         dm.setup("fit")
     # one warning per split, counting both skipped kinds
     warnings = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
-    assert len(warnings) == 2 and all("1 with a degenerate box" in w and "1 with an unknown category" in w for w in warnings)
+    assert len(warnings) == 2 and all(
+        "1 with a degenerate box" in w and "1 with an unknown category" in w for w in warnings
+    )
     assert dm.num_classes == 2 and dm.class_names == ["three", "seven"]
 
     train = dm.train_set
@@ -107,7 +157,9 @@ def test_training_and_validation_targets(tmp_path, caplog):
 
 def test_flip_moves_boxes_and_masks_together(tmp_path):
     root = write_tiny_coco(tmp_path / "coco")
-    flipped = COCODetection(str(root / "images"), str(root / "annotations/train.json"), train=True, masks=True, flip_prob=1.0)
+    flipped = COCODetection(
+        str(root / "images"), str(root / "annotations/train.json"), train=True, masks=True, flip_prob=1.0
+    )
     plain = COCODetection(str(root / "images"), str(root / "annotations/train.json"), train=True, masks=True)
     _, f = flipped[1]
     _, p = plain[1]
@@ -121,7 +173,9 @@ def test_grouped_batches_share_an_aspect_ratio_and_cover_each_index_once():
     ratios = [0.5, 2.0] * 10 + [1.0] * 5  # 25 images in three groups
     groups = aspect_ratio_groups(ratios, 3)
     assert len(set(groups)) == 3
-    sampler = GroupedBatchSampler(torch.utils.data.RandomSampler(range(25), generator=torch.Generator().manual_seed(0)), groups, 4)
+    sampler = GroupedBatchSampler(
+        torch.utils.data.RandomSampler(range(25), generator=torch.Generator().manual_seed(0)), groups, 4
+    )
     batches = list(sampler)
     assert len(batches) == len(sampler) == 25 // 4
     flat = [i for b in batches for i in b]
@@ -155,15 +209,28 @@ def test_bad_files_are_one_line_errors(tmp_path, damage, message):
 
 @pytest.mark.slow
 def test_digits_detection_set_is_real_cached_and_consistent(tmp_path):
-    root = write_digits_coco(str(tmp_path / "d"), canvas=96, num_train=12, num_val=6, digits_per_image=(2, 4), digit_size=(16, 32), seed=3)
+    root = write_digits_coco(
+        str(tmp_path / "d"), canvas=96, num_train=12, num_val=6, digits_per_image=(2, 4), digit_size=(16, 32), seed=3
+    )
     data = json.loads((root / "annotations" / "instances_train.json").read_text())
     assert len(data["images"]) == 12 and {c["name"] for c in data["categories"]} == {str(d) for d in range(10)}
     assert 24 <= len(data["annotations"]) <= 48
     stamp = (root / "train" / "000001.png").stat().st_mtime_ns
-    assert write_digits_coco(str(tmp_path / "d")) == root and (root / "train" / "000001.png").stat().st_mtime_ns == stamp
+    assert (
+        write_digits_coco(str(tmp_path / "d")) == root and (root / "train" / "000001.png").stat().st_mtime_ns == stamp
+    )
 
-    dm = DigitsCOCODataModule(data_dir=str(tmp_path / "cache"), canvas_size=96, num_train=12, num_val=6,
-                              digits_per_image=(2, 4), digit_size=(16, 32), seed=3, masks=True, num_workers=0)
+    dm = DigitsCOCODataModule(
+        data_dir=str(tmp_path / "cache"),
+        canvas_size=96,
+        num_train=12,
+        num_val=6,
+        digits_per_image=(2, 4),
+        digit_size=(16, 32),
+        seed=3,
+        masks=True,
+        num_workers=0,
+    )
     dm.setup("fit")
     assert dm.num_classes == 10
     for image, target in (dm.train_set[i] for i in range(len(dm.train_set))):
@@ -179,8 +246,12 @@ def test_digits_detection_set_is_real_cached_and_consistent(tmp_path):
                 a, b = boxes[i], boxes[j]
                 assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1]
     # the same seed writes the same pixels
-    again = write_digits_coco(str(tmp_path / "e"), canvas=96, num_train=12, num_val=6, digits_per_image=(2, 4), digit_size=(16, 32), seed=3)
-    assert np.array_equal(np.asarray(Image.open(again / "val" / "000004.png")), np.asarray(Image.open(root / "val" / "000004.png")))
+    again = write_digits_coco(
+        str(tmp_path / "e"), canvas=96, num_train=12, num_val=6, digits_per_image=(2, 4), digit_size=(16, 32), seed=3
+    )
+    assert np.array_equal(
+        np.asarray(Image.open(again / "val" / "000004.png")), np.asarray(Image.open(root / "val" / "000004.png"))
+    )
 
 
 def test_validation_alone_reads_only_the_validation_file(tmp_path):

@@ -77,7 +77,9 @@ def authors_q(x):
 @pytest.mark.parametrize("channels", [3, 5, 48, 257, 2048])
 def test_q_is_the_papers_z_score_in_float64(contiguity, channels):
     g = torch.Generator().manual_seed(channels)
-    x = torch.randn(2, channels, 3, 2, generator=g, dtype=torch.float64) + torch.randn(2, 1, 3, 2, generator=g, dtype=torch.float64)
+    x = torch.randn(2, channels, 3, 2, generator=g, dtype=torch.float64) + torch.randn(
+        2, 1, 3, 2, generator=g, dtype=torch.float64
+    )
     got = spatial_autocorrelation(x, contiguity=contiguity)
     z, moran, q = paper_descriptors(x, contiguity)
     torch.testing.assert_close(got["z"], z, atol=1e-9, rtol=1e-9)
@@ -101,7 +103,9 @@ def test_two_channels_give_q_zero():
 @pytest.mark.parametrize("channels", [3, 64, 1024])
 def test_hybrid_q_equals_the_authors_code_after_the_unbiased_std_factor(channels):
     g = torch.Generator().manual_seed(7)
-    x = torch.randn(2, channels, 4, 3, generator=g, dtype=torch.float64) + 0.5 * torch.randn(2, 1, 4, 3, generator=g, dtype=torch.float64)
+    x = torch.randn(2, channels, 4, 3, generator=g, dtype=torch.float64) + 0.5 * torch.randn(
+        2, 1, 4, 3, generator=g, dtype=torch.float64
+    )
     q = spatial_autocorrelation(x, contiguity="hybrid")["q"]
     torch.testing.assert_close(q * math.sqrt((channels - 1) / channels), authors_q(x), atol=1e-6, rtol=0)
 
@@ -131,7 +135,9 @@ def test_q_has_unit_std_at_every_gate_of_csa_r50_on_digits():
     stds = {}
     for name, gate in model.gates():
         gate.register_forward_hook(
-            lambda m, args, out, name=name: stds.__setitem__(name, m.autocorrelation(args[0])["q"].std(1, unbiased=False))
+            lambda m, args, out, name=name: stds.__setitem__(
+                name, m.autocorrelation(args[0])["q"].std(1, unbiased=False)
+            )
         )
     with torch.no_grad():
         model(images)

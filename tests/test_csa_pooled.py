@@ -93,7 +93,9 @@ def test_authors_backbone_counts():
     """CSA in every block of ResNet-50 has SE-R50's parameter count; its GMAC is SE-R50's plus
     the pooled Gram matrices: per block C^2 x min(side, H) x min(side, W)."""
     with torch.device("meta"):
-        authors = attention_resnet(50, "csa", placement="every_block", attention_options={k: v for k, v in AUTHORS.items() if k != "placement"})
+        authors = attention_resnet(
+            50, "csa", placement="every_block", attention_options={k: v for k, v in AUTHORS.items() if k != "placement"}
+        )
         se = attention_resnet(50, "se")
     params, gmac = count_cost(authors)
     se_params, se_gmac = count_cost(se)

@@ -23,9 +23,22 @@ DEMO_DETECTION = {
 }
 COCO_ROWS = {"r50": "none", "se_r50": "se", "eca_r50": "eca", "gct_r50": "gct", "csa_r50": "csa"}
 TINY_DATA = [
-    "--data.init_args.num_train", "8", "--data.init_args.num_val", "4", "--data.init_args.canvas_size", "64",
-    "--data.init_args.digit_size", "[16, 24]", "--data.init_args.batch_size", "2", "--data.init_args.num_workers", "0",
-    "--model.init_args.net.init_args.min_size", "64", "--model.init_args.net.init_args.max_size", "64",
+    "--data.init_args.num_train",
+    "8",
+    "--data.init_args.num_val",
+    "4",
+    "--data.init_args.canvas_size",
+    "64",
+    "--data.init_args.digit_size",
+    "[16, 24]",
+    "--data.init_args.batch_size",
+    "2",
+    "--data.init_args.num_workers",
+    "0",
+    "--model.init_args.net.init_args.min_size",
+    "64",
+    "--model.init_args.net.init_args.max_size",
+    "64",
 ]
 
 
@@ -70,8 +83,16 @@ def _pycocotools_stats(preds, targets, size):
     for image_id, (p, t) in enumerate(zip(preds, targets)):
         gt["images"].append({"id": image_id, "width": size, "height": size})
         for b, label, c, a in zip(t["boxes"], t["labels"], t["iscrowd"], t["area"]):
-            gt["annotations"].append({"id": len(gt["annotations"]) + 1, "image_id": image_id, "category_id": int(label),
-                                      "bbox": xywh(b), "iscrowd": int(c), "area": float(a)})
+            gt["annotations"].append(
+                {
+                    "id": len(gt["annotations"]) + 1,
+                    "image_id": image_id,
+                    "category_id": int(label),
+                    "bbox": xywh(b),
+                    "iscrowd": int(c),
+                    "area": float(a),
+                }
+            )
         for b, label, s in zip(p["boxes"], p["labels"], p["scores"]):
             dt.append({"image_id": image_id, "category_id": int(label), "bbox": xywh(b), "score": float(s)})
     with contextlib.redirect_stdout(io.StringIO()):
@@ -107,7 +128,9 @@ def test_module_metric_equals_pycocotools_cocoeval(seed):
 def test_classification_checkpoint_loads_into_the_detector_backbone(tmp_path):
     ckpt = make_classification_checkpoint(tmp_path / "cls.ckpt", "csa", depth=18)
     classifier = ClassificationModule.load_from_checkpoint(ckpt, map_location="cpu").model.state_dict()
-    detector = DetectionModule(RCNNSpec(depth=18, attention="csa", num_classes=10, min_size=64, max_size=64), backbone_weights=ckpt)
+    detector = DetectionModule(
+        RCNNSpec(depth=18, attention="csa", num_classes=10, min_size=64, max_size=64), backbone_weights=ckpt
+    )
     body = detector.model.backbone.body
     before = {k: v.clone() for k, v in body.state_dict().items()}
     report = detector.load_backbone_weights()
@@ -131,7 +154,9 @@ def test_classification_checkpoint_loads_into_the_detector_backbone(tmp_path):
 @pytest.mark.slow
 def test_a_gate_mismatch_in_the_backbone_is_reported(tmp_path):
     ckpt = make_classification_checkpoint(tmp_path / "plain.ckpt", "none", depth=18, steps=1)
-    detector = DetectionModule(RCNNSpec(depth=18, attention="se", num_classes=10, min_size=64, max_size=64), backbone_weights=ckpt)
+    detector = DetectionModule(
+        RCNNSpec(depth=18, attention="se", num_classes=10, min_size=64, max_size=64), backbone_weights=ckpt
+    )
     report = detector.load_backbone_weights()
     assert report.missing and all(".attention." in k for k in report.missing)  # SE gates: new, reported
 
@@ -152,7 +177,12 @@ def test_every_coco_config_is_the_paper_recipe(arch, row, in_tmp_cwd):
     assert (hp.lr, hp.lr_reference_batch, hp.momentum, hp.weight_decay) == (0.02, 16, 0.9, 1e-4)
     assert list(hp.milestones) == [16, 22] and hp.warmup_iters == 500 and cli.trainer.max_epochs == 24
     assert net.trainable_layers == 3 and net.frozen_bn and hp.backbone_weights == f"runs/{row}"
-    assert (net.min_size, net.max_size, net.box_batch_size_per_image, net.rpn_post_nms_top_n_train) == (800, 1333, 512, 2000)
+    assert (net.min_size, net.max_size, net.box_batch_size_per_image, net.rpn_post_nms_top_n_train) == (
+        800,
+        1333,
+        512,
+        2000,
+    )
     assert cli.datamodule.masks == (arch == "mask_rcnn") and cli.datamodule.batch_size == 2
     assert cli.trainer.default_root_dir == f"runs/coco/{arch}_{row}"
     gates = [n for n, _ in cli.model.model.backbone.body.named_modules() if n.endswith(".attention")]
@@ -181,13 +211,34 @@ def test_demo_configs_train_and_report_coco_metrics(arch, in_tmp_cwd):
 @pytest.mark.slow
 def test_resume_restores_optimizer_scheduler_and_epoch(in_tmp_cwd):
     config = DEMO_DETECTION["faster_rcnn"]
-    common = ["--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "1",
-              "--model.init_args.warmup_iters", "4", "--model.init_args.milestones", "[1]"]
+    common = [
+        "--trainer.limit_train_batches",
+        "3",
+        "--trainer.limit_val_batches",
+        "1",
+        "--model.init_args.warmup_iters",
+        "4",
+        "--model.init_args.milestones",
+        "[1]",
+    ]
     first = _fit(config, "--trainer.max_epochs", "1", *common)
     assert first.trainer.global_step == 3
     lr_after_first = first.trainer.optimizers[0].param_groups[0]["lr"]
-    second = main(["fit", "--config", str(config), *TINY_DATA, "--model.init_args.backbone_weights", "null",
-                   "--trainer.max_epochs", "2", *common, "--ckpt_path", "last"])
+    second = main(
+        [
+            "fit",
+            "--config",
+            str(config),
+            *TINY_DATA,
+            "--model.init_args.backbone_weights",
+            "null",
+            "--trainer.max_epochs",
+            "2",
+            *common,
+            "--ckpt_path",
+            "last",
+        ]
+    )
     trainer = second.trainer
     assert trainer.current_epoch == 2 and trainer.global_step == 6
     schedule = trainer.lr_scheduler_configs[0].scheduler
@@ -207,7 +258,13 @@ def test_resume_restores_optimizer_scheduler_and_epoch(in_tmp_cwd):
 @pytest.mark.slow
 def test_wrong_class_count_is_one_line(in_tmp_cwd, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        _fit(DEMO_DETECTION["faster_rcnn"], "--model.init_args.net.init_args.num_classes", "80", "--trainer.fast_dev_run", "1")
+        _fit(
+            DEMO_DETECTION["faster_rcnn"],
+            "--model.init_args.net.init_args.num_classes",
+            "80",
+            "--trainer.fast_dev_run",
+            "1",
+        )
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "the data has 10 object categories but model.net.num_classes is 80; set --model.net.num_classes 10" in err
@@ -216,16 +273,36 @@ def test_wrong_class_count_is_one_line(in_tmp_cwd, capsys):
 @pytest.mark.slow
 def test_missing_backbone_weights_are_one_line(in_tmp_cwd, capsys):
     with pytest.raises(SystemExit):
-        main(["fit", "--config", str(DEMO_DETECTION["faster_rcnn"]), *TINY_DATA,
-              "--model.init_args.backbone_weights", "no/such/run", "--trainer.fast_dev_run", "1"])
+        main(
+            [
+                "fit",
+                "--config",
+                str(DEMO_DETECTION["faster_rcnn"]),
+                *TINY_DATA,
+                "--model.init_args.backbone_weights",
+                "no/such/run",
+                "--trainer.fast_dev_run",
+                "1",
+            ]
+        )
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: backbone weights: no such file or folder: no/such/run; train it first")
     assert "make demo" in err  # the command that makes the demos' backbone
     # an existing run folder without a checkpoint: the same one line, and nothing is trained
     Path("runs/empty").mkdir(parents=True)
     with pytest.raises(SystemExit):
-        main(["fit", "--config", str(DEMO_DETECTION["faster_rcnn"]), *TINY_DATA,
-              "--model.init_args.backbone_weights", "runs/empty", "--trainer.fast_dev_run", "1"])
+        main(
+            [
+                "fit",
+                "--config",
+                str(DEMO_DETECTION["faster_rcnn"]),
+                *TINY_DATA,
+                "--model.init_args.backbone_weights",
+                "runs/empty",
+                "--trainer.fast_dev_run",
+                "1",
+            ]
+        )
     assert "error: backbone weights: no .ckpt file under runs/empty" in capsys.readouterr().err
     assert not list(Path("runs/empty").rglob("*.ckpt"))
 
@@ -269,11 +346,27 @@ def test_ddp_two_cpu_processes_shard_coco_batches_without_repeats(tmp_path):
 
 @pytest.mark.slow
 def test_backbone_from_a_run_folder_loads_its_newest_checkpoint(in_tmp_cwd):
-    ckpt = make_classification_checkpoint(in_tmp_cwd / "runs/tiny_backbone/version_0/checkpoints/last.ckpt", "csa", depth=18)
-    cli = main(["fit", "--config", str(DEMO_DETECTION["faster_rcnn"]), *TINY_DATA,
-                "--model.init_args.backbone_weights", "runs/tiny_backbone", "--trainer.fast_dev_run", "1"])
+    ckpt = make_classification_checkpoint(
+        in_tmp_cwd / "runs/tiny_backbone/version_0/checkpoints/last.ckpt", "csa", depth=18
+    )
+    cli = main(
+        [
+            "fit",
+            "--config",
+            str(DEMO_DETECTION["faster_rcnn"]),
+            *TINY_DATA,
+            "--model.init_args.backbone_weights",
+            "runs/tiny_backbone",
+            "--trainer.fast_dev_run",
+            "1",
+        ]
+    )
     report = cli.model.backbone_report
-    assert report is not None and report.missing == [] and len(report.loaded) == len(cli.model.model.backbone.body.state_dict())
+    assert (
+        report is not None
+        and report.missing == []
+        and len(report.loaded) == len(cli.model.model.backbone.body.state_dict())
+    )
     classifier = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     body = cli.model.model.backbone.body.state_dict()
     # layer1 is frozen (3 trainable stages), so the training step left the loaded values in place

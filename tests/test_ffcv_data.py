@@ -26,7 +26,9 @@ from .conftest import DEMO_CONFIG, ROOT
 def digits_loaders(digits_betons):
     data = DigitsDataModule(data_dir=str(digits_betons))
     data.setup("fit")
-    fake_trainer = SimpleNamespace(current_epoch=0, world_size=1, strategy=SimpleNamespace(root_device=torch.device("cpu")))
+    fake_trainer = SimpleNamespace(
+        current_epoch=0, world_size=1, strategy=SimpleNamespace(root_device=torch.device("cpu"))
+    )
     data.trainer = fake_trainer
     return data, data.train_dataloader(), data.val_dataloader(), fake_trainer
 

@@ -49,8 +49,19 @@ def test_cpu_quick_dry_run_passes_every_section(tmp_path):
     """All three sections on the CPU with tiny sizes: what the GPU run executes, minus the GPU.
     Runs as its own process, as on the GPU machine (~25 s: a detection fast_dev_run and a DDP fit)."""
     result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--device", "cpu", "--quick", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "gpu_check.py"),
+            "--device",
+            "cpu",
+            "--quick",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     data = json.loads((tmp_path / "report.json").read_text())

@@ -180,8 +180,16 @@ def test_fasterrcnn_runs_on_an_attention_backbone():
     from torchvision.models.detection import FasterRCNN
 
     backbone = _resnet_fpn_extractor(attention_resnet(18, "csa"), trainable_layers=3)
-    detector = FasterRCNN(backbone, num_classes=3, min_size=96, max_size=96, rpn_batch_size_per_image=32,
-                          box_batch_size_per_image=32, rpn_pre_nms_top_n_train=100, rpn_post_nms_top_n_train=50)
+    detector = FasterRCNN(
+        backbone,
+        num_classes=3,
+        min_size=96,
+        max_size=96,
+        rpn_batch_size_per_image=32,
+        box_batch_size_per_image=32,
+        rpn_pre_nms_top_n_train=100,
+        rpn_post_nms_top_n_train=50,
+    )
     images = [torch.rand(3, 96, 96)]
     targets = [{"boxes": torch.tensor([[10.0, 10.0, 50.0, 60.0]]), "labels": torch.tensor([1])}]
     losses = detector(images, targets)

@@ -35,6 +35,7 @@ def test_gmac_does_not_depend_on_how_the_gram_is_computed(monkeypatch):
     _, before = count_cost(meta(18, "csa"))
     original = torch.bmm
     with monkeypatch.context() as patch:
+
         def per_sample(a, b, out=None):
             result = torch.stack([a[i] @ b[i] for i in range(a.shape[0])])
             return result if out is None else out.copy_(result)

@@ -55,7 +55,11 @@ def test_lr_scales_with_the_global_batch():
 def test_parameter_groups_exclude_norms_and_biases_on_request():
     model = small_module().model
     n_norm = sum(p.numel() for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d) for p in m.parameters())
-    n_bias = sum(p.numel() for n, p in model.named_parameters() if n.endswith("bias") and "bn" not in n and "downsample.1" not in n)
+    n_bias = sum(
+        p.numel()
+        for n, p in model.named_parameters()
+        if n.endswith("bias") and "bn" not in n and "downsample.1" not in n
+    )
     total = sum(p.numel() for p in model.parameters())
     groups = parameter_groups(model, 1e-4, ["norm", "bias"])
     decayed = sum(p.numel() for p in groups[0]["params"])
@@ -117,7 +121,14 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
 
 
 def test_validate_test_and_predict_from_a_checkpoint(in_tmp_cwd):
-    memory = ["--data", "csa_lightning.data.DigitsMemoryDataModule", "--data.resolution", "16", "--data.batch_size", "60"]
+    memory = [
+        "--data",
+        "csa_lightning.data.DigitsMemoryDataModule",
+        "--data.resolution",
+        "16",
+        "--data.batch_size",
+        "60",
+    ]
     fit = main(["fit", "--config", str(DEMO_CONFIG), *memory, "--trainer.max_epochs", "1",
                 "--trainer.limit_train_batches", "4"])  # fmt: skip
     ckpt = str(Path(fit.trainer.log_dir) / "checkpoints" / "last.ckpt")
@@ -154,4 +165,7 @@ def test_a_checkpoint_names_no_arbitrary_class(tmp_path):
     from csa_lightning.models import network_spec
 
     with pytest.raises(TypeError, match="is not a ClassifierSpec subclass"):
-        network_spec({"class_path": "collections.OrderedDict", "init_args": {}}, base=__import__("csa_lightning.models", fromlist=["ClassifierSpec"]).ClassifierSpec)
+        network_spec(
+            {"class_path": "collections.OrderedDict", "init_args": {}},
+            base=__import__("csa_lightning.models", fromlist=["ClassifierSpec"]).ClassifierSpec,
+        )

@@ -447,7 +447,9 @@ class CSA(ChannelAttention):
         # opt-in: torch.compile fuses the chain of elementwise passes over the C x C matrices
         # static shapes: the stage-end gates of one network have different shapes, and dynamic-shape
         # recompilation took minutes on a GPU (measured); one static compile per shape is ~20 s
-        self._autocorrelation = torch.compile(spatial_autocorrelation, dynamic=False) if compile else spatial_autocorrelation
+        self._autocorrelation = (
+            torch.compile(spatial_autocorrelation, dynamic=False) if compile else spatial_autocorrelation
+        )
 
     def autocorrelation(self, x: Tensor) -> Dict[str, Tensor]:
         """z, I and q of ``x`` with this gate's options (see :func:`spatial_autocorrelation`)."""
@@ -456,8 +458,13 @@ class CSA(ChannelAttention):
 
     def _descriptor_math(self, x: Tensor) -> Dict[str, Tensor]:
         return self._autocorrelation(
-            x, contiguity=self.contiguity, eps=self.eps, contiguity_grad=self.contiguity_grad,
-            distance=self.distance, projection_dim=self.projection_dim, projection_seed=self.projection_seed,
+            x,
+            contiguity=self.contiguity,
+            eps=self.eps,
+            contiguity_grad=self.contiguity_grad,
+            distance=self.distance,
+            projection_dim=self.projection_dim,
+            projection_seed=self.projection_seed,
             pool_size=self.pool_size,
         )
 
@@ -493,5 +500,9 @@ class CSA(ChannelAttention):
             f"channels={self.channels}, reduction={self.reduction}, contiguity={self.contiguity!r}, "
             f"contiguity_grad={self.contiguity_grad}, eps={self.eps:g}"
             + (f", distance='projected', projection_dim={self.projection_dim}" if self.distance == "projected" else "")
-            + (f", distance='pooled', pool_size={pooled_size(self.channels, self.pool_size)}" if self.distance == "pooled" else "")
+            + (
+                f", distance='pooled', pool_size={pooled_size(self.channels, self.pool_size)}"
+                if self.distance == "pooled"
+                else ""
+            )
         )

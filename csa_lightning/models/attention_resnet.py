@@ -275,14 +275,20 @@ def _find_state_dict(obj: Any, path: str) -> Tuple[Dict[str, Tensor], str]:
     # the ResNet may sit under a prefix (e.g. "model." in a LightningModule checkpoint): find it
     # from the stem, the one part every ResNet has
     prefixes = sorted(
-        (k[: -len("conv1.weight")] for k in tensors if k.endswith("conv1.weight") and f"{k[: -len('conv1.weight')]}bn1.weight" in tensors),
+        (
+            k[: -len("conv1.weight")]
+            for k in tensors
+            if k.endswith("conv1.weight") and f"{k[: -len('conv1.weight')]}bn1.weight" in tensors
+        ),
         key=len,
     )
     prefixes = [p for p in prefixes if f"{p}layer1.0.conv1.weight" in tensors] or prefixes
     if not prefixes:
-        raise ValueError(f"{path} has no ResNet stem (no '*conv1.weight' beside '*bn1.weight'): not a ResNet checkpoint")
+        raise ValueError(
+            f"{path} has no ResNet stem (no '*conv1.weight' beside '*bn1.weight'): not a ResNet checkpoint"
+        )
     prefix = prefixes[0]
-    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, prefix
+    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}, prefix
 
 
 def load_backbone_weights(

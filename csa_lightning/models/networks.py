@@ -45,7 +45,10 @@ class NetworkSpec:
         missing = [n for n in names if not hasattr(self, n)]
         if missing:
             raise TypeError(f"{type(self).__name__} must store its arguments as attributes; missing {missing}")
-        return {"class_path": f"{type(self).__module__}.{type(self).__qualname__}", "init_args": {n: _plain(getattr(self, n)) for n in names}}
+        return {
+            "class_path": f"{type(self).__module__}.{type(self).__qualname__}",
+            "init_args": {n: _plain(getattr(self, n)) for n in names},
+        }
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config()["init_args"].items())

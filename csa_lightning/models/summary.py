@@ -48,7 +48,7 @@ _DISPLAY = {"none": "ResNet", "se": "SE", "cbam": "CBAM*", "eca": "ECA", "gct": 
 
 
 def display_name(depth: int, attention: str) -> str:
-    """"ResNet-50", "CSA-R50", "CBAM*-R101" (CBAM* = CBAM's channel gate alone)..."""
+    """ "ResNet-50", "CSA-R50", "CBAM*-R101" (CBAM* = CBAM's channel gate alone)..."""
     if attention == "none":
         return f"ResNet-{depth}"
     return f"{_DISPLAY.get(attention, attention)}-R{depth}"
@@ -107,7 +107,7 @@ def count_cost(model: torch.nn.Module, size: int = 224) -> Tuple[int, float]:
 
 
 def parse_variant(text: str) -> Tuple[str, str, Dict]:
-    """"LABEL|ATTENTION|JSON" -> (label, attention, options): a named model variant for the summary
+    """ "LABEL|ATTENTION|JSON" -> (label, attention, options): a named model variant for the summary
     and the benchmark; options hold the gate's options and optionally "placement", e.g.
     'authors|csa|{"placement": "every_block", "contiguity": "hybrid", "distance": "pooled"}'."""
     parts = text.split("|", 2)
@@ -125,7 +125,9 @@ def parse_variant(text: str) -> Tuple[str, str, Dict]:
 def build_variant(depth: int, attention: str, options: Dict) -> torch.nn.Module:
     """The attention ResNet of a variant: options' "placement" goes to the model, the rest to the gates."""
     gate_options = {k: v for k, v in options.items() if k != "placement"}
-    return attention_resnet(depth, attention, placement=options.get("placement"), attention_options=gate_options or None)
+    return attention_resnet(
+        depth, attention, placement=options.get("placement"), attention_options=gate_options or None
+    )
 
 
 def summary_table(
@@ -188,13 +190,20 @@ def to_markdown(rows: Sequence[ModelCost], size: int = 224) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], prog="python -m csa_lightning.models.summary")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], prog="python -m csa_lightning.models.summary"
+    )
     parser.add_argument("--depths", default="18,34,50,101,152", help="comma-separated ResNet depths")
     parser.add_argument("--attentions", default="none,se,cbam,eca,gct,csa", help="comma-separated attention names")
     parser.add_argument("--placement", default=None, help="stage_end or every_block (default: each block's own)")
     parser.add_argument("--size", type=int, default=224, help="input side in pixels")
-    parser.add_argument("--variant", action="append", default=[], metavar="LABEL|ATTENTION|JSON",
-                        help='another row per depth, e.g. \'authors|csa|{"placement": "every_block", "distance": "pooled"}\'')
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="LABEL|ATTENTION|JSON",
+        help='another row per depth, e.g. \'authors|csa|{"placement": "every_block", "distance": "pooled"}\'',
+    )
     parser.add_argument("--format", choices=("markdown", "json"), default="markdown")
     args = parser.parse_args(argv)
     try:

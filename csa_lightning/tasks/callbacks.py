@@ -16,12 +16,24 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 __all__ = ["RunInfo", "RunSummary", "RecordResult", "run_info"]
 
-PACKAGES = ("torch", "torchvision", "lightning", "torchmetrics", "jsonargparse", "ffcv", "numba", "numpy", "csa-lightning")
+PACKAGES = (
+    "torch",
+    "torchvision",
+    "lightning",
+    "torchmetrics",
+    "jsonargparse",
+    "ffcv",
+    "numba",
+    "numpy",
+    "csa-lightning",
+)
 
 
 def _git(*args: str) -> Optional[str]:
     try:
-        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10, cwd=Path(__file__).resolve().parent)
+        out = subprocess.run(
+            ["git", *args], capture_output=True, text=True, timeout=10, cwd=Path(__file__).resolve().parent
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() if out.returncode == 0 else None
@@ -81,7 +93,9 @@ class RunSummary(Callback):
             if isinstance(cb, ModelCheckpoint):
                 # fast_dev_run names checkpoints it never writes: list only files that exist
                 if cb.best_model_path and os.path.isfile(cb.best_model_path):
-                    score = f" ({cb.monitor} = {float(cb.best_model_score):.4f})" if cb.best_model_score is not None else ""
+                    score = (
+                        f" ({cb.monitor} = {float(cb.best_model_score):.4f})" if cb.best_model_score is not None else ""
+                    )
                     lines.append(f"best checkpoint: {cb.best_model_path}{score}")
                 if cb.last_model_path and os.path.isfile(cb.last_model_path):
                     lines.append(f"last checkpoint: {cb.last_model_path}")
@@ -127,7 +141,9 @@ class RecordResult(Callback):
         pl_module.train(was_training)
         metrics = trainer.callback_metrics
         ckpt = trainer.checkpoint_callback
-        best = ckpt.best_model_score if ckpt is not None and ckpt.best_model_score is not None else metrics.get("val/top1")
+        best = (
+            ckpt.best_model_score if ckpt is not None and ckpt.best_model_score is not None else metrics.get("val/top1")
+        )
         record = {
             "best_val_top1": float(best) if best is not None else None,
             "final_val_top1": float(metrics["val/top1"]) if "val/top1" in metrics else None,

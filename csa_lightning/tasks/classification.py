@@ -138,7 +138,15 @@ class ClassificationModule(LinearScaledRecipe, L.LightningModule):
         loss = self.criterion(logits.float(), labels)
         metrics.update(logits.detach().float(), labels)
         on_step = stage == "train"
-        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, sync_dist=not on_step, batch_size=len(labels))
+        self.log(
+            f"{stage}/loss",
+            loss,
+            on_step=on_step,
+            on_epoch=True,
+            prog_bar=True,
+            sync_dist=not on_step,
+            batch_size=len(labels),
+        )
         return loss
 
     def training_step(self, batch, batch_idx: int) -> Tensor:

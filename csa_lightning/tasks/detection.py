@@ -31,7 +31,14 @@ from .recipe import LinearScaledRecipe
 __all__ = ["DetectionModule", "detection_metric", "gather_list_states", "METRIC_NAMES"]
 
 #: torchmetrics' result keys -> the names logged (COCO's AP, AP50, AP75, APs, APm, APl)
-METRIC_NAMES = {"map": "AP", "map_50": "AP50", "map_75": "AP75", "map_small": "APs", "map_medium": "APm", "map_large": "APl"}
+METRIC_NAMES = {
+    "map": "AP",
+    "map_50": "AP50",
+    "map_75": "AP75",
+    "map_small": "APs",
+    "map_medium": "APm",
+    "map_large": "APl",
+}
 _IOU_PREFIX = {"bbox": "box", "segm": "mask"}
 
 
@@ -45,7 +52,10 @@ def detection_metric(iou_types: Sequence[str] = ("bbox",), backend: str = "faste
     iou_thresholds = np.linspace(0.5, 0.95, 10).tolist()
     rec_thresholds = np.linspace(0.0, 1.0, 101).tolist()
     return MeanAveragePrecision(
-        iou_type=tuple(iou_types), backend=backend, iou_thresholds=iou_thresholds, rec_thresholds=rec_thresholds,
+        iou_type=tuple(iou_types),
+        backend=backend,
+        iou_thresholds=iou_thresholds,
+        rec_thresholds=rec_thresholds,
         sync_on_compute=False,  # gathered by gather_list_states: ranks hold different numbers of images
     )
 
@@ -158,7 +168,9 @@ class DetectionModule(LinearScaledRecipe, L.LightningModule):
         losses = self.model(images, [{k: v for k, v in t.items() if k != "image_id"} for t in targets])
         loss = sum(losses.values())
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(images))
-        self.log_dict({f"train/{k}": v for k, v in losses.items()}, on_step=False, on_epoch=True, batch_size=len(images))
+        self.log_dict(
+            {f"train/{k}": v for k, v in losses.items()}, on_step=False, on_epoch=True, batch_size=len(images)
+        )
         return loss
 
     @staticmethod
