@@ -55,9 +55,13 @@ def main() -> None:
     dev = torch.device("cuda")
     # static shapes: one compile per stage shape (dynamic shapes recompiled for minutes on the second)
     compiled_fn = None if args.no_compile else torch.compile(spatial_autocorrelation, dynamic=False)
-    lines = [f"CSA descriptor math, batch {args.batch}, bf16 input, {torch.cuda.get_device_name()}, torch {torch.__version__}; "
-             f"ms per call, median of {args.repeats}", "",
-             "| stage input | path | forward ms | forward + backward ms | note |", "|---|---|---:|---:|---|"]  # fmt: skip
+    lines = [
+        f"CSA descriptor math, batch {args.batch}, bf16 input, {torch.cuda.get_device_name()}, torch {torch.__version__}; "
+        f"ms per call, median of {args.repeats}",
+        "",
+        "| stage input | path | forward ms | forward + backward ms | note |",
+        "|---|---|---:|---:|---|",
+    ]
     for channels, side in SHAPES:
         x = torch.randn(args.batch, channels, side, side, device=dev, dtype=torch.bfloat16)
         x = x.contiguous(memory_format=torch.channels_last)
@@ -67,8 +71,11 @@ def main() -> None:
             with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
                 conv(x)
 
-        paths = [("default", spatial_autocorrelation, {}, False), ("tf32", spatial_autocorrelation, {}, True),
-                 ("blocks=1", spatial_autocorrelation, {"blocks": 1}, False)]  # fmt: skip
+        paths = [
+            ("default", spatial_autocorrelation, {}, False),
+            ("tf32", spatial_autocorrelation, {}, True),
+            ("blocks=1", spatial_autocorrelation, {"blocks": 1}, False),
+        ]
         if compiled_fn is not None:
             paths.append(("compiled", compiled_fn, {}, False))
         label = f"{channels} x {side} x {side}"

@@ -103,8 +103,13 @@ class Report:
         lines = ["# csa-lightning GPU check", ""]
         lines += [f"- {k}: {v}" for k, v in environment.items()]
         passed = sum(c["ok"] for c in self.checks)
-        lines += ["", f"**{passed} of {len(self.checks)} checks passed.**", "", "| section | check | result | s | detail |",
-                  "|---|---|---|---:|---|"]  # fmt: skip
+        lines += [
+            "",
+            f"**{passed} of {len(self.checks)} checks passed.**",
+            "",
+            "| section | check | result | s | detail |",
+            "|---|---|---|---:|---|",
+        ]
         for c in self.checks:
             detail = c["detail"].replace("|", "/")
             lines.append(
@@ -264,12 +269,18 @@ def _numerics(report: Report, device: torch.device, quick: bool) -> None:
     for label, name, options in variants:
         # 256 channels: CSA's blocked Gram path (2 x 2 blocks) as at ResNet stages; 32 in a dry run
         channels = 32 if quick else 256
-        report.run("numerics", f"{label}: fp32 {device.type} vs float64 cpu",
-                   lambda: check_block_against_float64(name, options, device, channels))  # fmt: skip
+        report.run(
+            "numerics",
+            f"{label}: fp32 {device.type} vs float64 cpu",
+            lambda: check_block_against_float64(name, options, device, channels),
+        )
     for dtype in (torch.bfloat16, torch.float16):
         for label, name, options in variants if not quick else variants[::4]:
-            report.run("numerics", f"{label}: {str(dtype)[6:]} autocast, degenerate inputs",
-                       lambda: check_autocast_finite(name, options, device, dtype))  # fmt: skip
+            report.run(
+                "numerics",
+                f"{label}: {str(dtype)[6:]} autocast, degenerate inputs",
+                lambda: check_autocast_finite(name, options, device, dtype),
+            )
         report.run(
             "numerics",
             f"CSA-R18 {str(dtype)[6:]} autocast, zero-init BN",
@@ -285,19 +296,26 @@ def speed(report: Report, device: torch.device, quick: bool) -> None:
 
     attentions = ["none", "se", "csa"] if quick else ["none", "se", "cbam", "eca", "gct", "csa"]
     modes = ("l2",) if quick else ("l2", "hybrid")
-    settings = [dict(depth=18, batch=2, size=32, repeats=1)] if quick else [
-        dict(depth=50, batch=128, size=224, repeats=5),
-        dict(depth=50, batch=64, size=224, repeats=5),
-    ]  # fmt: skip
+    settings = (
+        [dict(depth=18, batch=2, size=32, repeats=1)]
+        if quick
+        else [
+            dict(depth=50, batch=128, size=224, repeats=5),
+            dict(depth=50, batch=64, size=224, repeats=5),
+        ]
+    )
     report.data["speed"] = []
     for setting in settings:
 
         def run(setting=setting) -> str:
-            rows = benchmark(attentions=attentions, csa_modes=modes, device=str(device),
-                             bf16=True, channels_last=True, **setting)  # fmt: skip
+            rows = benchmark(
+                attentions=attentions, csa_modes=modes, device=str(device), bf16=True, channels_last=True, **setting
+            )
             report.data["speed"].append({"setting": setting, "rows": rows})
-            title = (f"ResNet-{setting['depth']}, batch {setting['batch']} at {setting['size']} px, bf16 autocast, "
-                     f"channels_last, {device.type}, median of {setting['repeats']}")  # fmt: skip
+            title = (
+                f"ResNet-{setting['depth']}, batch {setting['batch']} at {setting['size']} px, bf16 autocast, "
+                f"channels_last, {device.type}, median of {setting['repeats']}"
+            )
             report.tables.append(to_markdown(rows, "### " + title))
             if setting["batch"] == 128:
                 report.tables.append(paper_comparison(rows))
@@ -310,9 +328,13 @@ def speed(report: Report, device: torch.device, quick: bool) -> None:
 
 
 def paper_comparison(rows: List[Dict[str, Any]]) -> str:
-    lines = ["", "Beside the paper's Table 4 (their GPU, batch 128, precision not stated):", "",
-             "| variant | train s (paper) | x R50 (paper) | train s (here) | x none (here) | inference s (paper) | x R50 (paper) | inference s (here) | x none (here) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    lines = [
+        "",
+        "Beside the paper's Table 4 (their GPU, batch 128, precision not stated):",
+        "",
+        "| variant | train s (paper) | x R50 (paper) | train s (here) | x none (here) | inference s (paper) | x R50 (paper) | inference s (here) | x none (here) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     by_name = {r["variant"]: r for r in rows}
     base_train, base_infer = PAPER_TABLE4["none"]
     for name, (train, infer) in PAPER_TABLE4.items():
@@ -332,8 +354,14 @@ def paper_comparison(rows: List[Dict[str, Any]]) -> str:
 def _trainer(device: torch.device, root: str, **kwargs):
     import lightning as L
 
-    options = dict(accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, logger=False,
-                   enable_progress_bar=False, enable_model_summary=False, default_root_dir=root)  # fmt: skip
+    options = dict(
+        accelerator="gpu" if device.type == "cuda" else "cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=root,
+    )
     options.update(kwargs)
     return L.Trainer(**options)
 
@@ -342,8 +370,14 @@ def _classifier():
     from csa_lightning.models import ResNetSpec
     from csa_lightning.tasks import ClassificationModule
 
-    return ClassificationModule(ResNetSpec(18, "csa", num_classes=10), lr=0.1, lr_reference_batch=64,
-                                weight_decay=5e-4, milestones=(8, 11), no_weight_decay_on=("norm", "bias"))  # fmt: skip
+    return ClassificationModule(
+        ResNetSpec(18, "csa", num_classes=10),
+        lr=0.1,
+        lr_reference_batch=64,
+        weight_decay=5e-4,
+        milestones=(8, 11),
+        no_weight_decay_on=("norm", "bias"),
+    )
 
 
 def train(report: Report, device: torch.device, quick: bool, workdir: Path) -> None:
@@ -362,9 +396,17 @@ def train(report: Report, device: torch.device, quick: bool, workdir: Path) -> N
 
         L.seed_everything(0, verbose=False)
         checkpoint = ModelCheckpoint(dirpath=root, save_last=True, every_n_train_steps=max(1, steps // 2))
-        trainer = _trainer(device, root, max_steps=steps, precision=precision, callbacks=[checkpoint],
-                           val_check_interval=steps, check_val_every_n_epoch=None, num_sanity_val_steps=0,
-                           limit_val_batches=val_batches)  # fmt: skip
+        trainer = _trainer(
+            device,
+            root,
+            max_steps=steps,
+            precision=precision,
+            callbacks=[checkpoint],
+            val_check_interval=steps,
+            check_val_every_n_epoch=None,
+            num_sanity_val_steps=0,
+            limit_val_batches=val_batches,
+        )
         module, data = _classifier(), DigitsMemoryDataModule(batch_size=64)
         trainer.fit(module, data)
         top1 = float(trainer.callback_metrics["val/top1"])
@@ -376,8 +418,16 @@ def train(report: Report, device: torch.device, quick: bool, workdir: Path) -> N
     def resume() -> str:
         assert state.get("last"), "no last checkpoint from the fit above"
         more = steps + max(2, steps // 10)
-        trainer = _trainer(device, root, max_steps=more, precision=precision, val_check_interval=more,
-                           check_val_every_n_epoch=None, num_sanity_val_steps=0, limit_val_batches=val_batches)  # fmt: skip
+        trainer = _trainer(
+            device,
+            root,
+            max_steps=more,
+            precision=precision,
+            val_check_interval=more,
+            check_val_every_n_epoch=None,
+            num_sanity_val_steps=0,
+            limit_val_batches=val_batches,
+        )
         trainer.fit(_classifier(), DigitsMemoryDataModule(batch_size=64), ckpt_path=state["last"])
         assert trainer.global_step == more, f"resumed run ended at step {trainer.global_step}, not {more}"
         top1 = float(trainer.callback_metrics["val/top1"])
@@ -390,11 +440,21 @@ def train(report: Report, device: torch.device, quick: bool, workdir: Path) -> N
         from csa_lightning.tasks import DetectionModule
 
         net = RCNNSpec(
-            architecture="faster_rcnn", depth=18, attention="csa", num_classes=10, min_size=128, max_size=128,
-            rpn_pre_nms_top_n_train=300, rpn_post_nms_top_n_train=150, rpn_pre_nms_top_n_test=300,
-            rpn_post_nms_top_n_test=150, rpn_batch_size_per_image=64, box_batch_size_per_image=64,
-            box_representation_size=256, box_detections_per_img=20,
-        )  # fmt: skip
+            architecture="faster_rcnn",
+            depth=18,
+            attention="csa",
+            num_classes=10,
+            min_size=128,
+            max_size=128,
+            rpn_pre_nms_top_n_train=300,
+            rpn_post_nms_top_n_train=150,
+            rpn_pre_nms_top_n_test=300,
+            rpn_post_nms_top_n_test=150,
+            rpn_batch_size_per_image=64,
+            box_batch_size_per_image=64,
+            box_representation_size=256,
+            box_detections_per_img=20,
+        )
         module = DetectionModule(net, warmup_iters=2)
         data = DigitsCOCODataModule(
             data_dir=str(workdir / "digits_coco"), num_train=16, num_val=8, batch_size=4, num_workers=0
@@ -413,9 +473,17 @@ def train(report: Report, device: torch.device, quick: bool, workdir: Path) -> N
         L.seed_everything(0, verbose=False)
         backend = "nccl" if device.type == "cuda" else "gloo"
         strategy = L.pytorch.strategies.DDPStrategy(process_group_backend=backend)
-        trainer = _trainer(device, str(workdir / "ddp"), strategy=strategy, max_steps=4, limit_val_batches=2,
-                           val_check_interval=4, check_val_every_n_epoch=None, num_sanity_val_steps=0,
-                           precision=precision)  # fmt: skip
+        trainer = _trainer(
+            device,
+            str(workdir / "ddp"),
+            strategy=strategy,
+            max_steps=4,
+            limit_val_batches=2,
+            val_check_interval=4,
+            check_val_every_n_epoch=None,
+            num_sanity_val_steps=0,
+            precision=precision,
+        )
         trainer.fit(_classifier(), DigitsMemoryDataModule(batch_size=64))
         used = dist.get_backend() if dist.is_initialized() else "none"
         if dist.is_initialized():

@@ -101,9 +101,10 @@ def plan_variants(attentions: Sequence[str], seeds: Sequence[int], sweeps: Dict[
     for attention in attentions:
         keys = _option_keys(attention)
         axes = {
-            k: v for k, v in sweeps.items()
+            k: v
+            for k, v in sweeps.items()
             if not k.startswith("model.attention_options.") or k.split(".", 2)[2] in keys
-        }  # fmt: skip
+        }
         if attention == "none":
             axes.pop("model.placement", None)
         for values in itertools.product(*axes.values()) if axes else [()]:
@@ -155,13 +156,24 @@ def _run_variant(
     run_dir.mkdir(parents=True, exist_ok=True)
     args = variant.cli_args(_option_keys(variant.attention))
     cmd = [
-        sys.executable, "-m", "csa_lightning.cli", "fit", "--config", base_config, *args,
-        "--trainer.default_root_dir", str(run_dir),
-        "--trainer.logger", "lightning.pytorch.loggers.CSVLogger",
-        "--trainer.logger.save_dir", str(run_dir), "--trainer.logger.name", "logs",
+        sys.executable,
+        "-m",
+        "csa_lightning.cli",
+        "fit",
+        "--config",
+        base_config,
+        *args,
+        "--trainer.default_root_dir",
+        str(run_dir),
+        "--trainer.logger",
+        "lightning.pytorch.loggers.CSVLogger",
+        "--trainer.logger.save_dir",
+        str(run_dir),
+        "--trainer.logger.name",
+        "logs",
         "--trainer.callbacks+=csa_lightning.tasks.callbacks.RecordResult",
         *extra,
-    ]  # fmt: skip
+    ]
     from .tasks.checkpoints import newest_checkpoint
 
     last = newest_checkpoint(str(run_dir), last_only=True)
@@ -217,17 +229,19 @@ def summarise(records: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
         # the last epoch's error, as papers report it (picking each seed's best epoch on the
         # validation set would flatter every variant); best_val_top1 stays in results.json
         err_mean, err_std = _mean_std([100.0 * (1.0 - _final_top1(r)) for r in items])
-        rows.append({
-            "variant": group,
-            "attention": items[0]["attention"],
-            "seeds": len(items),
-            "top1_err_mean": err_mean,
-            "top1_err_std": err_std,
-            "params": items[0]["params"],
-            "gmac": items[0]["gmac"],
-            "train_img_s": _mean_std([r["train_images_per_sec"] for r in items])[0],
-            "infer_img_s": _mean_std([r["inference_images_per_sec"] for r in items])[0],
-        })  # fmt: skip
+        rows.append(
+            {
+                "variant": group,
+                "attention": items[0]["attention"],
+                "seeds": len(items),
+                "top1_err_mean": err_mean,
+                "top1_err_std": err_std,
+                "params": items[0]["params"],
+                "gmac": items[0]["gmac"],
+                "train_img_s": _mean_std([r["train_images_per_sec"] for r in items])[0],
+                "infer_img_s": _mean_std([r["inference_images_per_sec"] for r in items])[0],
+            }
+        )
     base = next((r for r in rows if r["variant"] == "none"), None)
     for r in rows:
         if base is None:
@@ -345,8 +359,11 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
             slot = slots.pop(0)
             variant = todo.pop(0)
             device = devices[slot % len(devices)] if devices else None
-            print(f"[{finished + len(running) + 1}/{len(variants)}] running {variant.group} seed={variant.seed} "
-                  f"({len(todo)} queued){'' if device is None else f' on GPU {device}'}", flush=True)  # fmt: skip
+            print(
+                f"[{finished + len(running) + 1}/{len(variants)}] running {variant.group} seed={variant.seed} "
+                f"({len(todo)} queued){'' if device is None else f' on GPU {device}'}",
+                flush=True,
+            )
             running[slot] = (variant, _run_variant(variant, args.config, extra, out, device), time.time())
         time.sleep(0.5)
         for slot, (variant, proc, started) in list(running.items()):

@@ -117,8 +117,17 @@ def benchmark(
     for name, attention, options in [*_variants(attentions, csa_modes, csa_grad, csa_projected), *extra_variants]:
         model = build_variant(depth, attention, options).to(dev, memory_format=memory_format)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-        setups.append({"name": name, "attention": attention, "options": options, "model": model, "opt": optimizer,
-                       "train": [], "infer": []})  # fmt: skip
+        setups.append(
+            {
+                "name": name,
+                "attention": attention,
+                "options": options,
+                "model": model,
+                "opt": optimizer,
+                "train": [],
+                "infer": [],
+            }
+        )
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16)
 
     def train_step(s):
@@ -159,11 +168,17 @@ def benchmark(
             saved = saved_tensor_bytes(s["model"], x)
         with torch.device("meta"):
             params, gmac = count_cost(build_variant(depth, s["attention"], s["options"]), size)
-        rows.append({
-            "variant": s["name"], "params": params, "gmac": round(gmac, 3),
-            "train_s": statistics.median(s["train"]), "infer_s": statistics.median(s["infer"]),
-            "saved_mb": saved / 2**20, "peak_mb": s.get("peak_mb"),
-        })  # fmt: skip
+        rows.append(
+            {
+                "variant": s["name"],
+                "params": params,
+                "gmac": round(gmac, 3),
+                "train_s": statistics.median(s["train"]),
+                "infer_s": statistics.median(s["infer"]),
+                "saved_mb": saved / 2**20,
+                "peak_mb": s.get("peak_mb"),
+            }
+        )
     base = next((r for r in rows if r["variant"] == "none"), rows[0])
     for r in rows:
         r["train_ratio"] = r["train_s"] / base["train_s"]
@@ -227,13 +242,19 @@ def projection_agreement(
                 q_exact, q_proj = exact(), projected()
                 t_exact = statistics.median(_timed(exact, x.device) for _ in range(repeats))
                 t_proj = statistics.median(_timed(projected, x.device) for _ in range(repeats))
-                rows.append({
-                    "image": index, "gate": name, "channels": x.shape[1], "map": f"{x.shape[2]}x{x.shape[3]}",
-                    "projected": x.shape[2] * x.shape[3] > projection_dim,
-                    "rho_q": _spearman(q_exact[0], q_proj[0]),
-                    "rho_p": _spearman(gate.excite(q_exact)[0], gate.excite(q_proj)[0]),
-                    "exact_s": t_exact, "projected_s": t_proj,
-                })  # fmt: skip
+                rows.append(
+                    {
+                        "image": index,
+                        "gate": name,
+                        "channels": x.shape[1],
+                        "map": f"{x.shape[2]}x{x.shape[3]}",
+                        "projected": x.shape[2] * x.shape[3] > projection_dim,
+                        "rho_q": _spearman(q_exact[0], q_proj[0]),
+                        "rho_p": _spearman(gate.excite(q_exact)[0], gate.excite(q_proj)[0]),
+                        "exact_s": t_exact,
+                        "projected_s": t_proj,
+                    }
+                )
     finally:
         for h in handles:
             h.remove()
@@ -301,9 +322,19 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     options = dict(csa_modes=modes, csa_grad=args.csa_grad, csa_projected=args.csa_projected)
     key = args.device + ("_bf16" if args.bf16 else "") + ("_channels_last" if args.channels_last else "")
     results = {
-        key: benchmark(args.depth, attentions, args.batch, args.size, args.repeats, device=args.device,
-                       bf16=args.bf16, channels_last=args.channels_last, extra_variants=extra, **options)
-    }  # fmt: skip
+        key: benchmark(
+            args.depth,
+            attentions,
+            args.batch,
+            args.size,
+            args.repeats,
+            device=args.device,
+            bf16=args.bf16,
+            channels_last=args.channels_last,
+            extra_variants=extra,
+            **options,
+        )
+    }
     if args.format == "json":
         print(json.dumps({"machine": machine, **results}, indent=2))
     else:

@@ -213,9 +213,13 @@ class ResNetSpec(ClassifierSpec):
 
     def build(self) -> "AttentionResNet":
         return AttentionResNet(
-            self.depth, self.attention, self.placement, self.attention_options, self.num_classes,
+            self.depth,
+            self.attention,
+            self.placement,
+            self.attention_options,
+            self.num_classes,
             zero_init_residual=self.zero_init_residual,
-        )  # fmt: skip
+        )
 
 
 def _default_placement(placement: Any) -> Any:

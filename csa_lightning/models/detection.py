@@ -123,9 +123,13 @@ class RCNNSpec(DetectorSpec):
     def build_backbone(self) -> BackboneWithFPN:
         """The attention ResNet-FPN, randomly initialised (weights are loaded by the task)."""
         backbone, _ = attention_resnet_fpn(
-            self.depth, self.attention, self.placement, self.attention_options,
-            trainable_layers=self.trainable_layers, frozen_bn=self.frozen_bn,
-        )  # fmt: skip
+            self.depth,
+            self.attention,
+            self.placement,
+            self.attention_options,
+            trainable_layers=self.trainable_layers,
+            frozen_bn=self.frozen_bn,
+        )
         return backbone
 
     def build(self) -> nn.Module:
@@ -139,13 +143,20 @@ class RCNNSpec(DetectorSpec):
         resolution = 7  # torchvision's MultiScaleRoIAlign output for boxes
         box_head = TwoMLPHead(backbone.out_channels * resolution**2, self.box_representation_size)
         kwargs = dict(
-            min_size=self.min_size, max_size=self.max_size, rpn_anchor_generator=anchors,
-            rpn_pre_nms_top_n_train=self.rpn_pre_nms_top_n_train, rpn_post_nms_top_n_train=self.rpn_post_nms_top_n_train,
-            rpn_pre_nms_top_n_test=self.rpn_pre_nms_top_n_test, rpn_post_nms_top_n_test=self.rpn_post_nms_top_n_test,
-            rpn_batch_size_per_image=self.rpn_batch_size_per_image, box_batch_size_per_image=self.box_batch_size_per_image,
-            box_detections_per_img=self.box_detections_per_img, box_score_thresh=self.box_score_thresh,
-            box_head=box_head, box_predictor=FastRCNNPredictor(self.box_representation_size, self.num_classes + 1),
-        )  # fmt: skip
+            min_size=self.min_size,
+            max_size=self.max_size,
+            rpn_anchor_generator=anchors,
+            rpn_pre_nms_top_n_train=self.rpn_pre_nms_top_n_train,
+            rpn_post_nms_top_n_train=self.rpn_post_nms_top_n_train,
+            rpn_pre_nms_top_n_test=self.rpn_pre_nms_top_n_test,
+            rpn_post_nms_top_n_test=self.rpn_post_nms_top_n_test,
+            rpn_batch_size_per_image=self.rpn_batch_size_per_image,
+            box_batch_size_per_image=self.box_batch_size_per_image,
+            box_detections_per_img=self.box_detections_per_img,
+            box_score_thresh=self.box_score_thresh,
+            box_head=box_head,
+            box_predictor=FastRCNNPredictor(self.box_representation_size, self.num_classes + 1),
+        )
         if self.architecture == "faster_rcnn":
             return FasterRCNN(backbone, num_classes=None, **kwargs)
         from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
