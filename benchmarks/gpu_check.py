@@ -13,7 +13,8 @@ Sections (``--only`` picks some; all by default), each a list of named checks:
   and gradients.
 - speed: ``csa_lightning.benchmark.benchmark`` (the same code as ``python -m
   csa_lightning.benchmark --device cuda --bf16 --channels-last``): ResNet-50 with none / SE / CBAM
-  / ECA / GCT / CSA (l2 and hybrid), batch 128 and 64, bf16 autocast, channels_last; training-step
+  / ECA / GCT / CSA (l2 and hybrid, and the authors' every-block pooled variant), batch 128 and 64,
+  bf16 autocast, channels_last; training-step
   and inference times (CUDA events, median after a warm-up round), ratios to plain ResNet-50 of
   the same run, peak memory and its ratio, beside the paper's Table 4.
 - train: ClassificationModule (CSA-ResNet-18) on the in-memory digits, bf16-mixed, one device,
@@ -64,9 +65,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from csa_lightning.attention import available_attentions, build_attention  # noqa: E402
-from csa_lightning.attention.csa import CONTIGUITY_MODES  # noqa: E402
+from csa_lightning.attention.csa import CONTIGUITY_MODES, DISTANCE_MODES  # noqa: E402
 
 SECTIONS = ("numerics", "speed", "train")
+#: the authors' detection backbone: CSA in every block, distances from pooled maps, contiguity "hybrid"
+AUTHORS_VARIANT = (
+    "csa authors (every block, pooled)",
+    "csa",
+    {"placement": "every_block", "contiguity": "hybrid", "distance": "pooled"},
+)
 #: the paper's Table 4 (their GPU, batch 128 at 224 px), seconds
 PAPER_TABLE4 = {"none": (0.134, 0.133), "se": (0.426, 0.290), "csa (l2)": (0.508, 0.281)}
 
@@ -159,13 +166,13 @@ def block_variants() -> List[tuple]:
             continue
         for contiguity in CONTIGUITY_MODES:
             for grad in (False, True):
-                for distance in ("exact", "projected"):
+                for distance in DISTANCE_MODES:
                     options = dict(contiguity=contiguity, contiguity_grad=grad, distance=distance)
                     if distance == "projected":
                         options["projection_dim"] = 16
-                    label = (
-                        f"csa {contiguity}{' grad' if grad else ''}{' projected' if distance == 'projected' else ''}"
-                    )
+                    if distance == "pooled":
+                        options["pool_size"] = 4  # 7 x 7 maps -> 4 x 4 (overlapping adaptive windows)
+                    label = f"csa {contiguity}{' grad' if grad else ''}{'' if distance == 'exact' else ' ' + distance}"
                     variants.append((label, name, options))
     return variants
 
@@ -309,7 +316,13 @@ def speed(report: Report, device: torch.device, quick: bool) -> None:
 
         def run(setting=setting) -> str:
             rows = benchmark(
-                attentions=attentions, csa_modes=modes, device=str(device), bf16=True, channels_last=True, **setting
+                attentions=attentions,
+                csa_modes=modes,
+                device=str(device),
+                bf16=True,
+                channels_last=True,
+                extra_variants=[AUTHORS_VARIANT],
+                **setting,
             )
             report.data["speed"].append({"setting": setting, "rows": rows})
             title = (
@@ -324,7 +337,6 @@ def speed(report: Report, device: torch.device, quick: bool) -> None:
             return f"CSA (l2) x{csa['train_ratio']:.2f} training, x{csa['infer_ratio']:.2f} inference of ResNet-{setting['depth']}"
 
         report.run("speed", f"benchmark batch {setting['batch']}", run)
-    report.tables.append("The authors' every-block pooled CSA variant is not built yet: no row for it.")
 
 
 def paper_comparison(rows: List[Dict[str, Any]]) -> str:

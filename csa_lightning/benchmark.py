@@ -38,7 +38,10 @@ def saved_tensor_bytes(model: nn.Module, x: torch.Tensor) -> int:
     def pack(t: torch.Tensor):
         storage = t.untyped_storage()
         storages[(storage.data_ptr(), t.device.index or 0)] = storage.nbytes()
-        return t
+        # not ``t`` itself: a saved output packed as itself holds its own grad_fn, a reference cycle
+        # through C++ that Python's gc cannot see, which kept every model's graph (and, on a GPU, one
+        # batch's activations per variant) alive after the benchmark returned
+        return t.detach()
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = model(x)

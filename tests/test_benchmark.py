@@ -81,3 +81,21 @@ def test_channels_last_and_bf16_options_run():
     rows = benchmark(depth=18, attentions=["none", "csa"], batch=2, size=32, repeats=1, bf16=True, channels_last=True)
     assert [r["variant"] for r in rows] == ["none", "csa (l2)"]
     assert rows[0]["peak_ratio"] is None  # peak memory is a CUDA figure
+
+
+def test_benchmark_leaves_no_tensor_alive():
+    """Found on an H100: the second benchmark of a run went out of memory because every model of the
+    first stayed alive (the saved-bytes probe packed saved outputs as themselves: a reference cycle
+    through C++). After the fix nothing the benchmark made outlives it."""
+    import gc
+
+    from csa_lightning.attention.csa import release_workspace
+
+    def live_elements():
+        release_workspace()  # CSA's per-thread CPU workspace is kept on purpose
+        gc.collect()
+        return sum(o.numel() for o in gc.get_objects() if isinstance(o, torch.Tensor) and o.numel() > 10_000)
+
+    before = live_elements()
+    benchmark(depth=18, attentions=["none", "csa"], batch=2, size=32, repeats=1)
+    assert live_elements() == before

@@ -41,7 +41,8 @@ def test_every_block_and_csa_mode_is_checked():
     gpu_check = load_gpu_check()
     labels = [label for label, _, _ in gpu_check.block_variants()]
     assert {"se", "cbam", "eca", "gct"} <= set(labels)
-    assert len([label for label in labels if label.startswith("csa")]) == 3 * 2 * 2  # modes x grad x distance
+    assert len([label for label in labels if label.startswith("csa")]) == 3 * 2 * 3  # modes x grad x distance
+    assert "csa hybrid pooled" in labels
 
 
 @pytest.mark.slow
