@@ -43,6 +43,8 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 
 log = logging.getLogger(__name__)
 
+from ..checks import require_non_negative, require_positive
+
 __all__ = ["COCODetection", "COCODataModule", "GroupedBatchSampler", "aspect_ratio_groups", "collate_detection"]
 
 
@@ -274,6 +276,8 @@ class COCODataModule(L.LightningDataModule):
         aspect_ratio_group_factor: int = 3,
     ) -> None:
         super().__init__()
+        require_positive("data.batch_size", batch_size, integer=True)
+        require_non_negative("data.num_workers", num_workers)
         self.save_hyperparameters()
         self.root = root
         self.train_images, self.val_images = train_images, val_images

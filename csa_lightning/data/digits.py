@@ -27,6 +27,8 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from .ffcv_imagenet import ImageNetFFCVDataModule
 
+from ..checks import require_non_negative, require_positive
+
 __all__ = ["DigitsDataModule", "DigitsMemoryDataModule", "write_digits_image_folder", "digits_split", "DIGITS_MEAN", "DIGITS_STD"]
 
 #: mean and std of the upscaled digit images (0..1 units), measured on the training split
@@ -157,6 +159,8 @@ class DigitsMemoryDataModule(L.LightningDataModule):
         std: Tuple[float, float, float] = DIGITS_STD,
     ) -> None:
         super().__init__()
+        require_positive("data.batch_size", batch_size, integer=True)
+        require_positive("data.resolution", resolution, integer=True)
         self.save_hyperparameters()
         self.batch_size = batch_size
         self.resolution = resolution

@@ -33,6 +33,8 @@ import lightning as L
 import numpy as np
 import torch
 
+from ..checks import require_non_negative, require_positive
+
 __all__ = ["ImageNetFFCVDataModule", "import_ffcv", "beton_num_samples_and_classes", "IMAGENET_MEAN", "IMAGENET_STD"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -165,6 +167,9 @@ class ImageNetFFCVDataModule(L.LightningDataModule):
         std: Tuple[float, float, float] = IMAGENET_STD,
     ) -> None:
         super().__init__()
+        require_positive("data.batch_size", batch_size, integer=True)
+        require_non_negative("data.num_workers", num_workers)
+        require_positive("data.resolution", resolution, integer=True)
         self.save_hyperparameters()
         self.train_path = train_path
         self.val_path = val_path

@@ -17,6 +17,8 @@ from torch.utils.data import DataLoader
 
 from .ffcv_imagenet import IMAGENET_MEAN, IMAGENET_STD
 
+from ..checks import require_non_negative, require_positive
+
 __all__ = ["ImageFolderDataModule"]
 
 
@@ -48,6 +50,9 @@ class ImageFolderDataModule(L.LightningDataModule):
         std: Tuple[float, float, float] = IMAGENET_STD,
     ) -> None:
         super().__init__()
+        require_positive("data.batch_size", batch_size, integer=True)
+        require_non_negative("data.num_workers", num_workers)
+        require_positive("data.resolution", resolution, integer=True)
         self.save_hyperparameters()
         self.train_path, self.val_path = train_path, val_path
         self.test_path, self.predict_path = test_path, predict_path

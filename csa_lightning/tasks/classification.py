@@ -19,8 +19,9 @@ from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from ..checks import require
 from ..models import ClassifierSpec, ResNetSpec, network_spec
-from .recipe import LinearScaledRecipe
+from .recipe import LinearScaledRecipe, check_sgd_recipe
 
 __all__ = ["ClassificationModule", "parameter_groups"]
 
@@ -84,6 +85,8 @@ class ClassificationModule(LinearScaledRecipe, L.LightningModule):
         backbone_weights: Optional[str] = None,
     ) -> None:
         super().__init__()
+        check_sgd_recipe(lr, lr_reference_batch, momentum, weight_decay, milestones, gamma)
+        require(0 <= label_smoothing < 1, "model.label_smoothing", label_smoothing, "in [0, 1)")
         self.net_spec = network_spec(net if net is not None else ResNetSpec(), ClassifierSpec)
         self.save_hyperparameters(ignore=["net"])
         self.hparams["net"] = self.net_spec.config()  # plain values: load_from_checkpoint rebuilds the network

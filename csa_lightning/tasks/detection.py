@@ -23,10 +23,11 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
+from ..checks import require, require_non_negative
 from ..models import DetectorSpec, RCNNSpec, network_spec
 from ..models.attention_resnet import BackboneLoadReport, load_backbone_weights
 from .checkpoints import resolve_checkpoint
-from .recipe import LinearScaledRecipe
+from .recipe import LinearScaledRecipe, check_sgd_recipe
 
 __all__ = ["DetectionModule", "detection_metric", "gather_list_states", "METRIC_NAMES"]
 
@@ -113,6 +114,9 @@ class DetectionModule(LinearScaledRecipe, L.LightningModule):
         warmup_factor: float = 0.001,
     ) -> None:
         super().__init__()
+        check_sgd_recipe(lr, lr_reference_batch, momentum, weight_decay, milestones, gamma)
+        require_non_negative("model.warmup_iters", warmup_iters)
+        require(0 < warmup_factor <= 1, "model.warmup_factor", warmup_factor, "in (0, 1]")
         self.net_spec = network_spec(net if net is not None else RCNNSpec(), DetectorSpec)
         self.save_hyperparameters(ignore=["net"])
         self.hparams["net"] = self.net_spec.config()  # plain values: load_from_checkpoint rebuilds the network
@@ -140,6 +144,7 @@ class DetectionModule(LinearScaledRecipe, L.LightningModule):
         return self.backbone_report
 
     def on_fit_start(self) -> None:
+        super().on_fit_start()
         # after a resume the checkpoint holds the weights: start from backbone_weights only on a
         # fresh run (Lightning restores checkpoints after setup, so this is the first hook that knows)
         if self.trainer.ckpt_path is None and self.hparams.backbone_weights:

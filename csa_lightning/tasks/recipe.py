@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import os
 import time
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import lightning as L
+from lightning.pytorch.utilities import rank_zero_warn
 
-__all__ = ["LinearScaledRecipe"]
+from ..checks import oversubscription_warning, require, require_non_negative, require_positive
+
+__all__ = ["LinearScaledRecipe", "check_sgd_recipe"]
+
+
+def check_sgd_recipe(
+    lr: float, lr_reference_batch: int, momentum: float, weight_decay: float, milestones: Sequence[int], gamma: float
+) -> None:
+    """One-line errors for impossible recipe values, when the module is built (not epochs later)."""
+    require_positive("model.lr", lr)
+    require_positive("model.lr_reference_batch", lr_reference_batch, integer=True)
+    require(isinstance(momentum, (int, float)) and 0 <= momentum < 1, "model.momentum", momentum, "in [0, 1)")
+    require_non_negative("model.weight_decay", weight_decay)
+    require_non_negative("model.milestones", list(milestones))
+    require_positive("model.gamma", gamma)
 
 
 class LinearScaledRecipe:
@@ -42,6 +58,14 @@ class LinearScaledRecipe:
     def images_in(batch: Any) -> int:
         """Images in a batch: (images, labels) tensors or (list of images, list of targets)."""
         return len(batch[0])
+
+    def on_fit_start(self) -> None:
+        trainer = self.trainer
+        on_cpu = type(trainer.accelerator).__name__ == "CPUAccelerator"
+        message = oversubscription_warning(trainer.world_size, os.cpu_count(), on_cpu, self.global_batch_size())
+        if message:
+            rank_zero_warn(message)
+        super().on_fit_start()
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         # images/s of the optimisation step (forward, backward, update); data loading is not included

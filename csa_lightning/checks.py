@@ -1,0 +1,43 @@
+"""Up-front checks of numeric options: one line naming the option and the rule, before any work.
+
+A batch size of 0 used to fail after 24 s of loader start-up with ``empty range for randrange()``,
+a negative lr inside the optimiser's constructor; both now fail when the module is built. Imports
+nothing from the package, so every layer can use it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Optional
+
+__all__ = ["require", "require_positive", "require_non_negative", "oversubscription_warning"]
+
+
+def require(condition: bool, option: str, value: Any, rule: str) -> None:
+    """Raise ``ValueError("<option> must be <rule>, got <value>")`` unless ``condition``."""
+    if not condition:
+        raise ValueError(f"{option} must be {rule}, got {value!r}")
+
+
+def require_positive(option: str, value: Any, integer: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+    if integer:
+        ok = ok and float(value).is_integer()
+    require(ok, option, value, "a positive integer" if integer else "positive")
+
+
+def require_non_negative(option: str, values: Iterable[Any] | Any) -> None:
+    items = list(values) if isinstance(values, (list, tuple)) else [values]
+    require(all(isinstance(v, (int, float)) and v >= 0 for v in items), option, values, ">= 0")
+
+
+def oversubscription_warning(
+    world_size: int, cpus: Optional[int], on_cpu: bool, global_batch: Optional[int]
+) -> Optional[str]:
+    """The warning for more CPU processes than cores (each gets a slice; the lr still scales up)."""
+    if not on_cpu or not cpus or world_size <= cpus:
+        return None
+    batch = f" to a global batch of {global_batch}" if global_batch else ""
+    return (
+        f"{world_size} CPU processes on {cpus} cores: they share the cores (no faster than {cpus}), and the lr is "
+        f"scaled{batch} as for {world_size} devices; use --trainer.devices {cpus} or fewer"
+    )

@@ -1,0 +1,58 @@
+"""Bad numbers are refused up front, in one line naming the option (issue: nothing silently wrong).
+
+Before: ``--data.batch_size 0`` ran for 24 s and ended in ``empty range for randrange()``;
+``--model.lr -1`` in ``Invalid learning rate: -0.0015625``; 3 CPU processes on 2 cores tripled the
+lr without a word.
+"""
+
+import pytest
+
+from csa_lightning.checks import oversubscription_warning
+from csa_lightning.cli import main
+
+from .conftest import DEMO_CONFIG
+
+MEMORY = ["--data", "csa_lightning.data.DigitsMemoryDataModule", "--data.resolution", "16"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--data.batch_size", "0"], "data.batch_size must be a positive integer, got 0"),
+        (["--data.batch_size", "-3"], "data.batch_size must be a positive integer, got -3"),
+        (["--data.resolution", "0"], "data.resolution must be a positive integer, got 0"),
+        (["--model.lr", "-1"], "model.lr must be positive, got -1.0"),
+        (["--model.lr", "0"], "model.lr must be positive, got 0.0"),
+        (["--model.lr_reference_batch", "0"], "model.lr_reference_batch must be a positive integer, got 0"),
+        (["--model.momentum", "1.5"], "model.momentum must be in [0, 1), got 1.5"),
+        (["--model.weight_decay=-1e-4"], "model.weight_decay must be >= 0, got -0.0001"),
+        (["--model.milestones", "[4, -1]"], "model.milestones must be >= 0, got [4, -1]"),
+        (["--model.label_smoothing", "1.0"], "model.label_smoothing must be in [0, 1), got 1.0"),
+    ],
+)
+def test_bad_numbers_are_one_line_errors_before_any_work(args, message, in_tmp_cwd, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(DEMO_CONFIG), *MEMORY, *args])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"error: {message}"
+    assert not (in_tmp_cwd / "runs").exists()  # refused before a run folder or a loader existed
+
+
+def test_detection_recipe_values_are_checked_too():
+    from csa_lightning.models import RCNNSpec
+    from csa_lightning.tasks import DetectionModule
+
+    net = RCNNSpec(depth=18, num_classes=2, min_size=32, max_size=32)
+    with pytest.raises(ValueError, match=r"^model.warmup_factor must be in \(0, 1\], got 0$"):
+        DetectionModule(net, warmup_factor=0)
+    with pytest.raises(ValueError, match="^model.lr must be positive"):
+        DetectionModule(net, lr=-0.02)
+
+
+def test_more_cpu_processes_than_cores_is_a_warning():
+    message = oversubscription_warning(world_size=3, cpus=2, on_cpu=True, global_batch=192)
+    assert message.startswith("3 CPU processes on 2 cores") and "global batch of 192" in message
+    assert "--trainer.devices 2" in message
+    assert oversubscription_warning(2, 2, True, 128) is None
+    assert oversubscription_warning(8, 2, False, 1024) is None  # GPUs: not about cores
