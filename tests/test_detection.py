@@ -418,3 +418,23 @@ def test_authors_backbone_configs(arch, in_tmp_cwd):
     assert len(gates) == 16 and all(isinstance(g, CSA) for g in gates)
     assert {(g.contiguity, g.distance) for g in gates} == {("hybrid", "pooled")}
     assert cli.trainer.default_root_dir == f"runs/coco/{arch}_csa_r50_authors"
+
+
+@pytest.mark.slow
+def test_predict_writes_coco_results(in_tmp_cwd, capsys):
+    """cli.py predict on a detector writes predictions.json in COCO's results format, whose ids and
+    categories pycocotools' loadRes accepts against the validation annotations."""
+    from pycocotools.coco import COCO
+
+    cli = _fit(DEMO_DETECTION["faster_rcnn"], "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1")
+    ckpt = cli.trainer.checkpoint_callback.last_model_path
+    predicted = main(["predict", "--config", str(DEMO_DETECTION["faster_rcnn"]), *TINY_DATA,
+                      "--model.init_args.backbone_weights", "null", "--ckpt_path", ckpt])  # fmt: skip
+    path = next(c for c in predicted.trainer.callbacks if type(c).__name__ == "PredictionWriter").path
+    assert path.name == "predictions.json" and f"predictions: {path}" in capsys.readouterr().out
+    results = json.loads(path.read_text())
+    gt = COCO(str(predicted.datamodule.val_set.annotation_file))
+    for r in results:
+        assert r["image_id"] in gt.imgs and r["category_id"] in gt.cats and len(r["bbox"]) == 4
+    if results:
+        gt.loadRes(results)

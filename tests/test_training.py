@@ -142,6 +142,14 @@ def test_validate_test_and_predict_from_a_checkpoint(in_tmp_cwd):
     accuracy = sum(int((b["prediction"] == b["label"]).sum()) for b in batches) / 360
     assert accuracy == pytest.approx(val_top1, abs=1e-6)
     assert all(((b["confidence"] > 0) & (b["confidence"] <= 1)).all() for b in batches)
+    # predict writes what it predicted (it used to write nothing but an empty version folder)
+    import csv
+
+    written = next(c for c in predicted.trainer.callbacks if type(c).__name__ == "PredictionWriter").path
+    rows = list(csv.DictReader(open(written)))
+    assert len(rows) == 360 and list(rows[0])[:5] == ["index", "path", "label", "class_1", "prob_1"]
+    assert sum(r["class_1"] == r["label"] for r in rows) / 360 == pytest.approx(val_top1, abs=1e-6)
+    assert all(float(r["prob_1"]) >= float(r["prob_2"]) for r in rows)
 
 
 def test_load_from_checkpoint_rebuilds_the_network_without_the_config(tmp_path):

@@ -353,3 +353,7 @@ class COCODataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()
+
+    def predict_dataloader(self) -> DataLoader:
+        """The validation images (with their ids, so predictions come out in COCO's results format)."""
+        return self.val_dataloader()

@@ -164,10 +164,17 @@ class ClassificationModule(LinearScaledRecipe, L.LightningModule):
         self._shared_step(batch, self.test_metrics, "test")
 
     def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> Dict[str, Tensor]:
+        """Top-k classes and probabilities (k = min(5, classes)); the label too where the data has one.
+        ``PredictionWriter`` (in the callbacks config) writes them to predictions.csv."""
         images = batch[0] if isinstance(batch, (tuple, list)) else batch
         probs = self(images).float().softmax(dim=1)
-        confidence, prediction = probs.max(dim=1)
-        out = {"prediction": prediction, "confidence": confidence}
+        top_probs, top_classes = probs.topk(min(5, probs.shape[1]), dim=1)
+        out = {
+            "prediction": top_classes[:, 0],
+            "confidence": top_probs[:, 0],
+            "top_classes": top_classes,
+            "top_probs": top_probs,
+        }
         if isinstance(batch, (tuple, list)) and len(batch) > 1:
             out["label"] = batch[1]
         return out

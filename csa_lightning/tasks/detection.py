@@ -205,8 +205,16 @@ class DetectionModule(LinearScaledRecipe, L.LightningModule):
         self._evaluate(batch, self.test_metric)
 
     def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> List[Dict[str, Tensor]]:
-        images = batch[0] if isinstance(batch, (tuple, list)) and isinstance(batch[0], (list, tuple)) else batch
-        return self.model(list(images))
+        """torchvision's detections per image (boxes in the image's own pixels), with the image's
+        id where the data has one; ``PredictionWriter`` writes them in COCO's results format."""
+        has_targets = isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[0], (list, tuple))
+        images = batch[0] if has_targets else batch
+        detections = self.model(list(images))
+        if has_targets:
+            for detection, target in zip(detections, batch[1]):
+                if "image_id" in target:
+                    detection["image_id"] = int(target["image_id"])
+        return detections
 
     def _log_metric(self, metric, stage: str) -> None:
         gather_list_states(metric)
