@@ -75,6 +75,14 @@ class CSALightningCLI(LightningCLI):
                     f"cannot read checkpoint {ckpt_path} ({first}); resume from another one, e.g. --ckpt_path last"
                 ) from None
 
+    def instantiate_trainer(self, **kwargs):
+        # no logger chosen in the config: CSV and TensorBoard (Lightning's default is one of the two)
+        config = self.config_init.get(self.subcommand, self.config_init) if self.subcommand else self.config_init
+        trainer = config.get("trainer") or {}
+        if "logger" not in kwargs and trainer.get("logger") in (None, True):
+            kwargs["logger"] = default_loggers(trainer.get("default_root_dir") or os.getcwd())
+        return super().instantiate_trainer(**kwargs)
+
     def _run_subcommand(self, subcommand: str) -> None:
         # no public hook wraps the subcommand's run (before_/after_<subcommand> do not see failures),
         # so removing the run folder of a run that failed needs this override
@@ -87,6 +95,19 @@ class CSALightningCLI(LightningCLI):
             if created is not None and created.is_dir() and not any(created.rglob("*.ckpt")):
                 shutil.rmtree(created, ignore_errors=True)
             raise
+
+
+def default_loggers(root: str) -> list:
+    """CSV metrics and TensorBoard curves in the same version folder of ``root``/lightning_logs.
+
+    ``tensorboard --logdir runs`` then shows every run; metrics.csv stays where the tools read it
+    (the first logger names the trainer's log_dir). The version is the CSV logger's, given to
+    TensorBoard, so the two never pick different folders.
+    """
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    csv = CSVLogger(save_dir=root, name="lightning_logs")
+    return [csv, TensorBoardLogger(save_dir=root, name="lightning_logs", version=csv.version, default_hp_metric=False)]
 
 
 def find_last_checkpoint(config) -> Path:

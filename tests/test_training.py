@@ -81,6 +81,10 @@ def test_logs_top1_top5_errors_throughput_and_run_info(in_tmp_cwd):
     assert "lr" not in metrics
     csv = (Path(cli.trainer.log_dir) / "metrics.csv").read_text().splitlines()[0].split(",")
     assert any(c.startswith("lr-SGD") for c in csv) and "lr" not in csv
+    # TensorBoard curves beside the CSV, in the same version folder (tensorboard --logdir runs)
+    events = list(Path(cli.trainer.log_dir).glob("events.out.tfevents.*"))
+    assert len(events) == 1 and events[0].stat().st_size > 0
+    assert [type(lg).__name__ for lg in cli.trainer.loggers] == ["CSVLogger", "TensorBoardLogger"]
     assert float(metrics["val/top1_err"]) == pytest.approx(100 * (1 - float(metrics["val/top1"])), abs=1e-4)
     log_dir = Path(cli.trainer.log_dir)
     info = json.loads((log_dir / "run_info.json").read_text())
