@@ -154,6 +154,8 @@ def _run_variant(
 ) -> subprocess.Popen:
     run_dir = out / "runs" / variant.name
     run_dir.mkdir(parents=True, exist_ok=True)
+    # what this folder's checkpoints were trained with: a later runner resumes them only if it matches
+    (run_dir / "config_hash").write_text(_variant_hash(variant, base_config, extra))
     args = variant.cli_args(_option_keys(variant.attention))
     cmd = [
         sys.executable,
@@ -194,7 +196,7 @@ def _record_for(variant: Variant, base_config: str, extra: Sequence[str], out: P
     return {
         "variant": variant.name,
         "group": variant.group,
-        "config_hash": config_hash(base_config, variant.cli_args(_option_keys(variant.attention)), extra),
+        "config_hash": _variant_hash(variant, base_config, extra),
         "attention": variant.attention,
         "sweep": variant.sweep,
         "seed": variant.seed,
@@ -312,6 +314,9 @@ def _parse(argv: Optional[Sequence[str]]) -> Tuple[argparse.Namespace, List[str]
     parser.add_argument("--out", required=True, help="folder for runs, results.json and the report")
     parser.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2", help="an extra axis (repeatable)")
     parser.add_argument("--parallel", type=int, default=1, help="runs at once (one GPU each when there are GPUs)")
+    parser.add_argument(
+        "--rerun", action="store_true", help="train again the variants whose config or overrides changed since they ran"
+    )
     args, extra = parser.parse_known_args(argv)
     if not Path(args.config).is_file():
         parser.error(f"base config not found: {args.config}")
@@ -340,6 +345,88 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     variants = plan_variants(attentions, seeds, sweeps)
+    with _runner_lock(out):
+        return _run_plan(args, extra, out, variants)
+
+
+def _variant_hash(variant: Variant, base_config: str, extra: Sequence[str]) -> str:
+    return config_hash(base_config, variant.cli_args(_option_keys(variant.attention)), extra)
+
+
+def _stale(out: Path, variants: Sequence[Variant], base_config: str, extra: Sequence[str]) -> List[str]:
+    """Variants whose finished result or started run folder came from another config or overrides."""
+    recorded = {r["variant"]: r.get("config_hash") for r in load_results(out)}
+    stale = []
+    for v in variants:
+        current = _variant_hash(v, base_config, extra)
+        started = out / "runs" / v.name / "config_hash"
+        if (v.name in recorded and recorded[v.name] != current) or (
+            started.exists() and started.read_text().strip() != current
+        ):
+            stale.append(v.name)
+    return stale
+
+
+def _forget(out: Path, names: Sequence[str]) -> None:
+    """Drop the results and run folders (their checkpoints would be resumed) of ``names``."""
+    import shutil
+
+    keep = [r for r in load_results(out) if r["variant"] not in set(names)]
+    tmp = out / f".{RESULT_FILE}.tmp"
+    tmp.write_text(json.dumps(keep, indent=2))
+    os.replace(tmp, out / RESULT_FILE)
+    for name in names:
+        shutil.rmtree(out / "runs" / name, ignore_errors=True)
+
+
+class _runner_lock:
+    """One runner per --out: a second one would train every variant again into the same folders."""
+
+    def __init__(self, out: Path) -> None:
+        self.path = out / ".ablate.lock"
+
+    def __enter__(self) -> "_runner_lock":
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                holder = self.path.read_text().strip() if self.path.exists() else ""
+                if holder.isdigit() and _alive(int(holder)):
+                    sys.exit(
+                        f"error: another ablation runner (pid {holder}) is using {self.path.parent}; "
+                        f"wait for it to finish or choose another --out"
+                    )
+                self.path.unlink(missing_ok=True)  # its runner is gone: a stale lock
+                continue
+            with os.fdopen(fd, "w") as handle:
+                handle.write(str(os.getpid()))
+            return self
+        sys.exit(f"error: cannot take the lock {self.path}; remove it if no runner is using {self.path.parent}")
+
+    def __exit__(self, *exc) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _run_plan(args, extra: List[str], out: Path, variants: List[Variant]) -> List[Dict[str, Any]]:
+    stale = _stale(out, variants, args.config, extra)
+    if stale and not args.rerun:
+        sys.exit(
+            f"error: {len(stale)} variant(s) in {out} ran with another config or overrides ({', '.join(stale[:3])}"
+            f"{', ...' if len(stale) > 3 else ''}); pass --rerun to train them again, or choose another --out"
+        )
+    if stale:
+        print(f"ablation: --rerun: forgetting {len(stale)} variant(s) that ran with another config", flush=True)
+        _forget(out, stale)
     done = {r["variant"] for r in load_results(out)}
     todo = [v for v in variants if v.name not in done]
     print(

@@ -132,3 +132,47 @@ def test_parallel_runs_and_a_sweep_reach_only_the_blocks_that_take_it(tmp_path):
     assert "contiguity: cosine" in config
     rows = {r["variant"] for r in summarise(list(records.values()))}
     assert rows == {"se", "csa contiguity=l2", "csa contiguity=cosine"}
+
+
+def _tiny_ablation(out, *extra):
+    return [
+        "--config", str(DEMO_CONFIG), "--attentions", "none", "--seeds", "0", "--out", str(out),
+        "--data", "csa_lightning.data.DigitsMemoryDataModule", "--data.resolution", "16", "--data.batch_size", "32",
+        "--data.limit_train_samples", "64", "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false",
+        *extra,
+    ]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_changed_overrides_never_reuse_stale_results(tmp_path, monkeypatch, capsys):
+    """Before: re-running the same --out with --trainer.max_epochs 2 after 1-epoch runs reported
+    the 1-epoch results. Now a changed config or override is refused in one line, and --rerun
+    trains again from scratch (not from the old run's checkpoint)."""
+    from csa_lightning.ablate import main
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "ablation"
+    first = main(_tiny_ablation(out, "--trainer.max_epochs", "1"))
+    assert first and json.loads((out / "results.json").read_text())[0]["epochs"] == 1
+    with pytest.raises(SystemExit) as exit_info:
+        main(_tiny_ablation(out, "--trainer.max_epochs", "2"))
+    assert "1 variant(s)" in str(exit_info.value) and "pass --rerun" in str(exit_info.value)
+    assert "\n" not in str(exit_info.value)
+    main(_tiny_ablation(out, "--trainer.max_epochs", "2", "--rerun"))
+    records = json.loads((out / "results.json").read_text())
+    assert len(records) == 1 and records[0]["epochs"] == 2
+    # the same command again: nothing to do
+    main(_tiny_ablation(out, "--trainer.max_epochs", "2"))
+    assert "1 already finished, 0 to run" in capsys.readouterr().out
+
+
+def test_a_second_runner_on_the_same_out_is_refused(tmp_path):
+    from csa_lightning.ablate import main
+
+    out = tmp_path / "ablation"
+    out.mkdir()
+    (out / ".ablate.lock").write_text(str(os.getpid()))  # a live runner holds it
+    with pytest.raises(SystemExit) as exit_info:
+        main(_tiny_ablation(out))
+    assert str(exit_info.value).startswith(f"error: another ablation runner (pid {os.getpid()}) is using {out}")
+    assert not (out / "runs").exists()

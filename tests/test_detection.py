@@ -327,7 +327,7 @@ def test_ddp_two_cpu_processes_shard_coco_batches_without_repeats(tmp_path):
         "--model.init_args.backbone_weights", "null",
         "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.max_epochs", "1",
         "--trainer.num_sanity_val_steps", "0", "--trainer.enable_progress_bar", "false",
-        "--trainer.default_root_dir", str(tmp_path / "runs"), "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
+        "--trainer.default_root_dir", str(tmp_path / "runs"),
         "--trainer.callbacks+=ddp_probe.RecordDetectionShards",
     ]  # fmt: skip
     out = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=400)

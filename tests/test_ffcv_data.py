@@ -137,7 +137,6 @@ def test_ddp_two_cpu_processes_shard_data_and_sync_metrics(tmp_path, digits_beto
         "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.max_epochs", "1",
         "--trainer.limit_train_batches", "3", "--trainer.num_sanity_val_steps", "0", "--trainer.enable_progress_bar", "false",
         "--trainer.default_root_dir", str(tmp_path / "runs"),
-        "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
         "--trainer.callbacks+=ddp_probe.RecordRankMetrics",
     ]  # fmt: skip
     out = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=400)
