@@ -111,21 +111,76 @@ def default_loggers(root: str) -> list:
 
 
 def find_last_checkpoint(config) -> Path:
-    """The newest ``last*.ckpt`` of earlier runs of this config (under its default_root_dir).
+    """The newest ``last*.ckpt`` of an earlier run of this config (under its default_root_dir).
 
-    Lightning's own "last" looks only in the new run's checkpoint folder, which a versioned logger
-    makes fresh on every start; a resumed run logs into a new version folder, so nothing of the
-    interrupted run's logs is overwritten.
+    "This config's run" means a run whose saved config.yaml (beside its checkpoints folder) has the
+    same model and data sections as the command's: a fast_dev_run (which saves no config) or a run
+    of another model or data set under the same root is never resumed. When only such runs exist,
+    a one-line error names the newest one and what differs. Lightning's own "last" looks only in
+    the new run's checkpoint folder, which a versioned logger makes fresh on every start; a resumed
+    run logs into a new version folder, so nothing of the interrupted run's logs is overwritten.
     """
-    from .tasks.checkpoints import newest_checkpoint
+    import yaml
 
     root = Path(config.trainer.get("default_root_dir") or "lightning_logs")
-    found = newest_checkpoint(str(root), last_only=True)
-    if found is None:
+    found = sorted(root.rglob("last*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True) if root.is_dir() else []
+    if not found:
         raise FileNotFoundError(
             f"--ckpt_path last: no last.ckpt under {root}; train first, or pass the checkpoint's path"
         )
-    return found
+    current = _comparable({"model": config.get("model"), "data": config.get("data")})
+    other = None
+    for ckpt in found:
+        saved_config = ckpt.parent.parent / "config.yaml"
+        if not saved_config.is_file():
+            continue  # a fast_dev_run (Lightning saves no config for it) or a file from elsewhere
+        saved = yaml.safe_load(saved_config.read_text()) or {}
+        difference = _first_difference(_comparable({"model": saved.get("model"), "data": saved.get("data")}), current)
+        if difference is None:
+            return ckpt
+        other = other or (ckpt, difference)
+    if other is not None:
+        ckpt, (key, then, now) = other
+        raise ValueError(
+            f"--ckpt_path last: the newest run under {root} ({ckpt}) has another {key} ({then!r} there, {now!r} now); "
+            f"resume it with its own config and --ckpt_path {ckpt}, or set another trainer.default_root_dir"
+        )
+    raise FileNotFoundError(
+        f"--ckpt_path last: no run of this config under {root} (only fast_dev_run checkpoints); train first, "
+        "or pass the checkpoint's path"
+    )
+
+
+def _comparable(value):
+    """Plain, YAML-shaped values (Namespaces, tuples and paths made dicts, lists and strings)."""
+    import yaml
+
+    if hasattr(value, "as_dict"):
+        value = value.as_dict()
+    return yaml.safe_load(yaml.safe_dump(_plain_config(value)))
+
+
+def _plain_config(value):
+    if hasattr(value, "as_dict"):  # a jsonargparse Namespace
+        value = value.as_dict()
+    if isinstance(value, dict):
+        return {k: _plain_config(v) for k, v in value.items() if not str(k).startswith("__")}
+    if isinstance(value, (list, tuple)):
+        return [_plain_config(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def _first_difference(then, now, key: str = ""):
+    """(dotted key, value then, value now) of the first difference, or None."""
+    if isinstance(then, dict) and isinstance(now, dict):
+        for k in sorted(set(then) | set(now)):
+            found = _first_difference(then.get(k), now.get(k), f"{key}.{k}" if key else str(k))
+            if found:
+                return found
+        return None
+    return None if then == now else (key.replace(".init_args", ""), then, now)
 
 
 def _first_missing_ancestor(path: Path) -> Optional[Path]:

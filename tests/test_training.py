@@ -163,7 +163,7 @@ def test_load_from_checkpoint_rebuilds_the_network_without_the_config(tmp_path):
 
     path = make_classification_checkpoint(tmp_path / "python.ckpt", "se", depth=34, steps=1)
     hparams = torch.load(path, map_location="cpu", weights_only=True)["hyper_parameters"]
-    assert hparams["net"] == {"class_path": "csa_lightning.models.attention_resnet.ResNetSpec",
+    assert hparams["net"] == {"class_path": "csa_lightning.models.ResNetSpec",
                               "init_args": {"depth": 34, "attention": "se", "placement": None, "attention_options": None,
                                             "num_classes": 10, "zero_init_residual": False}}  # fmt: skip
     module = ClassificationModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
@@ -181,3 +181,51 @@ def test_a_checkpoint_names_no_arbitrary_class(tmp_path):
             {"class_path": "collections.OrderedDict", "init_args": {}},
             base=__import__("csa_lightning.models", fromlist=["ClassifierSpec"]).ClassifierSpec,
         )
+
+
+def test_last_resumes_this_configs_run_never_a_fast_dev_run_or_another_model(tmp_path, monkeypatch, capsys):
+    """Before: --ckpt_path last took the newest last*.ckpt under the root: a fast_dev_run's 1-step
+    model, or an SE run when the config is CSA's. Now only a run of the same model and data config."""
+    monkeypatch.chdir(tmp_path)
+    csa = _fit(["--trainer.max_epochs", "1"], tmp_path)
+    ckpt = Path(csa.trainer.log_dir) / "checkpoints" / "last.ckpt"
+    # a fast_dev_run under the same root writes a newer last.ckpt (Lightning 2.6.6) but saves no config
+    _fit(["--trainer.fast_dev_run", "1"], tmp_path)
+    resumed = _fit(["--trainer.max_epochs", "2", "--ckpt_path", "last"], tmp_path)
+    assert resumed.trainer.ckpt_path == str(ckpt)
+    assert resumed.trainer.current_epoch == 2 and resumed.trainer.global_step == 2 * 128 // 32
+    # an SE run, newest under the root: the CSA command still resumes the CSA run
+    _fit(["--trainer.max_epochs", "1", "--model.net.attention", "se"], tmp_path)
+    again = _fit(["--trainer.max_epochs", "3", "--ckpt_path", "last"], tmp_path)
+    assert "version_1" in again.trainer.ckpt_path and again.model.net_spec.attention == "csa"  # the resumed CSA run
+    # a root holding only an SE run: the CSA command refuses, in one line naming both
+    _fit(
+        ["--trainer.max_epochs", "1", "--model.net.attention", "se", "--trainer.default_root_dir", "runs/se_only"],
+        tmp_path,
+    )
+    with pytest.raises(SystemExit):
+        _fit(
+            ["--trainer.max_epochs", "3", "--ckpt_path", "last", "--trainer.default_root_dir", "runs/se_only"], tmp_path
+        )
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: --ckpt_path last: the newest run under runs/se_only (")
+    assert "has another model.net.attention ('se' there, 'csa' now)" in err
+
+
+def test_a_run_folder_means_its_configured_runs_not_a_fast_dev_run(tmp_path):
+    """Detection's backbone from a run folder loaded a fast_dev_run's checkpoint (the newest file)."""
+    import os
+
+    from csa_lightning.tasks.checkpoints import resolve_checkpoint
+
+    real = tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    real.parent.mkdir(parents=True)
+    real.write_bytes(b"x")
+    (real.parent.parent / "config.yaml").write_text("model: {}\n")
+    dev = tmp_path / "checkpoints" / "last.ckpt"  # where a fast_dev_run leaves it, no config beside
+    dev.parent.mkdir()
+    dev.write_bytes(b"x")
+    os.utime(real, (1e9, 1e9))  # the real run is older
+    assert resolve_checkpoint(str(tmp_path)) == str(real)
+    real.unlink()
+    assert resolve_checkpoint(str(tmp_path)) == str(dev)  # nothing else there: taken

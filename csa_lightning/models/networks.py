@@ -46,7 +46,7 @@ class NetworkSpec:
         if missing:
             raise TypeError(f"{type(self).__name__} must store its arguments as attributes; missing {missing}")
         return {
-            "class_path": f"{type(self).__module__}.{type(self).__qualname__}",
+            "class_path": _public_path(type(self)),
             "init_args": {n: _plain(getattr(self, n)) for n in names},
         }
 
@@ -64,6 +64,17 @@ class ClassifierSpec(NetworkSpec):
 
 class DetectorSpec(NetworkSpec):
     """Spec of a torchvision-style detector: ``build()`` returns a module taking (images, targets)."""
+
+
+def _public_path(cls: type) -> str:
+    """The shortest import path of ``cls`` ("csa_lightning.models.ResNetSpec", not the defining
+    module's), the spelling configs use, so a saved spec and a config compare equal."""
+    parts = cls.__module__.split(".")
+    for end in range(1, len(parts) + 1):
+        module = importlib.import_module(".".join(parts[:end]))
+        if getattr(module, cls.__qualname__, None) is cls:
+            return f"{module.__name__}.{cls.__qualname__}"
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def _plain(value: Any) -> Any:

@@ -10,14 +10,17 @@ __all__ = ["resolve_checkpoint", "newest_checkpoint"]
 
 def newest_checkpoint(folder: str, last_only: bool = False) -> Optional[Path]:
     """The newest ``last*.ckpt`` under ``folder`` (any depth), else (unless ``last_only``) its
-    newest ``*.ckpt``, else None."""
+    newest ``*.ckpt``, else None. Checkpoints of runs that saved their config (``config.yaml``
+    beside the ``checkpoints`` folder) come first: a fast_dev_run, which saves none, is taken only
+    when nothing else is there."""
     root = Path(folder)
     if not root.is_dir():
         return None
     for pattern in ("last*.ckpt",) if last_only else ("last*.ckpt", "*.ckpt"):
         found = sorted(root.rglob(pattern), key=lambda p: p.stat().st_mtime)
+        configured = [p for p in found if (p.parent.parent / "config.yaml").is_file()]
         if found:
-            return found[-1]
+            return (configured or found)[-1]
     return None
 
 
