@@ -327,7 +327,8 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     args, extra = _parse(argv)
     from .attention import available_attentions
 
-    attentions = [a.strip() for a in args.attentions.split(",") if a.strip()]
+    # the same names cli.py accepts: registered names in any case, or dotted import paths
+    attentions = [a.strip() if "." in a else a.strip().lower() for a in args.attentions.split(",") if a.strip()]
     for a in attentions:
         if a not in available_attentions() and "." not in a:
             sys.exit(f"error: unknown attention '{a}': choose from {', '.join(available_attentions())}")
@@ -338,15 +339,63 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     sweeps: Dict[str, List[str]] = {}
     for item in args.sweep:
         key, sep, values = item.partition("=")
-        if not sep or not values:
-            sys.exit(f"error: --sweep expects KEY=V1,V2, got '{item}'")
+        if not sep or not key.strip() or not values.strip() or not all(v.strip() for v in values.split(",")):
+            sys.exit(f"error: --sweep expects KEY=V1,V2 with a key and no empty value, got '{item}'")
         sweeps[key.strip()] = [v.strip() for v in values.split(",")]
+    _check_sweep_keys(sweeps, attentions)
 
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     variants = plan_variants(attentions, seeds, sweeps)
+    _check_variants(args.config, variants, extra)  # every variant builds, before the first one trains
+    out.mkdir(parents=True, exist_ok=True)
     with _runner_lock(out):
         return _run_plan(args, extra, out, variants)
+
+
+def _check_sweep_keys(sweeps: Dict[str, List[str]], attentions: Sequence[str]) -> None:
+    """A sweep over an option no planned block takes would be silently dropped: refuse it."""
+    import difflib
+
+    takes = {a: _option_keys(a) for a in attentions}
+    known = sorted({k for keys in takes.values() for k in keys})
+    for key in sweeps:
+        if key.startswith("model.attention_options."):
+            option = key.split(".", 2)[2]
+            if option not in known:
+                close = difflib.get_close_matches(option, known, n=1)
+                hint = f"did you mean '{close[0]}'? " if close else ""
+                sys.exit(
+                    f"error: --sweep {key}: no block of {', '.join(attentions)} takes an option '{option}'; "
+                    f"{hint}options: {', '.join(known) or 'none'}"
+                )
+
+
+def _check_variants(base_config: str, variants: Sequence[Variant], extra: Sequence[str]) -> None:
+    """Build every variant's config and network (on the meta device: no memory, no data read) so
+    that a bad key or value fails in one line before any run trains."""
+    import contextlib
+    import io
+    import tempfile
+
+    import torch
+
+    from .cli import main as cli_main
+
+    with tempfile.TemporaryDirectory() as scratch:
+        for variant in variants:
+            args = [
+                "--config", base_config, *variant.cli_args(_option_keys(variant.attention)), *extra,
+                "--trainer.default_root_dir", scratch,
+            ]  # fmt: skip
+            captured = io.StringIO()
+            try:
+                with contextlib.redirect_stderr(captured), contextlib.redirect_stdout(io.StringIO()):
+                    with torch.device("meta"):
+                        cli_main(args, run=False)
+            except SystemExit:
+                lines = [line for line in captured.getvalue().strip().splitlines() if line.strip()]
+                reason = lines[-1].removeprefix("error: ") if lines else "its config does not build"
+                sys.exit(f"error: variant {variant.name}: {reason}")
 
 
 def _variant_hash(variant: Variant, base_config: str, extra: Sequence[str]) -> str:

@@ -176,3 +176,43 @@ def test_a_second_runner_on_the_same_out_is_refused(tmp_path):
         main(_tiny_ablation(out))
     assert str(exit_info.value).startswith(f"error: another ablation runner (pid {os.getpid()}) is using {out}")
     assert not (out / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    "sweep, message",
+    [
+        (
+            "model.attention_options.contiguty=l2,hybrid",
+            "no block of none, csa takes an option 'contiguty'; did you mean 'contiguity'?",
+        ),
+        (
+            "model.attention_options.contiguity=l2,hybird",
+            "variant csa_contiguity-hybird_seed0: unknown contiguity 'hybird'",
+        ),
+        ("model.lr=0.1,-1", "variant none_lr--1_seed0: model.lr must be positive, got -1.0"),
+        ("=1,2", "--sweep expects KEY=V1,V2 with a key and no empty value, got '=1,2'"),
+    ],
+)
+def test_bad_sweeps_fail_before_any_run(sweep, message, tmp_path):
+    """Before: a misspelt key was dropped silently, a bad value failed only after the other runs
+    trained, and '=1,2' launched two doomed runs. Every variant is now built first."""
+    from csa_lightning.ablate import main
+
+    out = tmp_path / "ablation"
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            [
+                "--config",
+                str(DEMO_CONFIG),
+                "--attentions",
+                "none,CSA",
+                "--seeds",
+                "0",
+                "--out",
+                str(out),
+                "--sweep",
+                sweep,
+            ]
+        )
+    assert message in str(exit_info.value) and "\n" not in str(exit_info.value)
+    assert not out.exists()  # nothing started
