@@ -8,8 +8,9 @@ Under DDP, Lightning puts a DistributedSampler in front of these loaders.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import lightning as L
 import torch
@@ -25,8 +26,18 @@ __all__ = ["ImageFolderDataModule"]
 def _rgb_loader(path: str):
     from PIL import Image
 
-    with Image.open(path) as image:
-        return image.convert("RGB")
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as err:  # PIL's truncated / unidentified / corrupt files
+        raise OSError(f"cannot read image {path} ({err}); replace or remove the file") from None
+
+
+def _class_names(path: Optional[str]) -> Optional[List[str]]:
+    """The class folders of an ImageFolder tree, as torchvision orders them (None if no folder)."""
+    if not path or not Path(path).is_dir():
+        return None
+    return sorted(entry.name for entry in os.scandir(path) if entry.is_dir())
 
 
 class ImageFolderDataModule(L.LightningDataModule):
@@ -86,13 +97,32 @@ class ImageFolderDataModule(L.LightningDataModule):
 
         if not path or not Path(path).is_dir():
             raise FileNotFoundError(f"{kind} image folder not found: {path} (expected {kind}_path/<class>/<image files>)")
+        # every split is labelled by the training folder's classes: a validation folder without
+        # class "1" would otherwise give its folder "2" label 1
+        reference = _class_names(self.train_path) or _class_names(path)
+        own = _class_names(path)
+        if own != reference:
+            only_here = sorted(set(own) - set(reference))
+            missing = sorted(set(reference) - set(own))
+            raise ValueError(
+                f"the {kind} folder {path} has other classes than the training folder {self.train_path}: "
+                f"only in {kind}: {only_here or 'none'}, missing from {kind}: {missing or 'none'}; "
+                "every split needs the same class folders"
+            )
         return ImageFolder(path, transform=self.train_transform() if train else self.val_transform(), loader=_rgb_loader)
 
+    #: the folder each stage reads (test and predict fall back to the validation folder)
+    def _stage_folders(self, stage: Optional[str]) -> List[Tuple[str, Optional[str], bool]]:
+        if stage in (None, "fit"):
+            return [("train", self.train_path, True), ("val", self.val_path, False)]
+        if stage == "validate":
+            return [("val", self.val_path, False)]
+        if stage == "test":
+            return [("test", self.test_path or self.val_path, False)]
+        return [("predict", self.predict_path or self.val_path, False)]
+
     def setup(self, stage: Optional[str] = None) -> None:
-        kinds = {"fit": [("train", self.train_path, True), ("val", self.val_path, False)]}.get(
-            stage, [("val", self.test_path or self.predict_path or self.val_path, False)]
-        )
-        self._datasets = {kind: self._folder(path, kind, train) for kind, path, train in kinds}
+        self._datasets = {kind: self._folder(path, kind, train) for kind, path, train in self._stage_folders(stage)}
         self.num_classes = max(len(d.classes) for d in self._datasets.values())
 
     def _loader(self, kind: str, path: Optional[str], train: bool) -> DataLoader:
@@ -115,7 +145,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         return self._loader("val", self.val_path, False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("val", self.test_path or self.val_path, False)
+        return self._loader("test", self.test_path or self.val_path, False)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader("val", self.predict_path or self.val_path, False)
+        return self._loader("predict", self.predict_path or self.val_path, False)
