@@ -60,20 +60,38 @@ class CSALightningCLI(LightningCLI):
     def _parse_ckpt_path(self) -> None:
         # LightningCLI unpickles --ckpt_path right after parsing (for its hyperparameters), before any
         # public hook runs (before_instantiate_classes comes later): only this override can turn a
-        # missing or corrupt file into a one-line error, and resolve "last" to this config's run
+        # missing or corrupt file into a one-line error, resolve "last" to this config's run, and
+        # refuse a checkpoint whose hyperparameters differ from the command's (Lightning silently
+        # replaces the command's model arguments with the checkpoint's)
         subcommand = self.config.get("subcommand")
-        if subcommand:
-            ckpt_path = self.config[subcommand].get("ckpt_path")
-            if ckpt_path == "last":
-                ckpt_path = self.config[subcommand].ckpt_path = str(find_last_checkpoint(self.config[subcommand]))
-            check_checkpoint_file(ckpt_path)
-            try:
-                super()._parse_ckpt_path()
-            except (RuntimeError, EOFError, OSError, KeyError) as err:
-                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-                raise ValueError(
-                    f"cannot read checkpoint {ckpt_path} ({first}); resume from another one, e.g. --ckpt_path last"
-                ) from None
+        if not subcommand:
+            return
+        ckpt_path = self.config[subcommand].get("ckpt_path")
+        if ckpt_path == "last":
+            ckpt_path = self.config[subcommand].ckpt_path = str(find_last_checkpoint(self.config[subcommand]))
+        check_checkpoint_file(ckpt_path)
+        if ckpt_path is None and subcommand in ("validate", "test", "predict"):
+            print(
+                f"warning: {subcommand} without --ckpt_path evaluates the config's freshly initialised weights; "
+                "pass --ckpt_path FILE (or last) to evaluate a trained model",
+                file=sys.stderr,
+            )
+        asked = _comparable(self.config[subcommand].get("model"))
+        try:
+            super()._parse_ckpt_path()
+        except (RuntimeError, EOFError, OSError, KeyError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ValueError(
+                f"cannot read checkpoint {ckpt_path} ({first}); resume from another one, e.g. --ckpt_path last"
+            ) from None
+        differences = _differences(_comparable(self.config[subcommand].get("model")), asked, "model")
+        if differences and ckpt_path is not None:
+            listed = "; ".join(f"{key}: {saved!r} there, {now!r} here" for key, saved, now in differences[:3])
+            more = f" (and {len(differences) - 3} more)" if len(differences) > 3 else ""
+            raise ValueError(
+                f"checkpoint {ckpt_path} was made with other hyperparameters than this command's ({listed}{more}): "
+                "a checkpoint keeps its own; drop the overrides, or use the config it was trained with"
+            )
 
     def instantiate_trainer(self, **kwargs):
         # no logger chosen in the config: CSV and TensorBoard (Lightning's default is one of the two)
@@ -172,15 +190,18 @@ def _plain_config(value):
     return str(value)
 
 
+def _differences(then, now, key: str = "") -> list:
+    """(dotted key, value then, value now) of every difference, the network's first."""
+    if isinstance(then, dict) and isinstance(now, dict):
+        keys = sorted(set(then) | set(now), key=lambda k: (k not in ("net", "init_args", "class_path"), k))
+        return [d for k in keys for d in _differences(then.get(k), now.get(k), f"{key}.{k}" if key else str(k))]
+    return [] if then == now else [(key.replace(".init_args", ""), then, now)]
+
+
 def _first_difference(then, now, key: str = ""):
     """(dotted key, value then, value now) of the first difference, or None."""
-    if isinstance(then, dict) and isinstance(now, dict):
-        for k in sorted(set(then) | set(now)):
-            found = _first_difference(then.get(k), now.get(k), f"{key}.{k}" if key else str(k))
-            if found:
-                return found
-        return None
-    return None if then == now else (key.replace(".init_args", ""), then, now)
+    found = _differences(then, now, key)
+    return found[0] if found else None
 
 
 def _first_missing_ancestor(path: Path) -> Optional[Path]:

@@ -241,3 +241,17 @@ def test_projection_cache_is_bounded():
     for side in range(9, 9 + 3 * csa_module.PROJECTION_CACHE_SIZE):
         csa_module.distance_features(torch.randn(1, 4, side, 9), projection_dim=8)
     assert len(csa_module._projection_cache_tensors()) == csa_module.PROJECTION_CACHE_SIZE
+
+
+def test_workspace_made_under_inference_mode_serves_training_calls():
+    """Found by the test suite: validation (torch.inference_mode) made the thread's workspace an
+    inference tensor, and the next training step's in-place writes to it raised RuntimeError."""
+    csa_module.release_workspace()
+    gate = CSA(256)
+    x = torch.randn(2, 256, 7, 7)
+    with torch.inference_mode():
+        gate(x)
+    out = gate(x.clone().requires_grad_())
+    out.sum().backward()
+    with torch.inference_mode():
+        torch.testing.assert_close(gate(x), out.detach())

@@ -229,3 +229,53 @@ def test_a_run_folder_means_its_configured_runs_not_a_fast_dev_run(tmp_path):
     assert resolve_checkpoint(str(tmp_path)) == str(real)
     real.unlink()
     assert resolve_checkpoint(str(tmp_path)) == str(dev)  # nothing else there: taken
+
+
+def test_checkpoints_keep_their_hyperparameters_and_say_so(tmp_path, monkeypatch, capsys):
+    """Before: resuming with --model.lr 0.05 silently kept 0.1; validating an SE-R34 checkpoint under
+    a CSA-R18 config silently validated SE-R34; validate without a checkpoint said nothing."""
+    monkeypatch.chdir(tmp_path)
+    first = _fit(["--trainer.max_epochs", "1"], tmp_path)
+    ckpt = str(Path(first.trainer.log_dir) / "checkpoints" / "last.ckpt")
+    with pytest.raises(SystemExit):
+        _fit(["--trainer.max_epochs", "2", "--model.lr", "0.05", "--ckpt_path", ckpt], tmp_path)
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == (
+        f"error: checkpoint {ckpt} was made with other hyperparameters than this command's (model.lr: 0.1 there, "
+        "0.05 here): a checkpoint keeps its own; drop the overrides, or use the config it was trained with"
+    )
+    se = _fit(["--trainer.max_epochs", "1", "--model.net.attention", "se", "--model.net.depth", "34",
+               "--trainer.default_root_dir", "runs/se34"], tmp_path)  # fmt: skip
+    se_ckpt = str(Path(se.trainer.log_dir) / "checkpoints" / "last.ckpt")
+    with pytest.raises(SystemExit):
+        main(["validate", "--config", str(DEMO_CONFIG), "--data", "csa_lightning.data.DigitsMemoryDataModule",
+              "--data.resolution", "16", "--ckpt_path", se_ckpt])  # fmt: skip
+    assert (
+        "(model.net.attention: 'se' there, 'csa' here; model.net.depth: 34 there, 18 here; " in capsys.readouterr().err
+    )
+    main(["validate", "--config", str(DEMO_CONFIG), "--data", "csa_lightning.data.DigitsMemoryDataModule",
+          "--data.resolution", "16", "--trainer.limit_val_batches", "1"])  # fmt: skip
+    assert (
+        "warning: validate without --ckpt_path evaluates the config's freshly initialised weights"
+        in capsys.readouterr().err
+    )
+
+
+def test_backbone_weights_of_another_depth_are_refused_unless_partial(tmp_path):
+    """Before: a CSA-R18 checkpoint as the backbone of a CSA-R34 'succeeded' with 114 tensors left
+    as initialised; a garbage file's message repeated torch's advice to set weights_only=False."""
+    from .conftest import make_classification_checkpoint
+
+    ckpt = make_classification_checkpoint(tmp_path / "r18.ckpt", "csa", depth=18, steps=1)
+    with pytest.raises(ValueError, match=r"leaves \d+ of the model's tensors outside its gates unloaded"):
+        ClassificationModule(ResNetSpec(34, "csa", num_classes=10), backbone_weights=ckpt)
+    ClassificationModule(ResNetSpec(34, "csa", num_classes=10), backbone_weights=ckpt, backbone_partial=True)
+    # a plain-ResNet file for an attention ResNet: only the gates are new, which is fine
+    plain = tmp_path / "plain.pth"
+    torch.save(ResNetSpec(18, None, num_classes=10).build().state_dict(), plain)
+    ClassificationModule(ResNetSpec(18, "se", num_classes=10), backbone_weights=str(plain))
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a checkpoint at all" * 10)
+    with pytest.raises(ValueError) as err:
+        ClassificationModule(ResNetSpec(18, "csa", num_classes=10), backbone_weights=str(garbage))
+    assert "weights_only" not in str(err.value) and str(garbage) in str(err.value)

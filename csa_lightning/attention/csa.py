@@ -293,7 +293,10 @@ def _workspace(numel: int, like: Tensor) -> Tensor:
         spaces = _THREAD_STATE.spaces = {}
     space = spaces.get(like.dtype)
     if space is None or space.numel() < numel:
-        space = spaces[like.dtype] = torch.empty(numel, dtype=like.dtype)
+        # a normal tensor even when first needed under torch.inference_mode (Lightning's validation):
+        # an inference tensor cannot be written in place by a later training step
+        with torch.inference_mode(False):
+            space = spaces[like.dtype] = torch.empty(numel, dtype=like.dtype)
     return space
 
 

@@ -300,6 +300,7 @@ def load_backbone_weights(
     path: str,
     exclude: Sequence[str] = (),
     strict_shapes: bool = True,
+    allow_partial: bool = False,
 ) -> BackboneLoadReport:
     """Load ResNet weights from ``path`` into ``model`` and report what happened.
 
@@ -309,16 +310,19 @@ def load_backbone_weights(
     file that start with one of ``exclude`` (e.g. ``("fc.",)`` for a new head) or that the model
     lacks are ignored and reported; model keys the file lacks (the gates of a plain-ResNet file)
     keep their initialisation and are reported. A shape mismatch raises a ValueError naming the
-    tensors, unless ``strict_shapes=False``, which skips them instead.
+    tensors, unless ``strict_shapes=False``, which skips them instead. Model tensors other than
+    the gates' that the file lacks (a ResNet-18 file for a ResNet-34) are an error naming how many,
+    unless ``allow_partial=True``.
     """
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise FileNotFoundError(f"backbone weights not found: {path}") from None
     except Exception as err:  # a pickle error, a truncated zip, or a non-tensor object
+        # torch's own message advises weights_only=False, which would run the file's code: not shown
         raise ValueError(
-            f"cannot read backbone weights {path} ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
-            "expected a state dict or checkpoint saved with torch.save"
+            f"cannot read backbone weights {path} ({type(err).__name__}): not a state dict or checkpoint "
+            "saved with torch.save; pass a torchvision ResNet state dict or a checkpoint of this project"
         ) from None
     source, prefix = _find_state_dict(obj, path)
     target = model.state_dict()
@@ -339,8 +343,22 @@ def load_backbone_weights(
             f"shape mismatch loading {path}: {'; '.join(mismatched[:3])}{more}; check depth and attention, "
             f"or exclude the head with exclude=('fc.',)"
         )
+    missing = sorted(k for k in target if k not in to_load)
+    not_gates = [
+        k
+        for k in missing
+        if ".attention." not in k
+        and not k.endswith("num_batches_tracked")
+        and not any(k.startswith(e) for e in exclude)
+    ]
+    if not_gates and not allow_partial:
+        raise ValueError(
+            f"{path} leaves {len(not_gates)} of the model's tensors outside its gates unloaded (e.g. {not_gates[0]}): "
+            "another depth or architecture? pass the matching file, or allow partial loading "
+            "(--model.backbone_partial true)"
+        )
     model.load_state_dict(to_load, strict=False)
     report.loaded = sorted(to_load)
-    report.missing = sorted(k for k in target if k not in to_load)
+    report.missing = missing
     log.info("backbone weights from %s: %s", path, report.summary())
     return report

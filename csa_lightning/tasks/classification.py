@@ -67,6 +67,7 @@ class ClassificationModule(LinearScaledRecipe, L.LightningModule):
         no_weight_decay_on: "norm" and/or "bias" parameters excluded from weight decay.
         channels_last: keep the network in channels_last memory format (matches ffcv's batches).
         backbone_weights: a torchvision ResNet state dict or a checkpoint of this module to start from.
+        backbone_partial: allow ``backbone_weights`` that leave tensors other than the gates' unloaded.
     """
 
     def __init__(
@@ -83,6 +84,7 @@ class ClassificationModule(LinearScaledRecipe, L.LightningModule):
         no_weight_decay_on: Sequence[str] = (),
         channels_last: bool = True,
         backbone_weights: Optional[str] = None,
+        backbone_partial: bool = False,
     ) -> None:
         super().__init__()
         check_sgd_recipe(lr, lr_reference_batch, momentum, weight_decay, milestones, gamma)
@@ -94,7 +96,9 @@ class ClassificationModule(LinearScaledRecipe, L.LightningModule):
         if backbone_weights:
             from ..models import load_backbone_weights
 
-            report = load_backbone_weights(self.model, backbone_weights, exclude=("fc.",))
+            report = load_backbone_weights(
+                self.model, backbone_weights, exclude=("fc.",), allow_partial=backbone_partial
+            )
             rank_zero_info(f"backbone weights {backbone_weights}: {report.summary()}")
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)

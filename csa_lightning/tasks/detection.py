@@ -94,6 +94,7 @@ class DetectionModule(LinearScaledRecipe, L.LightningModule):
         backbone_weights: a torchvision ResNet state dict, a ClassificationModule checkpoint of this
             project, or a run folder holding one (its newest checkpoint); the ``fc`` head is ignored.
             Loaded when a fresh fit starts (not on resume, not when building the module).
+        backbone_partial: allow ``backbone_weights`` that leave tensors other than the gates' unloaded.
         lr: learning rate for a global batch of ``lr_reference_batch`` (scaled linearly).
         momentum, weight_decay: SGD.
         milestones, gamma: lr divided by 1 / gamma at these epochs.
@@ -104,6 +105,7 @@ class DetectionModule(LinearScaledRecipe, L.LightningModule):
         self,
         net: Optional[DetectorSpec] = None,
         backbone_weights: Optional[str] = None,
+        backbone_partial: bool = False,
         lr: float = 0.02,
         lr_reference_batch: int = 16,
         momentum: float = 0.9,
@@ -139,7 +141,9 @@ class DetectionModule(LinearScaledRecipe, L.LightningModule):
         if not source:
             return None
         weights = resolve_checkpoint(source, what="backbone weights")
-        self.backbone_report = load_backbone_weights(self.model.backbone.body, weights, exclude=("fc.",))
+        self.backbone_report = load_backbone_weights(
+            self.model.backbone.body, weights, exclude=("fc.",), allow_partial=self.hparams.backbone_partial
+        )
         rank_zero_info(f"backbone weights {weights}: {self.backbone_report.summary()}")
         return self.backbone_report
 
