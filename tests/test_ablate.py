@@ -138,7 +138,7 @@ def _tiny_ablation(out, *extra):
     return [
         "--config", str(DEMO_CONFIG), "--attentions", "none", "--seeds", "0", "--out", str(out),
         "--data", "csa_lightning.data.DigitsMemoryDataModule", "--data.resolution", "16", "--data.batch_size", "32",
-        "--data.limit_train_samples", "64", "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false",
+        "--data.limit_train_samples", "32", "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false",
         *extra,
     ]  # fmt: skip
 
