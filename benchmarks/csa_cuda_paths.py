@@ -56,7 +56,8 @@ def main() -> None:
     # static shapes: one compile per stage shape (dynamic shapes recompiled for minutes on the second)
     compiled_fn = None if args.no_compile else torch.compile(spatial_autocorrelation, dynamic=False)
     lines = [
-        f"CSA descriptor math, batch {args.batch}, bf16 input, {torch.cuda.get_device_name()}, torch {torch.__version__}; "
+        f"CSA descriptor math, batch {args.batch}, bf16 input, {torch.cuda.get_device_name()}, "
+        f"torch {torch.__version__}; "
         f"ms per call, median of {args.repeats}",
         "",
         "| stage input | path | forward ms | forward + backward ms | note |",

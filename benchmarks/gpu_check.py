@@ -334,7 +334,10 @@ def speed(report: Report, device: torch.device, quick: bool) -> None:
                 report.tables.append(paper_comparison(rows))
             assert all(r["train_s"] > 0 and r["infer_s"] > 0 for r in rows), "a time is not positive"
             csa = next(r for r in rows if r["variant"] == "csa (l2)")
-            return f"CSA (l2) x{csa['train_ratio']:.2f} training, x{csa['infer_ratio']:.2f} inference of ResNet-{setting['depth']}"
+            return (
+                f"CSA (l2) x{csa['train_ratio']:.2f} training, x{csa['infer_ratio']:.2f} inference "
+                f"of ResNet-{setting['depth']}"
+            )
 
         report.run("speed", f"benchmark batch {setting['batch']}", run)
 
@@ -344,7 +347,8 @@ def paper_comparison(rows: List[Dict[str, Any]]) -> str:
         "",
         "Beside the paper's Table 4 (their GPU, batch 128, precision not stated):",
         "",
-        "| variant | train s (paper) | x R50 (paper) | train s (here) | x none (here) | inference s (paper) | x R50 (paper) | inference s (here) | x none (here) |",
+        "| variant | train s (paper) | x R50 (paper) | train s (here) | x none (here) "
+        "| inference s (paper) | x R50 (paper) | inference s (here) | x none (here) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     by_name = {r["variant"]: r for r in rows}
@@ -501,7 +505,8 @@ def train(report: Report, device: torch.device, quick: bool, workdir: Path) -> N
         if dist.is_initialized():
             dist.destroy_process_group()
         assert used == backend, f"process group backend {used}, expected {backend}"
-        return f"DDPStrategy, 1 process, backend {used}: 4 steps, val/top1 {float(trainer.callback_metrics['val/top1']):.3f}"
+        top1 = float(trainer.callback_metrics["val/top1"])
+        return f"DDPStrategy, 1 process, backend {used}: 4 steps, val/top1 {top1:.3f}"
 
     report.run("train", f"classification fit {steps} steps", fit)
     report.run("train", "classification resume from last checkpoint", resume)
@@ -547,7 +552,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     report.write(Path(args.out), env)
     failed = [c for c in report.checks if not c["ok"]]
     print(
-        f"{len(report.checks) - len(failed)} of {len(report.checks)} checks passed; report in {Path(args.out) / 'report.md'}"
+        f"{len(report.checks) - len(failed)} of {len(report.checks)} checks passed; "
+        f"report in {Path(args.out) / 'report.md'}"
     )
     return 1 if failed else 0
 

@@ -87,7 +87,8 @@ def main() -> None:
     for name, rate in results.items():
         print(f"| {name} | {rate:,.0f} |")
     print(
-        f"\nffcv / ImageFolder: {ratio:.2f}x  ({platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__})"
+        f"\nffcv / ImageFolder: {ratio:.2f}x  ({platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} CPUs, torch {torch.__version__})"
     )
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

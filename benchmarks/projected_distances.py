@@ -51,7 +51,8 @@ def main() -> None:
     torch.manual_seed(0)
     model = attention_resnet(args.depth, "csa").eval()
     print(
-        "| short side | gate | channels | map | projected | Spearman q mean (min) | Spearman p mean (min) | exact ms | projected ms | speed-up |"
+        "| short side | gate | channels | map | projected | Spearman q mean (min) | Spearman p mean (min) "
+        "| exact ms | projected ms | speed-up |"
     )
     print("|---:|---|---:|---|---|---:|---:|---:|---:|---:|")
     for size in (int(s) for s in args.sizes.split(",")):

@@ -269,7 +269,8 @@ def write_report(out: Path, records: List[Dict[str, Any]], title: str = "") -> L
     lines = [
         f"# Ablation {title}".rstrip(),
         "",
-        "| variant | seeds | last-epoch top-1 err % (mean ± std) | vs none | params | GMAC | train img/s | infer img/s | note |",
+        "| variant | seeds | last-epoch top-1 err % (mean ± std) | vs none | params | GMAC | train img/s "
+        "| infer img/s | note |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
@@ -479,7 +480,8 @@ def _run_plan(args, extra: List[str], out: Path, variants: List[Variant]) -> Lis
     done = {r["variant"] for r in load_results(out)}
     todo = [v for v in variants if v.name not in done]
     print(
-        f"ablation: {len(variants)} variants, {len(done & {v.name for v in variants})} already finished, {len(todo)} to run -> {out}",
+        f"ablation: {len(variants)} variants, {len(done & {v.name for v in variants})} already finished, "
+        f"{len(todo)} to run -> {out}",
         flush=True,
     )
 
@@ -510,7 +512,8 @@ def _run_plan(args, extra: List[str], out: Path, variants: List[Variant]) -> Lis
             if proc.returncode != 0 or not (out / "runs" / variant.name / "result.json").exists():
                 failures.append(variant.name)
                 print(
-                    f"    {variant.name} failed (exit {proc.returncode}); see {out / 'runs' / variant.name / 'stdout.log'}",
+                    f"    {variant.name} failed (exit {proc.returncode}); "
+                    f"see {out / 'runs' / variant.name / 'stdout.log'}",
                     flush=True,
                 )
                 continue

@@ -498,7 +498,8 @@ def choose_cam_stage(network: nn.Module, inputs: Tensor, stage: Optional[int] = 
     chosen = larger[-1]
     return (
         chosen,
-        f"layer{last} maps are 1x1 at {inputs.shape[-1]} px; Grad-CAM at layer{chosen} ({sizes[chosen - 1][0]}x{sizes[chosen - 1][1]})",
+        f"layer{last} maps are 1x1 at {inputs.shape[-1]} px; "
+        f"Grad-CAM at layer{chosen} ({sizes[chosen - 1][0]}x{sizes[chosen - 1][1]})",
     )
 
 
@@ -521,7 +522,8 @@ def gradcam_maps(
     bad = [t for t in targets if not 0 <= t < num_classes]
     if bad:
         raise ValueError(
-            f"target classes {bad} out of range for a model with {num_classes} classes; check the image folder's classes"
+            f"target classes {bad} out of range for a model with {num_classes} classes; "
+            "check the image folder's classes"
         )
     with GradCAM(model=network, target_layers=[target_layer]) as cam:
         maps = cam(input_tensor=inputs, targets=[ClassifierOutputTarget(int(t)) for t in targets])

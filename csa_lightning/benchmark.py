@@ -1,7 +1,8 @@
 """Efficiency of attention ResNets: the CSA paper's Table 4, extended.
 
     python -m csa_lightning.benchmark --depth 50 --attentions none,se,cbam,eca,gct,csa --batch 8 --size 224 \\
-        [--csa-modes l2,hybrid,cosine] [--csa-grad] [--csa-projected] [--repeats 3] [--format markdown|json] [--out FILE]
+        [--csa-modes l2,hybrid,cosine] [--csa-grad] [--csa-projected] [--repeats 3]
+        [--format markdown|json] [--out FILE] [--device cuda --bf16 --channels-last] [--variant ...]
 
 For each variant, in one process and interleaved (variant A, B, C, then A, B, C again...), after
 one warm-up round: the time of a training step (forward, backward, SGD step; the second of two in
@@ -11,7 +12,8 @@ no-attention model of the same run; the bytes saved for backward (distinct stora
 ``torch.autograd.graph.saved_tensors_hooks`` during one training forward: exact on CPU); params
 and GMAC (see ``csa_lightning.models.summary``). ``--device cuda`` times on the GPU instead (CUDA
 events), with the step's peak memory above what is resident (activations and workspaces) and its
-ratio; ``--variant 'LABEL|ATTENTION|{"placement": ..., option: ...}'`` adds rows; ``--bf16`` and ``--channels-last`` give a GPU recipe.
+ratio; ``--variant 'LABEL|ATTENTION|{"placement": ..., option: ...}'`` adds rows; ``--bf16`` and
+``--channels-last`` give a GPU recipe.
 """
 
 from __future__ import annotations
@@ -342,7 +344,10 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
         print(json.dumps({"machine": machine, **results}, indent=2))
     else:
         for key, rows in results.items():
-            title = f"ResNet-{args.depth}, batch {args.batch} at {args.size} px, {key}, median of {args.repeats} ({machine})"
+            title = (
+                f"ResNet-{args.depth}, batch {args.batch} at {args.size} px, {key}, "
+                f"median of {args.repeats} ({machine})"
+            )
             print(to_markdown(rows, title) + "\n")
     if args.out:
         with open(args.out, "w") as fh:

@@ -34,7 +34,8 @@ the distance blocks use a per-thread workspace (see :func:`_workspace`); nothing
 torch.compile, torch.export or FakeTensor tracing. Opt-in ``distance="projected"``: distances from a
 seeded random projection of each map to ``projection_dim`` dimensions where H * W is larger.
 ``distance="pooled"`` (the authors' detection backbone): distances from each map average-pooled to a
-side set by its channel count (:data:`AUTHORS_POOL_SIZES`) or ``pool_size``. Placed, as in the paper, at the end of each resolution stage ("stage_end"; CSA-R50 has 26,257,432
+side set by its channel count (:data:`AUTHORS_POOL_SIZES`) or ``pool_size``. Placed, as in the
+paper, at the end of each resolution stage ("stage_end"; CSA-R50 has 26,257,432
 parameters).
 """
 

@@ -133,7 +133,8 @@ class ClassificationModule(LinearScaledRecipe, L.LightningModule):
         data_classes = getattr(datamodule, "num_classes", None)
         if data_classes and data_classes > self.net_spec.num_classes:
             raise ValueError(
-                f"the data has labels up to {data_classes - 1} but model.net.num_classes is {self.net_spec.num_classes}; "
+                f"the data has labels up to {data_classes - 1} "
+                f"but model.net.num_classes is {self.net_spec.num_classes}; "
                 f"set --model.net.num_classes {data_classes}"
             )
 

@@ -164,7 +164,8 @@ class DetectionModule(LinearScaledRecipe, L.LightningModule):
         data_classes = getattr(datamodule, "num_classes", None)
         if data_classes is not None and data_classes != self.net_spec.num_classes:
             raise ValueError(
-                f"the data has {data_classes} object categories but model.net.num_classes is {self.net_spec.num_classes}; "
+                f"the data has {data_classes} object categories "
+                f"but model.net.num_classes is {self.net_spec.num_classes}; "
                 f"set --model.net.num_classes {data_classes}"
             )
         if "segm" in self.iou_types and datamodule is not None and not getattr(datamodule, "masks", True):
