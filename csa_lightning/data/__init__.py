@@ -14,4 +14,11 @@ from .digits_coco import DigitsCOCODataModule
 from .ffcv_imagenet import ImageNetFFCVDataModule
 from .image_folder import ImageFolderDataModule
 
-__all__ = ["COCODataModule", "DigitsCOCODataModule", "DigitsDataModule", "DigitsMemoryDataModule", "ImageFolderDataModule", "ImageNetFFCVDataModule"]
+__all__ = [
+    "COCODataModule",
+    "DigitsCOCODataModule",
+    "DigitsDataModule",
+    "DigitsMemoryDataModule",
+    "ImageFolderDataModule",
+    "ImageNetFFCVDataModule",
+]

@@ -62,12 +62,16 @@ def load_coco(annotation_file: str):
     COCO, _ = _pycocotools()
     path = Path(annotation_file)
     if not path.is_file():
-        raise FileNotFoundError(f"annotation file {annotation_file} not found; check --data.root and the annotation paths")
+        raise FileNotFoundError(
+            f"annotation file {annotation_file} not found; check --data.root and the annotation paths"
+        )
     try:
         with open(path) as f:
             dataset = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"annotation file {annotation_file} is not valid JSON ({err}); re-download or re-write it") from None
+        raise ValueError(
+            f"annotation file {annotation_file} is not valid JSON ({err}); re-download or re-write it"
+        ) from None
     missing = [k for k in ("images", "annotations", "categories") if k not in dataset]
     if missing:
         raise ValueError(f"annotation file {annotation_file} lacks {', '.join(missing)}: not a COCO instances file")
@@ -121,7 +125,9 @@ class COCODetection(Dataset):
         self.flip_prob = flip_prob
         self.skipped: Dict[str, int] = defaultdict(int)
         self.annotations = {img_id: self._valid_annotations(img_id) for img_id in sorted(self.coco.imgs)}
-        self.ids = [i for i in sorted(self.coco.imgs) if not train or any(not a["iscrowd"] for a in self.annotations[i])]
+        self.ids = [
+            i for i in sorted(self.coco.imgs) if not train or any(not a["iscrowd"] for a in self.annotations[i])
+        ]
         if self.skipped:
             counts = ", ".join(f"{n} {why}" for why, n in sorted(self.skipped.items()))
             log.warning("%s: skipped %d annotations (%s)", annotation_file, sum(self.skipped.values()), counts)
@@ -155,7 +161,9 @@ class COCODetection(Dataset):
 
     def _check_image_files(self) -> None:
         if not self.image_folder.is_dir():
-            raise FileNotFoundError(f"image folder {self.image_folder} not found; check --data.root and the image folder names")
+            raise FileNotFoundError(
+                f"image folder {self.image_folder} not found; check --data.root and the image folder names"
+            )
         missing = [self.image_folder / self.coco.imgs[i]["file_name"] for i in self.ids]
         missing = [p for p in missing if not p.is_file()]
         if missing:
@@ -180,7 +188,9 @@ class COCODetection(Dataset):
             with Image.open(path) as img:
                 image = TF.to_tensor(img.convert("RGB"))
         except OSError as err:
-            raise ValueError(f"cannot read image {path} ({err}); replace or remove it from {self.annotation_file}") from None
+            raise ValueError(
+                f"cannot read image {path} ({err}); replace or remove it from {self.annotation_file}"
+            ) from None
         anns = self.annotations[img_id]
         height, width = image.shape[-2:]
         boxes = torch.tensor([a["_box"] for a in anns], dtype=torch.float32).reshape(-1, 4)
@@ -188,12 +198,16 @@ class COCODetection(Dataset):
             "boxes": boxes,
             "labels": torch.tensor([self.label_of[a["category_id"]] for a in anns], dtype=torch.int64),
             "image_id": img_id,
-            "area": torch.tensor([float(a.get("area", (b[2] - b[0]) * (b[3] - b[1]))) for a, b in zip(anns, boxes.tolist())]),
+            "area": torch.tensor(
+                [float(a.get("area", (b[2] - b[0]) * (b[3] - b[1]))) for a, b in zip(anns, boxes.tolist())]
+            ),
             "iscrowd": torch.tensor([a["iscrowd"] for a in anns], dtype=torch.int64),
         }
         if self.masks:
             decoded = [_decode_mask(a["segmentation"], info["height"], info["width"]) for a in anns]
-            target["masks"] = torch.from_numpy(np.stack(decoded)) if decoded else torch.zeros((0, height, width), dtype=torch.uint8)
+            target["masks"] = (
+                torch.from_numpy(np.stack(decoded)) if decoded else torch.zeros((0, height, width), dtype=torch.uint8)
+            )
         if self.flip_prob > 0 and torch.rand(()) < self.flip_prob:
             image = image.flip(-1)
             target["boxes"] = torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1)
@@ -301,16 +315,24 @@ class COCODataModule(L.LightningDataModule):
 
     def setup(self, stage: Optional[str] = None) -> None:
         if not Path(self.root).is_dir():
-            raise FileNotFoundError(f"COCO root {self.root} not found; pass --data.root with train2017/, val2017/ and annotations/")
+            raise FileNotFoundError(
+                f"COCO root {self.root} not found; pass --data.root with train2017/, val2017/ and annotations/"
+            )
         if stage in (None, "fit") and self.train_set is None:
             self.train_set = COCODetection(
-                self._path(self.train_images), self._path(self.train_annotations),
-                train=True, masks=self.masks, flip_prob=self.flip_prob,
+                self._path(self.train_images),
+                self._path(self.train_annotations),
+                train=True,
+                masks=self.masks,
+                flip_prob=self.flip_prob,
             )
         if self.val_set is None:
             self.val_set = COCODetection(
-                self._path(self.val_images), self._path(self.val_annotations),
-                category_ids=self._category_ids(), train=False, masks=self.masks,
+                self._path(self.val_images),
+                self._path(self.val_annotations),
+                category_ids=self._category_ids(),
+                train=False,
+                masks=self.masks,
             )
 
     @property
@@ -329,12 +351,17 @@ class COCODataModule(L.LightningDataModule):
         # a RandomSampler, so that Lightning knows to shard it shuffled under DDP
         sampler = RandomSampler(data)
         if self.aspect_ratio_group_factor >= 0:
-            groups = aspect_ratio_groups([data.aspect_ratio(i) for i in range(len(data))], self.aspect_ratio_group_factor)
+            groups = aspect_ratio_groups(
+                [data.aspect_ratio(i) for i in range(len(data))], self.aspect_ratio_group_factor
+            )
             batches = GroupedBatchSampler(sampler, groups, self.batch_size)
         else:
             batches = BatchSampler(sampler, self.batch_size, drop_last=True)
         return DataLoader(
-            data, batch_sampler=batches, num_workers=self.num_workers, collate_fn=collate_detection,
+            data,
+            batch_sampler=batches,
+            num_workers=self.num_workers,
+            collate_fn=collate_detection,
             persistent_workers=self.num_workers > 0,
         )
 
@@ -343,12 +370,18 @@ class COCODataModule(L.LightningDataModule):
         if trainer is not None and trainer.world_size > 1:
             # Lightning's own sharding pads ranks to equal length with repeated images, which COCO
             # evaluation would count twice; a DistributedSampler of our own is left alone
-            sampler = UnrepeatedDistributedSampler(self.val_set, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False)
+            sampler = UnrepeatedDistributedSampler(
+                self.val_set, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
+            )
         else:
             sampler = SequentialSampler(self.val_set)
         return DataLoader(
-            self.val_set, batch_size=self.batch_size, sampler=sampler,
-            num_workers=self.num_workers, collate_fn=collate_detection, persistent_workers=self.num_workers > 0,
+            self.val_set,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            collate_fn=collate_detection,
+            persistent_workers=self.num_workers > 0,
         )
 
     def test_dataloader(self) -> DataLoader:

@@ -29,7 +29,14 @@ from .ffcv_imagenet import ImageNetFFCVDataModule
 
 from ..checks import require_non_negative, require_positive
 
-__all__ = ["DigitsDataModule", "DigitsMemoryDataModule", "write_digits_image_folder", "digits_split", "DIGITS_MEAN", "DIGITS_STD"]
+__all__ = [
+    "DigitsDataModule",
+    "DigitsMemoryDataModule",
+    "write_digits_image_folder",
+    "digits_split",
+    "DIGITS_MEAN",
+    "DIGITS_STD",
+]
 
 #: mean and std of the upscaled digit images (0..1 units), measured on the training split
 DIGITS_MEAN = (0.306, 0.306, 0.306)
@@ -43,7 +50,9 @@ def digits_split(val_fraction: float = 0.2, seed: int = 0) -> Tuple[np.ndarray, 
 
     digits = load_digits()
     return tuple(
-        train_test_split(digits.images, digits.target, test_size=val_fraction, random_state=seed, stratify=digits.target)
+        train_test_split(
+            digits.images, digits.target, test_size=val_fraction, random_state=seed, stratify=digits.target
+        )
     )  # x_train, x_val, y_train, y_val
 
 
@@ -136,7 +145,9 @@ class DigitsDataModule(ImageNetFFCVDataModule):
         images = write_digits_image_folder(str(Path(self.data_dir) / f"images_{self.image_size}px"), self.image_size)
         for split, path in (("train", self.train_path), ("val", self.val_path)):
             if not Path(path).is_file():
-                write_beton(str(images / split), path, max_resolution=self.image_size, jpeg_quality=95, compress_probability=0.0)
+                write_beton(
+                    str(images / split), path, max_resolution=self.image_size, jpeg_quality=95, compress_probability=0.0
+                )
 
 
 class DigitsMemoryDataModule(L.LightningDataModule):
@@ -193,7 +204,9 @@ class DigitsMemoryDataModule(L.LightningDataModule):
     def _sampler(self, dataset, shuffle: bool) -> DistributedSampler:
         trainer = getattr(self, "trainer", None)
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        return DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=self.seed, drop_last=shuffle)
+        return DistributedSampler(
+            dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=self.seed, drop_last=shuffle
+        )
 
     def train_dataloader(self) -> DataLoader:
         data = self._data["train"]

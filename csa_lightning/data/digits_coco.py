@@ -25,8 +25,12 @@ __all__ = ["write_digits_coco", "DigitsCOCODataModule"]
 
 
 def _paste_canvas(
-    rng: np.random.Generator, digits: np.ndarray, labels: np.ndarray, canvas: int,
-    per_image: Tuple[int, int], size_range: Tuple[int, int],
+    rng: np.random.Generator,
+    digits: np.ndarray,
+    labels: np.ndarray,
+    canvas: int,
+    per_image: Tuple[int, int],
+    size_range: Tuple[int, int],
 ) -> Tuple[np.ndarray, List[Dict]]:
     from PIL import Image
 
@@ -37,7 +41,10 @@ def _paste_canvas(
         for _attempt in range(50):
             side = int(rng.integers(size_range[0], size_range[1] + 1))
             x, y = (int(v) for v in rng.integers(0, canvas - side + 1, size=2))
-            if all(x + side + 2 <= px or px + ps + 2 <= x or y + side + 2 <= py or py + ps + 2 <= y for px, py, ps in placed):
+            if all(
+                x + side + 2 <= px or px + ps + 2 <= x or y + side + 2 <= py or py + ps + 2 <= y
+                for px, py, ps in placed
+            ):
                 break
         else:
             continue  # the canvas is full
@@ -53,7 +60,9 @@ def _paste_canvas(
         ys, xs = np.nonzero(mask)
         x1, y1, x2, y2 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
         placed.append((x, y, side))
-        objects.append({"digit": int(labels[k]), "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)], "mask": mask})
+        objects.append(
+            {"digit": int(labels[k]), "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)], "mask": mask}
+        )
     return np.clip(image, 0, 255).astype(np.uint8), objects
 
 
@@ -89,11 +98,17 @@ def write_digits_coco(
             images.append({"id": image_id, "file_name": name, "width": canvas, "height": canvas})
             for obj in objects:
                 rle = mask_utils.encode(np.asfortranarray(obj["mask"]))
-                annotations.append({
-                    "id": len(annotations) + 1, "image_id": image_id, "category_id": obj["digit"] + 1,
-                    "bbox": obj["bbox"], "area": float(obj["mask"].sum()), "iscrowd": 0,
-                    "segmentation": {"size": list(rle["size"]), "counts": rle["counts"].decode("ascii")},
-                })
+                annotations.append(
+                    {
+                        "id": len(annotations) + 1,
+                        "image_id": image_id,
+                        "category_id": obj["digit"] + 1,
+                        "bbox": obj["bbox"],
+                        "area": float(obj["mask"].sum()),
+                        "iscrowd": 0,
+                        "segmentation": {"size": list(rle["size"]), "counts": rle["counts"].decode("ascii")},
+                    }
+                )
         with open(tmp / "annotations" / f"instances_{split}.json", "w") as f:
             json.dump({"images": images, "annotations": annotations, "categories": categories}, f)
     (tmp / ".complete").write_text(
@@ -128,15 +143,25 @@ class DigitsCOCODataModule(COCODataModule):
     ) -> None:
         name = f"digits_coco_{canvas_size}px_{num_train}_{num_val}_{digits_per_image[0]}-{digits_per_image[1]}_{digit_size[0]}-{digit_size[1]}_seed{seed}"
         super().__init__(
-            root=str(Path(data_dir) / name), train_images="train", val_images="val",
-            train_annotations="annotations/instances_train.json", val_annotations="annotations/instances_val.json",
-            masks=masks, batch_size=batch_size, num_workers=num_workers, flip_prob=flip_prob,
+            root=str(Path(data_dir) / name),
+            train_images="train",
+            val_images="val",
+            train_annotations="annotations/instances_train.json",
+            val_annotations="annotations/instances_val.json",
+            masks=masks,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            flip_prob=flip_prob,
             aspect_ratio_group_factor=-1,
         )
         self.save_hyperparameters()
         self.write_options = dict(
-            canvas=canvas_size, num_train=num_train, num_val=num_val,
-            digits_per_image=tuple(digits_per_image), digit_size=tuple(digit_size), seed=seed,
+            canvas=canvas_size,
+            num_train=num_train,
+            num_val=num_val,
+            digits_per_image=tuple(digits_per_image),
+            digit_size=tuple(digit_size),
+            seed=seed,
         )
 
     def prepare_data(self) -> None:

@@ -239,11 +239,15 @@ class ImageNetFFCVDataModule(L.LightningDataModule):
         dec = ffcv.fields.decoders
         tr = ffcv.transforms
         if train:
-            pipeline = [dec.RandomResizedCropRGBImageDecoder((self.resolution, self.resolution), scale=self.train_crop_scale)]
+            pipeline = [
+                dec.RandomResizedCropRGBImageDecoder((self.resolution, self.resolution), scale=self.train_crop_scale)
+            ]
             if self.flip:
                 pipeline.append(tr.RandomHorizontalFlip())
         else:
-            pipeline = [dec.CenterCropRGBImageDecoder((self.val_resolution, self.val_resolution), ratio=self.val_crop_ratio)]
+            pipeline = [
+                dec.CenterCropRGBImageDecoder((self.val_resolution, self.val_resolution), ratio=self.val_crop_ratio)
+            ]
         mean = np.array(self.mean) * 255
         std = np.array(self.std) * 255
         device = self._device()
@@ -311,4 +315,3 @@ class ImageNetFFCVDataModule(L.LightningDataModule):
 
     def predict_dataloader(self):
         return self._loader(self.predict_path or self.val_path, "predict", train=False)
-

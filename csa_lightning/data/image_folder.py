@@ -90,13 +90,17 @@ class ImageFolderDataModule(L.LightningDataModule):
         from torchvision import transforms as T
 
         resize = int(round(self.val_resolution / self.val_crop_ratio))
-        return T.Compose([T.Resize(resize), T.CenterCrop(self.val_resolution), T.ToTensor(), T.Normalize(self.mean, self.std)])
+        return T.Compose(
+            [T.Resize(resize), T.CenterCrop(self.val_resolution), T.ToTensor(), T.Normalize(self.mean, self.std)]
+        )
 
     def _folder(self, path: Optional[str], kind: str, train: bool):
         from torchvision.datasets import ImageFolder
 
         if not path or not Path(path).is_dir():
-            raise FileNotFoundError(f"{kind} image folder not found: {path} (expected {kind}_path/<class>/<image files>)")
+            raise FileNotFoundError(
+                f"{kind} image folder not found: {path} (expected {kind}_path/<class>/<image files>)"
+            )
         # every split is labelled by the training folder's classes: a validation folder without
         # class "1" would otherwise give its folder "2" label 1
         reference = _class_names(self.train_path) or _class_names(path)
@@ -109,7 +113,9 @@ class ImageFolderDataModule(L.LightningDataModule):
                 f"only in {kind}: {only_here or 'none'}, missing from {kind}: {missing or 'none'}; "
                 "every split needs the same class folders"
             )
-        return ImageFolder(path, transform=self.train_transform() if train else self.val_transform(), loader=_rgb_loader)
+        return ImageFolder(
+            path, transform=self.train_transform() if train else self.val_transform(), loader=_rgb_loader
+        )
 
     #: the folder each stage reads (test and predict fall back to the validation folder)
     def _stage_folders(self, stage: Optional[str]) -> List[Tuple[str, Optional[str], bool]]:

@@ -106,7 +106,9 @@ def write_beton(
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m csa_lightning.data.write_beton", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m csa_lightning.data.write_beton", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--root", required=True, help="ImageFolder tree: root/<class>/<image>")
     parser.add_argument("--out", required=True, help="destination .beton file")
     parser.add_argument("--max-resolution", type=int, default=512)
