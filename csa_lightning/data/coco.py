@@ -37,13 +37,13 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import lightning as L
 import numpy as np
 import torch
-from torch import Tensor
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch import Tensor
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 
-log = logging.getLogger(__name__)
-
 from ..checks import require_non_negative, require_positive
+
+log = logging.getLogger(__name__)
 
 __all__ = ["COCODetection", "COCODataModule", "GroupedBatchSampler", "aspect_ratio_groups", "collate_detection"]
 
@@ -178,8 +178,8 @@ class COCODetection(Dataset):
         return info["width"] / info["height"]
 
     def __getitem__(self, index: int) -> Tuple[Tensor, Dict[str, Tensor]]:
-        from PIL import Image
         import torchvision.transforms.functional as TF
+        from PIL import Image
 
         img_id = self.ids[index]
         info = self.coco.imgs[img_id]

@@ -25,9 +25,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
+from ..checks import require_positive
 from .ffcv_imagenet import ImageNetFFCVDataModule
-
-from ..checks import require_non_negative, require_positive
 
 __all__ = [
     "DigitsDataModule",
@@ -56,7 +55,7 @@ def digits_split(val_fraction: float = 0.2, seed: int = 0) -> Tuple[np.ndarray, 
     )  # x_train, x_val, y_train, y_val
 
 
-def _to_rgb_uint8(image8x8: np.ndarray, size: int) -> "Image.Image":
+def _to_rgb_uint8(image8x8: np.ndarray, size: int) -> "Image.Image":  # noqa: F821 (PIL imported lazily)
     from PIL import Image
 
     grey = Image.fromarray(np.round(image8x8 * (255.0 / 16.0)).astype(np.uint8), mode="L")

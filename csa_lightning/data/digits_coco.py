@@ -141,7 +141,10 @@ class DigitsCOCODataModule(COCODataModule):
         num_workers: int = 2,
         flip_prob: float = 0.0,
     ) -> None:
-        name = f"digits_coco_{canvas_size}px_{num_train}_{num_val}_{digits_per_image[0]}-{digits_per_image[1]}_{digit_size[0]}-{digit_size[1]}_seed{seed}"
+        name = (
+            f"digits_coco_{canvas_size}px_{num_train}_{num_val}_{digits_per_image[0]}-{digits_per_image[1]}_"
+            f"{digit_size[0]}-{digit_size[1]}_seed{seed}"
+        )
         super().__init__(
             root=str(Path(data_dir) / name),
             train_images="train",

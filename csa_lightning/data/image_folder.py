@@ -16,9 +16,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from .ffcv_imagenet import IMAGENET_MEAN, IMAGENET_STD
-
 from ..checks import require_non_negative, require_positive
+from .ffcv_imagenet import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["ImageFolderDataModule"]
 
