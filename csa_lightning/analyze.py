@@ -696,9 +696,13 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Path]:
     args = build_parser().parse_args(argv)
     if args.limit is not None and args.limit < 1:
         raise SystemExit("error: --limit must be at least 1")
+    out_existed = Path(args.out).exists()
     try:
         written = run_descriptors(args) if args.command == "descriptors" else run_gradcam(args)
     except (FileNotFoundError, ValueError, KeyError) as err:
+        out = Path(args.out)
+        if not out_existed and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # leave no empty output folder behind a failed call
         if os.environ.get("CSA_LIGHTNING_TRACEBACK"):
             raise
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr)

@@ -104,7 +104,8 @@ class CSALightningCLI(LightningCLI):
     def _run_subcommand(self, subcommand: str) -> None:
         # no public hook wraps the subcommand's run (before_/after_<subcommand> do not see failures),
         # so removing the run folder of a run that failed needs this override
-        log_dir = self.trainer.log_dir
+        # a fast_dev_run's DummyLogger has no log dir; RunInfo then writes to default_root_dir
+        log_dir = self.trainer.log_dir or self.trainer.default_root_dir
         created = _first_missing_ancestor(Path(log_dir)) if log_dir else None
         try:
             super()._run_subcommand(subcommand)

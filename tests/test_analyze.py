@@ -258,3 +258,4 @@ def test_bad_input_is_one_line(argv, message, checkpoints, tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "figs").exists()  # a failed call leaves no empty output folder

@@ -197,3 +197,25 @@ def test_cli_script_runs_as_a_program(in_tmp_cwd):
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert "csa_lightning.data.DigitsDataModule" in out.stdout
+
+
+def test_a_failed_fast_dev_run_leaves_no_folder(in_tmp_cwd, capsys):
+    """Before: a fast_dev_run that failed in its training step left runs/<name>/run_info.json."""
+    err = run_cli_expecting_error(
+        [
+            "fit",
+            "--config",
+            str(DEMO_CONFIG),
+            "--data",
+            "csa_lightning.data.DigitsMemoryDataModule",
+            "--data.resolution",
+            "8",
+            "--data.batch_size",
+            "1",
+            "--trainer.fast_dev_run",
+            "1",
+        ],  # fmt: skip
+        capsys,
+    )
+    assert "Expected more than 1 value per channel" in err  # BatchNorm on a batch of one, mid-step
+    assert not (in_tmp_cwd / "runs").exists()

@@ -152,3 +152,33 @@ def test_ddp_two_cpu_processes_shard_data_and_sync_metrics(tmp_path, digits_beto
     assert sum(seen) >= 360 and max(seen) <= 184
     assert all(r["train_batches"] == 3 and r["train_batch_size"] == 64 for r in records)
     assert "Grad strides do not match bucket view strides" not in out.stderr
+
+
+def test_a_killed_writers_leftovers_are_removed_by_the_next_writer(tmp_path):
+    """Before: a killed write_beton left .NAME.partial-PID (42 MB here, tens of GB on ImageNet) and
+    an .errors-PID folder that no later run removed."""
+    import os
+
+    from csa_lightning.data.write_beton import remove_dead_leftovers, write_beton
+
+    out = tmp_path / "betons" / "x.beton"
+    out.parent.mkdir()
+    dead = 2**22 + 12345  # above Linux's default pid_max: no such process
+    (out.parent / f".x.beton.partial-{dead}").write_bytes(b"\0" * 1024)
+    (out.parent / f".x.beton.errors-{dead}").mkdir()
+    live = out.parent / f".x.beton.partial-{os.getpid()}"  # a writer still running: kept
+    live.write_bytes(b"\0")
+    other = out.parent / f".y.beton.partial-{dead}"  # another file's: not this writer's business
+    other.write_bytes(b"\0")
+    removed = remove_dead_leftovers(out)
+    assert sorted(p.name for p in removed) == sorted([f".x.beton.partial-{dead}", f".x.beton.errors-{dead}"])
+    assert live.exists() and other.exists()
+    # write_beton does it itself before writing
+    (out.parent / f".x.beton.partial-{dead}").write_bytes(b"\0")
+    images = tmp_path / "images" / "0"
+    images.mkdir(parents=True)
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(images / "a.png")
+    write_beton(str(tmp_path / "images"), str(out), max_resolution=8, num_workers=1)
+    assert out.is_file() and not (out.parent / f".x.beton.partial-{dead}").exists()

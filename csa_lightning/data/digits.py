@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from ..checks import require_positive
 from .ffcv_imagenet import ImageNetFFCVDataModule
+from .write_beton import remove_dead_leftovers
 
 __all__ = [
     "DigitsDataModule",
@@ -69,6 +70,7 @@ def write_digits_image_folder(root: str, image_size: int = 32, val_fraction: flo
     if done.exists():
         return root_path
     x_train, x_val, y_train, y_val = digits_split(val_fraction, seed)
+    remove_dead_leftovers(root_path)  # a killed writer's half-written folder
     tmp = root_path.with_name(f".{root_path.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:

@@ -19,7 +19,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 from PIL import Image
 
@@ -58,6 +58,39 @@ class RGBImageFolder:
             return Image.new("RGB", (8, 8)), label
 
 
+def remove_dead_leftovers(target: Path, kinds: Sequence[str] = ("partial", "errors", "tmp")) -> List[Path]:
+    """Remove ``.<name>.<kind>-<pid>`` files and folders beside ``target`` whose process is gone.
+
+    A killed writer cannot clean up after itself (a ``.partial`` beton is as large as the finished
+    one: tens of GB on ImageNet); the next writer of the same target does it. A live process's
+    leftovers (a writer running beside this one) are kept.
+    """
+    removed = []
+    if not target.parent.is_dir():
+        return removed
+    for kind in kinds:
+        for path in target.parent.glob(f".{target.name}.{kind}-*"):
+            pid = path.name.rsplit("-", 1)[-1]
+            if not pid.isdigit() or _process_alive(int(pid)):
+                continue
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def write_beton(
     root: str,
     out: str,
@@ -72,6 +105,7 @@ def write_beton(
     from ffcv.writer import DatasetWriter
 
     out_path = Path(out)
+    remove_dead_leftovers(out_path)  # what a killed writer of the same file left behind
     partial = out_path.with_name(f".{out_path.name}.partial-{os.getpid()}")
     errors = out_path.with_name(f".{out_path.name}.errors-{os.getpid()}")
     dataset = RGBImageFolder(root, error_dir=str(errors))
