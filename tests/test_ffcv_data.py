@@ -182,3 +182,17 @@ def test_a_killed_writers_leftovers_are_removed_by_the_next_writer(tmp_path):
     Image.new("RGB", (8, 8)).save(images / "a.png")
     write_beton(str(tmp_path / "images"), str(out), max_resolution=8, num_workers=1)
     assert out.is_file() and not (out.parent / f".x.beton.partial-{dead}").exists()
+
+
+@pytest.mark.parametrize("cut", [2000, 24, 7])
+def test_a_beton_cut_short_at_its_tail_is_refused_when_opened(tmp_path, digits_betons, cut):
+    """Before: a validation beton missing its last 2,000 bytes hung `cli.py validate` forever (an
+    ffcv decoding thread died); a cut training beton ended in `empty range for randrange()`."""
+    good = digits_betons / "digits_32px_val.beton"
+    assert beton_num_samples_and_classes(str(good)) == (360, 10)
+    bad = tmp_path / "cut.beton"
+    bad.write_bytes(good.read_bytes()[:-cut])
+    with pytest.raises(
+        ValueError, match=r"beton .*cut.beton is truncated or corrupt \(.*\); copy it again or rewrite it"
+    ):
+        beton_num_samples_and_classes(str(bad))

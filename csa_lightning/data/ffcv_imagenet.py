@@ -86,8 +86,38 @@ def beton_num_samples_and_classes(path: str) -> Tuple[int, int]:
         ) from None
     if "label" not in reader.field_names:
         raise ValueError(f"beton {path} has no 'label' field; write it with python -m csa_lightning.data.write_beton")
+    _check_beton_sizes(reader, path)
     labels = reader.metadata[f"f{reader.field_names.index('label')}"]
     return int(reader.num_samples), int(labels.max()) + 1 if len(labels) else 0
+
+
+def _check_beton_sizes(reader: Any, path: str) -> None:
+    """The file must hold everything its header and allocation table point to.
+
+    A beton cut short at its tail (an interrupted copy) loses its allocation table's last records
+    and, further in, image pages; ffcv does not check, and a decoding thread then dies on the
+    missing bytes while the loader waits for it forever (a training beton ended in
+    ``empty range for randrange()`` instead). Checked when the file is opened, before any loader.
+    """
+    from ffcv.types import ALLOC_TABLE_TYPE
+
+    size = Path(path).stat().st_size
+    table_start = int(reader.header["alloc_table_ptr"])
+    problem = None
+    if size < table_start:
+        problem = f"it is {size:,} bytes but its allocation table starts at byte {table_start:,}"
+    elif (size - table_start) % ALLOC_TABLE_TYPE.itemsize:
+        problem = "its allocation table ends in a partial record"
+    elif len(reader.alloc_table) and int((reader.alloc_table["ptr"] + reader.alloc_table["size"]).max()) > table_start:
+        problem = "an allocation points past its data region"
+    elif reader.num_samples and len(np.unique(reader.alloc_table["sample_id"])) < reader.num_samples:
+        missing = reader.num_samples - len(np.unique(reader.alloc_table["sample_id"]))
+        problem = f"{missing} of its {reader.num_samples:,} samples have no allocated data"
+    if problem:
+        raise ValueError(
+            f"beton {path} is truncated or corrupt ({problem}); copy it again or rewrite it with "
+            "python -m csa_lightning.data.write_beton"
+        )
 
 
 class _EpochAwareLoader:
