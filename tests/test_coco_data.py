@@ -261,3 +261,58 @@ def test_validation_alone_reads_only_the_validation_file(tmp_path):
     dm.setup("validate")
     assert dm.train_set is None and dm.num_classes == 2 and dm.val_set.ids == [1, 2, 3]
     assert dm.val_set[1][1]["labels"].tolist() == [2, 1]  # the same label space as training's
+
+
+def _damaged(tmp_path, change):
+    root = write_tiny_coco(tmp_path / "coco")
+    for split in ("train", "val"):
+        path = root / "annotations" / f"{split}.json"
+        data = json.loads(path.read_text())
+        change(data)
+        path.write_text(json.dumps(data))
+    return root
+
+
+def _set_ann(ann_id, **fields):
+    def change(data):
+        next(a for a in data["annotations"] if a["id"] == ann_id).update(fields)
+
+    return change
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (_set_ann(1, bbox="10,5,20,10"), "annotation 1 has a bbox that is not a list of numbers: '10,5,20,10'"),
+        (_set_ann(1, image_id=99), "annotation 1 refers to image 99, which the file does not list"),
+        (lambda d: d["images"][0].pop("width"), "image 1 has no 'width'"),
+        (lambda d: d["annotations"].clear(), "no usable image (3 listed, 0 annotations skipped)"),
+    ],
+)
+def test_malformed_annotations_are_one_line_errors_at_load(tmp_path, change, message):
+    """Before: a string bbox failed mid-epoch with "'>' not supported", a missing width with
+    KeyError, annotations for unlisted images were dropped silently, and no usable image ended in
+    'num_samples should be a positive integer value'."""
+    root = _damaged(tmp_path, change)
+    with pytest.raises(ValueError) as err:
+        _module(root, masks=True).setup("fit")
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_unusable_polygons_are_skipped_and_counted(tmp_path, caplog):
+    """Before: an empty polygon [[]] gave pycocotools' 'input type is not supported' traceback and a
+    4-value polygon 'Argument 'bb' has incorrect type' mid-epoch. COCO's tools skip such polygons."""
+
+    def change(data):
+        data["annotations"][0]["segmentation"] = [[]]
+        data["annotations"][1]["segmentation"] = [[5, 10, 25, 30]]
+        data["annotations"][2]["segmentation"] = [[30, 35, 48, 35, 48, 45], [1, 2]]  # one usable polygon kept
+
+    root = _damaged(tmp_path, change)
+    data = _module(root, masks=True)
+    with caplog.at_level("WARNING"):
+        data.setup("fit")
+    assert "without a usable mask" in caplog.text
+    for i in range(len(data.train_set)):
+        _, target = data.train_set[i]
+        assert target["masks"].shape[0] == target["boxes"].shape[0]

@@ -124,14 +124,55 @@ class COCODetection(Dataset):
         self.masks = masks
         self.flip_prob = flip_prob
         self.skipped: Dict[str, int] = defaultdict(int)
+        self._check_structure()
         self.annotations = {img_id: self._valid_annotations(img_id) for img_id in sorted(self.coco.imgs)}
         self.ids = [
             i for i in sorted(self.coco.imgs) if not train or any(not a["iscrowd"] for a in self.annotations[i])
         ]
+        if not self.ids:
+            raise ValueError(
+                f"{annotation_file}: no usable image ({len(self.coco.imgs)} listed, "
+                f"{sum(self.skipped.values())} annotations skipped); check its images and annotations"
+            )
         if self.skipped:
             counts = ", ".join(f"{n} {why}" for why, n in sorted(self.skipped.items()))
             log.warning("%s: skipped %d annotations (%s)", annotation_file, sum(self.skipped.values()), counts)
         self._check_image_files()
+
+    def _check_structure(self) -> None:
+        """What no data loader can work around, as one line naming the file and the id, at load time
+        (before: KeyError 'width', a string bbox's TypeError mid-epoch, annotations silently dropped)."""
+        where = self.annotation_file
+        for img_id, info in self.coco.imgs.items():
+            for key in ("width", "height", "file_name"):
+                if key not in info:
+                    raise ValueError(
+                        f"{where}: image {img_id} has no '{key}'; every image needs width, height, file_name"
+                    )
+            if not all(isinstance(info[k], (int, float)) and info[k] > 0 for k in ("width", "height")):
+                raise ValueError(f"{where}: image {img_id} has a width or height that is not a positive number")
+        for ann in self.coco.dataset["annotations"]:
+            ann_id = ann.get("id", "?")
+            if ann.get("image_id") not in self.coco.imgs:
+                raise ValueError(
+                    f"{where}: annotation {ann_id} refers to image {ann.get('image_id')}, which the file does not list"
+                )
+            bbox = ann.get("bbox")
+            if bbox is not None and (
+                not isinstance(bbox, (list, tuple)) or not all(isinstance(v, (int, float)) for v in bbox)
+            ):
+                raise ValueError(f"{where}: annotation {ann_id} has a bbox that is not a list of numbers: {bbox!r}")
+
+    def _valid_segmentation(self, ann: Dict) -> Optional[Any]:
+        """Polygons pycocotools can rasterise (at least 3 points, an even count); COCO's own tools
+        drop the smaller ones. None when nothing usable is left."""
+        seg = ann.get("segmentation")
+        if isinstance(seg, dict):
+            return seg if "counts" in seg and "size" in seg else None
+        if not isinstance(seg, list):
+            return None
+        polygons = [p for p in seg if isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0]
+        return polygons or None
 
     def _valid_annotations(self, img_id: int) -> List[Dict]:
         info = self.coco.imgs[img_id]
@@ -153,10 +194,12 @@ class COCODetection(Dataset):
             if x2 <= x1 or y2 <= y1:
                 self.skipped["with a degenerate box"] += 1
                 continue
-            if self.masks and not ann.get("segmentation"):
-                self.skipped["without a mask"] += 1
+            segmentation = self._valid_segmentation(ann) if self.masks else None
+            if self.masks and segmentation is None:
+                self.skipped["without a usable mask (empty or < 3-point polygons)"] += 1
                 continue
-            kept.append({**ann, "_box": (x1, y1, x2, y2), "iscrowd": crowd})
+            extra = {"segmentation": segmentation} if self.masks else {}
+            kept.append({**ann, **extra, "_box": (x1, y1, x2, y2), "iscrowd": crowd})
         return kept
 
     def _check_image_files(self) -> None:
