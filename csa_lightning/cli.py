@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import lightning as L
+from jsonargparse import ArgumentError
 from lightning.pytorch.cli import LightningCLI
 
 __all__ = ["CSALightningCLI", "main", "check_checkpoint_file"]
@@ -238,9 +239,46 @@ def build_cli(args: Optional[Sequence[str]] = None, run: bool = True) -> CSALigh
         subclass_mode_data=True,
         auto_configure_optimizers=False,
         save_config_kwargs={"overwrite": True},
+        # parse errors raise instead of printing a usage dump first: main() prints one line
+        parser_kwargs={"exit_on_error": False, **{c: {"exit_on_error": False} for c in SUBCOMMANDS}},
         args=args,
         run=run,
     )
+
+
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+
+def _parse_error_line(err: BaseException) -> str:
+    """One line for a jsonargparse parse error (its message nests every Union alternative over
+    many lines): the innermost key and what was wrong, with the closest valid option for a
+    misspelt one."""
+    import difflib
+    import importlib
+    import inspect
+    import re
+
+    text = str(err)
+    owners = re.findall(r"Problem with given class_path '([^']+)'", text)
+    unknown = re.search(r"Option '([^']+)' is not accepted", text)
+    if unknown and owners:
+        name = unknown.group(1).split(".")[-1]
+        module_name, _, cls_name = owners[-1].rpartition(".")
+        try:
+            params = list(inspect.signature(getattr(importlib.import_module(module_name), cls_name)).parameters)
+        except Exception:  # noqa: BLE001 - a suggestion is optional
+            params = []
+        close = difflib.get_close_matches(name, params, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        return f"{cls_name} has no option '{unknown.group(1)}'{hint}"
+    keys = re.findall(r'Parser key "([^"]+)"', text)
+    expected = re.findall(r"Expected a <class '([^']+)'>(?:\. Got value: (.*))?", text)
+    given = re.findall(r"Given value: (.*)", text)
+    wanted = [e for e in expected if e[0] != "NoneType"]
+    if keys and wanted:
+        value = wanted[0][1] or (given[-1] if given else "")
+        return f"option '{keys[-1]}' expects {wanted[0][0]}, got {value!r}"
+    return _one_line(err)
 
 
 def main(args: Optional[Sequence[str]] = None, run: bool = True) -> CSALightningCLI:
@@ -252,6 +290,10 @@ def main(args: Optional[Sequence[str]] = None, run: bool = True) -> CSALightning
             return build_cli(args, run)
         except (FileNotFoundError, ValueError, TypeError, ImportError) as err:
             print(f"error: {_one_line(err)}", file=sys.stderr)
+            raise SystemExit(2) from None
+        except ArgumentError as err:  # a bad key or value on the command line or in a config
+            print(f"error: {_parse_error_line(err)}", file=sys.stderr)
+            print("(python cli.py fit --help lists every option)", file=sys.stderr)
             raise SystemExit(2) from None
     finally:
         _release_process_group()

@@ -219,3 +219,18 @@ def test_a_failed_fast_dev_run_leaves_no_folder(in_tmp_cwd, capsys):
     )
     assert "Expected more than 1 value per channel" in err  # BatchNorm on a batch of one, mid-step
     assert not (in_tmp_cwd / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model.lrr", "0.1"], "error: ClassificationModule has no option 'lrr'; did you mean 'lr'?"),
+        (["--model.net.depht", "18"], "error: ResNetSpec has no option 'depht'; did you mean 'depth'?"),
+        (["--model.lr", "abc"], "error: option 'lr' expects float, got 'abc'"),
+        (["--trainer.max_epochs", "abc"], "error: option 'trainer.max_epochs' expects int, got 'abc'"),
+    ],
+)
+def test_a_misspelt_key_or_wrong_type_is_one_line_first(args, message, in_tmp_cwd, capsys):
+    """Before: a 45-line usage dump, then jsonargparse's nested Union message."""
+    err = run_cli_expecting_error(["fit", "--config", str(DEMO_CONFIG), *args], capsys).splitlines()
+    assert err[0] == message and len(err) == 2 and "--help" in err[1]
