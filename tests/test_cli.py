@@ -234,3 +234,33 @@ def test_a_misspelt_key_or_wrong_type_is_one_line_first(args, message, in_tmp_cw
     """Before: a 45-line usage dump, then jsonargparse's nested Union message."""
     err = run_cli_expecting_error(["fit", "--config", str(DEMO_CONFIG), *args], capsys).splitlines()
     assert err[0] == message and len(err) == 2 and "--help" in err[1]
+
+
+@pytest.mark.slow
+def test_sigterm_ends_a_run_blocked_in_its_data_loader(tmp_path):
+    """Before: a loader that never returned a batch left `cli.py validate` waiting forever and
+    SIGTERM was swallowed ('Received SIGTERM: 15'); only SIGKILL ended it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from .conftest import ROOT
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "tests"), str(ROOT)]), CSA_SIGTERM_GRACE="2")
+    cmd = [sys.executable, str(ROOT / "cli.py"), "validate", "--config", str(DEMO_CONFIG),
+           "--data", "blocking_data.BlockingData", "--trainer.enable_progress_bar", "false"]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (tmp_path / "loader_started").exists():
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-2000:]
+        time.sleep(0.2)
+    time.sleep(1)
+    proc.send_signal(signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143
+    assert "error: the run did not stop within 2 s of SIGTERM (blocked in a data loader?); exiting" in err

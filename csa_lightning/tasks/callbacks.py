@@ -14,7 +14,7 @@ from typing import Any, Dict, Optional
 import lightning as L
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelCheckpoint
 
-__all__ = ["RunInfo", "RunSummary", "RecordResult", "PredictionWriter", "run_info"]
+__all__ = ["RunInfo", "RunSummary", "RecordResult", "PredictionWriter", "SigtermWatchdog", "run_info"]
 
 PACKAGES = (
     "torch",
@@ -251,3 +251,55 @@ def _coco_results(batches: list, trainer) -> list:
                                 "score": round(float(score), 5)})  # fmt: skip
             index += 1
     return results
+
+
+class SigtermWatchdog(Callback):
+    """SIGTERM always ends the run: Lightning's handler (which stops at the next batch boundary) is
+    kept, and if the process is still alive ``grace`` seconds later (blocked in a data loader that
+    never returns a batch, so no boundary comes) it exits with status 143 and one line saying why.
+
+    ``grace``: seconds (default 60, or ``CSA_SIGTERM_GRACE``); long enough for Lightning to finish a
+    step and the checkpoint it writes, short of a scheduler's kill timeout.
+    """
+
+    def __init__(self, grace: Optional[float] = None) -> None:
+        super().__init__()
+        self.grace = float(grace if grace is not None else os.environ.get("CSA_SIGTERM_GRACE", 60))
+        self._installed = False
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        # installed before Lightning registers its own SIGTERM handler (later in the same run),
+        # which then calls this one beside its notifier (it composes with a handler already there)
+        import signal
+        import threading
+
+        if self._installed or threading.current_thread() is not threading.main_thread():
+            return
+        grace = self.grace
+
+        def arm_watchdog(signum, frame):
+            timer = threading.Timer(grace, _exit_after_sigterm, args=(grace,))
+            timer.daemon = True
+            timer.start()
+
+        self._previous = signal.signal(signal.SIGTERM, arm_watchdog)
+        self._installed = True
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        import signal
+
+        if self._installed and signal.getsignal(signal.SIGTERM) is not None:
+            try:
+                signal.signal(signal.SIGTERM, self._previous)  # what the process had before the run
+            except ValueError:  # not the main thread
+                pass
+            self._installed = False
+
+
+def _exit_after_sigterm(grace: float) -> None:
+    print(
+        f"error: the run did not stop within {grace:g} s of SIGTERM (blocked in a data loader?); exiting",
+        file=sys.stderr,
+        flush=True,
+    )
+    os._exit(143)
