@@ -196,3 +196,24 @@ def test_a_beton_cut_short_at_its_tail_is_refused_when_opened(tmp_path, digits_b
         ValueError, match=r"beton .*cut.beton is truncated or corrupt \(.*\); copy it again or rewrite it"
     ):
         beton_num_samples_and_classes(str(bad))
+
+
+@pytest.mark.slow
+def test_validate_on_a_cut_short_beton_ends_in_one_line(tmp_path, digits_betons):
+    """The user's case end to end: `cli.py validate` on a validation beton missing its last 2,000
+    bytes used to wait at 1/6 forever; now it stops before any loader with one line naming the file."""
+    import shutil
+    import subprocess
+    import sys
+
+    from .conftest import DEMO_CONFIG, ROOT
+
+    data = tmp_path / "digits"
+    shutil.copytree(digits_betons, data)
+    val = data / "digits_32px_val.beton"
+    val.write_bytes(val.read_bytes()[:-2000])
+    cmd = [sys.executable, str(ROOT / "cli.py"), "validate", "--config", str(DEMO_CONFIG), "--data.data_dir", str(data)]
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 2
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: beton {val} is truncated or corrupt (") and "rewrite it" in last
