@@ -440,8 +440,10 @@ class _runner_lock:
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             except FileExistsError:
+                from .checks import process_alive
+
                 holder = self.path.read_text().strip() if self.path.exists() else ""
-                if holder.isdigit() and _alive(int(holder)):
+                if holder.isdigit() and process_alive(int(holder)):
                     sys.exit(
                         f"error: another ablation runner (pid {holder}) is using {self.path.parent}; "
                         f"wait for it to finish or choose another --out"
@@ -455,16 +457,6 @@ class _runner_lock:
 
     def __exit__(self, *exc) -> None:
         self.path.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _run_plan(args, extra: List[str], out: Path, variants: List[Variant]) -> List[Dict[str, Any]]:

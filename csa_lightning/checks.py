@@ -7,9 +7,10 @@ nothing from the package, so every layer can use it.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Iterable, Optional
 
-__all__ = ["require", "require_positive", "require_non_negative", "oversubscription_warning"]
+__all__ = ["require", "require_positive", "require_non_negative", "oversubscription_warning", "process_alive"]
 
 
 def require(condition: bool, option: str, value: Any, rule: str) -> None:
@@ -41,3 +42,14 @@ def oversubscription_warning(
         f"{world_size} CPU processes on {cpus} cores: they share the cores (no faster than {cpus}), and the lr is "
         f"scaled{batch} as for {world_size} devices; use --trainer.devices {cpus} or fewer"
     )
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (one of another user's counts): whose lock or leftover file this is."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

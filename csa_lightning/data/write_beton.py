@@ -23,6 +23,8 @@ from typing import List, Optional, Sequence
 
 from PIL import Image
 
+from ..checks import process_alive
+
 __all__ = ["write_beton", "RGBImageFolder"]
 
 
@@ -71,7 +73,7 @@ def remove_dead_leftovers(target: Path, kinds: Sequence[str] = ("partial", "erro
     for kind in kinds:
         for path in target.parent.glob(f".{target.name}.{kind}-*"):
             pid = path.name.rsplit("-", 1)[-1]
-            if not pid.isdigit() or _process_alive(int(pid)):
+            if not pid.isdigit() or process_alive(int(pid)):
                 continue
             if path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)
@@ -79,16 +81,6 @@ def remove_dead_leftovers(target: Path, kinds: Sequence[str] = ("partial", "erro
                 path.unlink(missing_ok=True)
             removed.append(path)
     return removed
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def write_beton(
