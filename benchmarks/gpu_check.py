@@ -62,7 +62,8 @@ from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 from csa_lightning.attention import available_attentions, build_attention  # noqa: E402
 from csa_lightning.attention.csa import CONTIGUITY_MODES, DISTANCE_MODES  # noqa: E402
@@ -382,18 +383,20 @@ def _trainer(device: torch.device, root: str, **kwargs):
     return L.Trainer(**options)
 
 
-def _classifier():
-    from csa_lightning.models import ResNetSpec
-    from csa_lightning.tasks import ClassificationModule
+def _demo_task(config: str, **overrides):
+    """The task of a demo config (its network and recipe), built from the YAML's model section: the
+    kit runs what ``make demo`` runs, without a second copy of its values (no jsonargparse needed)."""
+    import importlib
 
-    return ClassificationModule(
-        ResNetSpec(18, "csa", num_classes=10),
-        lr=0.1,
-        lr_reference_batch=64,
-        weight_decay=5e-4,
-        milestones=(8, 11),
-        no_weight_decay_on=("norm", "bias"),
-    )
+    import yaml
+
+    model = yaml.safe_load((ROOT / "configs" / "demo" / config).read_text())["model"]
+    module_name, _, name = model["class_path"].rpartition(".")
+    return getattr(importlib.import_module(module_name), name)(**{**model["init_args"], **overrides})
+
+
+def _classifier():
+    return _demo_task("digits_csa.yaml")
 
 
 def train(report: Report, device: torch.device, quick: bool, workdir: Path) -> None:
@@ -452,26 +455,9 @@ def train(report: Report, device: torch.device, quick: bool, workdir: Path) -> N
 
     def detection() -> str:
         from csa_lightning.data import DigitsCOCODataModule
-        from csa_lightning.models import RCNNSpec
-        from csa_lightning.tasks import DetectionModule
 
-        net = RCNNSpec(
-            architecture="faster_rcnn",
-            depth=18,
-            attention="csa",
-            num_classes=10,
-            min_size=128,
-            max_size=128,
-            rpn_pre_nms_top_n_train=300,
-            rpn_post_nms_top_n_train=150,
-            rpn_pre_nms_top_n_test=300,
-            rpn_post_nms_top_n_test=150,
-            rpn_batch_size_per_image=64,
-            box_batch_size_per_image=64,
-            box_representation_size=256,
-            box_detections_per_img=20,
-        )
-        module = DetectionModule(net, warmup_iters=2)
+        # the digits detection demo's slim heads and recipe; no backbone file, and a warm-up that ends
+        module = _demo_task("digits_faster_rcnn_csa.yaml", backbone_weights=None, warmup_iters=2)
         data = DigitsCOCODataModule(
             data_dir=str(workdir / "digits_coco"), num_train=16, num_val=8, batch_size=4, num_workers=0
         )
