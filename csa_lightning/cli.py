@@ -142,8 +142,10 @@ def find_last_checkpoint(config) -> Path:
     """
     import yaml
 
+    from .tasks.checkpoints import checkpoints_newest_first, saved_config
+
     root = Path(config.trainer.get("default_root_dir") or "lightning_logs")
-    found = sorted(root.rglob("last*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True) if root.is_dir() else []
+    found = checkpoints_newest_first(str(root))
     if not found:
         raise FileNotFoundError(
             f"--ckpt_path last: no last.ckpt under {root}; train first, or pass the checkpoint's path"
@@ -151,10 +153,10 @@ def find_last_checkpoint(config) -> Path:
     current = _comparable({"model": config.get("model"), "data": config.get("data")})
     other = None
     for ckpt in found:
-        saved_config = ckpt.parent.parent / "config.yaml"
-        if not saved_config.is_file():
+        config_file = saved_config(ckpt)
+        if not config_file.is_file():
             continue  # a fast_dev_run (Lightning saves no config for it) or a file from elsewhere
-        saved = yaml.safe_load(saved_config.read_text()) or {}
+        saved = yaml.safe_load(config_file.read_text()) or {}
         difference = _first_difference(_comparable({"model": saved.get("model"), "data": saved.get("data")}), current)
         if difference is None:
             return ckpt

@@ -3,9 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
-__all__ = ["resolve_checkpoint", "newest_checkpoint"]
+__all__ = ["resolve_checkpoint", "newest_checkpoint", "checkpoints_newest_first", "saved_config"]
+
+
+def checkpoints_newest_first(folder: str, pattern: str = "last*.ckpt") -> List[Path]:
+    """Every checkpoint matching ``pattern`` under ``folder`` (any depth), newest first."""
+    root = Path(folder)
+    return sorted(root.rglob(pattern), key=lambda p: p.stat().st_mtime, reverse=True) if root.is_dir() else []
+
+
+def saved_config(checkpoint: Path) -> Path:
+    """Where the run that wrote ``checkpoint`` saved its config (none for a fast_dev_run)."""
+    return checkpoint.parent.parent / "config.yaml"
 
 
 def newest_checkpoint(folder: str, last_only: bool = False) -> Optional[Path]:
@@ -13,14 +24,11 @@ def newest_checkpoint(folder: str, last_only: bool = False) -> Optional[Path]:
     newest ``*.ckpt``, else None. Checkpoints of runs that saved their config (``config.yaml``
     beside the ``checkpoints`` folder) come first: a fast_dev_run, which saves none, is taken only
     when nothing else is there."""
-    root = Path(folder)
-    if not root.is_dir():
-        return None
     for pattern in ("last*.ckpt",) if last_only else ("last*.ckpt", "*.ckpt"):
-        found = sorted(root.rglob(pattern), key=lambda p: p.stat().st_mtime)
-        configured = [p for p in found if (p.parent.parent / "config.yaml").is_file()]
+        found = checkpoints_newest_first(folder, pattern)
+        configured = [p for p in found if saved_config(p).is_file()]
         if found:
-            return (configured or found)[-1]
+            return (configured or found)[0]
     return None
 
 
