@@ -8,9 +8,18 @@ nothing from the package, so every layer can use it.
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable, Optional
+import shutil
+from pathlib import Path
+from typing import Any, Iterable, List, Optional, Sequence
 
-__all__ = ["require", "require_positive", "require_non_negative", "oversubscription_warning", "process_alive"]
+__all__ = [
+    "require",
+    "require_positive",
+    "require_non_negative",
+    "oversubscription_warning",
+    "process_alive",
+    "remove_dead_leftovers",
+]
 
 
 def require(condition: bool, option: str, value: Any, rule: str) -> None:
@@ -53,3 +62,26 @@ def process_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def remove_dead_leftovers(target: Path, kinds: Sequence[str] = ("partial", "errors", "tmp")) -> List[Path]:
+    """Remove ``.<name>.<kind>-<pid>`` files and folders beside ``target`` whose process is gone.
+
+    A killed writer cannot clean up after itself (a ``.partial`` beton is as large as the finished
+    one: tens of GB on ImageNet); the next writer of the same target does it. A live process's
+    leftovers (a writer running beside this one) are kept.
+    """
+    removed = []
+    if not target.parent.is_dir():
+        return removed
+    for kind in kinds:
+        for path in target.parent.glob(f".{target.name}.{kind}-*"):
+            pid = path.name.rsplit("-", 1)[-1]
+            if not pid.isdigit() or process_alive(int(pid)):
+                continue
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed

@@ -7,6 +7,8 @@ LightningDataModule, a user's subclass in another package included. Beyond Light
   one-line error (``last`` and ``best`` are resolved by Lightning as usual);
 - a run that fails before its first checkpoint removes the log folder it created, so no
   half-made run folder is left behind;
+- checkpoints are written by :class:`~csa_lightning.tasks.checkpoint_io.AtomicCheckpointIO`
+  (a kill while saving leaves no file in the system's temporary folder);
 - errors caused by input (missing files, bad values) print as one line,
   ``error: <what is wrong and how to fix it>``; set ``CSA_LIGHTNING_TRACEBACK=1`` for the traceback.
 """
@@ -100,6 +102,8 @@ class CSALightningCLI(LightningCLI):
         trainer = config.get("trainer") or {}
         if "logger" not in kwargs and trainer.get("logger") in (None, True):
             kwargs["logger"] = default_loggers(trainer.get("default_root_dir") or os.getcwd())
+        if "plugins" not in kwargs:
+            kwargs["plugins"] = with_atomic_checkpoint_io(trainer.get("plugins"))
         return super().instantiate_trainer(**kwargs)
 
     def _run_subcommand(self, subcommand: str) -> None:
@@ -128,6 +132,22 @@ def default_loggers(root: str) -> list:
 
     csv = CSVLogger(save_dir=root, name="lightning_logs")
     return [csv, TensorBoardLogger(save_dir=root, name="lightning_logs", version=csv.version, default_hp_metric=False)]
+
+
+def with_atomic_checkpoint_io(plugins):
+    """The config's trainer plugins plus :class:`AtomicCheckpointIO` unless they name a checkpoint IO:
+    a run killed while saving then leaves no checkpoint-sized file in the system's temporary folder."""
+    from lightning.pytorch.plugins.io import CheckpointIO
+
+    from .tasks.checkpoint_io import AtomicCheckpointIO
+
+    if plugins is None:
+        plugins = []
+    elif not isinstance(plugins, (list, tuple)):
+        plugins = [plugins]
+    if any(isinstance(p, CheckpointIO) for p in plugins):
+        return list(plugins)
+    return [*plugins, AtomicCheckpointIO()]
 
 
 def find_last_checkpoint(config) -> Path:

@@ -159,7 +159,8 @@ def test_a_killed_writers_leftovers_are_removed_by_the_next_writer(tmp_path):
     an .errors-PID folder that no later run removed."""
     import os
 
-    from csa_lightning.data.write_beton import remove_dead_leftovers, write_beton
+    from csa_lightning.checks import remove_dead_leftovers
+    from csa_lightning.data.write_beton import write_beton
 
     out = tmp_path / "betons" / "x.beton"
     out.parent.mkdir()

@@ -25,9 +25,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from ..checks import require_positive
+from ..checks import remove_dead_leftovers, require_positive
 from .ffcv_imagenet import ImageNetFFCVDataModule
-from .write_beton import remove_dead_leftovers
 
 __all__ = [
     "DigitsDataModule",

@@ -19,11 +19,11 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 from PIL import Image
 
-from ..checks import process_alive
+from ..checks import remove_dead_leftovers
 
 __all__ = ["write_beton", "RGBImageFolder"]
 
@@ -58,29 +58,6 @@ class RGBImageFolder:
                 raise
             (Path(self.error_dir) / f"{index}.txt").write_text(f"{path} ({type(err).__name__}: {err})")
             return Image.new("RGB", (8, 8)), label
-
-
-def remove_dead_leftovers(target: Path, kinds: Sequence[str] = ("partial", "errors", "tmp")) -> List[Path]:
-    """Remove ``.<name>.<kind>-<pid>`` files and folders beside ``target`` whose process is gone.
-
-    A killed writer cannot clean up after itself (a ``.partial`` beton is as large as the finished
-    one: tens of GB on ImageNet); the next writer of the same target does it. A live process's
-    leftovers (a writer running beside this one) are kept.
-    """
-    removed = []
-    if not target.parent.is_dir():
-        return removed
-    for kind in kinds:
-        for path in target.parent.glob(f".{target.name}.{kind}-*"):
-            pid = path.name.rsplit("-", 1)[-1]
-            if not pid.isdigit() or process_alive(int(pid)):
-                continue
-            if path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
-            removed.append(path)
-    return removed
 
 
 def write_beton(
