@@ -44,6 +44,8 @@ class Variant:
     attention: str
     seed: int
     sweep: Dict[str, str] = field(default_factory=dict)
+    #: further arguments of this variant's runs (e.g. its backbone from a classification ablation)
+    extra_args: List[str] = field(default_factory=list)
 
     @property
     def group(self) -> str:
@@ -74,7 +76,7 @@ class Variant:
         for key, value in self.sweep.items():
             if key != "model.placement" and not key.startswith("model.attention_options."):
                 args += [f"--{key}", value]
-        return args
+        return args + list(self.extra_args)
 
 
 def _yaml_scalar(value: str) -> Any:
@@ -209,6 +211,48 @@ def _record_for(variant: Variant, base_config: str, extra: Sequence[str], out: P
 # ------------------------------------------------------------------------------------------
 # report
 
+#: what a result's metric is called in the report, and whether it is shown as an error (100 - x %)
+_ERROR_METRICS = ("top1", "top5")
+
+
+def default_metric(records: Sequence[Dict[str, Any]]) -> str:
+    """The metric the runs' checkpoints monitored (val/top1 for classification, val/box_AP for
+    detection): what the task itself ranks models by."""
+    for r in records:
+        if r.get("monitor"):
+            return r["monitor"]
+    return "val/top1"
+
+
+def metric_value(record: Dict[str, Any], metric: str) -> Optional[float]:
+    """The last epoch's value of ``metric`` in one run's record (None if the run did not log it)."""
+    final = record.get("final") or {}
+    if metric in final:
+        return final[metric]
+    legacy = record.get(f"final_{metric.replace('/', '_')}")  # records written before "final" existed
+    return legacy if legacy is not None else None
+
+
+def _is_error_metric(metric: str) -> bool:
+    return metric.rsplit("/", 1)[-1] in _ERROR_METRICS
+
+
+def metric_label(metric: str) -> str:
+    """'val/top1' -> 'val top-1 err %' (lower is better); 'val/box_AP' -> 'val box_AP %'."""
+    stage, _, name = metric.rpartition("/")
+    prefix = f"{stage} " if stage else ""
+    if _is_error_metric(metric):
+        return f"{prefix}{name.replace('top', 'top-')} err %"
+    return f"{prefix}{name} %"
+
+
+def reported(record: Dict[str, Any], metric: str) -> Optional[float]:
+    """The value the report shows: an error in % for accuracies, the metric in % otherwise."""
+    value = metric_value(record, metric)
+    if value is None:
+        return None
+    return 100.0 * (1.0 - value) if _is_error_metric(metric) else 100.0 * value
+
 
 def _mean_std(values: List[float]) -> Tuple[float, float]:
     mean = sum(values) / len(values)
@@ -216,48 +260,92 @@ def _mean_std(values: List[float]) -> Tuple[float, float]:
     return mean, std
 
 
-def _final_top1(record: Dict[str, Any]) -> float:
-    final = record.get("final_val_top1")
-    return record["best_val_top1"] if final is None else final
+def _extra_metrics(records: Sequence[Dict[str, Any]], metric: str) -> List[str]:
+    """Further columns: Mask R-CNN's val/mask_AP beside val/box_AP (and the other way round)."""
+    names = set()
+    for r in records:
+        names.update((r.get("final") or {}).keys())
+    return [m for m in ("val/box_AP", "val/mask_AP") if m in names and m != metric]
 
 
-def summarise(records: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """One row per variant group: mean and sample std over seeds of the error, and the costs."""
+def summarise(
+    records: List[Dict[str, Any]], metric: Optional[str] = None, baseline: str = "none"
+) -> List[Dict[str, Any]]:
+    """One row per variant group: mean, sample std and 95 % t interval over seeds of the metric
+    (the last epoch's: picking each seed's best epoch on the validation set would flatter every
+    variant), the seed-paired difference to ``baseline`` with its 95 % and Holm-corrected
+    intervals, and the costs."""
+    from .stats import MIN_SEEDS, paired_comparisons, per_variant_intervals
+
+    metric = metric or default_metric(records)
+    extra = _extra_metrics(records, metric)
     groups: Dict[str, List[Dict[str, Any]]] = {}
     for r in records:
-        groups.setdefault(r["group"], []).append(r)
+        if reported(r, metric) is not None:
+            groups.setdefault(r["group"], []).append(r)
+    values = {g: {r["seed"]: reported(r, metric) for r in items} for g, items in groups.items()}
+    half_widths = per_variant_intervals({g: list(v.values()) for g, v in values.items()})
+    comparisons = {}
+    if baseline in values:
+        others = {g: v for g, v in values.items() if g != baseline}
+        comparisons = {c.variant: c for c in paired_comparisons(values[baseline], others)}
     rows = []
     for group, items in groups.items():
-        # the last epoch's error, as papers report it (picking each seed's best epoch on the
-        # validation set would flatter every variant); best_val_top1 stays in results.json
-        err_mean, err_std = _mean_std([100.0 * (1.0 - _final_top1(r)) for r in items])
-        rows.append(
+        mean, std = _mean_std(list(values[group].values()))
+        row = {
+            "variant": group,
+            "attention": items[0]["attention"],
+            "metric": metric,
+            "seeds": len(items),
+            "mean": mean,
+            "std": std,
+            "ci95_half_width": half_widths[group],
+        }
+        for m in extra:
+            shown = [reported(r, m) for r in items if reported(r, m) is not None]
+            row[f"{m}_mean"] = _mean_std(shown)[0] if shown else None
+        c = comparisons.get(group)
+        row.update(
             {
-                "variant": group,
-                "attention": items[0]["attention"],
-                "seeds": len(items),
-                "top1_err_mean": err_mean,
-                "top1_err_std": err_std,
-                "params": items[0]["params"],
-                "gmac": items[0]["gmac"],
-                "train_img_s": _mean_std([r["train_images_per_sec"] for r in items])[0],
-                "infer_img_s": _mean_std([r["inference_images_per_sec"] for r in items])[0],
+                "paired_seeds": c.n if c else None,
+                "diff_mean": c.mean_difference if c else None,
+                "diff_ci95": list(c.interval) if c and c.interval else None,
+                "holm_p": c.holm_p if c else None,
+                "diff_ci_holm": list(c.holm_interval) if c and c.holm_interval else None,
+                "significant": c.significant if c else None,
             }
         )
-    base = next((r for r in rows if r["variant"] == "none"), None)
-    for r in rows:
-        if base is None:
-            r["delta_vs_none"], r["note"] = None, "no baseline"
-            continue
-        delta = r["top1_err_mean"] - base["top1_err_mean"]
-        r["delta_vs_none"] = delta
-        noise = max(r["top1_err_std"], base["top1_err_std"])
-        r["note"] = "baseline" if r is base else ("within 1 std (noise)" if abs(delta) <= noise else "")
-    return sorted(rows, key=lambda r: (r["attention"] != "none", r["variant"]))
+        if group == baseline:
+            row["note"] = "baseline"
+        elif baseline not in values:
+            row["note"] = f"no baseline '{baseline}'"
+        elif c is None or c.n == 0:
+            row["note"] = "no seed shared with the baseline"
+        elif c.n < MIN_SEEDS:
+            row["note"] = f"{c.n} paired seed(s): no interval (needs {MIN_SEEDS})"
+        else:
+            row["note"] = "significant" if c.significant else "not significant"
+        row.update(
+            {
+                "params": items[0].get("params"),
+                "gmac": items[0].get("gmac"),
+                "train_img_s": _mean_std([r.get("train_images_per_sec", float("nan")) for r in items])[0],
+                "infer_img_s": _mean_std([r.get("inference_images_per_sec", float("nan")) for r in items])[0],
+            }
+        )
+        rows.append(row)
+    return sorted(rows, key=lambda r: (r["variant"] != baseline, r["variant"]))
 
 
-def write_report(out: Path, records: List[Dict[str, Any]], title: str = "") -> List[Dict[str, Any]]:
-    rows = summarise(records)
+def _interval(pair) -> str:
+    return "-" if not pair else f"[{pair[0]:+.2f}, {pair[1]:+.2f}]"
+
+
+def write_report(
+    out: Path, records: List[Dict[str, Any]], title: str = "", metric: Optional[str] = None, baseline: str = "none"
+) -> List[Dict[str, Any]]:
+    metric = metric or default_metric(records)
+    rows = summarise(records, metric, baseline)
     if not rows:
         return rows
     import csv
@@ -266,38 +354,62 @@ def write_report(out: Path, records: List[Dict[str, Any]], title: str = "") -> L
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+    label = metric_label(metric)
+    extra = [k for k in rows[0] if k.endswith("_mean") and k not in ("mean", "diff_mean")]
+    extra_head = "".join(f" {metric_label(k[: -len('_mean')])} (mean) |" for k in extra)
     lines = [
         f"# Ablation {title}".rstrip(),
         "",
-        "| variant | seeds | last-epoch top-1 err % (mean ± std) | vs none | params | GMAC | train img/s "
-        "| infer img/s | note |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        f"Metric: {label}, last epoch, mean ± sample std and 95 % t interval over seeds. "
+        f"Differences are to `{baseline}`, paired by seed (variant minus baseline, in points); 95 % t "
+        "intervals with n - 1 degrees of freedom, and Holm-corrected across the variants compared: "
+        "*significant* only where Holm rejects (the corrected interval excludes 0).",
+        "",
+        f"| variant | seeds | {label} | 95 % CI ± |{extra_head} vs {baseline} (paired) | 95 % CI | Holm CI "
+        "| Holm p | params | GMAC | train img/s | infer img/s | note |",
+        "|---|---:|---:|---:|" + "---:|" * len(extra) + "---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
-        delta = "-" if r["delta_vs_none"] is None or r["note"] == "baseline" else f"{r['delta_vs_none']:+.2f}"
+        half = "-" if r["ci95_half_width"] is None else f"{r['ci95_half_width']:.2f}"
+        extra_cells = "".join(" - |" if r[k] is None else f" {r[k]:.2f} |" for k in extra)
+        diff = "-" if r["diff_mean"] is None else f"{r['diff_mean']:+.2f}"
+        holm_p = "-" if r["holm_p"] is None else f"{r['holm_p']:.3g}"
+        params = "-" if r["params"] is None else f"{r['params']:,}"
+        gmac = "-" if r["gmac"] is None else f"{r['gmac']:.3f}"
         lines.append(
-            f"| {r['variant']} | {r['seeds']} | {r['top1_err_mean']:.2f} ± {r['top1_err_std']:.2f} | {delta} | "
-            f"{r['params']:,} | {r['gmac']:.3f} | {r['train_img_s']:.0f} | {r['infer_img_s']:.0f} | {r['note']} |"
+            f"| {r['variant']} | {r['seeds']} | {r['mean']:.2f} ± {r['std']:.2f} | {half} |{extra_cells} {diff} | "
+            f"{_interval(r['diff_ci95'])} | {_interval(r['diff_ci_holm'])} | {holm_p} | {params} | {gmac} | "
+            f"{r['train_img_s']:.0f} | {r['infer_img_s']:.0f} | {r['note']} |"
         )
+    lines += [
+        "",
+        "Seeds pair each variant's initialisation and data order with the baseline's. ffcv's random "
+        "augmentations (crops, flips) are drawn in its loader threads and are not reproducible from the seed, "
+        "so on the FFCV path a pair shares less than the same seed suggests (the pairing is conservative then, "
+        "never flattering).",
+    ]
     (out / "report.md").write_text("\n".join(lines) + "\n")
-    _plot(out / "report.png", rows)
+    _plot(out / "report.png", rows, label)
     return rows
 
 
-def _plot(path: Path, rows: List[Dict[str, Any]]) -> None:
+def _plot(path: Path, rows: List[Dict[str, Any]], label: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
-    for ax, key, label in ((axes[0], "params", "parameters (M)"), (axes[1], "infer_img_s", "inference images/s")):
+    for ax, key, xlabel in ((axes[0], "params", "parameters (M)"), (axes[1], "infer_img_s", "inference images/s")):
         for r in rows:
+            if r[key] is None:
+                continue
             x = r[key] / 1e6 if key == "params" else r[key]
-            ax.errorbar(x, r["top1_err_mean"], yerr=r["top1_err_std"], fmt="o", capsize=4, label=r["variant"])
-            ax.annotate(r["variant"], (x, r["top1_err_mean"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
-        ax.set_xlabel(label)
-        ax.set_ylabel("top-1 error % (mean ± std over seeds)")
+            yerr = r["ci95_half_width"] if r["ci95_half_width"] is not None else 0.0
+            ax.errorbar(x, r["mean"], yerr=yerr, fmt="o", capsize=4, label=r["variant"])
+            ax.annotate(r["variant"], (x, r["mean"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(f"{label}: mean, bars = 95 % t interval")
         ax.grid(alpha=0.3)
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -315,6 +427,19 @@ def _parse(argv: Optional[Sequence[str]]) -> Tuple[argparse.Namespace, List[str]
     parser.add_argument("--out", required=True, help="folder for runs, results.json and the report")
     parser.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2", help="an extra axis (repeatable)")
     parser.add_argument("--parallel", type=int, default=1, help="runs at once (one GPU each when there are GPUs)")
+    parser.add_argument(
+        "--metric",
+        default=None,
+        help="the validation metric the report compares (default: what the checkpoints monitor: val/top1 for "
+        "classification, val/box_AP for detection)",
+    )
+    parser.add_argument("--baseline", default="none", help="the variant every other one is compared with, by seed")
+    parser.add_argument(
+        "--backbone-runs",
+        default=None,
+        metavar="DIR",
+        help="a classification ablation's --out: each variant's backbone is its {attention}_seed{s} run's checkpoint",
+    )
     parser.add_argument(
         "--rerun", action="store_true", help="train again the variants whose config or overrides changed since they ran"
     )
@@ -347,10 +472,32 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
 
     out = Path(args.out)
     variants = plan_variants(attentions, seeds, sweeps)
+    if args.backbone_runs:
+        _attach_backbones(variants, Path(args.backbone_runs))
     _check_variants(args.config, variants, extra)  # every variant builds, before the first one trains
     out.mkdir(parents=True, exist_ok=True)
     with _runner_lock(out):
         return _run_plan(args, extra, out, variants)
+
+
+def _attach_backbones(variants: Sequence[Variant], runs: Path) -> None:
+    """Give each variant the classification run of the same attention and seed as its backbone
+    (``--model.backbone_weights RUN_FOLDER``: its newest checkpoint); one line lists what is missing."""
+    from .tasks.checkpoints import newest_checkpoint
+
+    folder = runs / "runs" if (runs / "runs").is_dir() else runs
+    missing = []
+    for v in variants:
+        run = folder / f"{v.attention}_seed{v.seed}"
+        if newest_checkpoint(str(run)) is None:
+            missing.append(run.name)
+        v.extra_args = ["--model.backbone_weights", str(run)]
+    if missing:
+        sys.exit(
+            f"error: --backbone-runs {runs}: no checkpoint for {', '.join(missing[:4])}"
+            f"{' ...' if len(missing) > 4 else ''}; run the classification ablation with the same attentions "
+            "and seeds first (python -m csa_lightning.ablate --config configs/demo/digits_csa.yaml ...)"
+        )
 
 
 def _check_sweep_keys(sweeps: Dict[str, List[str]], attentions: Sequence[str]) -> None:
@@ -511,9 +658,9 @@ def _run_plan(args, extra: List[str], out: Path, variants: List[Variant]) -> Lis
                 continue
             _append_result(out, _record_for(variant, args.config, extra, out, time.time() - started))
             finished += 1
-            write_report(out, load_results(out), title=Path(args.config).stem)
+            write_report(out, load_results(out), Path(args.config).stem, args.metric, args.baseline)
             print(f"    done {variant.name}: {finished}/{len(variants)} finished", flush=True)
-    rows = write_report(out, load_results(out), title=Path(args.config).stem)
+    rows = write_report(out, load_results(out), Path(args.config).stem, args.metric, args.baseline)
     if rows:
         print((out / "report.md").read_text())
     if failures:

@@ -42,27 +42,91 @@ def test_plan_resets_options_and_applies_sweeps_only_where_they_fit():
     assert net(Variant("gct", 3).cli_args([])) == {"attention": "gct", "placement": None, "attention_options": None}
 
 
-def _record(group, attention, seed, top1, params=1000, speed=100.0):
+def _record(group, attention, seed, top1, params=1000, speed=100.0, **final):
     return {"variant": f"{group}_{seed}", "group": group, "attention": attention, "seed": seed,
-            "final_val_top1": top1, "best_val_top1": min(1.0, top1 + 0.01),
+            "monitor": "val/top1", "best": min(1.0, top1 + 0.01), "final": {"val/top1": top1, **final},
             "params": params, "gmac": 0.5, "train_images_per_sec": speed, "inference_images_per_sec": 2 * speed}  # fmt: skip
 
 
-def test_report_means_stds_deltas_and_noise_notes(tmp_path):
+def test_report_pairs_variants_with_the_baseline_by_seed(tmp_path):
+    """Errors 10/8/9 (none), 9.5/7/8.5 (se: paired differences -0.5, -1, -0.5) and 5/3/4 (csa: -5 each)."""
     records = [
-        _record("none", "none", 0, 0.90), _record("none", "none", 1, 0.92),
-        _record("se", "se", 0, 0.905), _record("se", "se", 1, 0.925),
-        _record("csa", "csa", 0, 0.96), _record("csa", "csa", 1, 0.962),
+        _record("none", "none", 0, 0.90), _record("none", "none", 1, 0.92), _record("none", "none", 2, 0.91),
+        _record("se", "se", 0, 0.905), _record("se", "se", 1, 0.93), _record("se", "se", 2, 0.915),
+        _record("csa", "csa", 0, 0.95), _record("csa", "csa", 1, 0.97), _record("csa", "csa", 2, 0.96),
     ]  # fmt: skip
     rows = {r["variant"]: r for r in write_report(tmp_path, records, "test")}
-    assert rows["none"]["top1_err_mean"] == pytest.approx(9.0)
-    assert rows["none"]["top1_err_std"] == pytest.approx(1.41421356, rel=1e-6)  # sample std over seeds
-    assert rows["se"]["delta_vs_none"] == pytest.approx(-0.5) and rows["se"]["note"] == "within 1 std (noise)"
-    assert rows["csa"]["delta_vs_none"] == pytest.approx(-5.1) and rows["csa"]["note"] == ""
+    assert rows["none"]["mean"] == pytest.approx(9.0) and rows["none"]["std"] == pytest.approx(1.0)
+    # per-variant 95 % interval: t(0.975, 2) = 4.302653 x 1 / sqrt(3)
+    assert rows["none"]["ci95_half_width"] == pytest.approx(4.302653 / 3**0.5, rel=1e-6)
+    se = rows["se"]
+    # differences -0.5, -1, -0.5: mean -2/3, sd 0.288675, t = -4, two-sided p(t_2) = 0.057191
+    assert se["diff_mean"] == pytest.approx(-2 / 3)
+    half = 4.302653 * 0.288675 / 3**0.5
+    assert se["diff_ci95"] == pytest.approx([-2 / 3 - half, -2 / 3 + half], rel=1e-5)
+    # csa: constant difference -5 (sd 0): p = 0, ranked first; Holm: se's p x 1 (second of two)
+    assert rows["csa"]["holm_p"] == pytest.approx(0.0, abs=1e-12) and rows["csa"]["significant"] is True
+    assert se["holm_p"] == pytest.approx(0.057191, rel=1e-4) and se["significant"] is False
+    assert se["note"] == "not significant" and rows["csa"]["note"] == "significant"
     report = (tmp_path / "report.md").read_text()
-    assert "| csa | 2 | 3.90 ± 0.14 | -5.10 |" in report
+    assert "| csa | 3 | 4.00 ± 1.00 | 2.48 | -5.00 | [-5.00, -5.00] |" in report
+    assert "not reproducible from the seed" in report  # ffcv's augmentations are not paired
     assert (tmp_path / "report.csv").read_text().count("\n") == 4
     assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
+def test_paired_statistics_agree_with_scipy_and_holm_by_hand():
+    from scipy import stats
+
+    from csa_lightning.stats import holm_adjust, paired_comparisons
+
+    base = {0: 10.0, 1: 12.5, 2: 11.0, 3: 9.0, 4: 10.5}
+    a = {0: 9.0, 1: 11.0, 2: 10.8, 3: 8.1, 4: 9.0}
+    b = {0: 10.2, 1: 12.0, 2: 11.5, 3: 9.3, 4: 10.1}
+    results = {r.variant: r for r in paired_comparisons(base, {"a": a, "b": b})}
+    for name, values in (("a", a), ("b", b)):
+        diffs = [values[s] - base[s] for s in sorted(base)]
+        ref = stats.ttest_rel([values[s] for s in sorted(base)], [base[s] for s in sorted(base)])
+        assert results[name].p_value == pytest.approx(ref.pvalue, rel=1e-9)
+        low, high = ref.confidence_interval(0.95)
+        assert results[name].interval == pytest.approx((low, high), rel=1e-9)
+        assert results[name].mean_difference == pytest.approx(sum(diffs) / 5)
+    # Holm by hand: ascending p 0.01, 0.03, 0.04 times 3, 2, 1 -> 0.03, 0.06, max(0.04, 0.06) = 0.06
+    assert holm_adjust([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm_adjust([0.5, 0.01]) == pytest.approx([0.5, 0.02])
+    # the smaller p is tested at alpha / 2: its Holm interval is the 97.5 % one, the other's the 95 % one
+    first, second = sorted(results.values(), key=lambda r: r.p_value)
+    diffs = [a[s] - base[s] for s in sorted(base)] if first.variant == "a" else [b[s] - base[s] for s in sorted(base)]
+    assert first.holm_interval == pytest.approx(stats.ttest_1samp(diffs, 0).confidence_interval(0.975), rel=1e-9)
+    assert second.holm_interval == pytest.approx(second.interval, rel=1e-12)
+
+
+def test_fewer_than_three_seeds_give_no_interval_and_say_so(tmp_path):
+    records = [_record("none", "none", 0, 0.90), _record("none", "none", 1, 0.92),
+               _record("se", "se", 0, 0.905), _record("se", "se", 1, 0.925)]  # fmt: skip
+    rows = {r["variant"]: r for r in write_report(tmp_path, records, "test")}
+    assert rows["se"]["diff_mean"] == pytest.approx(-0.5)
+    assert rows["se"]["diff_ci95"] is None and rows["se"]["significant"] is None
+    assert rows["se"]["note"] == "2 paired seed(s): no interval (needs 3)"
+
+
+def test_report_follows_the_detection_metric_with_mask_columns(tmp_path):
+    def det(group, seed, box, mask):
+        r = _record(group, group, seed, 0.0)
+        r.update(monitor="val/box_AP", final={"val/box_AP": box, "val/mask_AP": mask})
+        return r
+
+    records = [det("none", s, 0.30 + s / 100, 0.25) for s in range(3)] + [
+        det("csa", s, 0.33 + s / 100, 0.27) for s in range(3)
+    ]
+    rows = {r["variant"]: r for r in write_report(tmp_path, records, "det")}
+    assert rows["none"]["metric"] == "val/box_AP" and rows["none"]["mean"] == pytest.approx(31.0)
+    assert rows["csa"]["diff_mean"] == pytest.approx(3.0) and rows["csa"]["val/mask_AP_mean"] == pytest.approx(27.0)
+    report = (tmp_path / "report.md").read_text()
+    assert "val box_AP %" in report and "val mask_AP % (mean)" in report
+    # --metric picks another logged metric; --baseline another variant
+    rows = {r["variant"]: r for r in write_report(tmp_path, records, "det", "val/mask_AP", baseline="csa")}
+    assert rows["none"]["diff_mean"] == pytest.approx(-2.0) and rows["csa"]["note"] == "baseline"
 
 
 def test_corrupt_results_file_is_explained(tmp_path):

@@ -97,31 +97,41 @@ def test_logs_top1_top5_errors_throughput_and_run_info(in_tmp_cwd):
 def _fit(args, tmp):
     base = ["fit", "--config", str(DEMO_CONFIG), "--data", "csa_lightning.data.DigitsMemoryDataModule",
             "--data.resolution", "16", "--data.batch_size", "32", "--data.limit_train_samples", "128",
-            "--model.milestones", "[1]", "--trainer.limit_val_batches", "2"]  # fmt: skip
+            "--trainer.limit_val_batches", "2"]  # fmt: skip
     return main(base + args)
 
 
 @pytest.mark.slow
-def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
-    """Run A: 3 epochs straight. Run B: stops after epoch 1, then `--ckpt_path last` to 3 epochs.
-
-    The lr drops at epoch 1 (milestones [1]), so the scheduler, the optimiser's momentum and
-    the epoch counter must all come back for the weights to match.
-    """
+@pytest.mark.parametrize(
+    "schedule",
+    [["--model.schedule", "step", "--model.milestones", "[1]"],
+     ["--model.schedule", "cosine", "--model.warmup_epochs", "1.5"]],
+    ids=["step", "warmup-cosine"],
+)  # fmt: skip
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch, schedule):
+    """Run A: 3 epochs straight. Run B: stopped after epoch 1 (max_epochs still 3, as in a killed
+    run), then `--ckpt_path last`. Step: the lr drops at epoch 1; warm-up + cosine: B stops in the
+    middle of its warm-up. The scheduler, the optimiser's momentum and the epoch counter must all
+    come back for the weights to match."""
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     monkeypatch.chdir(tmp_path / "a")
-    straight = _fit(["--trainer.max_epochs", "3"], tmp_path)
+    straight = _fit([*schedule, "--trainer.max_epochs", "3"], tmp_path)
     monkeypatch.chdir(tmp_path / "b")
-    _fit(["--trainer.max_epochs", "1"], tmp_path)
-    resumed = _fit(["--trainer.max_epochs", "3", "--ckpt_path", "last"], tmp_path)
+    stopped = _fit([*schedule, "--trainer.max_epochs", "3", "--trainer.callbacks+=tests.stop_early.StopAfterEpochs"],
+                   tmp_path)  # fmt: skip
+    assert stopped.trainer.current_epoch == 1
+    resumed = _fit([*schedule, "--trainer.max_epochs", "3", "--ckpt_path", "last"], tmp_path)
     assert resumed.trainer.current_epoch == 3
     assert Path(resumed.trainer.log_dir).name == "version_1"  # the interrupted run's logs are kept
     a, b = straight.model.state_dict(), resumed.model.state_dict()
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
-    assert resumed.trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.1 * 32 / 64 * 0.1)
+    lr = resumed.trainer.optimizers[0].param_groups[0]["lr"]
+    assert lr == straight.trainer.optimizers[0].param_groups[0]["lr"]
+    if "step" in schedule:
+        assert lr == pytest.approx(0.1 * 32 / 64 * 0.1)
 
 
 def test_validate_test_and_predict_from_a_checkpoint(in_tmp_cwd):

@@ -111,6 +111,9 @@ class ChannelAttention(nn.Module):
     and :meth:`extra_macs` when the block does multiply-adds that are neither convolutions nor
     linear layers (the model summary counts those two with torch's flop counter).
 
+    ``gate_output`` (an ``nn.Identity``) is what :meth:`forward` passes the gate through: register
+    a forward hook on it to observe p during training.
+
     Class attribute ``default_placement`` says where ``attention_resnet`` puts the block when the
     user does not choose: "every_block" (SE, CBAM, ECA, GCT, as in their papers) or "stage_end".
     """
@@ -122,6 +125,9 @@ class ChannelAttention(nn.Module):
         if channels < 1:
             raise ValueError(f"channels must be a positive integer, got {channels}")
         self.channels = int(channels)
+        # a hook point, not a layer: forward hooks on it see the gate p (N, C, 1, 1) as the block
+        # uses it, without recomputing anything (GateStatistics does this); no parameters
+        self.gate_output = nn.Identity()
 
     def gate(self, x: Tensor) -> Tensor:
         """Per-channel weights of shape (N, C, 1, 1) for a feature map of shape (N, C, H, W)."""
@@ -129,7 +135,7 @@ class ChannelAttention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
-        return x * self.gate(x)
+        return x * self.gate_output(self.gate(x))
 
     def descriptors(self, x: Tensor) -> Dict[str, Tensor]:
         """Per-channel descriptors, each (N, C): "z" (standardised GAP) and "p" (the gate)."""

@@ -47,7 +47,7 @@ from collections import OrderedDict
 from typing import Dict, List, Optional, Tuple
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .base import ChannelAttention, ReductionMLP, autocast_disabled, register_attention, sqrt_zero_safe, standardize
 
@@ -448,6 +448,7 @@ class CSA(ChannelAttention):
         self.projection_seed = projection_seed
         self.compile = compile
         self.mlp = ReductionMLP(channels, reduction)
+        self.descriptor_output = nn.Identity()  # a hook point for q (N, C), like gate_output for p
         # opt-in: torch.compile fuses the chain of elementwise passes over the C x C matrices
         # static shapes: the stage-end gates of one network have different shapes, and dynamic-shape
         # recompilation took minutes on a GPU (measured); one static compile per shape is ~20 s
@@ -478,7 +479,8 @@ class CSA(ChannelAttention):
             return self.mlp(q.to(self.mlp.fc1.weight.dtype)).sigmoid()
 
     def gate(self, x: Tensor) -> Tensor:
-        p = self.excite(self._descriptor_math(x)["q"])  # forward() has checked x
+        q = self.descriptor_output(self._descriptor_math(x)["q"])  # forward() has checked x
+        p = self.excite(q)
         return p.to(x.dtype)[:, :, None, None]
 
     def descriptors(self, x: Tensor) -> Dict[str, Tensor]:

@@ -106,9 +106,10 @@ class RunSummary(Callback):
 class RecordResult(Callback):
     """Writes the outcome of a fit as JSON (the ablation runner's record of one run).
 
-    Path: ``result_path``, or the environment variable ``CSA_RESULT_PATH``. Contents: best and final
-    validation top-1, epochs, params, GMAC at the data's resolution, train images/s (mean over the
-    last epoch) and inference images/s (eval mode, one batch, median of 5), and the checkpoints.
+    Path: ``result_path``, or the environment variable ``CSA_RESULT_PATH``. Contents: the metric
+    the checkpoints monitor and its best value, every validation metric of the last epoch, epochs,
+    params, GMAC at the data's resolution, train images/s (mean over the last epoch), inference
+    images/s (eval mode, one batch, median of 5), and the checkpoints.
     """
 
     def __init__(self, result_path: Optional[str] = None) -> None:
@@ -141,13 +142,13 @@ class RecordResult(Callback):
         pl_module.train(was_training)
         metrics = trainer.callback_metrics
         ckpt = trainer.checkpoint_callback
-        best = (
-            ckpt.best_model_score if ckpt is not None and ckpt.best_model_score is not None else metrics.get("val/top1")
-        )
+        monitor = getattr(ckpt, "monitor", None) or "val/top1"
+        best = ckpt.best_model_score if ckpt is not None and ckpt.best_model_score is not None else metrics.get(monitor)
         record = {
-            "best_val_top1": float(best) if best is not None else None,
-            "final_val_top1": float(metrics["val/top1"]) if "val/top1" in metrics else None,
-            "final_val_loss": float(metrics["val/loss"]) if "val/loss" in metrics else None,
+            "monitor": monitor,
+            "best": float(best) if best is not None else None,
+            # every validation scalar of the last epoch (top-1/top-5, or box and mask AP ...)
+            "final": {k: float(v) for k, v in metrics.items() if k.startswith("val/") and v.numel() == 1},
             "epochs": trainer.current_epoch,
             "params": params,
             "gmac": round(gmac, 4),

@@ -1,7 +1,7 @@
 """Image classification with an attention ResNet: the LightningModule behind the paper's Table 1.
 
 The recipe defaults are the CSA paper's (SGD, Nesterov momentum 0.9, weight decay 1e-4, lr 0.1
-for a global batch of 128 divided by 10 at epochs 30, 60 and 90). ``lr`` is given for a global
+for a global batch of 128 divided by 10 at epochs 30, 60 and 90, no warm-up). ``lr`` is given for a global
 batch of ``lr_reference_batch`` and scaled linearly to the actual global batch (per-process batch
 x processes x gradient accumulation), which is logged as ``lr_scaled`` and printed when training
 starts. The module owns its optimiser and scheduler because the parameter groups (no weight decay
@@ -62,7 +62,11 @@ class ClassificationModule(LinearScaledRecipe, L.LightningModule):
             plain values, so ``load_from_checkpoint`` rebuilds it.
         lr: learning rate for a global batch of ``lr_reference_batch`` (scaled linearly).
         momentum, nesterov, weight_decay: SGD.
-        milestones, gamma: MultiStepLR, stepped per epoch.
+        milestones, gamma: step decay: lr x gamma after each milestone epoch (``schedule="step"``).
+        schedule: "step" (milestones) or "cosine" (to 0 at the last step, after the warm-up).
+        warmup_epochs, warmup_iters, warmup_factor: linear warm-up from ``lr * warmup_factor``
+            over these epochs (fractions allowed) or steps (0: none, the paper's recipe). The
+            schedule is stepped per optimiser step (:class:`~csa_lightning.tasks.recipe.WarmupDecay`).
         label_smoothing: cross-entropy label smoothing (0 in the paper).
         no_weight_decay_on: "norm" and/or "bias" parameters excluded from weight decay.
         channels_last: keep the network in channels_last memory format (matches ffcv's batches).
@@ -80,6 +84,10 @@ class ClassificationModule(LinearScaledRecipe, L.LightningModule):
         weight_decay: float = 1e-4,
         milestones: Sequence[int] = (30, 60, 90),
         gamma: float = 0.1,
+        schedule: str = "step",
+        warmup_epochs: float = 0.0,
+        warmup_iters: int = 0,
+        warmup_factor: float = 0.001,
         label_smoothing: float = 0.0,
         no_weight_decay_on: Sequence[str] = (),
         channels_last: bool = True,
@@ -87,7 +95,10 @@ class ClassificationModule(LinearScaledRecipe, L.LightningModule):
         backbone_partial: bool = False,
     ) -> None:
         super().__init__()
-        check_sgd_recipe(lr, lr_reference_batch, momentum, weight_decay, milestones, gamma)
+        check_sgd_recipe(
+            lr, lr_reference_batch, momentum, weight_decay, milestones, gamma,
+            schedule, warmup_epochs, warmup_iters, warmup_factor,
+        )  # fmt: skip
         require(0 <= label_smoothing < 1, "model.label_smoothing", label_smoothing, "in [0, 1)")
         self.net_spec = network_spec(net if net is not None else ResNetSpec(), ClassifierSpec)
         self.save_hyperparameters(ignore=["net"])
@@ -201,19 +212,6 @@ class ClassificationModule(LinearScaledRecipe, L.LightningModule):
 
     # ------------------------------------------------------------------ optimisation
 
-    def configure_optimizers(self):
-        hp = self.hparams
-        lr = self.scaled_lr()
-        rank_zero_info(self.lr_message())
-        optimizer = torch.optim.SGD(
-            parameter_groups(self.model, hp.weight_decay, hp.no_weight_decay_on),
-            lr=lr,
-            momentum=hp.momentum,
-            nesterov=hp.nesterov and hp.momentum > 0,
-        )
-        step = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(hp.milestones), gamma=hp.gamma)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": step, "interval": "epoch"}}
-
-    def on_train_epoch_start(self) -> None:
-        # the configured lr scaled to this run's global batch; the lr itself is LearningRateMonitor's (lr-SGD)
-        self.log("lr_scaled", float(self.scaled_lr()), on_step=False, on_epoch=True)
+    def optimizer_parameter_groups(self) -> list:
+        """No weight decay on what ``no_weight_decay_on`` names (SGD and the schedule: LinearScaledRecipe)."""
+        return parameter_groups(self.model, self.hparams.weight_decay, self.hparams.no_weight_decay_on)

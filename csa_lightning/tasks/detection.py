@@ -15,7 +15,6 @@ ignored and the size split uses the annotation area, as COCO's own evaluation do
 
 from __future__ import annotations
 
-import bisect
 from typing import Dict, List, Optional, Sequence
 
 import lightning as L
@@ -23,7 +22,6 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
-from ..checks import require, require_non_negative
 from ..models import DetectorSpec, RCNNSpec, network_spec
 from ..models.attention_resnet import BackboneLoadReport, load_backbone_weights
 from .checkpoints import resolve_checkpoint
@@ -97,8 +95,11 @@ class DetectionModule(LinearScaledRecipe, L.LightningModule):
         backbone_partial: allow ``backbone_weights`` that leave tensors other than the gates' unloaded.
         lr: learning rate for a global batch of ``lr_reference_batch`` (scaled linearly).
         momentum, weight_decay: SGD.
-        milestones, gamma: lr divided by 1 / gamma at these epochs.
-        warmup_iters, warmup_factor: linear warm-up from ``lr * warmup_factor`` over these steps.
+        milestones, gamma: step decay: lr x gamma after each milestone epoch (``schedule="step"``).
+        schedule: "step" (milestones) or "cosine" (to 0 at the last step, after the warm-up).
+        warmup_epochs, warmup_iters, warmup_factor: linear warm-up from ``lr * warmup_factor``
+            over these epochs or steps; the schedule is the classification task's
+            (:class:`~csa_lightning.tasks.recipe.WarmupDecay`), stepped per optimiser step.
     """
 
     def __init__(
@@ -112,13 +113,16 @@ class DetectionModule(LinearScaledRecipe, L.LightningModule):
         weight_decay: float = 1e-4,
         milestones: Sequence[int] = (16, 22),
         gamma: float = 0.1,
+        schedule: str = "step",
+        warmup_epochs: float = 0.0,
         warmup_iters: int = 500,
         warmup_factor: float = 0.001,
     ) -> None:
         super().__init__()
-        check_sgd_recipe(lr, lr_reference_batch, momentum, weight_decay, milestones, gamma)
-        require_non_negative("model.warmup_iters", warmup_iters)
-        require(0 < warmup_factor <= 1, "model.warmup_factor", warmup_factor, "in (0, 1]")
+        check_sgd_recipe(
+            lr, lr_reference_batch, momentum, weight_decay, milestones, gamma,
+            schedule, warmup_epochs, warmup_iters, warmup_factor,
+        )  # fmt: skip
         self.net_spec = network_spec(net if net is not None else RCNNSpec(), DetectorSpec)
         self.save_hyperparameters(ignore=["net"])
         self.hparams["net"] = self.net_spec.config()  # plain values: load_from_checkpoint rebuilds the network
@@ -241,40 +245,3 @@ class DetectionModule(LinearScaledRecipe, L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_metric(self.test_metric, "test")
-
-    # ------------------------------------------------------------------ optimisation
-
-    def configure_optimizers(self):
-        hp = self.hparams
-        rank_zero_info(self.lr_message())
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = torch.optim.SGD(params, lr=self.scaled_lr(), momentum=hp.momentum, weight_decay=hp.weight_decay)
-        steps_per_epoch = self._steps_per_epoch()
-        milestones = sorted(hp.milestones)
-
-        def factor(step: int) -> float:
-            # one schedule per optimiser step: warm-up over the first steps, then the epoch steps;
-            # a pure function of the step count, so a resumed run continues it exactly
-            warm = 1.0
-            if step < hp.warmup_iters:
-                alpha = step / hp.warmup_iters
-                warm = hp.warmup_factor * (1 - alpha) + alpha
-            epoch = step // steps_per_epoch if steps_per_epoch else self.current_epoch
-            return warm * hp.gamma ** bisect.bisect_right(milestones, epoch)
-
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
-
-    def _steps_per_epoch(self) -> Optional[int]:
-        trainer = self._trainer
-        if trainer is None or not trainer.max_epochs or trainer.max_epochs < 1:
-            return None
-        trainer.estimated_stepping_batches  # noqa: B018 - loads the training data, sets num_training_batches
-        batches = trainer.num_training_batches
-        if batches in (None, float("inf")):
-            return None
-        return max(1, -(-int(batches) // trainer.accumulate_grad_batches))
-
-    def on_train_epoch_start(self) -> None:
-        # the configured lr scaled to this run's global batch; the lr itself is LearningRateMonitor's (lr-SGD)
-        self.log("lr_scaled", float(self.scaled_lr()), on_step=False, on_epoch=True)
