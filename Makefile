@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml constraints.txt
 	fi
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[ffcv,detection,analysis,dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[ffcv,detection,analysis,timm,dev]'
 	@touch $(STAMP)
 
 # The whole suite, slow tests included (none is skipped by default).

@@ -280,3 +280,41 @@ def test_bad_sweeps_fail_before_any_run(sweep, message, tmp_path):
         )
     assert message in str(exit_info.value) and "\n" not in str(exit_info.value)
     assert not out.exists()  # nothing started
+
+
+@pytest.mark.slow
+def test_detection_ablation_takes_each_backbone_from_its_classification_run(tmp_path):
+    """--backbone-runs: variant {attention}_seed{s} starts from the classification run of that name;
+    the report follows the detector's metric (val/box_AP). Missing runs fail in one line, first.
+    One detector variant (each is a process that writes its data and builds a detector: ~30 s here)."""
+    from .conftest import make_classification_checkpoint
+
+    classification = tmp_path / "cls"
+    for attention in ("none", "csa"):
+        (classification / "runs" / f"{attention}_seed0").mkdir(parents=True)
+        make_classification_checkpoint(
+            classification / "runs" / f"{attention}_seed0" / "model.ckpt", attention, steps=1
+        )
+    base = [
+        sys.executable, "-m", "csa_lightning.ablate", "--config", str(ROOT / "configs/demo/digits_faster_rcnn_csa.yaml"),
+        "--seeds", "0", "--backbone-runs", str(classification),
+        "--data.init_args.num_train", "8", "--data.init_args.num_val", "4", "--data.init_args.canvas_size", "64",
+        "--data.init_args.digit_size", "[16, 24]", "--data.init_args.data_dir", str(tmp_path / "coco"),
+        "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.enable_progress_bar", "false",
+    ]  # fmt: skip
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    missing = subprocess.run([*base, "--attentions", "none,se", "--out", str(tmp_path / "bad")], cwd=tmp_path,
+                             env=env, capture_output=True, text=True, timeout=200)  # fmt: skip
+    assert missing.returncode != 0 and "no checkpoint for se_seed0" in missing.stderr
+    assert not (tmp_path / "bad" / "runs").exists()
+    out = tmp_path / "det"
+    done = subprocess.run([*base, "--attentions", "csa", "--out", str(out)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    records = {r["variant"]: r for r in load_results(out)}
+    assert sorted(records) == ["csa_seed0"]
+    for name, record in records.items():
+        assert record["monitor"] == "val/box_AP" and "val/box_AP50" in record["final"]
+        log = (out / "runs" / name / "stdout.log").read_text()
+        assert f"{name}/model.ckpt" in log and "backbone weights" in log
+    assert "val box_AP %" in (out / "report.md").read_text()

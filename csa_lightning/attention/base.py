@@ -10,6 +10,7 @@ another project on its own.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 from typing import Callable, Dict, Optional, Type, Union
 
@@ -102,6 +103,29 @@ class ReductionMLP(nn.Module):
         return self.fc2(self.relu(self.fc1(x)))
 
 
+#: keyword arguments that model builders (timm) pass to every attention layer and a channel gate
+#: has no use for: ignored. (``device`` and ``dtype`` are honoured, not ignored.)
+IGNORED_BUILDER_KWARGS = ("act_layer",)
+
+
+def _accepting_factory_kwargs(init: Callable) -> Callable:
+    """Wrap a block's ``__init__`` so that it takes PyTorch's factory kwargs as timm passes them
+    (``Cls(channels, device=..., dtype=...)``, plus ``act_layer``): the block is built, then its
+    parameters and buffers are moved to ``device`` / ``dtype``. Every other keyword still goes to
+    the block, so a misspelt option stays a TypeError. ``inspect.signature`` still shows the
+    block's own options (``functools.wraps``), which is what the CLI and the ablation runner read."""
+
+    @functools.wraps(init)
+    def __init__(self, *args, device=None, dtype=None, **kwargs):
+        for name in IGNORED_BUILDER_KWARGS:
+            kwargs.pop(name, None)
+        init(self, *args, **kwargs)
+        if device is not None or dtype is not None:
+            self.to(device=device, dtype=dtype)
+
+    return __init__
+
+
 class ChannelAttention(nn.Module):
     """Base class of every channel-attention block.
 
@@ -111,6 +135,10 @@ class ChannelAttention(nn.Module):
     and :meth:`extra_macs` when the block does multiply-adds that are neither convolutions nor
     linear layers (the model summary counts those two with torch's flop counter).
 
+    Every block (a user's subclass included) also accepts PyTorch's factory kwargs ``device`` and
+    ``dtype``, and ignores ``act_layer``, as timm passes them to its ``attn_layer`` / ``se_layer``:
+    ``timm.create_model("resnet50", block_args=dict(attn_layer=CSA))`` works.
+
     ``gate_output`` (an ``nn.Identity``) is what :meth:`forward` passes the gate through: register
     a forward hook on it to observe p during training.
 
@@ -119,6 +147,11 @@ class ChannelAttention(nn.Module):
     """
 
     default_placement: str = "every_block"
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = _accepting_factory_kwargs(cls.__dict__["__init__"])
 
     def __init__(self, channels: int) -> None:
         super().__init__()

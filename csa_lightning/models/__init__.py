@@ -1,5 +1,5 @@
-"""Attention ResNets on torchvision's ResNet, network specs for the tasks, weight loading, detectors
-and the model summary table."""
+"""Attention ResNets on torchvision's ResNet, timm CNNs with channel gates, network specs for the
+tasks, weight loading, detectors and the model summary table."""
 
 from .attention_resnet import (
     RESNET_LAYOUTS,
@@ -14,11 +14,14 @@ from .attention_resnet import (
 )
 from .detection import RCNNSpec, attention_resnet_fpn
 from .networks import ClassifierSpec, DetectorSpec, NetworkSpec, network_spec
+from .timm_net import TimmSpec, add_stage_gates
 
 __all__ = [
     "attention_resnet_fpn",
     "RCNNSpec",
     "ResNetSpec",
+    "TimmSpec",
+    "add_stage_gates",
     "ClassifierSpec",
     "DetectorSpec",
     "NetworkSpec",

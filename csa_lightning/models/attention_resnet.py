@@ -20,7 +20,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from ..attention import PLACEMENTS, ChannelAttention, resolve_attention
 from ..attention.base import AttentionSpec, construct_attention
-from .networks import ClassifierSpec
+from .networks import ClassifierSpec, default_placement
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +206,7 @@ class ResNetSpec(ClassifierSpec):
     ) -> None:
         self.depth = depth
         self.attention = attention
-        self.placement = _default_placement(placement)
+        self.placement = default_placement(placement)
         self.attention_options = dict(attention_options) if attention_options else None
         self.num_classes = num_classes
         self.zero_init_residual = zero_init_residual
@@ -220,14 +220,6 @@ class ResNetSpec(ClassifierSpec):
             self.num_classes,
             zero_init_residual=self.zero_init_residual,
         )
-
-
-def _default_placement(placement: Any) -> Any:
-    # "default" (and a null that jsonargparse turned into the string "None" in a nested override)
-    # means the block's own default placement
-    if isinstance(placement, str) and placement.strip().lower() in ("default", "none", "null"):
-        return None
-    return placement
 
 
 def attention_resnet(

@@ -24,10 +24,9 @@ from .attention_resnet import (
     AttentionResNet,
     BackboneLoadReport,
     PlacementSpec,
-    _default_placement,
     load_backbone_weights,
 )
-from .networks import DetectorSpec
+from .networks import DetectorSpec, default_placement
 
 __all__ = ["ARCHITECTURES", "attention_resnet_fpn", "RCNNSpec"]
 
@@ -109,7 +108,7 @@ class RCNNSpec(DetectorSpec):
             raise ValueError(f"unknown architecture '{architecture}': choose one of {', '.join(ARCHITECTURES)}")
         if num_classes < 1:
             raise ValueError(f"num_classes (object categories, background excluded) must be >= 1, got {num_classes}")
-        placement = _default_placement(placement)
+        placement = default_placement(placement)
         # every argument under its own name: config() reads them back
         for name, value in list(locals().items()):
             if name not in ("self", "__class__"):

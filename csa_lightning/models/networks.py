@@ -26,7 +26,7 @@ from typing import Any, Dict, Mapping, Union
 
 from torch import nn
 
-__all__ = ["NetworkSpec", "ClassifierSpec", "DetectorSpec", "network_spec"]
+__all__ = ["NetworkSpec", "ClassifierSpec", "DetectorSpec", "network_spec", "default_placement"]
 
 
 class NetworkSpec:
@@ -106,3 +106,11 @@ def network_spec(value: Union[NetworkSpec, Mapping[str, Any]], base: type = Netw
     if not (isinstance(cls, type) and issubclass(cls, base)):
         raise TypeError(f"'{value['class_path']}' is not a {base.__name__} subclass")
     return cls(**dict(value.get("init_args") or {}))
+
+
+def default_placement(placement: Any) -> Any:
+    """None for "default" (and for a null that jsonargparse turned into the string "None" in a
+    nested override): the network's own default placement; any other value unchanged."""
+    if isinstance(placement, str) and placement.strip().lower() in ("default", "none", "null"):
+        return None
+    return placement

@@ -50,13 +50,16 @@ def detection_metric(iou_types: Sequence[str] = ("bbox",), backend: str = "faste
     # (0.550000011920929, 0.0099999998), which moves the recall sampling and AP by up to ~5e-4
     iou_thresholds = np.linspace(0.5, 0.95, 10).tolist()
     rec_thresholds = np.linspace(0.0, 1.0, 101).tolist()
-    return MeanAveragePrecision(
-        iou_type=tuple(iou_types),
-        backend=backend,
-        iou_thresholds=iou_thresholds,
-        rec_thresholds=rec_thresholds,
-        sync_on_compute=False,  # gathered by gather_list_states: ranks hold different numbers of images
-    )
+    # built on the CPU whatever the default device (Lightning moves it with the module): under the
+    # meta device (the ablation runner's up-front check of every variant) torchmetrics cannot build it
+    with torch.device("cpu"):
+        return MeanAveragePrecision(
+            iou_type=tuple(iou_types),
+            backend=backend,
+            iou_thresholds=iou_thresholds,
+            rec_thresholds=rec_thresholds,
+            sync_on_compute=False,  # gathered by gather_list_states: ranks hold different numbers of images
+        )
 
 
 def gather_list_states(metric) -> None:

@@ -26,7 +26,7 @@ __all__ = ["GateStatistics", "gate_stage"]
 def gate_stage(name: str) -> str:
     """The stage a gate belongs to, from its qualified name: 'model.layer3.5.attention' -> 'layer3',
     'stages.2.blocks.1.attn' -> 'stages.2'."""
-    parts = [p for p in name.split(".") if p not in ("model", "net", "_orig_mod")]
+    parts = [p for p in name.split(".") if p not in ("model", "net", "_orig_mod", "attention_gates")]
     if not parts:
         return "gates"
     if not parts[0][-1:].isdigit() and len(parts) > 1 and parts[1].isdigit():
