@@ -186,13 +186,22 @@ def spatial_autocorrelation(
         source = pool_map(x, pooled_size(x.shape[1], pool_size)) if distance == "pooled" else x
         # the mean accumulates in the descriptor dtype without a converted copy of the whole map
         z = standardize(x.mean(dim=(2, 3), dtype=_descriptor_dtype(x)))
-        if contiguity_grad:
+        if contiguity_grad or _tracing_or_exporting():
+            # the plain-ops path (w as one tensor): differentiable through w when asked, and what
+            # torch.jit.trace / torch.export / ONNX record (no custom autograd Function, no state)
             w = contiguity_weights(source.to(_descriptor_dtype(x)), contiguity, eps, *projection)
             moran = z * torch.bmm(w, z.unsqueeze(-1)).squeeze(-1)
         else:
             moran = _MoranI.apply(source, z, contiguity, eps, blocks or _default_blocks(x.shape[1]), projection)
         q = standardize(moran)
     return {"z": z, "I": moran, "q": q}
+
+
+def _tracing_or_exporting() -> bool:
+    """Whether torch.jit.trace, torch.export (or the ONNX exporter on top of it) is recording."""
+    compiler = getattr(torch, "compiler", None)
+    exporting = compiler is not None and hasattr(compiler, "is_exporting") and compiler.is_exporting()
+    return bool(exporting or torch.jit.is_tracing())
 
 
 def _symmetric_blocks(channels: int, blocks: int) -> List[Tuple[slice, slice]]:
@@ -241,9 +250,12 @@ def _is_plain_eager(t: Tensor) -> bool:
 
 def _projection(size: int, k: int, seed: int, like: Tensor) -> Tensor:
     def draw() -> Tensor:
-        # drawn on the CPU from its own generator: the same matrix on every device and process
-        g = torch.Generator().manual_seed(seed * 1_000_003 + size)
-        return (torch.randn(size, k, generator=g, dtype=torch.float64) / k**0.5).to(like.device, like.dtype)
+        # drawn by numpy from its own seeded generator: the same matrix on every device and process,
+        # and a constant (not a random op with a generator) in a torch.export / ONNX graph
+        import numpy as np
+
+        values = np.random.Generator(np.random.PCG64(seed * 1_000_003 + size)).standard_normal((size, k))
+        return (torch.from_numpy(values) / k**0.5).to(like.device, like.dtype)
 
     if not _is_plain_eager(like):
         return draw()

@@ -123,8 +123,15 @@ def parse_variant(text: str) -> Tuple[str, str, Dict]:
 
 
 def build_variant(depth: int, attention: str, options: Dict) -> torch.nn.Module:
-    """The attention ResNet of a variant: options' "placement" goes to the model, the rest to the gates."""
-    gate_options = {k: v for k, v in options.items() if k != "placement"}
+    """The network of a variant: options' "placement" goes to the model, "timm" names a timm model
+    to build instead of the attention ResNet of ``depth`` (:class:`~csa_lightning.models.TimmSpec`,
+    e.g. '{"timm": "resnet50"}'), the rest goes to the gates."""
+    gate_options = {k: v for k, v in options.items() if k not in ("placement", "timm")}
+    if options.get("timm"):
+        from .timm_net import TimmSpec
+
+        placement = options.get("placement") or "stage_end"
+        return TimmSpec(options["timm"], attention, placement, gate_options or None).build()
     return attention_resnet(
         depth, attention, placement=options.get("placement"), attention_options=gate_options or None
     )
@@ -153,7 +160,7 @@ def summary_table(
                     depth=depth,
                     attention=attention,
                     placement="-" if attention == "none" else str(chosen or _default_placement(attention)),
-                    gates=len(model.gate_positions),
+                    gates=sum(isinstance(m, ChannelAttention) for m in model.modules()),
                     params=params,
                     gmac=round(gmac, 3),
                     paper_gflops=paper[0] if paper else None,

@@ -72,6 +72,8 @@ class ClassificationModule(LinearScaledRecipe, L.LightningModule):
         channels_last: keep the network in channels_last memory format (matches ffcv's batches).
         backbone_weights: a torchvision ResNet state dict or a checkpoint of this module to start from.
         backbone_partial: allow ``backbone_weights`` that leave tensors other than the gates' unloaded.
+        compile: ``torch.compile`` the network (in place: the same state-dict keys). Pays on GPUs
+            over long runs; the first steps wait for compilation (see the README's figures).
     """
 
     def __init__(
@@ -93,6 +95,7 @@ class ClassificationModule(LinearScaledRecipe, L.LightningModule):
         channels_last: bool = True,
         backbone_weights: Optional[str] = None,
         backbone_partial: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         check_sgd_recipe(
@@ -113,6 +116,9 @@ class ClassificationModule(LinearScaledRecipe, L.LightningModule):
             rank_zero_info(f"backbone weights {backbone_weights}: {report.summary()}")
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        if compile:
+            # nn.Module.compile: compiled in place, so state-dict keys and checkpoints stay as without it
+            self.model.compile()
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         num_classes = self.net_spec.num_classes
         top5 = min(5, num_classes)
