@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.csa-lightning-installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := libopencv-dev libturbojpeg0-dev pkg-config
 
-.PHONY: install test test-fast lint format demo demo-detection summary figures gpu-check clean
+.PHONY: install test test-fast lint format demo demo-strong demo-detection summary figures gpu-check clean
 
 install: $(STAMP)
 
@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml constraints.txt
 	fi
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[ffcv,detection,analysis,timm,dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[ffcv,detection,analysis,timm,export,dev]'
 	@touch $(STAMP)
 
 # The whole suite, slow tests included (none is skipped by default).
@@ -43,6 +43,12 @@ test-fast: $(STAMP)
 # The main job on the embedded data: CSA-ResNet-18 on scikit-learn's digits through the FFCV path.
 demo: $(STAMP)
 	$(PY) cli.py fit --config configs/demo/digits_csa.yaml
+
+# The demo under the strong recipe (configs/recipe/strong.yaml: EMA, mixup/cutmix, random erasing,
+# label smoothing, cosine + warm-up), shortened to the digits.
+demo-strong: $(STAMP)
+	$(PY) cli.py fit --config configs/demo/digits_csa.yaml --config configs/recipe/strong.yaml \
+		--config configs/demo/digits_strong_overrides.yaml
 
 # Faster R-CNN (CSA-ResNet-18-FPN) on digits pasted on canvases, starting from make demo's checkpoint
 # (make demo runs first when there is none); configs/demo/digits_mask_rcnn_csa.yaml is the Mask R-CNN twin.

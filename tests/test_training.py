@@ -288,3 +288,17 @@ def test_backbone_weights_of_another_depth_are_refused_unless_partial(tmp_path):
     with pytest.raises(ValueError) as err:
         ClassificationModule(ResNetSpec(18, "csa", num_classes=10), backbone_weights=str(garbage))
     assert "weights_only" not in str(err.value) and str(garbage) in str(err.value)
+
+
+def test_last_checkpoint_is_the_last_epoch_even_when_it_is_not_the_best(in_tmp_cwd):
+    """Lightning 2.6's save_last copies only the epochs the best-checkpoint callback saves: with a
+    metric that stops improving, last.ckpt stayed at the best epoch and --ckpt_path last re-trained
+    the epochs after it. lr ~0: val/top1 never beats epoch 0, yet last.ckpt must be epoch 2's."""
+    cli = main(["fit", "--config", str(DEMO_CONFIG), "--data", "csa_lightning.data.DigitsMemoryDataModule",
+                "--data.resolution", "16", "--data.batch_size", "32", "--data.limit_train_samples", "64",
+                "--trainer.max_epochs", "3", "--trainer.limit_val_batches", "2", "--model.lr", "1e-12"])  # fmt: skip
+    log_dir = Path(cli.trainer.log_dir)
+    last = torch.load(log_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["epoch"] == 2 and last["global_step"] == 6
+    (best,) = (log_dir / "checkpoints").glob("best-*.ckpt")
+    assert torch.load(best, weights_only=True)["epoch"] == 0

@@ -16,7 +16,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from ..checks import require_non_negative, require_positive
+from ..checks import require, require_non_negative, require_positive
 from .ffcv_imagenet import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["ImageFolderDataModule"]
@@ -55,6 +55,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         val_crop_ratio: float = 224 / 256,
         train_crop_scale: Tuple[float, float] = (0.08, 1.0),
         flip: bool = True,
+        auto_augment: Optional[str] = None,
         channels_last: bool = True,
         mean: Tuple[float, float, float] = IMAGENET_MEAN,
         std: Tuple[float, float, float] = IMAGENET_STD,
@@ -73,6 +74,8 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.val_crop_ratio = val_crop_ratio
         self.train_crop_scale = tuple(train_crop_scale)
         self.flip = flip
+        require(auto_augment in (None, "trivial"), "data.auto_augment", auto_augment, "null or 'trivial'")
+        self.auto_augment = auto_augment
         self.channels_last = channels_last
         self.mean, self.std = tuple(mean), tuple(std)
         self.num_classes: Optional[int] = None
@@ -83,6 +86,8 @@ class ImageFolderDataModule(L.LightningDataModule):
         steps = [T.RandomResizedCrop(self.resolution, scale=self.train_crop_scale)]
         if self.flip:
             steps.append(T.RandomHorizontalFlip())
+        if self.auto_augment == "trivial":
+            steps.append(T.TrivialAugmentWide(interpolation=T.InterpolationMode.BILINEAR))
         return T.Compose(steps + [T.ToTensor(), T.Normalize(self.mean, self.std)])
 
     def val_transform(self):

@@ -9,12 +9,20 @@ import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import lightning as L
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelCheckpoint
 
-__all__ = ["RunInfo", "RunSummary", "RecordResult", "PredictionWriter", "SigtermWatchdog", "run_info"]
+__all__ = [
+    "RunInfo",
+    "RunSummary",
+    "checkpoint_files",
+    "RecordResult",
+    "PredictionWriter",
+    "SigtermWatchdog",
+    "run_info",
+]
 
 PACKAGES = (
     "torch",
@@ -59,6 +67,24 @@ def run_info() -> Dict[str, Any]:
     }
 
 
+def checkpoint_files(trainer: "L.Trainer") -> Tuple[Optional[ModelCheckpoint], Optional[str]]:
+    """(the checkpoint callback that monitors a metric, the path of the newest last checkpoint).
+
+    The configs keep two: the best epoch by the task's metric, and ``last.ckpt`` written at the
+    end of every epoch by one without a monitor (Lightning's ``save_last`` only copies the epochs
+    the best-checkpoint callback saves). A single callback with ``save_last`` works too.
+    """
+    callbacks = [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)]
+    best = next((cb for cb in callbacks if cb.monitor), None)
+    last = None
+    for cb in callbacks:
+        if cb.last_model_path:
+            last = cb.last_model_path
+        elif not cb.monitor and cb.best_model_path:
+            last = cb.best_model_path  # no monitor: its "best" is the newest epoch
+    return best, last
+
+
 class RunInfo(Callback):
     """Writes ``run_info.json`` into the log directory and stores it in every checkpoint."""
 
@@ -88,17 +114,16 @@ class RunSummary(Callback):
         log_dir = trainer.log_dir or trainer.default_root_dir  # a collective under DDP: all ranks
         if trainer.global_rank != 0:
             return
+        best, last = checkpoint_files(trainer)
         lines = []
-        for cb in trainer.checkpoint_callbacks:
-            if isinstance(cb, ModelCheckpoint):
-                # fast_dev_run names checkpoints it never writes: list only files that exist
-                if cb.best_model_path and os.path.isfile(cb.best_model_path):
-                    score = (
-                        f" ({cb.monitor} = {float(cb.best_model_score):.4f})" if cb.best_model_score is not None else ""
-                    )
-                    lines.append(f"best checkpoint: {cb.best_model_path}{score}")
-                if cb.last_model_path and os.path.isfile(cb.last_model_path):
-                    lines.append(f"last checkpoint: {cb.last_model_path}")
+        # fast_dev_run names checkpoints it never writes: list only files that exist
+        if best is not None and os.path.isfile(best.best_model_path):
+            score = (
+                f" ({best.monitor} = {float(best.best_model_score):.4f})" if best.best_model_score is not None else ""
+            )
+            lines.append(f"best checkpoint: {best.best_model_path}{score}")
+        if last and os.path.isfile(last):
+            lines.append(f"last checkpoint: {last}")
         lines.append(f"logs: {log_dir}")
         print("\n" + "\n".join(lines), flush=True)
 
@@ -141,7 +166,7 @@ class RecordResult(Callback):
                 times.append(time.perf_counter() - start)
         pl_module.train(was_training)
         metrics = trainer.callback_metrics
-        ckpt = trainer.checkpoint_callback
+        ckpt, last = checkpoint_files(trainer)
         monitor = getattr(ckpt, "monitor", None) or "val/top1"
         best = ckpt.best_model_score if ckpt is not None and ckpt.best_model_score is not None else metrics.get(monitor)
         record = {
@@ -156,7 +181,7 @@ class RecordResult(Callback):
             "train_images_per_sec": float(metrics.get("train/images_per_sec_epoch", float("nan"))),
             "inference_images_per_sec": batch / statistics.median(times[1:]),
             "best_checkpoint": getattr(ckpt, "best_model_path", None),
-            "last_checkpoint": getattr(ckpt, "last_model_path", None),
+            "last_checkpoint": last,
         }
         path = Path(self.result_path)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ on norms and biases) need the model.
 
 from __future__ import annotations
 
+import os
 from typing import Dict, Optional, Sequence
 
 import lightning as L
@@ -19,8 +20,9 @@ from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from ..checks import require
+from ..checks import require, require_positive
 from ..models import ClassifierSpec, ResNetSpec, network_spec
+from .batch_augment import BatchAugment
 from .recipe import LinearScaledRecipe, check_sgd_recipe
 
 __all__ = ["ClassificationModule", "parameter_groups"]
@@ -68,6 +70,14 @@ class ClassificationModule(LinearScaledRecipe, L.LightningModule):
             over these epochs (fractions allowed) or steps (0: none, the paper's recipe). The
             schedule is stepped per optimiser step (:class:`~csa_lightning.tasks.recipe.WarmupDecay`).
         label_smoothing: cross-entropy label smoothing (0 in the paper).
+        mixup_alpha, cutmix_alpha, random_erasing: batch augmentation while training (0: off; see
+            :class:`~csa_lightning.tasks.batch_augment.BatchAugment`). Mixed batches train on soft
+            targets; train/top1 then counts the larger of the two mixed labels.
+        ema_decay, ema_every_n_steps: an exponential moving average of the weights (None: off),
+            updated every ``ema_every_n_steps`` optimiser steps by Lightning's
+            ``EMAWeightAveraging`` (added by :meth:`configure_callbacks`): the EMA weights are the
+            ones validated and saved as the checkpoint's ``state_dict`` (the raw ones beside them,
+            for resuming).
         no_weight_decay_on: "norm" and/or "bias" parameters excluded from weight decay.
         channels_last: keep the network in channels_last memory format (matches ffcv's batches).
         backbone_weights: a torchvision ResNet state dict or a checkpoint of this module to start from.
@@ -91,6 +101,11 @@ class ClassificationModule(LinearScaledRecipe, L.LightningModule):
         warmup_iters: int = 0,
         warmup_factor: float = 0.001,
         label_smoothing: float = 0.0,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
+        random_erasing: float = 0.0,
+        ema_decay: Optional[float] = None,
+        ema_every_n_steps: int = 1,
         no_weight_decay_on: Sequence[str] = (),
         channels_last: bool = True,
         backbone_weights: Optional[str] = None,
@@ -103,6 +118,8 @@ class ClassificationModule(LinearScaledRecipe, L.LightningModule):
             schedule, warmup_epochs, warmup_iters, warmup_factor,
         )  # fmt: skip
         require(0 <= label_smoothing < 1, "model.label_smoothing", label_smoothing, "in [0, 1)")
+        require(ema_decay is None or 0 < ema_decay < 1, "model.ema_decay", ema_decay, "null or in (0, 1)")
+        require_positive("model.ema_every_n_steps", ema_every_n_steps, integer=True)
         self.net_spec = network_spec(net if net is not None else ResNetSpec(), ClassifierSpec)
         self.save_hyperparameters(ignore=["net"])
         self.hparams["net"] = self.net_spec.config()  # plain values: load_from_checkpoint rebuilds the network
@@ -121,6 +138,7 @@ class ClassificationModule(LinearScaledRecipe, L.LightningModule):
             self.model.compile()
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         num_classes = self.net_spec.num_classes
+        self.batch_augment = BatchAugment(num_classes, mixup_alpha, cutmix_alpha, random_erasing)
         top5 = min(5, num_classes)
         metrics = MetricCollection(
             {
@@ -157,11 +175,20 @@ class ClassificationModule(LinearScaledRecipe, L.LightningModule):
 
     # ------------------------------------------------------------------ steps
 
-    def _shared_step(self, batch, metrics: MetricCollection, stage: str) -> Tensor:
+    def _shared_step(self, batch, metrics: MetricCollection, stage: str, batch_idx: int = 0) -> Tensor:
         images, labels = batch[0], batch[1]
+        targets = labels
+        if stage == "train" and self.batch_augment.active:
+            # the draws are a function of (seed, epoch, batch, rank): a resumed run mixes and erases
+            # exactly as an uninterrupted one (the global generator is not restored on resume)
+            seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+            key = ((seed * 100_003 + self.current_epoch) * 10_000_019 + batch_idx) * 1_009 + self.global_rank
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(key % 2**63)
+                images, targets = self.batch_augment(images, labels)
         logits = self(images)
-        loss = self.criterion(logits.float(), labels)
-        metrics.update(logits.detach().float(), labels)
+        loss = self.criterion(logits.float(), targets)
+        metrics.update(logits.detach().float(), targets.argmax(dim=1) if targets.dim() == 2 else targets)
         on_step = stage == "train"
         self.log(
             f"{stage}/loss",
@@ -175,7 +202,7 @@ class ClassificationModule(LinearScaledRecipe, L.LightningModule):
         return loss
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
-        loss = self._shared_step(batch, self.train_metrics, "train")
+        loss = self._shared_step(batch, self.train_metrics, "train", batch_idx)
         self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
         return loss
 
@@ -217,6 +244,13 @@ class ClassificationModule(LinearScaledRecipe, L.LightningModule):
         self._log_epoch_metrics(self.test_metrics)
 
     # ------------------------------------------------------------------ optimisation
+
+    def configure_callbacks(self):
+        if self.hparams.get("ema_decay") is None:
+            return []
+        from lightning.pytorch.callbacks import EMAWeightAveraging
+
+        return [EMAWeightAveraging(decay=self.hparams.ema_decay, update_every_n_steps=self.hparams.ema_every_n_steps)]
 
     def optimizer_parameter_groups(self) -> list:
         """No weight decay on what ``no_weight_decay_on`` names (SGD and the schedule: LinearScaledRecipe)."""
