@@ -23,9 +23,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[ffcv,detection,analysis,timm,export,dev]'
 	@touch $(STAMP)
 
-# The whole suite, slow tests included (none is skipped by default).
+# The whole suite, slow tests included (none is skipped by default), on two pytest-xdist workers
+# (--dist loadgroup: the DDP tests share one worker); plain `pytest` runs it in one process.
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadgroup
 
 # ruff: lint and formatting (configured in pyproject.toml); `make format` rewrites the files.
 lint: $(STAMP)

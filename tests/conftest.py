@@ -1,5 +1,6 @@
 """Shared fixtures. ffcv compiles for seconds per Loader: FFCV data is written once per session."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 DEMO_CONFIG = CONFIGS / "demo" / "digits_csa.yaml"
+
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # make test runs two pytest-xdist workers on the two cores: one torch thread each, or four
+    # threads would fight over two cores
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

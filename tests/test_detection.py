@@ -308,6 +308,7 @@ def test_missing_backbone_weights_are_one_line(in_tmp_cwd, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("ddp")  # one DDP launch at a time: each picks a free port for gloo
 def test_ddp_two_cpu_processes_shard_coco_batches_without_repeats(tmp_path):
     """Faster R-CNN under DDP with 2 CPU processes (gloo): training batches sharded by Lightning
     through the grouped batch sampler, validation sharded without padding (no image evaluated
