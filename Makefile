@@ -49,7 +49,7 @@ demo: $(STAMP)
 # label smoothing, cosine + warm-up), shortened to the digits.
 demo-strong: $(STAMP)
 	$(PY) cli.py fit --config configs/demo/digits_csa.yaml --config configs/recipe/strong.yaml \
-		--config configs/demo/digits_strong_overrides.yaml
+		--config configs/recipe/strong_digits.yaml
 
 # Faster R-CNN (CSA-ResNet-18-FPN) on digits pasted on canvases, starting from make demo's checkpoint
 # (make demo runs first when there is none); configs/demo/digits_mask_rcnn_csa.yaml is the Mask R-CNN twin.

@@ -61,7 +61,7 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="also write the results as JSON here")
     args = parser.parse_args()
 
-    from csa_lightning.data import ImageFolderDataModule, ImageNetFFCVDataModule
+    from csa_lightning.data import FFCVDataModule, ImageFolderDataModule
     from csa_lightning.data.write_beton import write_beton
 
     data_dir = Path(args.data_dir)
@@ -71,7 +71,7 @@ def main() -> None:
         write_beton(str(folder), str(beton), max_resolution=256, jpeg_quality=90, compress_probability=1.0)
 
     common = dict(batch_size=args.batch_size, num_workers=args.workers, resolution=224)
-    ffcv_data = ImageNetFFCVDataModule(train_path=str(beton), val_path=str(beton), **common)
+    ffcv_data = FFCVDataModule(train_path=str(beton), val_path=str(beton), **common)
     torch_data = ImageFolderDataModule(train_path=str(folder), val_path=str(folder), **common)
     torch_data.setup("fit")
     results = {}

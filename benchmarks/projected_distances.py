@@ -30,8 +30,10 @@ def load_photos(short_side: int):
         sys.exit("error: this benchmark needs scikit-image's sample photos: pip install scikit-image")
     import torch.nn.functional as F
 
-    mean = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
-    std = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    from csa_lightning.data.ffcv_imagenet import IMAGENET_MEAN, IMAGENET_STD
+
+    mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
+    std = torch.tensor(IMAGENET_STD)[:, None, None]
     images = []
     for name in PHOTOS:
         pixels = torch.from_numpy(getattr(skimage.data, name)()).permute(2, 0, 1).float() / 255

@@ -40,6 +40,7 @@ from torch import Tensor, nn
 
 from .attention import ChannelAttention
 from .attention.csa import spatial_autocorrelation
+from .data.ffcv_imagenet import IMAGENET_MEAN, IMAGENET_STD
 from .models.attention_resnet import resolve_placement
 from .models.summary import display_name
 from .tasks.checkpoints import resolve_checkpoint
@@ -60,8 +61,6 @@ __all__ = [
 ]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 DESCRIPTOR_KEYS = ("z", "q", "p")
 
 

@@ -8,7 +8,7 @@ import yaml
 
 from csa_lightning.attention import CSA, SqueezeExcitation
 from csa_lightning.cli import build_cli, main
-from csa_lightning.data import DigitsMemoryDataModule, ImageNetFFCVDataModule
+from csa_lightning.data import DigitsMemoryDataModule, FFCVDataModule
 from csa_lightning.tasks import ClassificationModule, DetectionModule
 
 from .conftest import CONFIGS, DEMO_CONFIG
@@ -57,7 +57,7 @@ def test_every_config_instantiates(path, in_tmp_cwd):
         assert (net.depth, net.attention) == (depth, attention)
         assert (hp.lr, hp.lr_reference_batch, hp.momentum, hp.nesterov, hp.weight_decay) == (0.1, 128, 0.9, True, 1e-4)
         assert list(hp.milestones) == [30, 60, 90] and cli.trainer.max_epochs == 100
-        assert isinstance(cli.datamodule, ImageNetFFCVDataModule) and cli.datamodule.batch_size == 64
+        assert isinstance(cli.datamodule, FFCVDataModule) and cli.datamodule.batch_size == 64
         assert cli.trainer.precision == "bf16-mixed"
         expected_gates = 0 if attention == "none" else 4 if attention == "csa" else {50: 16, 101: 33}[depth]
         assert len(list(cli.model.model.gates())) == expected_gates
@@ -122,7 +122,7 @@ def run_cli_expecting_error(args, capsys):
 
 def test_missing_beton_names_the_path_and_the_writer(in_tmp_cwd, capsys):
     err = run_cli_expecting_error(
-        ["fit", "--config", str(DEMO_CONFIG), "--data", "csa_lightning.data.ImageNetFFCVDataModule",
+        ["fit", "--config", str(DEMO_CONFIG), "--data", "csa_lightning.data.FFCVDataModule",
          "--data.train_path", "nowhere/train.beton", "--data.val_path", "nowhere/val.beton"],
         capsys,
     )  # fmt: skip

@@ -57,3 +57,17 @@ def test_a_corrupt_image_names_its_file(tmp_path):
         for _ in data.val_dataloader():
             pass
     assert str(bad) in str(err.value) and "replace or remove the file" in str(err.value)
+
+
+def test_channels_last_is_applied_to_the_batches():
+    """channels_last was accepted and ignored: the batches now come in NHWC strides, as ffcv's do."""
+    import torch
+
+    from csa_lightning.data import FFCVDataModule, ImageFolderDataModule, ImageNetFFCVDataModule
+
+    batch = [torch.randn(2, 3, 8, 8), torch.tensor([0, 1])]
+    out = ImageFolderDataModule(channels_last=True).on_after_batch_transfer(batch, 0)
+    assert out[0].is_contiguous(memory_format=torch.channels_last) and torch.equal(out[0], batch[0])
+    plain = ImageFolderDataModule(channels_last=False).on_after_batch_transfer(batch, 0)
+    assert plain[0].is_contiguous()
+    assert ImageNetFFCVDataModule is FFCVDataModule  # the old name still works in configs and code

@@ -1,6 +1,6 @@
 """Lightning data modules and the beton writer. Imports no model code; ffcv only when used.
 
-- :class:`ImageNetFFCVDataModule`: ``.beton`` files through ffcv (the fast path);
+- :class:`FFCVDataModule`: ``.beton`` files through ffcv (the fast path);
 - :class:`ImageFolderDataModule`: the same arguments over an ImageFolder tree with torchvision;
 - :class:`DigitsDataModule`: scikit-learn's digits written to betons, through the FFCV path;
 - :class:`DigitsMemoryDataModule`: the same digits in memory (deterministic; for tests);
@@ -11,7 +11,7 @@
 from .coco import COCODataModule
 from .digits import DigitsDataModule, DigitsMemoryDataModule
 from .digits_coco import DigitsCOCODataModule
-from .ffcv_imagenet import ImageNetFFCVDataModule
+from .ffcv_imagenet import IMAGENET_MEAN, IMAGENET_STD, FFCVDataModule, ImageNetFFCVDataModule
 from .image_folder import ImageFolderDataModule
 
 __all__ = [
@@ -20,5 +20,8 @@ __all__ = [
     "DigitsDataModule",
     "DigitsMemoryDataModule",
     "ImageFolderDataModule",
+    "FFCVDataModule",
     "ImageNetFFCVDataModule",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
 ]

@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from ..checks import remove_dead_leftovers, require_positive
-from .ffcv_imagenet import ImageNetFFCVDataModule
+from .ffcv_imagenet import FFCVDataModule
 
 __all__ = [
     "DigitsDataModule",
@@ -55,11 +55,13 @@ def digits_split(val_fraction: float = 0.2, seed: int = 0) -> Tuple[np.ndarray, 
     )  # x_train, x_val, y_train, y_val
 
 
-def _to_rgb_uint8(image8x8: np.ndarray, size: int) -> "Image.Image":  # noqa: F821 (PIL imported lazily)
+def rasterize_digit(image8x8: np.ndarray, size: int) -> "Image.Image":  # noqa: F821 (PIL imported lazily)
+    """One 8 x 8 digit (values 0..16) as a ``size`` x ``size`` greyscale PIL image (bilinear): the one
+    rasteriser of the classification set and the detection canvases."""
     from PIL import Image
 
     grey = Image.fromarray(np.round(image8x8 * (255.0 / 16.0)).astype(np.uint8), mode="L")
-    return grey.resize((size, size), Image.BILINEAR).convert("RGB")
+    return grey.resize((size, size), Image.BILINEAR)
 
 
 def write_digits_image_folder(root: str, image_size: int = 32, val_fraction: float = 0.2, seed: int = 0) -> Path:
@@ -77,7 +79,7 @@ def write_digits_image_folder(root: str, image_size: int = 32, val_fraction: flo
             for i, (image, label) in enumerate(zip(images, labels)):
                 folder = tmp / split / str(int(label))
                 folder.mkdir(parents=True, exist_ok=True)
-                _to_rgb_uint8(image, image_size).save(folder / f"{i:04d}.png")
+                rasterize_digit(image, image_size).convert("RGB").save(folder / f"{i:04d}.png")
         (tmp / ".complete").write_text(f"image_size={image_size} val_fraction={val_fraction} seed={seed}\n")
         if root_path.exists():
             shutil.rmtree(root_path)
@@ -88,12 +90,12 @@ def write_digits_image_folder(root: str, image_size: int = 32, val_fraction: flo
     return root_path
 
 
-class DigitsDataModule(ImageNetFFCVDataModule):
+class DigitsDataModule(FFCVDataModule):
     """scikit-learn's digits through the FFCV path: ImageFolder -> .beton -> ffcv Loader.
 
     ``data_dir`` caches the image folder and the betons (``digits_{image_size}px_{train,val}.beton``).
     ``image_size`` is the side the PNGs are written at; ``resolution`` the side of the crops the
-    loader decodes to. Every other argument is :class:`ImageNetFFCVDataModule`'s, with digit
+    loader decodes to. Every other argument is :class:`FFCVDataModule`'s, with digit
     defaults (no flips: they change the class; mild crops; the digits' own mean and std).
     """
 

@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from .coco import COCODataModule
-from .digits import digits_split
+from .digits import digits_split, rasterize_digit
 
 __all__ = ["write_digits_coco", "DigitsCOCODataModule"]
 
@@ -32,7 +32,6 @@ def _paste_canvas(
     per_image: Tuple[int, int],
     size_range: Tuple[int, int],
 ) -> Tuple[np.ndarray, List[Dict]]:
-    from PIL import Image
 
     image = rng.uniform(0, 24, size=(canvas, canvas)).astype(np.float32)  # dark sensor-like noise
     placed: List[Tuple[int, int, int]] = []
@@ -49,8 +48,7 @@ def _paste_canvas(
         else:
             continue  # the canvas is full
         k = int(rng.integers(len(digits)))
-        grey = Image.fromarray(np.round(digits[k] * (255.0 / 16.0)).astype(np.uint8), mode="L")
-        patch = np.asarray(grey.resize((side, side), Image.BILINEAR), dtype=np.float32)
+        patch = np.asarray(rasterize_digit(digits[k], side), dtype=np.float32)
         region = image[y : y + side, x : x + side]
         np.maximum(region, patch, out=region)
         mask = np.zeros((canvas, canvas), dtype=np.uint8)

@@ -35,7 +35,14 @@ import torch
 
 from ..checks import require_non_negative, require_positive
 
-__all__ = ["ImageNetFFCVDataModule", "import_ffcv", "beton_num_samples_and_classes", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = [
+    "FFCVDataModule",
+    "ImageNetFFCVDataModule",
+    "import_ffcv",
+    "beton_num_samples_and_classes",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -155,7 +162,7 @@ class _EpochAwareLoader:
             yield batch
 
 
-class ImageNetFFCVDataModule(L.LightningDataModule):
+class FFCVDataModule(L.LightningDataModule):
     """FFCV ``.beton`` files for training, validation, testing and prediction.
 
     Args:
@@ -345,3 +352,8 @@ class ImageNetFFCVDataModule(L.LightningDataModule):
 
     def predict_dataloader(self):
         return self._loader(self.predict_path or self.val_path, "predict", train=False)
+
+
+#: the earlier name (the module reads any ``.beton`` classification set, ImageNet or not); configs and
+#: code that name ``csa_lightning.data.ImageNetFFCVDataModule`` keep working
+ImageNetFFCVDataModule = FFCVDataModule

@@ -1,6 +1,6 @@
 """ImageFolder trees through torchvision transforms and a torch DataLoader.
 
-The same arguments as :class:`ImageNetFFCVDataModule`, for users without ffcv and as the baseline
+The same arguments as :class:`FFCVDataModule`, for users without ffcv and as the baseline
 of the loader benchmark: RandomResizedCrop (+ flip) for training, Resize to side / ratio then
 CenterCrop for validation (224 / 256 as in torchvision's reference). Images are converted to RGB.
 Under DDP, Lightning puts a DistributedSampler in front of these loaders.
@@ -130,6 +130,17 @@ class ImageFolderDataModule(L.LightningDataModule):
         if stage == "test":
             return [("test", self.test_path or self.val_path, False)]
         return [("predict", self.predict_path or self.val_path, False)]
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        # channels_last: the batch in NHWC strides (as ffcv's loader returns it), on its device
+        if (
+            self.channels_last
+            and isinstance(batch, (list, tuple))
+            and torch.is_tensor(batch[0])
+            and batch[0].dim() == 4
+        ):
+            batch = [batch[0].contiguous(memory_format=torch.channels_last), *batch[1:]]
+        return batch
 
     def setup(self, stage: Optional[str] = None) -> None:
         self._datasets = {kind: self._folder(path, kind, train) for kind, path, train in self._stage_folders(stage)}
