@@ -259,3 +259,39 @@ def test_bad_input_is_one_line(argv, message, checkpoints, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "figs").exists()  # a failed call leaves no empty output folder
+
+
+def test_several_models_share_one_pass_over_the_images(checkpoints, val_images):
+    """analyze descriptors with several checkpoints decodes each image once (it used to read and
+    decode the whole set again per model) and gives each model what a run of its own gives."""
+    from csa_lightning.analysis import collect_descriptors, collect_descriptors_of, load_models
+
+    models = load_models([checkpoints["csa"], checkpoints["none"]])
+    prep = analyze.Preprocessing(32, 1.0, (0.306,) * 3, (0.324,) * 3)
+    yielded = []
+
+    def counted():
+        batches, _ = analyze.image_folder_batches(val_images, prep, 20, 8)
+        for batch in batches:
+            yielded.append(len(batch.inputs))
+            yield batch
+
+    together = collect_descriptors_of({m.label: m.network for m in models}, counted())
+    assert yielded == [8, 8, 4]  # one pass: 20 images read once for both models
+    for m in models:
+        alone = collect_descriptors(m.network, analyze.image_folder_batches(val_images, prep, 20, 8)[0])
+        assert together[m.label].keys() == alone.keys()
+        for key in alone:
+            for name in alone[key]:
+                np.testing.assert_allclose(together[m.label][key][name], alone[key][name], rtol=1e-6, atol=1e-9)
+
+
+def test_stages_and_last_bn_are_the_models_own():
+    from csa_lightning.analysis import last_bn, stage_blocks
+    from csa_lightning.models import attention_resnet
+
+    model = attention_resnet(50, "se", num_classes=10)
+    assert stage_blocks(model) == model.stage_blocks()
+    assert last_bn(model.layer2[0]) is model.layer2[0].bn3
+    with pytest.raises(ValueError, match="has no stage_blocks"):
+        stage_blocks(torch.nn.Sequential())
