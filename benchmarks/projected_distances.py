@@ -30,7 +30,7 @@ def load_photos(short_side: int):
         sys.exit("error: this benchmark needs scikit-image's sample photos: pip install scikit-image")
     import torch.nn.functional as F
 
-    from csa_lightning.data.ffcv_imagenet import IMAGENET_MEAN, IMAGENET_STD
+    from csa_lightning.data import IMAGENET_MEAN, IMAGENET_STD
 
     mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
     std = torch.tensor(IMAGENET_STD)[:, None, None]

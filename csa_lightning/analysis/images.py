@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..data.ffcv_imagenet import IMAGENET_MEAN, IMAGENET_STD
+from ..data.classification_data import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
     "ImageBatch",

@@ -8,10 +8,11 @@
 - :class:`DigitsCOCODataModule`: digits pasted on canvases, written as a COCO-format set.
 """
 
+from .classification_data import IMAGENET_MEAN, IMAGENET_STD, ImageClassificationDataModule
 from .coco import COCODataModule
 from .digits import DigitsDataModule, DigitsMemoryDataModule
 from .digits_coco import DigitsCOCODataModule
-from .ffcv_imagenet import IMAGENET_MEAN, IMAGENET_STD, FFCVDataModule, ImageNetFFCVDataModule
+from .ffcv_imagenet import FFCVDataModule, ImageNetFFCVDataModule
 from .image_folder import ImageFolderDataModule
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "DigitsMemoryDataModule",
     "ImageFolderDataModule",
     "FFCVDataModule",
+    "ImageClassificationDataModule",
     "ImageNetFFCVDataModule",
     "IMAGENET_MEAN",
     "IMAGENET_STD",

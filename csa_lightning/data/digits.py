@@ -117,12 +117,7 @@ class DigitsDataModule(FFCVDataModule):
         mean: Tuple[float, float, float] = DIGITS_MEAN,
         std: Tuple[float, float, float] = DIGITS_STD,
     ) -> None:
-        self.data_dir = data_dir
-        self.image_size = image_size
-        base = Path(data_dir)
         super().__init__(
-            train_path=str(base / f"digits_{image_size}px_train.beton"),
-            val_path=str(base / f"digits_{image_size}px_val.beton"),
             batch_size=batch_size,
             num_workers=num_workers,
             resolution=resolution,
@@ -137,6 +132,18 @@ class DigitsDataModule(FFCVDataModule):
             mean=mean,
             std=std,
         )
+
+    # the betons are named after data_dir and image_size (not arguments of this module)
+    test_path = None
+    predict_path = None
+
+    @property
+    def train_path(self) -> str:
+        return str(Path(self.data_dir) / f"digits_{self.image_size}px_train.beton")
+
+    @property
+    def val_path(self) -> str:
+        return str(Path(self.data_dir) / f"digits_{self.image_size}px_val.beton")
 
     def prepare_data(self) -> None:
         """Write the image folder and the betons if they are not cached yet (rank 0 only)."""

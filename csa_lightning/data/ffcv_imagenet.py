@@ -33,7 +33,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from ..checks import require_non_negative, require_positive
+from .classification_data import IMAGENET_MEAN, IMAGENET_STD, ImageClassificationDataModule
 
 __all__ = [
     "FFCVDataModule",
@@ -44,8 +44,6 @@ __all__ = [
     "IMAGENET_STD",
 ]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _ffcv = None
 
@@ -162,69 +160,21 @@ class _EpochAwareLoader:
             yield batch
 
 
-class FFCVDataModule(L.LightningDataModule):
+class FFCVDataModule(ImageClassificationDataModule):
     """FFCV ``.beton`` files for training, validation, testing and prediction.
 
     Args:
-        train_path, val_path: ``.beton`` files (write them with ``csa_lightning.data.write_beton``).
-        test_path, predict_path: default to ``val_path``.
-        batch_size: per process (Lightning's convention; the global batch is this times the
-            number of processes).
-        num_workers: ffcv decoding threads per process.
-        resolution: side of the training crops; ``val_resolution`` (default: the same) of the
-            validation centre crops.
-        val_crop_ratio: centre crop side / shorter image side (224/256 as in ffcv-imagenet).
-        train_crop_scale: area range of the random-resized crop.
-        flip: random horizontal flips for training (off for digits, where they change the class).
         os_cache: let the OS page cache hold the file (for data that fits in RAM).
         distributed: None (auto: True when the trainer runs several processes), True or False.
-        channels_last: return NHWC-strided batches (matching a channels_last model).
         seed: ffcv's ordering seed (orders are a function of seed and epoch).
-        mean, std: normalisation, in 0..1 units.
+        **kwargs: the shared arguments (:class:`~csa_lightning.data.classification_data.ImageClassificationDataModule`):
+            train_path, val_path, test_path, predict_path (``.beton`` files; write them with
+            ``csa_lightning.data.write_beton``), batch_size, num_workers (ffcv decoding threads),
+            resolution, val_resolution, val_crop_ratio, train_crop_scale, flip, channels_last, mean, std.
     """
 
-    def __init__(
-        self,
-        train_path: Optional[str] = None,
-        val_path: Optional[str] = None,
-        test_path: Optional[str] = None,
-        predict_path: Optional[str] = None,
-        batch_size: int = 64,
-        num_workers: int = 8,
-        resolution: int = 224,
-        val_resolution: Optional[int] = None,
-        val_crop_ratio: float = 224 / 256,
-        train_crop_scale: Tuple[float, float] = (0.08, 1.0),
-        flip: bool = True,
-        os_cache: bool = True,
-        distributed: Optional[bool] = None,
-        channels_last: bool = True,
-        seed: int = 0,
-        mean: Tuple[float, float, float] = IMAGENET_MEAN,
-        std: Tuple[float, float, float] = IMAGENET_STD,
-    ) -> None:
-        super().__init__()
-        require_positive("data.batch_size", batch_size, integer=True)
-        require_non_negative("data.num_workers", num_workers)
-        require_positive("data.resolution", resolution, integer=True)
-        self.save_hyperparameters()
-        self.train_path = train_path
-        self.val_path = val_path
-        self.test_path = test_path
-        self.predict_path = predict_path
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.resolution = resolution
-        self.val_resolution = val_resolution or resolution
-        self.val_crop_ratio = val_crop_ratio
-        self.train_crop_scale = tuple(train_crop_scale)
-        self.flip = flip
-        self.os_cache = os_cache
-        self.distributed = distributed
-        self.channels_last = channels_last
-        self.seed = seed
-        self.mean = tuple(mean)
-        self.std = tuple(std)
+    def __init__(self, os_cache: bool = True, distributed: Optional[bool] = None, seed: int = 0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self._num_classes: Optional[int] = None
 
     # ------------------------------------------------------------------ checks

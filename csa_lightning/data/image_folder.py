@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
-import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from ..checks import require, require_non_negative, require_positive
-from .ffcv_imagenet import IMAGENET_MEAN, IMAGENET_STD
+from ..checks import require
+from .classification_data import ImageClassificationDataModule
 
 __all__ = ["ImageFolderDataModule"]
 
@@ -39,45 +38,21 @@ def _class_names(path: Optional[str]) -> Optional[List[str]]:
     return sorted(entry.name for entry in os.scandir(path) if entry.is_dir())
 
 
-class ImageFolderDataModule(L.LightningDataModule):
-    """``root/<class>/<image>`` trees for training and validation (test/predict default to val)."""
+class ImageFolderDataModule(ImageClassificationDataModule):
+    """``root/<class>/<image>`` trees for training and validation (test/predict default to val).
 
-    def __init__(
-        self,
-        train_path: Optional[str] = None,
-        val_path: Optional[str] = None,
-        test_path: Optional[str] = None,
-        predict_path: Optional[str] = None,
-        batch_size: int = 64,
-        num_workers: int = 8,
-        resolution: int = 224,
-        val_resolution: Optional[int] = None,
-        val_crop_ratio: float = 224 / 256,
-        train_crop_scale: Tuple[float, float] = (0.08, 1.0),
-        flip: bool = True,
-        auto_augment: Optional[str] = None,
-        channels_last: bool = True,
-        mean: Tuple[float, float, float] = IMAGENET_MEAN,
-        std: Tuple[float, float, float] = IMAGENET_STD,
-    ) -> None:
-        super().__init__()
-        require_positive("data.batch_size", batch_size, integer=True)
-        require_non_negative("data.num_workers", num_workers)
-        require_positive("data.resolution", resolution, integer=True)
-        self.save_hyperparameters()
-        self.train_path, self.val_path = train_path, val_path
-        self.test_path, self.predict_path = test_path, predict_path
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.resolution = resolution
-        self.val_resolution = val_resolution or resolution
-        self.val_crop_ratio = val_crop_ratio
-        self.train_crop_scale = tuple(train_crop_scale)
-        self.flip = flip
+    Args:
+        auto_augment: "trivial" adds TrivialAugmentWide to the training transforms (the strong
+            recipe's per-image augmentation); None: none.
+        **kwargs: the shared arguments (:class:`~csa_lightning.data.classification_data.ImageClassificationDataModule`):
+            train_path, val_path, test_path, predict_path (image folders), batch_size,
+            num_workers, resolution, val_resolution, val_crop_ratio, train_crop_scale, flip,
+            channels_last, mean, std.
+    """
+
+    def __init__(self, auto_augment: Optional[str] = None, **kwargs: Any) -> None:
         require(auto_augment in (None, "trivial"), "data.auto_augment", auto_augment, "null or 'trivial'")
-        self.auto_augment = auto_augment
-        self.channels_last = channels_last
-        self.mean, self.std = tuple(mean), tuple(std)
+        super().__init__(**kwargs)
         self.num_classes: Optional[int] = None
 
     def train_transform(self):

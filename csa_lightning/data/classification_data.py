@@ -1,0 +1,89 @@
+"""The arguments every image-classification data module here shares, in one place.
+
+:class:`~csa_lightning.data.FFCVDataModule` and :class:`~csa_lightning.data.ImageFolderDataModule`
+take these, add their own and pass the rest on with ``**kwargs`` (jsonargparse follows
+``super().__init__(**kwargs)``, so ``--data.batch_size`` and ``--help`` work as before). The values
+live in ``self.hparams`` only and are read from there as attributes (``self.batch_size``): no copy
+to keep equal. Setting an attribute (Lightning's batch-size finder does) overrides it on the instance.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Tuple
+
+import lightning as L
+
+from ..checks import require_non_negative, require_positive
+
+__all__ = ["ImageClassificationDataModule", "IMAGENET_MEAN", "IMAGENET_STD"]
+
+#: ImageNet's channel mean and std (0..1 units), torchvision's and ffcv-imagenet's normalisation
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ImageClassificationDataModule(L.LightningDataModule):
+    """Shared arguments of the classification data modules.
+
+    Args:
+        train_path, val_path: the training and validation data (a ``.beton`` file or an image folder).
+        test_path, predict_path: default to ``val_path``.
+        batch_size: per process (Lightning's convention; the global batch is this times the
+            number of processes).
+        num_workers: loader workers (ffcv: decoding threads) per process.
+        resolution: side of the training crops; ``val_resolution`` (default: the same) of the
+            validation centre crops.
+        val_crop_ratio: centre crop side / shorter image side (224/256 as in torchvision's and
+            ffcv-imagenet's references).
+        train_crop_scale: area range of the random-resized crop.
+        flip: random horizontal flips for training (off for digits, where they change the class).
+        channels_last: return NHWC-strided batches (matching a channels_last model).
+        mean, std: normalisation, in 0..1 units.
+    """
+
+    def __init__(
+        self,
+        train_path: Optional[str] = None,
+        val_path: Optional[str] = None,
+        test_path: Optional[str] = None,
+        predict_path: Optional[str] = None,
+        batch_size: int = 64,
+        num_workers: int = 8,
+        resolution: int = 224,
+        val_resolution: Optional[int] = None,
+        val_crop_ratio: float = 224 / 256,
+        train_crop_scale: Tuple[float, float] = (0.08, 1.0),
+        flip: bool = True,
+        channels_last: bool = True,
+        mean: Tuple[float, float, float] = IMAGENET_MEAN,
+        std: Tuple[float, float, float] = IMAGENET_STD,
+    ) -> None:
+        super().__init__()
+        require_positive("data.batch_size", batch_size, integer=True)
+        require_non_negative("data.num_workers", num_workers)
+        require_positive("data.resolution", resolution, integer=True)
+        # every __init__ argument of the class chain (the subclass's own included) lands in hparams
+        self.save_hyperparameters()
+
+    def __getattr__(self, name: str) -> Any:
+        # only reached when normal lookup fails: the hyperparameters are the attributes
+        hparams = self.__dict__.get("_hparams")
+        if hparams is not None and name in hparams:
+            return hparams[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    @property
+    def val_resolution(self) -> int:
+        return self.hparams.val_resolution or self.hparams.resolution
+
+    @property
+    def train_crop_scale(self) -> Tuple[float, float]:
+        return tuple(self.hparams.train_crop_scale)
+
+    @property
+    def mean(self) -> Tuple[float, float, float]:
+        return tuple(self.hparams.mean)
+
+    @property
+    def std(self) -> Tuple[float, float, float]:
+        return tuple(self.hparams.std)
