@@ -125,3 +125,26 @@ def test_cli_trains_a_timm_convnext_with_csa(in_tmp_cwd):
     reloaded = type(module).load_from_checkpoint(ckpt, weights_only=True)
     assert list(reloaded.model.attention_gates) == list(module.model.attention_gates)
     assert "gates/stages_0/p_mean" in (ckpt.parents[1] / "metrics.csv").read_text().splitlines()[0]
+
+
+def test_the_ablation_runner_builds_timm_variants(tmp_path):
+    """The runner's variants of the timm demo config swap the gate of the timm network (none: no gates)."""
+    import torch
+
+    from csa_lightning.ablate import _check_variants, _option_keys, plan_variants
+    from csa_lightning.cli import main
+
+    from .conftest import CONFIGS
+
+    config = str(CONFIGS / "demo" / "digits_timm_convnext_csa.yaml")
+    variants = plan_variants(["none", "se", "csa"], [0], {})
+    _check_variants(config, variants, [])  # what the runner does before the first run
+    for variant in variants:
+        args = ["--config", config, *variant.cli_args(_option_keys(variant.attention)),
+                "--trainer.default_root_dir", str(tmp_path)]  # fmt: skip
+        with torch.device("meta"):
+            net = main(args, run=False).model.model
+        assert type(net).__name__ == "ConvNeXt"
+        gates = [type(g).__name__ for g in getattr(net, "attention_gates", {}).values()]
+        expected = {"none": [], "se": ["SqueezeExcitation"] * 4, "csa": ["CSA"] * 4}[variant.attention]
+        assert gates == expected
