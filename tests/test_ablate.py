@@ -137,6 +137,8 @@ def test_corrupt_results_file_is_explained(tmp_path):
 
 @pytest.mark.slow
 def test_killed_ablation_resumes_without_losing_or_duplicating(tmp_path):
+    """Long (~40 s): the runner and its runs are real processes (each imports torch and Lightning),
+    killed mid-run and restarted; nothing shorter shows that no record is lost or duplicated."""
     out = tmp_path / "ablation"
     cmd = [
         sys.executable, "-m", "csa_lightning.ablate", "--config", str(DEMO_CONFIG),
@@ -178,6 +180,7 @@ def test_killed_ablation_resumes_without_losing_or_duplicating(tmp_path):
 
 @pytest.mark.slow
 def test_parallel_runs_and_a_sweep_reach_only_the_blocks_that_take_it(tmp_path):
+    """Long (~40 s): three real runs, two at a time, each its own process."""
     out = tmp_path / "grid"
     cmd = [
         sys.executable, "-m", "csa_lightning.ablate", "--config", str(DEMO_CONFIG), "--attentions", "se,csa",

@@ -42,6 +42,8 @@ def _onnx_matches(model: nn.Module, example: torch.Tensor, other: torch.Tensor, 
 
 
 def test_every_block_and_mode_exports_with_a_dynamic_batch(tmp_path):
+    """Long (~30 s): one torch.export and one ONNX export (the dynamo exporter decomposes and
+    translates every op) of a chain holding every block and every CSA mode."""
     torch.manual_seed(0)
     model = _all_block_modes()
     example, other = torch.randn(2, 16, 12, 12), torch.randn(5, 16, 12, 12)
@@ -129,7 +131,8 @@ class TinySpec(ClassifierSpec):
 @pytest.mark.slow
 def test_model_compile_trains_with_unchanged_checkpoint_keys(in_tmp_cwd):
     """--model.compile true: the network is compiled in place (training steps through the compiled
-    graph), and its checkpoint has the same keys as without compile."""
+    graph), and its checkpoint has the same keys as without compile. Long (~35 s): inductor compiles
+    the forward and backward graphs even of this one-gate network."""
     from csa_lightning.cli import main
 
     from .conftest import DEMO_CONFIG

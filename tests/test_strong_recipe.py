@@ -105,7 +105,8 @@ def _fit(*extra):
 def test_ema_is_validated_checkpointed_and_resumed_exactly(tmp_path, monkeypatch):
     """Run A: 3 epochs. Run B: stopped after 1, resumed with --ckpt_path last. The EMA weights
     (the checkpoint's state_dict) and the raw ones (current_model_state) must match A's exactly,
-    and the EMA weights are what validation measured."""
+    and the EMA weights are what validation measured. Long (~25-50 s): four short fits through the CLI,
+    since only a real stop and resume shows the EMA state coming back."""
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
     monkeypatch.chdir(tmp_path / "a")

@@ -109,6 +109,8 @@ def test_stage_gates_on_a_module_outside_feature_info():
 
 @pytest.mark.slow
 def test_cli_trains_a_timm_convnext_with_csa(in_tmp_cwd):
+    """A timm ConvNeXt with CSA gates trained through cli.py for one short epoch, then reloaded from
+    its checkpoint; per-stage gate statistics logged under the timm stage names."""
     from csa_lightning.cli import main
 
     from .conftest import DEMO_CONFIG
