@@ -72,7 +72,8 @@ def test_parameter_groups_exclude_norms_and_biases_on_request():
 def test_logs_top1_top5_errors_throughput_and_run_info(in_tmp_cwd):
     cli = main(["fit", "--config", str(DEMO_CONFIG), "--data", "csa_lightning.data.DigitsMemoryDataModule",
                 "--data.resolution", "16", "--data.batch_size", "32", "--trainer.max_epochs", "1",
-                "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "2"])  # fmt: skip
+                "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "2",
+                "--trainer.log_every_n_steps", "1"])  # fmt: skip
     metrics = cli.trainer.callback_metrics
     for key in ("val/top1", "val/top5", "val/top1_err", "val/top5_err", "val/loss", "train/loss_epoch",
                 "train/images_per_sec_epoch", "lr_scaled"):  # fmt: skip
