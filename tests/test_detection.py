@@ -428,7 +428,9 @@ def test_predict_writes_coco_results(in_tmp_cwd, capsys):
     from pycocotools.coco import COCO
 
     cli = _fit(DEMO_DETECTION["faster_rcnn"], "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1")
-    ckpt = cli.trainer.checkpoint_callback.last_model_path
+    from csa_lightning.tasks.callbacks import checkpoint_files
+
+    _, ckpt = checkpoint_files(cli.trainer)  # last.ckpt, written by the callback without a monitor
     predicted = main(["predict", "--config", str(DEMO_DETECTION["faster_rcnn"]), *TINY_DATA,
                       "--model.init_args.backbone_weights", "null", "--ckpt_path", ckpt])  # fmt: skip
     path = next(c for c in predicted.trainer.callbacks if type(c).__name__ == "PredictionWriter").path
