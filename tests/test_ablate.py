@@ -144,7 +144,7 @@ def test_killed_ablation_resumes_without_losing_or_duplicating(tmp_path):
         sys.executable, "-m", "csa_lightning.ablate", "--config", str(DEMO_CONFIG),
         "--attentions", "none,csa", "--seeds", "0", "--out", str(out),
         "--data", "csa_lightning.data.DigitsMemoryDataModule", "--data.resolution", "16", "--data.batch_size", "32",
-        "--data.limit_train_samples", "64", "--trainer.max_epochs", "3", "--trainer.limit_val_batches", "1",
+        "--data.limit_train_samples", "64", "--trainer.max_epochs", "2", "--trainer.limit_val_batches", "1",
         "--trainer.enable_progress_bar", "false",
     ]  # fmt: skip
     env = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -172,7 +172,7 @@ def test_killed_ablation_resumes_without_losing_or_duplicating(tmp_path):
     records = load_results(out)
     assert sorted(r["variant"] for r in records) == ["csa_seed0", "none_seed0"]
     csa = next(r for r in records if r["attention"] == "csa")
-    assert csa["epochs"] == 3 and csa["params"] > 0 and csa["git_commit"] is not None
+    assert csa["epochs"] == 2 and csa["params"] > 0 and csa["git_commit"] is not None
     assert "Restoring states from the checkpoint" in (csa_run / "stdout.log").read_text()
     assert len(list((csa_run / "logs").glob("version_*"))) == 2  # the interrupted run's logs are kept
     assert (out / "report.md").exists() and (out / "report.png").exists()
