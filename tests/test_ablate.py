@@ -137,7 +137,7 @@ def test_corrupt_results_file_is_explained(tmp_path):
 
 @pytest.mark.slow
 def test_killed_ablation_resumes_without_losing_or_duplicating(tmp_path):
-    """Long (~40 s): the runner and its runs are real processes (each imports torch and Lightning),
+    """Long (~40-60 s): the runner and its runs are real processes (each imports torch and Lightning),
     killed mid-run and restarted; nothing shorter shows that no record is lost or duplicated."""
     out = tmp_path / "ablation"
     cmd = [
@@ -214,7 +214,8 @@ def _tiny_ablation(out, *extra):
 def test_changed_overrides_never_reuse_stale_results(tmp_path, monkeypatch, capsys):
     """Before: re-running the same --out with --trainer.max_epochs 2 after 1-epoch runs reported
     the 1-epoch results. Now a changed config or override is refused in one line, and --rerun
-    trains again from scratch (not from the old run's checkpoint)."""
+    trains again from scratch (not from the old run's checkpoint). Long (~40 s): four runner calls
+    and two real training processes, since staleness is decided across runs of the runner."""
     from csa_lightning.ablate import main
 
     monkeypatch.chdir(tmp_path)
