@@ -56,9 +56,12 @@ def load_classifier(ckpt: str) -> Tuple[nn.Module, Optional[int]]:
     model = spec.build()
     state = {k[len("model.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
     model.load_state_dict(state)
-    data = checkpoint.get("datamodule_hyper_parameters", {}) or {}
-    size = data.get("resolution") or data.get("image_size")
-    return model.eval(), int(size) if size else None
+    data = checkpoint.get("datamodule_hyper_parameters") or {}
+    if not data:
+        return model.eval(), None
+    from .analysis.images import Preprocessing  # the one reading of a data module's evaluation size
+
+    return model.eval(), Preprocessing.from_data_hparams(data).size
 
 
 def _is_detector(net: dict) -> bool:

@@ -13,13 +13,12 @@ from csa_lightning.tasks.checkpoint_io import AtomicCheckpointIO
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# A process that saves a checkpoint through the given IO and is killed (os._exit) at the moment the
+# A process that saves a checkpoint through AtomicCheckpointIO and is killed (os._exit) at the moment the
 # written file would be moved into place: the worst moment, everything written, nothing committed.
 KILLED_WHILE_SAVING = textwrap.dedent(
     """
     import os, shutil, sys
     import torch
-    from lightning.pytorch.plugins.io import TorchCheckpointIO
     from csa_lightning.tasks.checkpoint_io import AtomicCheckpointIO
 
     def die(*args, **kwargs):
@@ -27,16 +26,15 @@ KILLED_WHILE_SAVING = textwrap.dedent(
 
     shutil.move = die
     os.replace = die
-    io = AtomicCheckpointIO() if sys.argv[1] == "atomic" else TorchCheckpointIO()
-    io.save_checkpoint({"state_dict": {"w": torch.zeros(1000)}}, sys.argv[2])
+    AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.zeros(1000)}}, sys.argv[1])
     """
 )
 
 
-def _save_and_get_killed(kind: str, target: Path, system_tmp: Path) -> None:
+def _save_and_get_killed(target: Path, system_tmp: Path) -> None:
     system_tmp.mkdir(exist_ok=True)
     env = {**os.environ, "TMPDIR": str(system_tmp), "PYTHONPATH": str(ROOT)}
-    result = subprocess.run([sys.executable, "-c", KILLED_WHILE_SAVING, kind, str(target)], env=env, timeout=120)
+    result = subprocess.run([sys.executable, "-c", KILLED_WHILE_SAVING, str(target)], env=env, timeout=120)
     assert result.returncode == 9
 
 
@@ -47,7 +45,7 @@ def test_a_kill_while_saving_leaves_nothing_in_the_system_tmp(tmp_path):
     a file in TMPDIR). Ours writes beside the target, and the next save into that folder removes the
     dead process's partial file."""
     target = tmp_path / "b" / "last.ckpt"
-    _save_and_get_killed("atomic", target, tmp_path / "tmp_ours")
+    _save_and_get_killed(target, tmp_path / "tmp_ours")
     assert not list((tmp_path / "tmp_ours").iterdir())
     assert not target.exists()
     (leftover,) = target.parent.glob(".last.ckpt.partial-*")

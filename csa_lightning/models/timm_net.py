@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 from torch import Tensor, nn
 
-from ..attention import ChannelAttention, resolve_attention
+from ..attention import resolve_attention
 from .networks import ClassifierSpec, default_placement
 
 __all__ = ["TimmSpec", "add_stage_gates", "timm_stage_modules", "BLOCK_SLOTS"]
@@ -191,8 +191,3 @@ class TimmSpec(ClassifierSpec):
             stages = None if self.placement == "stage_end" else list(self.placement)
             add_stage_gates(model, cls, stages, self.attention_options)
         return model
-
-
-def gates_of(model: nn.Module) -> List[ChannelAttention]:
-    """Every channel gate in ``model``."""
-    return [m for m in model.modules() if isinstance(m, ChannelAttention)]
