@@ -82,10 +82,11 @@ PAPER_TABLE4 = {"none": (0.134, 0.133), "se": (0.426, 0.290), "csa (l2)": (0.508
 class Report:
     """Checks as they run: name, pass/fail, a one-line detail, seconds; tables for the markdown."""
 
-    def __init__(self) -> None:
+    def __init__(self, out: Optional[Path] = None, environment: Optional[Dict[str, str]] = None) -> None:
         self.checks: List[Dict[str, Any]] = []
         self.tables: List[str] = []
         self.data: Dict[str, Any] = {}
+        self.out, self.environment = out, environment or {}
 
     def run(self, section: str, name: str, fn: Callable[[], Optional[str]]) -> None:
         start = time.perf_counter()
@@ -101,6 +102,8 @@ class Report:
             {"section": section, "check": name, "ok": ok, "detail": detail, "seconds": round(seconds, 2)}
         )
         print(f"[{'PASS' if ok else 'FAIL'}] {section}: {name} ({seconds:.1f} s) {detail}", flush=True)
+        if self.out is not None:  # after every check: a run killed at its time limit keeps what it measured
+            self.write(self.out, self.environment)
 
     @property
     def ok(self) -> bool:
@@ -521,8 +524,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             "--device cuda: no CUDA device is visible (run on a GPU machine, or --device cpu --quick for a dry run)"
         )
     device = torch.device(args.device)
-    report = Report()
     env = environment(device)
+    report = Report(Path(args.out), env)
     print("\n".join(f"{k}: {v}" for k, v in env.items()), flush=True)
     with tempfile.TemporaryDirectory(prefix="csa-gpu-check-") as tmp:
         os.environ.setdefault("PYTHONWARNINGS", "ignore")

@@ -37,6 +37,18 @@ def test_report_writer_counts_failures_and_writes_both_files(tmp_path):
     assert "**1 of 3 checks passed.**" in text and "| a | b |" in text and "- gpu: test" in text
 
 
+def test_report_is_on_disk_after_every_check(tmp_path):
+    """A run killed at its time limit (the GPU lease's) keeps every check it finished."""
+    gpu_check = load_gpu_check()
+    report = gpu_check.Report(tmp_path, {"gpu": "test"})
+    report.run("numerics", "first", lambda: "fine")
+    assert [c["check"] for c in json.loads((tmp_path / "report.json").read_text())["checks"]] == ["first"]
+    report.run("speed", "second", lambda: 1 / 0)
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert [c["ok"] for c in data["checks"]] == [True, False] and not data["ok"]
+    assert "**1 of 2 checks passed.**" in (tmp_path / "report.md").read_text()
+
+
 def test_every_block_and_csa_mode_is_checked():
     gpu_check = load_gpu_check()
     labels = [label for label, _, _ in gpu_check.block_variants()]

@@ -49,10 +49,14 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from . import csa_triton
 from .base import ChannelAttention, ReductionMLP, autocast_disabled, register_attention, sqrt_zero_safe, standardize
 
 CONTIGUITY_MODES = ("l2", "hybrid", "cosine")
 DISTANCE_MODES = ("exact", "projected", "pooled")
+#: how w z is computed without forming w: "auto" = the fused Triton kernels for CUDA tensors in eager
+#: calls, else the blocked PyTorch path; "triton" / "torch" force one (same results to rounding)
+KERNELS = ("auto", "triton", "torch")
 #: distance="pooled": the side each map is average-pooled to before the distances, by channel
 #: count, as in the authors' detection backbone (mmdet/models/backbones/CSA/CSA_Module.py)
 AUTHORS_POOL_SIZES = {64: 35, 128: 28, 256: 14, 512: 7, 1024: 4, 2048: 4}
@@ -66,6 +70,7 @@ __all__ = [
     "clear_projection_cache",
     "CONTIGUITY_MODES",
     "DISTANCE_MODES",
+    "KERNELS",
     "PROJECTION_CACHE_SIZE",
     "AUTHORS_POOL_SIZES",
     "pooled_size",
@@ -163,6 +168,7 @@ def spatial_autocorrelation(
     projection_seed: int = 0,
     blocks: Optional[int] = None,
     pool_size: Optional[int] = None,
+    kernel: str = "auto",
 ) -> Dict[str, Tensor]:
     """Parameter-free CSA descriptors of any feature map (N, C, H, W).
 
@@ -174,12 +180,15 @@ def spatial_autocorrelation(
     from the map average-pooled to ``pool_size`` (default: the authors' size for its channel count,
     :data:`AUTHORS_POOL_SIZES`; never upsampled), z still from the full map. ``blocks``: the
     symmetric Gram work is cut into blocks x blocks pieces (default: from C; 1 = one piece).
+    ``kernel``: "auto" (the fused Triton kernels of :mod:`.csa_triton` for CUDA tensors in eager
+    calls, the blocked PyTorch path otherwise), "triton" or "torch" (see :data:`KERNELS`).
     """
     if x.dim() != 4:
         raise ValueError(f"expected a feature map of shape (N, C, H, W), got shape {tuple(x.shape)}")
     if distance not in DISTANCE_MODES:
         raise ValueError(f"unknown distance '{distance}': choose one of {', '.join(DISTANCE_MODES)}")
     _check_contiguity_input(x, contiguity)
+    _check_kernel(kernel)
     projection = (projection_dim if distance == "projected" else None, projection_seed)
     with autocast_disabled(x):
         # the map the distances come from: the authors' detection backbone pools it first
@@ -192,9 +201,30 @@ def spatial_autocorrelation(
             w = contiguity_weights(source.to(_descriptor_dtype(x)), contiguity, eps, *projection)
             moran = z * torch.bmm(w, z.unsqueeze(-1)).squeeze(-1)
         else:
-            moran = _MoranI.apply(source, z, contiguity, eps, blocks or _default_blocks(x.shape[1]), projection)
+            fused = _use_fused(source, kernel)
+            moran = _MoranI.apply(source, z, contiguity, eps, blocks or _default_blocks(x.shape[1]), projection, fused)
         q = standardize(moran)
     return {"z": z, "I": moran, "q": q}
+
+
+def _check_kernel(kernel: str) -> None:
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown kernel '{kernel}': choose one of {', '.join(KERNELS)}")
+
+
+def _use_fused(x: Tensor, kernel: str) -> bool:
+    """Whether w z comes from the fused Triton kernels (see :data:`KERNELS`)."""
+    if kernel == "torch":
+        return False
+    if kernel == "triton":
+        if not csa_triton.supports(x):
+            why = csa_triton.unavailable_reason() or (
+                f"got a {x.dtype} tensor on {x.device}: it takes float32, bfloat16 or float16 CUDA tensors"
+            )
+            raise ValueError(f"kernel='triton' cannot run here: {why}; use kernel='auto' or 'torch'")
+        return True
+    # auto: under torch.compile the compiler fuses the PyTorch path itself
+    return x.is_cuda and _is_plain_eager(x) and csa_triton.supports(x)
 
 
 def _tracing_or_exporting() -> bool:
@@ -397,25 +427,35 @@ class _MoranI(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, z: Tensor, contiguity: str, eps: float, blocks: int, projection: tuple) -> Tensor:
-        f = distance_features(x.detach(), *projection)
-        wz, stats = _weighted_sums(f, z.detach().unsqueeze(-1).to(f.dtype), contiguity, eps, blocks)
-        wz = wz.squeeze(-1).to(z.dtype)
+    def weighted_sums(x: Tensor, y: Tensor, options: tuple, stats=None) -> Tuple[Tensor, tuple]:
+        """w y (N, C) for the map x and a vector y (N, C), by the chosen path."""
+        contiguity, eps, blocks, projection, fused = options
+        if fused:
+            # the map in its own dtype (a view): the kernels multiply bf16 / fp16 tiles exactly
+            f = distance_features(x, *projection) if projection[0] else x.reshape(*x.shape[:2], -1)
+            return csa_triton.weighted_sums(f, y, contiguity, eps, stats)
+        f = distance_features(x, *projection)
+        out, stats = _weighted_sums(f, y.unsqueeze(-1).to(f.dtype), contiguity, eps, blocks, stats)
+        return out.squeeze(-1), stats
+
+    @staticmethod
+    def forward(
+        ctx, x: Tensor, z: Tensor, contiguity: str, eps: float, blocks: int, projection: tuple, fused: bool
+    ) -> Tensor:
+        ctx.options = (contiguity, eps, blocks, projection, fused)
+        wz, stats = _MoranI.weighted_sums(x.detach(), z.detach(), ctx.options)
+        wz = wz.to(z.dtype)
         ctx.save_for_backward(x, z, wz, *stats)
-        ctx.options = (contiguity, eps, blocks, projection)
         return z * wz
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):
         x, z, wz, mean_dist, total = ctx.saved_tensors
-        contiguity, eps, blocks, projection = ctx.options
         with autocast_disabled(x):
-            f = distance_features(x, *projection)
-            gz = (grad * z).unsqueeze(-1).to(f.dtype)
-            w_gz, _ = _weighted_sums(f, gz, contiguity, eps, blocks, (mean_dist, total))
+            w_gz, _ = _MoranI.weighted_sums(x, grad * z, ctx.options, (mean_dist, total))
         # dI/dz: d(z_i (w z)_i)/dz_j = delta_ij (w z)_i + z_i w_ij, and w is symmetric
-        return None, grad * wz + w_gz.squeeze(-1).to(grad.dtype), None, None, None, None
+        return None, grad * wz + w_gz.to(grad.dtype), None, None, None, None, None
 
 
 @register_attention("csa")
@@ -436,8 +476,10 @@ class CSA(ChannelAttention):
         projection_seed: int = 0,
         compile: bool = False,
         pool_size: Optional[int] = None,
+        kernel: str = "auto",
     ) -> None:
         super().__init__(channels)
+        _check_kernel(kernel)
         if contiguity not in CONTIGUITY_MODES:
             raise ValueError(f"unknown contiguity '{contiguity}': choose one of {', '.join(CONTIGUITY_MODES)}")
         if distance not in DISTANCE_MODES:
@@ -451,6 +493,7 @@ class CSA(ChannelAttention):
         elif pool_size is not None:
             raise ValueError(f"pool_size is for distance='pooled', got distance='{distance}'")
         self.pool_size = pool_size
+        self.kernel = kernel
         self.reduction = reduction
         self.contiguity = contiguity
         self.contiguity_grad = contiguity_grad
@@ -483,6 +526,7 @@ class CSA(ChannelAttention):
             projection_dim=self.projection_dim,
             projection_seed=self.projection_seed,
             pool_size=self.pool_size,
+            kernel=self.kernel,
         )
 
     def excite(self, q: Tensor) -> Tensor:
@@ -523,4 +567,5 @@ class CSA(ChannelAttention):
                 if self.distance == "pooled"
                 else ""
             )
+            + (f", kernel={self.kernel!r}" if self.kernel != "auto" else "")
         )

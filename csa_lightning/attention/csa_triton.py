@@ -1,0 +1,220 @@
+"""CSA's contiguity-weighted sums w @ y as fused Triton kernels: the GPU path of :mod:`.csa`.
+
+On a GPU the default PyTorch path of :func:`.csa._weighted_sums` is memory-bound: a float32 copy of
+the map, then a chain of separate elementwise passes (distances, exp2, sums) each over N x C x C
+floats, 2 GB apiece at ResNet-50's layer4 at batch 128. Here each program owns BM rows of w for one
+sample and walks over all C columns in BN-wide tiles; per tile it forms the Gram tile from the map
+in its own dtype on the tensor cores (bf16 / fp16 products are exact in the float32 accumulator;
+float32 maps use IEEE float32 products, never TF32), turns it into distances and weights in
+registers and accumulates its rows of w y. Nothing of size C x C is ever written to memory. Two
+passes in the forward (the mean distance is needed before any exponential), one in the backward
+(it reuses the forward's statistics). Every program writes its own partial sums (no atomics), so
+results are deterministic.
+
+Same math and conventions as :func:`.csa.contiguity_weights` (docs/csa.md): v_ii = 0, l_bar the
+mean over C (C - 1) pairs in "l2" mode and over C^2 in "hybrid", ``eps`` floors l_bar and the
+norms, the rounding floor on squared distances, w = 0 when every v_ij is 0.
+
+Triton ships with PyTorch's Linux CUDA wheels; it is imported only when this path runs, so
+``attention/`` still needs nothing but torch elsewhere. With ``TRITON_INTERPRET=1`` set before
+the first import the same kernels run on CPU tensors (how the test suite checks them without a GPU).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+MODES = {"l2": 0, "hybrid": 1, "cosine": 2}
+
+
+def interpreting() -> bool:
+    """Whether Triton runs its kernels in its CPU interpreter (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@functools.lru_cache(maxsize=1)
+def unavailable_reason() -> Optional[str]:
+    """None when the fused kernels can run here, else one line saying why not."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return "Triton is not installed (it ships with PyTorch's Linux CUDA wheels)"
+    return None
+
+
+def supports(f: Tensor) -> bool:
+    """Whether the fused kernels take this map: a CUDA tensor (or any, under Triton's interpreter)
+    of a dtype the tensor cores multiply (float64 stays on the PyTorch path)."""
+    if f.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        return False
+    return (f.is_cuda or interpreting()) and unavailable_reason() is None
+
+
+@functools.lru_cache(maxsize=1)
+def _kernel():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def moran_pass(
+        f_ptr,  # the maps, (N, C, K) with any strides, in their own dtype
+        sq_ptr,  # ||f_i||^2, (N, C) float32
+        floor_ptr,  # rounding floor per sample, (N,)
+        inv_norm_ptr,  # 1 / max(||f_i||, eps), (N, C) (cosine modes)
+        y_ptr,  # the vector w multiplies, (N, C) float32 (pass 2)
+        scale_ptr,  # -log2(e) / l_bar per sample, (N,) (pass 2, distance modes)
+        out_ptr,  # pass 2: the rows of v y, (N, C) float32
+        part_ptr,  # per program: its sum of distances (pass 1) or of v (pass 2), (N, row tiles)
+        C,
+        K,
+        stride_n,
+        stride_c,
+        stride_k,
+        MODE: tl.constexpr,  # 0 l2, 1 hybrid, 2 cosine
+        PASS: tl.constexpr,  # 1: sums of distances; 2: weighted sums
+        PRECISION: tl.constexpr,  # "ieee" for float32 maps (ignored for 16-bit ones)
+        UPCAST: tl.constexpr,  # multiply in float32 (the interpreter's bf16 dot is wrong; same products)
+        BM: tl.constexpr,
+        BN: tl.constexpr,
+        BK: tl.constexpr,
+    ):
+        tile = tl.program_id(0)
+        n = tl.program_id(1).to(tl.int64)
+        rows = tile * BM + tl.arange(0, BM)
+        row_ok = rows < C
+        maps = f_ptr + n * stride_n
+        vec = n * C
+        if MODE != 2:
+            # the floor is subtracted once per pair, from the row's squared norm
+            sq_rows = tl.load(sq_ptr + vec + rows, mask=row_ok, other=0.0) - tl.load(floor_ptr + n)
+        if MODE != 0:
+            inv_rows = tl.load(inv_norm_ptr + vec + rows, mask=row_ok, other=0.0)
+        if PASS == 2:
+            if MODE != 2:
+                scale = tl.load(scale_ptr + n)
+            acc = tl.zeros([BM], dtype=tl.float32)
+        total = tl.zeros([BM], dtype=tl.float32)
+        for start in range(0, C, BN):
+            cols = start + tl.arange(0, BN)
+            col_ok = cols < C
+            gram = tl.zeros([BM, BN], dtype=tl.float32)
+            for k0 in range(0, K, BK):
+                ks = k0 + tl.arange(0, BK)
+                k_ok = ks < K
+                a = tl.load(
+                    maps + rows[:, None] * stride_c + ks[None, :] * stride_k,
+                    mask=row_ok[:, None] & k_ok[None, :],
+                    other=0.0,
+                )
+                b = tl.load(
+                    maps + cols[None, :] * stride_c + ks[:, None] * stride_k,
+                    mask=col_ok[None, :] & k_ok[:, None],
+                    other=0.0,
+                )
+                if UPCAST:
+                    a, b = a.to(tl.float32), b.to(tl.float32)
+                gram = tl.dot(a, b, gram, input_precision=PRECISION)
+            pair = row_ok[:, None] & col_ok[None, :] & (rows[:, None] != cols[None, :])
+            if MODE != 2:
+                sq_cols = tl.load(sq_ptr + vec + cols, mask=col_ok, other=0.0)
+                dist = tl.sqrt(tl.maximum(sq_rows[:, None] + sq_cols[None, :] - 2.0 * gram, 0.0))
+                if PASS == 1:
+                    total += tl.sum(tl.where(pair, dist, 0.0), axis=1)
+            if PASS == 2:
+                if MODE != 0:
+                    inv_cols = tl.load(inv_norm_ptr + vec + cols, mask=col_ok, other=0.0)
+                    cosine = tl.maximum(gram * inv_rows[:, None] * inv_cols[None, :], 0.0)
+                if MODE == 0:
+                    v = tl.exp2(dist * scale)
+                elif MODE == 1:
+                    v = tl.exp2(dist * scale) * cosine
+                else:
+                    v = cosine
+                v = tl.where(pair, v, 0.0)
+                y_cols = tl.load(y_ptr + vec + cols, mask=col_ok, other=0.0)
+                acc += tl.sum(v * y_cols[None, :], axis=1)
+                total += tl.sum(v, axis=1)
+        tl.store(part_ptr + n * tl.num_programs(0) + tile, tl.sum(total, axis=0))
+        if PASS == 2:
+            tl.store(out_ptr + vec + rows, acc, mask=row_ok)
+
+    return moran_pass
+
+
+#: (BM, BN, BK, num_warps, num_stages) by default; see :func:`tile_config`
+Config = Tuple[int, int, int, int, int]
+
+
+def tile_config(channels: int, length: int) -> Config:
+    """Tile sizes for C channels of length K: 64 x 64 tiles of w, the K loop in steps of 64 where
+    the maps are long (layer1..2) and of 32 or 16 where they are short (layer4's 49, pooled maps)."""
+    bk = 64 if length >= 64 else (32 if length > 16 else 16)
+    return 64, 64, bk, 4, 3 if length >= 128 else 2
+
+
+def weighted_sums(
+    f: Tensor,
+    y: Tensor,
+    contiguity: str,
+    eps: float,
+    stats: Optional[Tuple[Tensor, Tensor]] = None,
+    config: Optional[Config] = None,
+) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
+    """w @ y (N, C) for the contiguity weights of ``f`` (N, C, K), and (mean distance, sum of v)
+    per sample; ``stats`` from an earlier call on the same ``f`` skip the first pass. The same
+    contract as :func:`.csa._weighted_sums` with a single column y (N, C)."""
+    if contiguity not in MODES:
+        raise ValueError(f"unknown contiguity '{contiguity}': choose one of {', '.join(MODES)}")
+    from .csa import rounding_floor  # csa imports this module only when the fused path runs
+
+    kernel = _kernel()
+    n, c, k = f.shape
+    bm, bn, bk, warps, stages = config or tile_config(c, k)
+    tiles = math.ceil(c / bm)
+    mode = MODES[contiguity]
+    y = y.to(torch.float32).contiguous()
+    sq = torch.linalg.vector_norm(f, dim=-1, dtype=torch.float32).square_()  # one pass over the map
+    floor = rounding_floor(sq, k)
+    inv_norm = sq.sqrt().clamp_min(eps).reciprocal() if mode != 0 else sq
+    out = torch.empty(n, c, device=f.device, dtype=torch.float32)
+    # Triton's CPU interpreter multiplies bf16 tiles wrongly (triton 3.8); their float32 products
+    # are the same numbers (a bf16 x bf16 product is exact in float32)
+    upcast = interpreting() and f.dtype == torch.bfloat16
+    launch = dict(
+        C=c,
+        K=k,
+        stride_n=f.stride(0),
+        stride_c=f.stride(1),
+        stride_k=f.stride(2),
+        MODE=mode,
+        PRECISION="ieee" if f.dtype == torch.float32 or upcast else "tf32",
+        UPCAST=upcast,
+        BM=bm,
+        BN=bn,
+        BK=bk,
+        num_warps=warps,
+        num_stages=stages,
+    )
+    if stats is None:
+        if mode != 2:
+            parts = torch.empty(n, tiles, device=f.device, dtype=torch.float32)
+            kernel[(tiles, n)](f, sq, floor, inv_norm, y, floor, out, parts, PASS=1, **launch)
+            pairs = c * (c - 1) if mode == 0 else c * c  # hybrid: the authors' mean over all C^2
+            mean_dist = (parts.sum(dim=1) / pairs).clamp_min_(eps)
+        else:
+            mean_dist = torch.zeros(n, device=f.device, dtype=torch.float32)
+    else:
+        mean_dist = stats[0]
+    scale = (-math.log2(math.e) / mean_dist).contiguous()
+    parts = torch.empty(n, tiles, device=f.device, dtype=torch.float32)
+    kernel[(tiles, n)](f, sq, floor, inv_norm, y, scale, out, parts, PASS=2, **launch)
+    total = parts.sum(dim=1) if stats is None else stats[1]
+    # all v_ij = 0 (cosine modes, no positively correlated pair): w = 0 rather than 0 / 0
+    out /= torch.where(total > 0, total, torch.ones_like(total))[:, None]
+    return out, (mean_dist, total)
