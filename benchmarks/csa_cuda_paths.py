@@ -7,12 +7,16 @@ The gate input is what a bf16-autocast ResNet-50 hands the gate (bf16, channels_
 ``spatial_autocorrelation`` (inference) and forward + backward (training; gradients reach the input
 through z as in the default gate) are timed with CUDA events, median of ``repeats`` after a warm-up:
 
-- default: this project's default path (fp32 Gram, TF32 as PyTorch defaults it: off for matmul);
-- tf32: the same with ``torch.backends.cuda.matmul.allow_tf32 = True`` for the Gram;
-- blocks=1: one Gram product per sample instead of the symmetric blocks (the blocks were tuned on a CPU);
-- compiled: ``torch.compile`` of the whole descriptor function (``CSA(compile=True)``), compile time reported.
+- triton (default): the fused Triton kernels (``kernel="auto"`` on CUDA, attention/csa_triton.py);
+- torch: the blocked PyTorch path (``kernel="torch"``; fp32 Gram, TF32 as PyTorch defaults it: off);
+- torch tf32: the same with ``torch.backends.cuda.matmul.allow_tf32 = True`` for the Gram;
+- torch blocks=1: one Gram product per sample instead of the symmetric blocks (tuned on a CPU);
+- compiled: ``torch.compile`` of the PyTorch path (``CSA(compile=True)``), compile time reported
+  (``--no-compile`` leaves it out: about 20 s of compilation per shape).
 
 A reference row times a bf16 3x3 convolution of the same map (what the stage spends per conv).
+``--sweep`` also times the fused forward (both passes) for several tile configurations per shape,
+the figures :func:`csa_lightning.attention.csa_triton.tile_config` is chosen from.
 """
 
 from __future__ import annotations
@@ -27,9 +31,21 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from csa_lightning.attention import csa_triton  # noqa: E402
 from csa_lightning.attention.csa import spatial_autocorrelation  # noqa: E402
 
 SHAPES = [(256, 56), (512, 28), (1024, 14), (2048, 7)]
+#: (BM, BN, BK, num_warps, num_stages) tried by --sweep
+SWEEP = [
+    (64, 64, 64, 4, 3),
+    (64, 64, 32, 4, 2),
+    (64, 64, 16, 4, 2),
+    (128, 64, 64, 8, 3),
+    (64, 128, 64, 4, 3),
+    (128, 128, 32, 8, 2),
+    (32, 64, 64, 4, 2),
+    (32, 32, 32, 2, 2),
+]
 
 
 def cuda_time(fn, repeats: int) -> float:
@@ -51,6 +67,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--out", default=None)
     parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--sweep", action="store_true", help="also time the fused kernels' tile configurations")
     args = parser.parse_args()
     dev = torch.device("cuda")
     # static shapes: one compile per stage shape (dynamic shapes recompiled for minutes on the second)
@@ -73,9 +90,12 @@ def main() -> None:
                 conv(x)
 
         paths = [
-            ("default", spatial_autocorrelation, {}, False),
-            ("tf32", spatial_autocorrelation, {}, True),
-            ("blocks=1", spatial_autocorrelation, {"blocks": 1}, False),
+            ("triton (default)", spatial_autocorrelation, {}, False),
+            ("torch", spatial_autocorrelation, {"kernel": "torch"}, False),
+            ("torch tf32", spatial_autocorrelation, {"kernel": "torch"}, True),
+            ("torch blocks=1", spatial_autocorrelation, {"kernel": "torch", "blocks": 1}, False),
+            ("triton hybrid", spatial_autocorrelation, {"contiguity": "hybrid"}, False),
+            ("torch hybrid", spatial_autocorrelation, {"contiguity": "hybrid", "kernel": "torch"}, False),
         ]
         if compiled_fn is not None:
             paths.append(("compiled", compiled_fn, {}, False))
@@ -109,10 +129,39 @@ def main() -> None:
             finally:
                 torch.backends.cuda.matmul.allow_tf32 = False
             print(lines[-1], flush=True)
+    if args.sweep:
+        lines += sweep(args)
     text = "\n".join(lines)
     print(text)
     if args.out:
         Path(args.out).write_text(text + "\n")
+
+
+def sweep(args) -> list:
+    """The fused forward (both passes, bf16 map) per tile configuration and stage shape, in ms."""
+    lines = [
+        "",
+        f"Fused forward (2 passes) by tile configuration (BM, BN, BK, warps, stages), batch {args.batch}, ms; "
+        "* = tile_config's choice",
+        "",
+        "| stage input | " + " | ".join("/".join(map(str, c)) for c in SWEEP) + " |",
+        "|---|" + "---:|" * len(SWEEP),
+    ]
+    for channels, side in SHAPES:
+        x = torch.randn(args.batch, channels, side, side, device="cuda", dtype=torch.bfloat16)
+        f = x.contiguous(memory_format=torch.channels_last).reshape(args.batch, channels, -1)
+        y = torch.randn(args.batch, channels, device="cuda")
+        chosen = csa_triton.tile_config(channels, side * side)
+        cells = []
+        for config in SWEEP:
+            try:
+                ms = cuda_time(lambda: csa_triton.weighted_sums(f, y, "l2", 1e-5, config=config), args.repeats)
+                cells.append(f"{ms:.3f}{'*' if config == chosen else ''}")
+            except Exception as err:  # a configuration too large for the chip's shared memory, say
+                cells.append(type(err).__name__)
+        lines.append(f"| {channels} x {side} x {side} | " + " | ".join(cells) + " |")
+        print(lines[-1], flush=True)
+    return lines
 
 
 if __name__ == "__main__":

@@ -6,11 +6,11 @@
 Sections (``--only`` picks some; all by default), each a list of named checks:
 
 - numerics: TF32 off; every block (CSA in every contiguity and distance mode, ``contiguity_grad``
-  on and off) in float32 on the GPU against the same block in float64 on the CPU: outputs within
-  1e-4 and input gradients within 1e-3, relative to the largest reference value; then bf16 and
-  fp16 autocast on the degenerate inputs the CPU tests use (all-zero maps, identical channels,
-  constant maps, batch of one, tiny and huge values, a zero-initialised last BN): finite outputs
-  and gradients.
+  on and off, its fused Triton kernels and its PyTorch path) in float32 on the GPU against the
+  same block in float64 on the CPU: outputs within 1e-4 and input gradients within 1e-3, relative
+  to the largest reference value; then bf16 and fp16 autocast on the degenerate inputs the CPU
+  tests use (all-zero maps, identical channels, constant maps, batch of one, tiny and huge values,
+  a zero-initialised last BN): finite outputs and gradients.
 - speed: ``csa_lightning.benchmark.benchmark`` (the same code as ``python -m
   csa_lightning.benchmark --device cuda --bf16 --channels-last``): ResNet-50 with none / SE / CBAM
   / ECA / GCT / CSA (l2 and hybrid, and the authors' every-block pooled variant), batch 128 and 64,
@@ -75,6 +75,8 @@ AUTHORS_VARIANT = (
     "csa",
     {"placement": "every_block", "contiguity": "hybrid", "distance": "pooled"},
 )
+#: the PyTorch path of CSA's w z (the default on CUDA is the fused Triton kernels), for comparison
+TORCH_KERNEL_VARIANT = ("csa (l2, torch kernel)", "csa", {"contiguity": "l2", "kernel": "torch"})
 #: the paper's Table 4 (their GPU, batch 128 at 224 px), seconds
 PAPER_TABLE4 = {"none": (0.134, 0.133), "se": (0.426, 0.290), "csa (l2)": (0.508, 0.281)}
 
@@ -178,6 +180,8 @@ def block_variants() -> List[tuple]:
                         options["pool_size"] = 4  # 7 x 7 maps -> 4 x 4 (overlapping adaptive windows)
                     label = f"csa {contiguity}{' grad' if grad else ''}{'' if distance == 'exact' else ' ' + distance}"
                     variants.append((label, name, options))
+                    if not grad:  # w z without w: the fused kernels (default on CUDA) and the PyTorch path
+                        variants.append((label + " torch-kernel", name, {**options, "kernel": "torch"}))
     return variants
 
 
@@ -325,7 +329,7 @@ def speed(report: Report, device: torch.device, quick: bool) -> None:
                 device=str(device),
                 bf16=True,
                 channels_last=True,
-                extra_variants=[AUTHORS_VARIANT],
+                extra_variants=[TORCH_KERNEL_VARIANT, AUTHORS_VARIANT],
                 **setting,
             )
             report.data["speed"].append({"setting": setting, "rows": rows})

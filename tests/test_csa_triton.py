@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from csa_lightning.attention import build_attention
+from csa_lightning.attention import build_attention, csa_triton
 from csa_lightning.attention import csa as csa_module
-from csa_lightning.attention import csa_triton
 
 ROOT = Path(__file__).resolve().parents[1]
 

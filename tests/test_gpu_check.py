@@ -53,8 +53,9 @@ def test_every_block_and_csa_mode_is_checked():
     gpu_check = load_gpu_check()
     labels = [label for label, _, _ in gpu_check.block_variants()]
     assert {"se", "cbam", "eca", "gct"} <= set(labels)
-    assert len([label for label in labels if label.startswith("csa")]) == 3 * 2 * 3  # modes x grad x distance
-    assert "csa hybrid pooled" in labels
+    # contiguity modes x distance modes x (contiguity_grad, fused kernels, PyTorch path)
+    assert len([label for label in labels if label.startswith("csa")]) == 3 * 3 * 3
+    assert {"csa hybrid pooled", "csa hybrid pooled torch-kernel", "csa l2 grad"} <= set(labels)
 
 
 @pytest.mark.slow

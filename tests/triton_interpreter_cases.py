@@ -12,9 +12,8 @@ import os
 import pytest
 import torch
 
-from csa_lightning.attention import build_attention
+from csa_lightning.attention import build_attention, csa_triton
 from csa_lightning.attention import csa as csa_module
-from csa_lightning.attention import csa_triton
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("TRITON_INTERPRET") != "1", reason="run by tests/test_csa_triton.py with TRITON_INTERPRET=1"
