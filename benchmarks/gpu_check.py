@@ -128,7 +128,7 @@ class Report:
             lines.append(
                 f"| {c['section']} | {c['check']} | {'pass' if c['ok'] else '**FAIL**'} | {c['seconds']} | {detail} |"
             )
-        lines += ["", *self.tables]
+        lines += ["", "\n\n".join(self.tables)]
         (out / "report.md").write_text("\n".join(lines) + "\n")
         payload = {"environment": environment, "ok": self.ok, "checks": self.checks, **self.data}
         (out / "report.json").write_text(json.dumps(payload, indent=2) + "\n")
@@ -195,7 +195,7 @@ def _correlated_map(shape, seed: int, dtype=torch.float64) -> torch.Tensor:
     )
 
 
-def check_block_against_float64(name: str, options: dict, device: torch.device, channels: int) -> str:
+def check_block_against_float64(name: str, options: dict, device: torch.device, channels: int, side: int = 7) -> str:
     torch.manual_seed(0)
     reference = build_attention(name, channels, **options).double()
     with torch.no_grad():  # non-trivial weights: random biases keep the MLP's hidden units active
@@ -204,7 +204,7 @@ def check_block_against_float64(name: str, options: dict, device: torch.device, 
     candidate = build_attention(name, channels, **options)
     candidate.load_state_dict({k: v.float() for k, v in reference.state_dict().items()})
     candidate.to(device)
-    x64 = _correlated_map((2, channels, 7, 7), seed=1)
+    x64 = _correlated_map((2, channels, side, side), seed=1)
     upstream = torch.randn(x64.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     x64.requires_grad_(True)
     y64 = reference(x64)
@@ -288,6 +288,14 @@ def _numerics(report: Report, device: torch.device, quick: bool) -> None:
             "numerics",
             f"{label}: fp32 {device.type} vs float64 cpu",
             lambda: check_block_against_float64(name, options, device, channels),
+        )
+    # a long map: the fused kernels' K loop in many steps (layer1..2's tile configuration)
+    side = 8 if quick else 28
+    for kernel in ("auto", "torch"):
+        report.run(
+            "numerics",
+            f"csa l2 {kernel}-kernel, {side} x {side} maps: fp32 {device.type} vs float64 cpu",
+            lambda: check_block_against_float64("csa", {"kernel": kernel}, device, 32 if quick else 256, side),
         )
     for dtype in (torch.bfloat16, torch.float16):
         for label, name, options in variants if not quick else variants[::4]:
