@@ -150,7 +150,7 @@ def environment(device: torch.device) -> Dict[str, str]:
             env["driver"] = "unknown (nvidia-smi not found)"
     else:
         env["cpu"] = f"{platform.machine()}, {torch.get_num_threads()} torch threads"
-    for name in ("lightning", "torchmetrics", "torchvision"):
+    for name in ("lightning", "torchmetrics", "torchvision", "triton"):
         try:
             env[name] = __import__(name).__version__
         except ImportError:
