@@ -35,21 +35,24 @@ from csa_lightning.attention import csa_triton  # noqa: E402
 from csa_lightning.attention.csa import spatial_autocorrelation  # noqa: E402
 
 SHAPES = [(256, 56), (512, 28), (1024, 14), (2048, 7)]
-#: (BM, BN, BK, num_warps, num_stages) tried by --sweep
+#: (layout, (BM, BN, BK, num_warps, num_stages)) tried by --sweep; "symmetric" tiles are BM x BM
 SWEEP = [
-    (64, 64, 64, 4, 3),
-    (64, 64, 32, 4, 2),
-    (64, 64, 16, 4, 2),
-    (128, 64, 64, 8, 3),
-    (64, 128, 64, 4, 3),
-    (128, 128, 32, 8, 2),
-    (32, 64, 64, 4, 2),
-    (32, 32, 32, 2, 2),
+    ("rows", (64, 128, 64, 4, 3)),
+    ("rows", (64, 64, 32, 4, 2)),
+    ("symmetric", (64, 64, 64, 4, 3)),
+    ("symmetric", (64, 64, 32, 4, 2)),
+    ("symmetric", (64, 64, 16, 4, 2)),
+    ("symmetric", (128, 128, 64, 8, 3)),
+    ("symmetric", (128, 128, 32, 8, 2)),
+    ("symmetric", (128, 128, 64, 4, 3)),
+    ("symmetric", (32, 32, 32, 2, 2)),
+    ("symmetric", (32, 32, 64, 4, 2)),
 ]
 
 
-def cuda_time(fn, repeats: int) -> float:
-    fn()
+def cuda_time(fn, repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
     times = []
     for _ in range(repeats):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -141,22 +144,26 @@ def sweep(args) -> list:
     """The fused forward (both passes, bf16 map) per tile configuration and stage shape, in ms."""
     lines = [
         "",
-        f"Fused forward (2 passes) by tile configuration (BM, BN, BK, warps, stages), batch {args.batch}, ms; "
-        "* = tile_config's choice",
+        f"Fused forward (2 passes) by layout and tile configuration (BM, BN, BK, warps, stages), batch {args.batch}, "
+        "ms; * = the default",
         "",
-        "| stage input | " + " | ".join("/".join(map(str, c)) for c in SWEEP) + " |",
+        "| stage input | " + " | ".join(f"{layout} {'/'.join(map(str, c))}" for layout, c in SWEEP) + " |",
         "|---|" + "---:|" * len(SWEEP),
     ]
     for channels, side in SHAPES:
         x = torch.randn(args.batch, channels, side, side, device="cuda", dtype=torch.bfloat16)
         f = x.contiguous(memory_format=torch.channels_last).reshape(args.batch, channels, -1)
         y = torch.randn(args.batch, channels, device="cuda")
-        chosen = csa_triton.tile_config(channels, side * side)
+        chosen = ("symmetric", csa_triton.tile_config(channels, side * side))
         cells = []
-        for config in SWEEP:
+        for layout, config in SWEEP:
             try:
-                ms = cuda_time(lambda: csa_triton.weighted_sums(f, y, "l2", 1e-5, config=config), args.repeats)
-                cells.append(f"{ms:.3f}{'*' if config == chosen else ''}")
+                ms = cuda_time(
+                    lambda: csa_triton.weighted_sums(f, y, "l2", 1e-5, config=config, layout=layout),
+                    max(args.repeats, 20),
+                    warmup=3,
+                )
+                cells.append(f"{ms:.3f}{'*' if (layout, config) == chosen else ''}")
             except Exception as err:  # a configuration too large for the chip's shared memory, say
                 cells.append(type(err).__name__)
         lines.append(f"| {channels} x {side} x {side} | " + " | ".join(cells) + " |")

@@ -144,7 +144,89 @@ def _kernel():
         if PASS == 2:
             tl.store(out_ptr + vec + rows, acc, mask=row_ok)
 
-    return moran_pass
+    @triton.jit
+    def moran_tile(
+        f_ptr,  # the maps, (N, C, K) with any strides, in their own dtype
+        sq_ptr,  # ||f_i||^2, (N, C) float32
+        floor_ptr,  # rounding floor per sample, (N,)
+        inv_norm_ptr,  # 1 / max(||f_i||, eps), (N, C) (cosine modes)
+        y_ptr,  # the vector w multiplies, (N, C) float32 (pass 2)
+        scale_ptr,  # -log2(e) / l_bar per sample, (N,) (pass 2, distance modes)
+        out_ptr,  # pass 2: shares of v y, (N, T, C) float32: slot t holds column tile t's share
+        part_ptr,  # per tile pair: its sum of distances (pass 1) or of v (pass 2), (N, T, T), zeroed
+        C,
+        K,
+        stride_n,
+        stride_c,
+        stride_k,
+        MODE: tl.constexpr,  # 0 l2, 1 hybrid, 2 cosine
+        PASS: tl.constexpr,  # 1: sums of distances; 2: weighted sums
+        PRECISION: tl.constexpr,  # "ieee" for float32 maps (ignored for 16-bit ones)
+        UPCAST: tl.constexpr,  # multiply in float32 (the interpreter's bf16 dot is wrong; same products)
+        B: tl.constexpr,
+        BK: tl.constexpr,
+    ):
+        # one B x B tile (ti, tj) of the symmetric w, tj >= ti: it gives its rows' share of w y
+        # and, off the diagonal, its columns' share (the mirrored tile's rows)
+        ti = tl.program_id(0)
+        tj = tl.program_id(1)
+        if tj >= ti:
+            n = tl.program_id(2).to(tl.int64)
+            tiles = tl.num_programs(0)
+            rows = ti * B + tl.arange(0, B)
+            cols = tj * B + tl.arange(0, B)
+            row_ok = rows < C
+            col_ok = cols < C
+            maps = f_ptr + n * stride_n
+            vec = n * C
+            gram = tl.zeros([B, B], dtype=tl.float32)
+            for k0 in range(0, K, BK):
+                ks = k0 + tl.arange(0, BK)
+                k_ok = ks < K
+                a = tl.load(
+                    maps + rows[:, None] * stride_c + ks[None, :] * stride_k,
+                    mask=row_ok[:, None] & k_ok[None, :],
+                    other=0.0,
+                )
+                b = tl.load(
+                    maps + cols[None, :] * stride_c + ks[:, None] * stride_k,
+                    mask=col_ok[None, :] & k_ok[:, None],
+                    other=0.0,
+                )
+                if UPCAST:
+                    a, b = a.to(tl.float32), b.to(tl.float32)
+                gram = tl.dot(a, b, gram, input_precision=PRECISION)
+            pair = row_ok[:, None] & col_ok[None, :] & (rows[:, None] != cols[None, :])
+            weight = tl.where(ti == tj, 1.0, 2.0)  # an off-diagonal tile stands for its mirror too
+            if MODE != 2:
+                # the floor is subtracted once per pair, from the row's squared norm
+                sq_rows = tl.load(sq_ptr + vec + rows, mask=row_ok, other=0.0) - tl.load(floor_ptr + n)
+                sq_cols = tl.load(sq_ptr + vec + cols, mask=col_ok, other=0.0)
+                dist = tl.sqrt(tl.maximum(sq_rows[:, None] + sq_cols[None, :] - 2.0 * gram, 0.0))
+                if PASS == 1:
+                    total = tl.sum(tl.sum(tl.where(pair, dist, 0.0), axis=1), axis=0)
+                    tl.store(part_ptr + (n * tiles + ti) * tiles + tj, total * weight)
+            if PASS == 2:
+                if MODE != 0:
+                    inv_rows = tl.load(inv_norm_ptr + vec + rows, mask=row_ok, other=0.0)
+                    inv_cols = tl.load(inv_norm_ptr + vec + cols, mask=col_ok, other=0.0)
+                    cosine = tl.maximum(gram * inv_rows[:, None] * inv_cols[None, :], 0.0)
+                if MODE == 0:
+                    v = tl.exp2(dist * tl.load(scale_ptr + n))
+                elif MODE == 1:
+                    v = tl.exp2(dist * tl.load(scale_ptr + n)) * cosine
+                else:
+                    v = cosine
+                v = tl.where(pair, v, 0.0)
+                y_cols = tl.load(y_ptr + vec + cols, mask=col_ok, other=0.0)
+                tl.store(out_ptr + (n * tiles + tj) * C + rows, tl.sum(v * y_cols[None, :], axis=1), mask=row_ok)
+                if ti != tj:
+                    y_rows = tl.load(y_ptr + vec + rows, mask=row_ok, other=0.0)
+                    tl.store(out_ptr + (n * tiles + ti) * C + cols, tl.sum(v * y_rows[:, None], axis=0), mask=col_ok)
+                total = tl.sum(tl.sum(v, axis=1), axis=0)
+                tl.store(part_ptr + (n * tiles + ti) * tiles + tj, total * weight)
+
+    return moran_pass, moran_tile
 
 
 #: (BM, BN, BK, num_warps, num_stages) by default; see :func:`tile_config`
@@ -168,7 +250,7 @@ def tile_config(channels: int, length: int) -> Config:
     the authors' pooled ones): 64 x 64 tiles, K in steps of 32 (16 where K <= 16), 2 stages.
     """
     if length >= 64:
-        return 64, 128, 64, 4, 3
+        return 64, 64, 64, 4, 3
     return 64, 64, 32 if length > 16 else 16, 4, 2
 
 
@@ -179,24 +261,23 @@ def weighted_sums(
     eps: float,
     stats: Optional[Tuple[Tensor, Tensor]] = None,
     config: Optional[Config] = None,
+    layout: str = "symmetric",
 ) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
     """w @ y (N, C) for the contiguity weights of ``f`` (N, C, K), and (mean distance, sum of v)
     per sample; ``stats`` from an earlier call on the same ``f`` skip the first pass. The same
     contract as :func:`.csa._weighted_sums` with a single column y (N, C)."""
-    if contiguity not in MODES:
-        raise ValueError(f"unknown contiguity '{contiguity}': choose one of {', '.join(MODES)}")
     from .csa import rounding_floor  # csa imports this module only when the fused path runs
 
-    kernel = _kernel()
+    if contiguity not in MODES:
+        raise ValueError(f"unknown contiguity '{contiguity}': choose one of {', '.join(MODES)}")
+    rows_kernel, tile_kernel = _kernel()
     n, c, k = f.shape
     bm, bn, bk, warps, stages = config or tile_config(c, k)
-    tiles = math.ceil(c / bm)
     mode = MODES[contiguity]
     y = y.to(torch.float32).contiguous()
     sq = torch.linalg.vector_norm(f, dim=-1, dtype=torch.float32).square_()  # one pass over the map
     floor = rounding_floor(sq, k)
     inv_norm = sq.sqrt().clamp_min(eps).reciprocal() if mode != 0 else sq
-    out = torch.empty(n, c, device=f.device, dtype=torch.float32)
     # Triton's CPU interpreter multiplies bf16 tiles wrongly (triton 3.8); their float32 products
     # are the same numbers (a bf16 x bf16 product is exact in float32)
     upcast = interpreting() and f.dtype == torch.bfloat16
@@ -209,26 +290,45 @@ def weighted_sums(
         MODE=mode,
         PRECISION="ieee" if f.dtype == torch.float32 or upcast else "tf32",
         UPCAST=upcast,
-        BM=bm,
-        BN=bn,
         BK=bk,
         num_warps=warps,
         num_stages=stages,
     )
+    if layout == "symmetric":
+        tiles = math.ceil(c / bm)
+        grid = (tiles, tiles, n)
+        kernel = tile_kernel
+        launch["B"] = bm
+        out = torch.empty(n, tiles, c, device=f.device, dtype=torch.float32)
+
+        def parts():
+            return torch.zeros(n, tiles, tiles, device=f.device, dtype=torch.float32)
+    else:
+        tiles = math.ceil(c / bm)
+        grid = (tiles, n)
+        kernel = rows_kernel
+        launch.update(BM=bm, BN=bn)
+        out = torch.empty(n, c, device=f.device, dtype=torch.float32)
+
+        def parts():
+            return torch.empty(n, tiles, device=f.device, dtype=torch.float32)
+
     if stats is None:
         if mode != 2:
-            parts = torch.empty(n, tiles, device=f.device, dtype=torch.float32)
-            kernel[(tiles, n)](f, sq, floor, inv_norm, y, floor, out, parts, PASS=1, **launch)
+            sums = parts()
+            kernel[grid](f, sq, floor, inv_norm, y, floor, out, sums, PASS=1, **launch)
             pairs = c * (c - 1) if mode == 0 else c * c  # hybrid: the authors' mean over all C^2
-            mean_dist = (parts.sum(dim=1) / pairs).clamp_min_(eps)
+            mean_dist = (sums.flatten(1).sum(dim=1) / pairs).clamp_min_(eps)
         else:
             mean_dist = torch.zeros(n, device=f.device, dtype=torch.float32)
     else:
         mean_dist = stats[0]
     scale = (-math.log2(math.e) / mean_dist).contiguous()
-    parts = torch.empty(n, tiles, device=f.device, dtype=torch.float32)
-    kernel[(tiles, n)](f, sq, floor, inv_norm, y, scale, out, parts, PASS=2, **launch)
-    total = parts.sum(dim=1) if stats is None else stats[1]
+    sums = parts()
+    kernel[grid](f, sq, floor, inv_norm, y, scale, out, sums, PASS=2, **launch)
+    if out.dim() == 3:
+        out = out.sum(dim=1)  # the column tiles' shares, in a fixed order
+    total = sums.flatten(1).sum(dim=1) if stats is None else stats[1]
     # all v_ij = 0 (cosine modes, no positively correlated pair): w = 0 rather than 0 / 0
     out /= torch.where(total > 0, total, torch.ones_like(total))[:, None]
     return out, (mean_dist, total)
