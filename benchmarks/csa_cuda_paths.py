@@ -35,18 +35,16 @@ from csa_lightning.attention import csa_triton  # noqa: E402
 from csa_lightning.attention.csa import spatial_autocorrelation  # noqa: E402
 
 SHAPES = [(256, 56), (512, 28), (1024, 14), (2048, 7)]
-#: (layout, (BM, BN, BK, num_warps, num_stages)) tried by --sweep; "symmetric" tiles are BM x BM
+#: (B, B, BK, num_warps, num_stages) tried by --sweep
 SWEEP = [
-    ("rows", (64, 128, 64, 4, 3)),
-    ("rows", (64, 64, 32, 4, 2)),
-    ("symmetric", (64, 64, 64, 4, 3)),
-    ("symmetric", (64, 64, 32, 4, 2)),
-    ("symmetric", (64, 64, 16, 4, 2)),
-    ("symmetric", (128, 128, 64, 8, 3)),
-    ("symmetric", (128, 128, 32, 8, 2)),
-    ("symmetric", (128, 128, 64, 4, 3)),
-    ("symmetric", (32, 32, 32, 2, 2)),
-    ("symmetric", (32, 32, 64, 4, 2)),
+    (64, 64, 64, 4, 3),
+    (64, 64, 32, 4, 2),
+    (64, 64, 16, 4, 2),
+    (128, 128, 64, 8, 3),
+    (128, 128, 32, 8, 2),
+    (128, 128, 64, 4, 3),
+    (32, 32, 32, 2, 2),
+    (32, 32, 64, 4, 2),
 ]
 
 
@@ -144,26 +142,24 @@ def sweep(args) -> list:
     """The fused forward (both passes, bf16 map) per tile configuration and stage shape, in ms."""
     lines = [
         "",
-        f"Fused forward (2 passes) by layout and tile configuration (BM, BN, BK, warps, stages), batch {args.batch}, "
-        "ms; * = the default",
+        f"Fused forward (2 passes) by tile configuration (B, B, BK, warps, stages), batch {args.batch}, ms; "
+        "* = tile_config's choice",
         "",
-        "| stage input | " + " | ".join(f"{layout} {'/'.join(map(str, c))}" for layout, c in SWEEP) + " |",
+        "| stage input | " + " | ".join("/".join(map(str, c)) for c in SWEEP) + " |",
         "|---|" + "---:|" * len(SWEEP),
     ]
     for channels, side in SHAPES:
         x = torch.randn(args.batch, channels, side, side, device="cuda", dtype=torch.bfloat16)
         f = x.contiguous(memory_format=torch.channels_last).reshape(args.batch, channels, -1)
         y = torch.randn(args.batch, channels, device="cuda")
-        chosen = ("symmetric", csa_triton.tile_config(channels, side * side))
+        chosen = csa_triton.tile_config(channels, side * side)
         cells = []
-        for layout, config in SWEEP:
+        for config in SWEEP:
             try:
                 ms = cuda_time(
-                    lambda: csa_triton.weighted_sums(f, y, "l2", 1e-5, config=config, layout=layout),
-                    max(args.repeats, 20),
-                    warmup=3,
+                    lambda: csa_triton.weighted_sums(f, y, "l2", 1e-5, config=config), max(args.repeats, 20), warmup=3
                 )
-                cells.append(f"{ms:.3f}{'*' if (layout, config) == chosen else ''}")
+                cells.append(f"{ms:.3f}{'*' if config == chosen else ''}")
             except Exception as err:  # a configuration too large for the chip's shared memory, say
                 cells.append(type(err).__name__)
         lines.append(f"| {channels} x {side} x {side} | " + " | ".join(cells) + " |")

@@ -314,7 +314,7 @@ def _numerics(report: Report, device: torch.device, quick: bool) -> None:
 # --------------------------------------------------------------------------------------- speed
 
 
-def speed(report: Report, device: torch.device, quick: bool) -> None:
+def speed(report: Report, device: torch.device, quick: bool, repeats: int = 5) -> None:
     from csa_lightning.benchmark import benchmark, to_markdown
 
     attentions = ["none", "se", "csa"] if quick else ["none", "se", "cbam", "eca", "gct", "csa"]
@@ -323,8 +323,8 @@ def speed(report: Report, device: torch.device, quick: bool) -> None:
         [dict(depth=18, batch=2, size=32, repeats=1)]
         if quick
         else [
-            dict(depth=50, batch=128, size=224, repeats=5),
-            dict(depth=50, batch=64, size=224, repeats=5),
+            dict(depth=50, batch=128, size=224, repeats=repeats),
+            dict(depth=50, batch=64, size=224, repeats=repeats),
         ]
     )
     report.data["speed"] = []
@@ -526,6 +526,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument(
         "--quick", action="store_true", help="tiny sizes and no thresholds: a dry run of the code paths"
     )
+    parser.add_argument(
+        "--speed-repeats", type=int, default=5, help="timed rounds per variant in the speed section (median)"
+    )
     args = parser.parse_args(argv)
     sections = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = sorted(set(sections) - set(SECTIONS))
@@ -547,7 +550,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             if section == "numerics":
                 numerics(report, device, args.quick)
             elif section == "speed":
-                speed(report, device, args.quick)
+                speed(report, device, args.quick, args.speed_repeats)
             else:
                 train(report, device, args.quick, Path(tmp))
     report.write(Path(args.out), env)

@@ -2,13 +2,14 @@
 
 On a GPU the default PyTorch path of :func:`.csa._weighted_sums` is memory-bound: a float32 copy of
 the map, then a chain of separate elementwise passes (distances, exp2, sums) each over N x C x C
-floats, 2 GB apiece at ResNet-50's layer4 at batch 128. Here each program owns BM rows of w for one
-sample and walks over all C columns in BN-wide tiles; per tile it forms the Gram tile from the map
-in its own dtype on the tensor cores (bf16 / fp16 products are exact in the float32 accumulator;
-float32 maps use IEEE float32 products, never TF32), turns it into distances and weights in
-registers and accumulates its rows of w y. Nothing of size C x C is ever written to memory. Two
-passes in the forward (the mean distance is needed before any exponential), one in the backward
-(it reuses the forward's statistics). Every program writes its own partial sums (no atomics), so
+floats, 2 GB apiece at ResNet-50's layer4 at batch 128. Here one program takes one B x B tile of the
+symmetric w on or above the diagonal for one sample: it forms the Gram tile from the map in its own
+dtype on the tensor cores (bf16 / fp16 products are exact in the float32 accumulator; float32 maps
+use IEEE float32 products, never TF32), turns it into distances and weights in registers, and
+writes its rows' share of w y and, off the diagonal, its columns' share (the mirrored tile's rows).
+Nothing of size C x C is ever written to memory. Two passes in the forward (the mean distance is
+needed before any exponential), one in the backward (it reuses the forward's statistics). Every
+program writes its own slot of partial sums, added afterwards in a fixed order (no atomics), so
 results are deterministic.
 
 Same math and conventions as :func:`.csa.contiguity_weights` (docs/csa.md): v_ii = 0, l_bar the
@@ -60,89 +61,6 @@ def supports(f: Tensor) -> bool:
 def _kernel():
     import triton
     import triton.language as tl
-
-    @triton.jit
-    def moran_pass(
-        f_ptr,  # the maps, (N, C, K) with any strides, in their own dtype
-        sq_ptr,  # ||f_i||^2, (N, C) float32
-        floor_ptr,  # rounding floor per sample, (N,)
-        inv_norm_ptr,  # 1 / max(||f_i||, eps), (N, C) (cosine modes)
-        y_ptr,  # the vector w multiplies, (N, C) float32 (pass 2)
-        scale_ptr,  # -log2(e) / l_bar per sample, (N,) (pass 2, distance modes)
-        out_ptr,  # pass 2: the rows of v y, (N, C) float32
-        part_ptr,  # per program: its sum of distances (pass 1) or of v (pass 2), (N, row tiles)
-        C,
-        K,
-        stride_n,
-        stride_c,
-        stride_k,
-        MODE: tl.constexpr,  # 0 l2, 1 hybrid, 2 cosine
-        PASS: tl.constexpr,  # 1: sums of distances; 2: weighted sums
-        PRECISION: tl.constexpr,  # "ieee" for float32 maps (ignored for 16-bit ones)
-        UPCAST: tl.constexpr,  # multiply in float32 (the interpreter's bf16 dot is wrong; same products)
-        BM: tl.constexpr,
-        BN: tl.constexpr,
-        BK: tl.constexpr,
-    ):
-        tile = tl.program_id(0)
-        n = tl.program_id(1).to(tl.int64)
-        rows = tile * BM + tl.arange(0, BM)
-        row_ok = rows < C
-        maps = f_ptr + n * stride_n
-        vec = n * C
-        if MODE != 2:
-            # the floor is subtracted once per pair, from the row's squared norm
-            sq_rows = tl.load(sq_ptr + vec + rows, mask=row_ok, other=0.0) - tl.load(floor_ptr + n)
-        if MODE != 0:
-            inv_rows = tl.load(inv_norm_ptr + vec + rows, mask=row_ok, other=0.0)
-        if PASS == 2:
-            if MODE != 2:
-                scale = tl.load(scale_ptr + n)
-            acc = tl.zeros([BM], dtype=tl.float32)
-        total = tl.zeros([BM], dtype=tl.float32)
-        for start in range(0, C, BN):
-            cols = start + tl.arange(0, BN)
-            col_ok = cols < C
-            gram = tl.zeros([BM, BN], dtype=tl.float32)
-            for k0 in range(0, K, BK):
-                ks = k0 + tl.arange(0, BK)
-                k_ok = ks < K
-                a = tl.load(
-                    maps + rows[:, None] * stride_c + ks[None, :] * stride_k,
-                    mask=row_ok[:, None] & k_ok[None, :],
-                    other=0.0,
-                )
-                b = tl.load(
-                    maps + cols[None, :] * stride_c + ks[:, None] * stride_k,
-                    mask=col_ok[None, :] & k_ok[:, None],
-                    other=0.0,
-                )
-                if UPCAST:
-                    a, b = a.to(tl.float32), b.to(tl.float32)
-                gram = tl.dot(a, b, gram, input_precision=PRECISION)
-            pair = row_ok[:, None] & col_ok[None, :] & (rows[:, None] != cols[None, :])
-            if MODE != 2:
-                sq_cols = tl.load(sq_ptr + vec + cols, mask=col_ok, other=0.0)
-                dist = tl.sqrt(tl.maximum(sq_rows[:, None] + sq_cols[None, :] - 2.0 * gram, 0.0))
-                if PASS == 1:
-                    total += tl.sum(tl.where(pair, dist, 0.0), axis=1)
-            if PASS == 2:
-                if MODE != 0:
-                    inv_cols = tl.load(inv_norm_ptr + vec + cols, mask=col_ok, other=0.0)
-                    cosine = tl.maximum(gram * inv_rows[:, None] * inv_cols[None, :], 0.0)
-                if MODE == 0:
-                    v = tl.exp2(dist * scale)
-                elif MODE == 1:
-                    v = tl.exp2(dist * scale) * cosine
-                else:
-                    v = cosine
-                v = tl.where(pair, v, 0.0)
-                y_cols = tl.load(y_ptr + vec + cols, mask=col_ok, other=0.0)
-                acc += tl.sum(v * y_cols[None, :], axis=1)
-                total += tl.sum(v, axis=1)
-        tl.store(part_ptr + n * tl.num_programs(0) + tile, tl.sum(total, axis=0))
-        if PASS == 2:
-            tl.store(out_ptr + vec + rows, acc, mask=row_ok)
 
     @triton.jit
     def moran_tile(
@@ -226,7 +144,7 @@ def _kernel():
                 total = tl.sum(tl.sum(v, axis=1), axis=0)
                 tl.store(part_ptr + (n * tiles + ti) * tiles + tj, total * weight)
 
-    return moran_pass, moran_tile
+    return moran_tile
 
 
 #: (BM, BN, BK, num_warps, num_stages) by default; see :func:`tile_config`
@@ -234,20 +152,16 @@ Config = Tuple[int, int, int, int, int]
 
 
 def tile_config(channels: int, length: int) -> Config:
-    """Tile sizes for C channels of length K (H * W), from ``benchmarks/csa_cuda_paths.py --sweep`` on
-    an H100 at ResNet-50's stage ends, batch 128, bf16 maps (both forward passes, ms):
+    """(B, B, BK, num_warps, num_stages) for C channels of length K (H * W): 64 x 64 tiles of w, the
+    K loop in steps of 64 with 3 stages where maps are long (layer1..3), of 32 (16 where K <= 16)
+    with 2 stages where they are short (layer4's 49, the authors' pooled maps).
 
-    ============  ===========  ===========  ===========  ===========
-    C x H x W     64/64/64/4   64/64/32/4   64/128/64/4  128/64/64/8
-    ============  ===========  ===========  ===========  ===========
-    256 x 56^2    0.823        0.808        **0.490**    0.717
-    512 x 28^2    0.621        0.775        **0.440**    0.658
-    1024 x 14^2   0.656        0.651        **0.600**    0.649
-    2048 x 7^2    1.300        **1.057**    1.307        1.434
-    ============  ===========  ===========  ===========  ===========
-
-    Long maps: 64 x 128 tiles of w, the K loop in steps of 64, 3 stages; short maps (layer4's 49,
-    the authors' pooled ones): 64 x 64 tiles, K in steps of 32 (16 where K <= 16), 2 stages.
+    From ``benchmarks/csa_cuda_paths.py --sweep`` on an H100 (ResNet-50's stage-end shapes, batch
+    128, bf16, both forward passes, ms; the README has the whole table): this choice took 0.454 /
+    0.365 / 0.482 / 0.885 at layer1..4, the best of nine configurations 0.412 / 0.289 / 0.444 /
+    0.844 (each a different one, and run-to-run noise there is of that order); the earlier
+    one-program-per-row-block layout (each Gram tile computed twice) took 0.443 / 0.422 / 0.581 /
+    1.094 at its best configuration.
     """
     if length >= 64:
         return 64, 64, 64, 4, 3
@@ -261,18 +175,20 @@ def weighted_sums(
     eps: float,
     stats: Optional[Tuple[Tensor, Tensor]] = None,
     config: Optional[Config] = None,
-    layout: str = "symmetric",
 ) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
     """w @ y (N, C) for the contiguity weights of ``f`` (N, C, K), and (mean distance, sum of v)
     per sample; ``stats`` from an earlier call on the same ``f`` skip the first pass. The same
-    contract as :func:`.csa._weighted_sums` with a single column y (N, C)."""
+    contract as :func:`.csa._weighted_sums` with a single column y (N, C). ``config``: (B, B, BK,
+    num_warps, num_stages), default :func:`tile_config`."""
     from .csa import rounding_floor  # csa imports this module only when the fused path runs
 
     if contiguity not in MODES:
         raise ValueError(f"unknown contiguity '{contiguity}': choose one of {', '.join(MODES)}")
-    rows_kernel, tile_kernel = _kernel()
+    kernel = _kernel()
     n, c, k = f.shape
-    bm, bn, bk, warps, stages = config or tile_config(c, k)
+    block, _, bk, warps, stages = config or tile_config(c, k)
+    tiles = math.ceil(c / block)
+    grid = (tiles, tiles, n)  # programs below the diagonal return at once
     mode = MODES[contiguity]
     y = y.to(torch.float32).contiguous()
     sq = torch.linalg.vector_norm(f, dim=-1, dtype=torch.float32).square_()  # one pass over the map
@@ -290,33 +206,17 @@ def weighted_sums(
         MODE=mode,
         PRECISION="ieee" if f.dtype == torch.float32 or upcast else "tf32",
         UPCAST=upcast,
+        B=block,
         BK=bk,
         num_warps=warps,
         num_stages=stages,
     )
-    if layout == "symmetric":
-        tiles = math.ceil(c / bm)
-        grid = (tiles, tiles, n)
-        kernel = tile_kernel
-        launch["B"] = bm
-        out = torch.empty(n, tiles, c, device=f.device, dtype=torch.float32)
-
-        def parts():
-            return torch.zeros(n, tiles, tiles, device=f.device, dtype=torch.float32)
-    else:
-        tiles = math.ceil(c / bm)
-        grid = (tiles, n)
-        kernel = rows_kernel
-        launch.update(BM=bm, BN=bn)
-        out = torch.empty(n, c, device=f.device, dtype=torch.float32)
-
-        def parts():
-            return torch.empty(n, tiles, device=f.device, dtype=torch.float32)
-
+    # every (column-tile slot, row tile) block of the shares is written by exactly one program
+    shares = torch.empty(n, tiles, c, device=f.device, dtype=torch.float32)
     if stats is None:
         if mode != 2:
-            sums = parts()
-            kernel[grid](f, sq, floor, inv_norm, y, floor, out, sums, PASS=1, **launch)
+            sums = torch.zeros(n, tiles, tiles, device=f.device, dtype=torch.float32)
+            kernel[grid](f, sq, floor, inv_norm, y, floor, shares, sums, PASS=1, **launch)
             pairs = c * (c - 1) if mode == 0 else c * c  # hybrid: the authors' mean over all C^2
             mean_dist = (sums.flatten(1).sum(dim=1) / pairs).clamp_min_(eps)
         else:
@@ -324,10 +224,9 @@ def weighted_sums(
     else:
         mean_dist = stats[0]
     scale = (-math.log2(math.e) / mean_dist).contiguous()
-    sums = parts()
-    kernel[grid](f, sq, floor, inv_norm, y, scale, out, sums, PASS=2, **launch)
-    if out.dim() == 3:
-        out = out.sum(dim=1)  # the column tiles' shares, in a fixed order
+    sums = torch.zeros(n, tiles, tiles, device=f.device, dtype=torch.float32)
+    kernel[grid](f, sq, floor, inv_norm, y, scale, shares, sums, PASS=2, **launch)
+    out = shares.sum(dim=1)  # the column tiles' shares, added in a fixed order
     total = sums.flatten(1).sum(dim=1) if stats is None else stats[1]
     # all v_ij = 0 (cosine modes, no positively correlated pair): w = 0 rather than 0 / 0
     out /= torch.where(total > 0, total, torch.ones_like(total))[:, None]
