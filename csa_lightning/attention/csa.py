@@ -29,8 +29,9 @@ difference from the authors' code, with the option that selects each. In short:
 Costs: one C x C Gram matrix per sample (C * C * H * W multiply-adds), never a C x C x C tensor.
 The default path never forms w: the Gram matrix and the elementwise chain run on the
 upper-triangular blocks only, each giving both its rows' and its columns' share of w z; backward
-recomputes w (g * z) from the feature map instead of keeping a C x C matrix per sample. On the CPU
-the distance blocks use a per-thread workspace (see :func:`_workspace`); nothing is cached under
+recomputes w (g * z) from the feature map instead of keeping a C x C matrix per sample. On CUDA
+the same w z comes from fused Triton kernels (:mod:`.csa_triton`, ``kernel="auto"``), where no
+C x C block reaches memory at all. On the CPU the distance blocks use a per-thread workspace (see :func:`_workspace`); nothing is cached under
 torch.compile, torch.export or FakeTensor tracing. Opt-in ``distance="projected"``: distances from a
 seeded random projection of each map to ``projection_dim`` dimensions where H * W is larger.
 ``distance="pooled"`` (the authors' detection backbone): distances from each map average-pooled to a
