@@ -31,9 +31,10 @@ The default path never forms w: the Gram matrix and the elementwise chain run on
 upper-triangular blocks only, each giving both its rows' and its columns' share of w z; backward
 recomputes w (g * z) from the feature map instead of keeping a C x C matrix per sample. On CUDA
 the same w z comes from fused Triton kernels (:mod:`.csa_triton`, ``kernel="auto"``), where no
-C x C block reaches memory at all. On the CPU the distance blocks use a per-thread workspace (see :func:`_workspace`); nothing is cached under
-torch.compile, torch.export or FakeTensor tracing. Opt-in ``distance="projected"``: distances from a
-seeded random projection of each map to ``projection_dim`` dimensions where H * W is larger.
+C x C block reaches memory at all. On the CPU the distance blocks use a per-thread workspace (see
+:func:`_workspace`); nothing is cached under torch.compile, torch.export or FakeTensor tracing.
+Opt-in ``distance="projected"``: distances from a seeded random projection of each map to
+``projection_dim`` dimensions where H * W is larger.
 ``distance="pooled"`` (the authors' detection backbone): distances from each map average-pooled to a
 side set by its channel count (:data:`AUTHORS_POOL_SIZES`) or ``pool_size``. Placed, as in the
 paper, at the end of each resolution stage ("stage_end"; CSA-R50 has 26,257,432
