@@ -23,6 +23,7 @@ the first import the same kernels run on CPU tensors (how the test suite checks 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -213,19 +214,22 @@ def weighted_sums(
     )
     # every (column-tile slot, row tile) block of the shares is written by exactly one program
     shares = torch.empty(n, tiles, c, device=f.device, dtype=torch.float32)
-    if stats is None:
-        if mode != 2:
-            sums = torch.zeros(n, tiles, tiles, device=f.device, dtype=torch.float32)
-            kernel[grid](f, sq, floor, inv_norm, y, floor, shares, sums, PASS=1, **launch)
-            pairs = c * (c - 1) if mode == 0 else c * c  # hybrid: the authors' mean over all C^2
-            mean_dist = (sums.flatten(1).sum(dim=1) / pairs).clamp_min_(eps)
+    # Triton launches on the current CUDA device: make it the map's (several GPUs in one process)
+    on_device = torch.cuda.device(f.device) if f.is_cuda else contextlib.nullcontext()
+    with on_device:
+        if stats is None:
+            if mode != 2:
+                sums = torch.zeros(n, tiles, tiles, device=f.device, dtype=torch.float32)
+                kernel[grid](f, sq, floor, inv_norm, y, floor, shares, sums, PASS=1, **launch)
+                pairs = c * (c - 1) if mode == 0 else c * c  # hybrid: the authors' mean over all C^2
+                mean_dist = (sums.flatten(1).sum(dim=1) / pairs).clamp_min_(eps)
+            else:
+                mean_dist = torch.zeros(n, device=f.device, dtype=torch.float32)
         else:
-            mean_dist = torch.zeros(n, device=f.device, dtype=torch.float32)
-    else:
-        mean_dist = stats[0]
-    scale = (-math.log2(math.e) / mean_dist).contiguous()
-    sums = torch.zeros(n, tiles, tiles, device=f.device, dtype=torch.float32)
-    kernel[grid](f, sq, floor, inv_norm, y, scale, shares, sums, PASS=2, **launch)
+            mean_dist = stats[0]
+        scale = (-math.log2(math.e) / mean_dist).contiguous()
+        sums = torch.zeros(n, tiles, tiles, device=f.device, dtype=torch.float32)
+        kernel[grid](f, sq, floor, inv_norm, y, scale, shares, sums, PASS=2, **launch)
     out = shares.sum(dim=1)  # the column tiles' shares, added in a fixed order
     total = sums.flatten(1).sum(dim=1) if stats is None else stats[1]
     # all v_ij = 0 (cosine modes, no positively correlated pair): w = 0 rather than 0 / 0
