@@ -101,12 +101,23 @@ def test_zero_initialised_last_bn_gives_finite_gradients(depth, options):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("contiguity", MODES)
-def test_csa_under_autocast_runs_distances_in_fp32_and_agrees_with_fp32_gate(dtype, contiguity):
+def test_csa_under_autocast_runs_distances_in_fp32_and_agrees_with_fp32_gate(dtype, contiguity, monkeypatch):
+    """The distance chain (w z inside CSA's custom operator, forward and backward) gets float32 maps
+    and vectors under bf16 / fp16 autocast, and no bmm or exp outside it runs in low precision."""
+    from csa_lightning.attention import csa as csa_module
+
     torch.manual_seed(0)
     block = CSA(64, contiguity=contiguity)
     x = torch.randn(2, 64, 7, 7) + 0.5 * torch.randn(2, 1, 7, 7)
     reference = block.gate(x).flatten(1)
     dtypes = []
+    weighted_sums = csa_module._weighted_sums
+
+    def recording(f, y, *args, **kwargs):
+        dtypes.extend([f.dtype, y.dtype])
+        return weighted_sums(f, y, *args, **kwargs)
+
+    monkeypatch.setattr(csa_module, "_weighted_sums", recording)
 
     class RecordBmm(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -115,10 +126,11 @@ def test_csa_under_autocast_runs_distances_in_fp32_and_agrees_with_fp32_gate(dty
             return func(*args, **(kwargs or {}))
 
     with torch.autocast("cpu", dtype=dtype), RecordBmm():
-        low = x.to(dtype)  # what a convolution under autocast hands the gate
+        low = x.to(dtype).requires_grad_(True)  # what a convolution under autocast hands the gate
         gated = block(low)
         p = block.gate(low).flatten(1)
-    assert dtypes and all(d == torch.float32 for d in dtypes), dtypes
+        gated.float().sum().backward()
+    assert len(dtypes) >= 6 and all(d == torch.float32 for d in dtypes), dtypes  # 2 forwards + 1 backward
     assert gated.dtype == dtype
     assert torch.isfinite(p).all()
     assert float((p.float() - reference).abs().max().detach()) <= 1e-2
