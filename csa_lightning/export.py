@@ -11,8 +11,8 @@ The written file is then run on a random batch of another size (onnxruntime for 
 program for pt2) and compared with the PyTorch model; the last line names the file and the largest
 difference, and the command fails when it exceeds 1e-4 x max(1, max|y|).
 
-While exporting, CSA takes its plain-ops path (the C x C weights as one tensor, no custom autograd
-Function, no cached state): the same math as the eager default. Detection checkpoints are refused:
+While exporting, CSA takes its plain-ops path (the C x C weights as one tensor, no custom
+operator, no cached state): the same math as the eager default. Detection checkpoints are refused:
 torchvision's detectors (image lists, data-dependent proposal counts) do not export whole with
 these exporters; export their classification backbone's checkpoint instead.
 """

@@ -56,8 +56,9 @@ from .base import ChannelAttention, ReductionMLP, autocast_disabled, register_at
 
 CONTIGUITY_MODES = ("l2", "hybrid", "cosine")
 DISTANCE_MODES = ("exact", "projected", "pooled")
-#: how w z is computed without forming w: "auto" = the fused Triton kernels for CUDA tensors in eager
-#: calls, else the blocked PyTorch path; "triton" / "torch" force one (same results to rounding)
+#: how w z is computed without forming w: "auto" = the fused Triton kernels for CUDA tensors (in eager
+#: calls and compiled graphs alike), else the blocked PyTorch path; "triton" / "torch" force one (same
+#: results to rounding)
 KERNELS = ("auto", "triton", "torch")
 #: distance="pooled": the side each map is average-pooled to before the distances, by channel
 #: count, as in the authors' detection backbone (mmdet/models/backbones/CSA/CSA_Module.py)
@@ -182,8 +183,8 @@ def spatial_autocorrelation(
     from the map average-pooled to ``pool_size`` (default: the authors' size for its channel count,
     :data:`AUTHORS_POOL_SIZES`; never upsampled), z still from the full map. ``blocks``: the
     symmetric Gram work is cut into blocks x blocks pieces (default: from C; 1 = one piece).
-    ``kernel``: "auto" (the fused Triton kernels of :mod:`.csa_triton` for CUDA tensors in eager
-    calls, the blocked PyTorch path otherwise), "triton" or "torch" (see :data:`KERNELS`).
+    ``kernel``: "auto" (the fused Triton kernels of :mod:`.csa_triton` for CUDA tensors, the
+    blocked PyTorch path otherwise), "triton" or "torch" (see :data:`KERNELS`).
     """
     if x.dim() != 4:
         raise ValueError(f"expected a feature map of shape (N, C, H, W), got shape {tuple(x.shape)}")
@@ -199,7 +200,7 @@ def spatial_autocorrelation(
         z = standardize(x.mean(dim=(2, 3), dtype=_descriptor_dtype(x)))
         if contiguity_grad or _tracing_or_exporting():
             # the plain-ops path (w as one tensor): differentiable through w when asked, and what
-            # torch.jit.trace / torch.export / ONNX record (no custom autograd Function, no state)
+            # torch.jit.trace / torch.export / ONNX record (no custom operator, no state)
             w = contiguity_weights(source.to(_descriptor_dtype(x)), contiguity, eps, *projection)
             moran = z * torch.bmm(w, z.unsqueeze(-1)).squeeze(-1)
         else:
@@ -225,7 +226,7 @@ def _use_fused(x: Tensor, kernel: str) -> bool:
             )
             raise ValueError(f"kernel='triton' cannot run here: {why}; use kernel='auto' or 'torch'")
         return True
-    # auto: under torch.compile the compiler fuses the PyTorch path itself
+    # auto: real CUDA tensors (the custom operator's real kernel runs on those, in compiled graphs too)
     return x.is_cuda and _is_plain_eager(x) and csa_triton.supports(x)
 
 
