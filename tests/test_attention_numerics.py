@@ -190,6 +190,33 @@ def test_csa_compile_option_matches_eager():
     torch.testing.assert_close(compiled(x), eager(x), atol=1e-5, rtol=1e-5)
 
 
+def test_compiled_csa_network_is_one_graph_and_equals_eager():
+    """CSA's w z is a custom operator: dynamo traces a CSA network without a graph break, and the
+    compiled gate (AOT autograd, the operator's fake shapes and registered backward) gives eager's
+    outputs and input gradients. Before, inductor decomposed the blocked path into loops fused with
+    batch norm, and a compiled CSA-ResNet-18 trained 6x slower than eager."""
+    import torch._dynamo
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3), torch.nn.BatchNorm2d(32), CSA(32), torch.nn.ReLU())
+    x = torch.randn(2, 3, 9, 9)
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(net)(x)
+    assert explained.graph_count == 1 and explained.graph_break_count == 0, explained.break_reasons
+    ops = {str(node.target) for graph in explained.graphs for node in graph.graph.nodes}
+    assert any("moran_i" in op for op in ops), ops
+    gate = CSA(32)
+    compiled = torch.compile(gate, backend="aot_eager", fullgraph=True)
+    x = torch.randn(2, 32, 7, 7) + 0.5 * torch.randn(2, 1, 7, 7)
+    inputs = [x.clone().requires_grad_(True) for _ in range(2)]
+    outputs = [module(t) for module, t in zip((gate, compiled), inputs)]
+    for out in outputs:
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+    torch.testing.assert_close(outputs[1], outputs[0], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(inputs[1].grad, inputs[0].grad, atol=1e-6, rtol=1e-6)
+    torch._dynamo.reset()
+
+
 @pytest.mark.parametrize("contiguity", MODES)
 @pytest.mark.parametrize("case", ["random", "all_zero", "identical_channels", "opposite_channels"])
 @pytest.mark.parametrize("blocks", [1, 2, 3, 5])
