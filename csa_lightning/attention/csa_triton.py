@@ -32,8 +32,6 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-MODES = {"l2": 0, "hybrid": 1, "cosine": 2}
-
 
 def interpreting() -> bool:
     """Whether Triton runs its kernels in its CPU interpreter (TRITON_INTERPRET=1)."""
@@ -78,7 +76,7 @@ def _kernel():
         stride_n,
         stride_c,
         stride_k,
-        MODE: tl.constexpr,  # 0 l2, 1 hybrid, 2 cosine
+        MODE: tl.constexpr,  # the index in csa.CONTIGUITY_MODES: 0 l2, 1 hybrid, 2 cosine
         PASS: tl.constexpr,  # 1: sums of distances; 2: weighted sums
         PRECISION: tl.constexpr,  # "ieee" for float32 maps (ignored for 16-bit ones)
         UPCAST: tl.constexpr,  # multiply in float32 (the interpreter's bf16 dot is wrong; same products)
@@ -181,16 +179,16 @@ def weighted_sums(
     per sample; ``stats`` from an earlier call on the same ``f`` skip the first pass. The same
     contract as :func:`.csa._weighted_sums` with a single column y (N, C). ``config``: (B, B, BK,
     num_warps, num_stages), default :func:`tile_config`."""
-    from .csa import rounding_floor  # csa imports this module only when the fused path runs
+    from .csa import CONTIGUITY_MODES, rounding_floor  # csa imports this module, not the reverse, at import
 
-    if contiguity not in MODES:
-        raise ValueError(f"unknown contiguity '{contiguity}': choose one of {', '.join(MODES)}")
+    if contiguity not in CONTIGUITY_MODES:
+        raise ValueError(f"unknown contiguity '{contiguity}': choose one of {', '.join(CONTIGUITY_MODES)}")
     kernel = _kernel()
     n, c, k = f.shape
     block, _, bk, warps, stages = config or tile_config(c, k)
     tiles = math.ceil(c / block)
     grid = (tiles, tiles, n)  # programs below the diagonal return at once
-    mode = MODES[contiguity]
+    mode = CONTIGUITY_MODES.index(contiguity)
     y = y.to(torch.float32).contiguous()
     sq = torch.linalg.vector_norm(f, dim=-1, dtype=torch.float32).square_()  # one pass over the map
     floor = rounding_floor(sq, k)
