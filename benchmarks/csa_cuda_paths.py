@@ -35,16 +35,16 @@ from csa_lightning.attention import csa_triton  # noqa: E402
 from csa_lightning.attention.csa import spatial_autocorrelation  # noqa: E402
 
 SHAPES = [(256, 56), (512, 28), (1024, 14), (2048, 7)]
-#: (B, B, BK, num_warps, num_stages) tried by --sweep
+#: (B, BK, num_warps, num_stages) tried by --sweep
 SWEEP = [
-    (64, 64, 64, 4, 3),
-    (64, 64, 32, 4, 2),
-    (64, 64, 16, 4, 2),
-    (128, 128, 64, 8, 3),
-    (128, 128, 32, 8, 2),
-    (128, 128, 64, 4, 3),
-    (32, 32, 32, 2, 2),
-    (32, 32, 64, 4, 2),
+    (64, 64, 4, 3),
+    (64, 32, 4, 2),
+    (64, 16, 4, 2),
+    (128, 64, 8, 3),
+    (128, 32, 8, 2),
+    (128, 64, 4, 3),
+    (32, 32, 2, 2),
+    (32, 64, 4, 2),
 ]
 
 
@@ -142,7 +142,7 @@ def sweep(args) -> list:
     """The fused forward (both passes, bf16 map) per tile configuration and stage shape, in ms."""
     lines = [
         "",
-        f"Fused forward (2 passes) by tile configuration (B, B, BK, warps, stages), batch {args.batch}, ms; "
+        f"Fused forward (2 passes) by tile configuration (B, BK, warps, stages), batch {args.batch}, ms; "
         "* = tile_config's choice",
         "",
         "| stage input | " + " | ".join("/".join(map(str, c)) for c in SWEEP) + " |",

@@ -146,25 +146,25 @@ def _kernel():
     return moran_tile
 
 
-#: (BM, BN, BK, num_warps, num_stages) by default; see :func:`tile_config`
-Config = Tuple[int, int, int, int, int]
+#: (B, BK, num_warps, num_stages): B x B tiles of w, the K loop in steps of BK; see :func:`tile_config`
+Config = Tuple[int, int, int, int]
 
 
 def tile_config(channels: int, length: int) -> Config:
-    """(B, B, BK, num_warps, num_stages) for C channels of length K (H * W): 64 x 64 tiles of w, the
-    K loop in steps of 64 with 3 stages where maps are long (layer1..3), of 32 (16 where K <= 16)
-    with 2 stages where they are short (layer4's 49, the authors' pooled maps).
+    """The tiles for C channels of length K (H * W): 64 x 64 tiles of w, the K loop in steps of 64
+    with 3 stages where maps are long (layer1..3), of 32 (16 where K <= 16) with 2 stages where they
+    are short (layer4's 49, the authors' pooled maps).
 
     From ``benchmarks/csa_cuda_paths.py --sweep`` on an H100 (ResNet-50's stage-end shapes, batch
-    128, bf16, both forward passes, ms; the README has the whole table): this choice took 0.454 /
-    0.365 / 0.482 / 0.885 at layer1..4, the best of nine configurations 0.412 / 0.289 / 0.444 /
-    0.844 (each a different one, and run-to-run noise there is of that order); the earlier
+    128, bf16, both forward passes, ms; the README has the table): this choice took 0.454 / 0.365 /
+    0.482 / 0.885 at layer1..4, the best of eight configurations 0.412 / 0.289 / 0.444 / 0.844
+    (not one configuration, and run-to-run noise there is of that order); the earlier
     one-program-per-row-block layout (each Gram tile computed twice) took 0.443 / 0.422 / 0.581 /
     1.094 at its best configuration.
     """
     if length >= 64:
-        return 64, 64, 64, 4, 3
-    return 64, 64, 32 if length > 16 else 16, 4, 2
+        return 64, 64, 4, 3
+    return 64, 32 if length > 16 else 16, 4, 2
 
 
 def weighted_sums(
@@ -177,7 +177,7 @@ def weighted_sums(
 ) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
     """w @ y (N, C) for the contiguity weights of ``f`` (N, C, K), and (mean distance, sum of v)
     per sample; ``stats`` from an earlier call on the same ``f`` skip the first pass. The same
-    contract as :func:`.csa._weighted_sums` with a single column y (N, C). ``config``: (B, B, BK,
+    contract as :func:`.csa._weighted_sums` with a single column y (N, C). ``config``: (B, BK,
     num_warps, num_stages), default :func:`tile_config`."""
     from .csa import CONTIGUITY_MODES, rounding_floor  # csa imports this module, not the reverse, at import
 
@@ -185,7 +185,7 @@ def weighted_sums(
         raise ValueError(f"unknown contiguity '{contiguity}': choose one of {', '.join(CONTIGUITY_MODES)}")
     kernel = _kernel()
     n, c, k = f.shape
-    block, _, bk, warps, stages = config or tile_config(c, k)
+    block, bk, warps, stages = config or tile_config(c, k)
     tiles = math.ceil(c / block)
     grid = (tiles, tiles, n)  # programs below the diagonal return at once
     mode = CONTIGUITY_MODES.index(contiguity)
