@@ -569,9 +569,11 @@ class CSA(ChannelAttention):
         self.compile = compile
         self.mlp = ReductionMLP(channels, reduction)
         self.descriptor_output = nn.Identity()  # a hook point for q (N, C), like gate_output for p
-        # opt-in: torch.compile fuses the chain of elementwise passes over the C x C matrices
-        # static shapes: the stage-end gates of one network have different shapes, and dynamic-shape
-        # recompilation took minutes on a GPU (measured); one static compile per shape is ~20 s
+        # opt-in: torch.compile fuses the small ops around w z (the mean, the two standardisations);
+        # w z itself is a custom operator that runs its own kernels. Measured on a 2-core CPU, one
+        # gate's forward + backward: 14.4 -> 13.4 ms (256 x 14 x 14), 16.2 -> 13.1 ms (512 x 7 x 7).
+        # Static shapes: the stage-end gates of one network have different shapes, and dynamic-shape
+        # recompilation took minutes on a GPU (measured)
         self._autocorrelation = (
             torch.compile(spatial_autocorrelation, dynamic=False) if compile else spatial_autocorrelation
         )
