@@ -37,6 +37,19 @@ def test_report_writer_counts_failures_and_writes_both_files(tmp_path):
     assert "**1 of 3 checks passed.**" in text and "| a | b |" in text and "- gpu: test" in text
 
 
+def test_a_skipped_check_is_neither_passed_nor_failed(tmp_path):
+    gpu_check = load_gpu_check()
+    report = gpu_check.Report(tmp_path, {})
+    report.run("train", "runs", lambda: "fine")
+    report.run("train", "needs ffcv", lambda: (_ for _ in ()).throw(gpu_check.Skip("ffcv is not installed")))
+    assert report.ok
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert [(c["ok"], c["skipped"]) for c in data["checks"]] == [(True, False), (True, True)]
+    text = (tmp_path / "report.md").read_text()
+    assert "**1 of 1 checks passed (1 skipped: see below).**" in text
+    assert "| train | needs ffcv | skipped |" in text and "ffcv is not installed" in text
+
+
 def test_report_is_on_disk_after_every_check(tmp_path):
     """A run killed at its time limit (the GPU lease's) keeps every check it finished."""
     gpu_check = load_gpu_check()
@@ -59,9 +72,10 @@ def test_every_block_and_csa_mode_is_checked():
 
 
 @pytest.mark.slow
-def test_cpu_quick_dry_run_passes_every_section(tmp_path):
+def test_cpu_quick_dry_run_passes_every_section(tmp_path, digits_betons):
     """All three sections on the CPU with tiny sizes: what the GPU run executes, minus the GPU.
-    Runs as its own process, as on the GPU machine (~25 s: a detection fast_dev_run and a DDP fit)."""
+    Runs as its own process, as on the GPU machine (~20 s alone: a detection fast_dev_run, a DDP fit
+    and an FFCV fit on the session's digits betons, which take 13 s to write)."""
     result = subprocess.run(
         [
             sys.executable,
@@ -71,6 +85,8 @@ def test_cpu_quick_dry_run_passes_every_section(tmp_path):
             "--quick",
             "--out",
             str(tmp_path),
+            "--digits-dir",
+            str(digits_betons),
         ],
         capture_output=True,
         text=True,
@@ -81,6 +97,8 @@ def test_cpu_quick_dry_run_passes_every_section(tmp_path):
     data = json.loads((tmp_path / "report.json").read_text())
     sections = {c["section"] for c in data["checks"]}
     assert sections == {"numerics", "speed", "train"} and data["ok"]
+    ffcv = next(c for c in data["checks"] if c["check"] == "FFCV data module fit")
+    assert ffcv["ok"] and not ffcv["skipped"], ffcv  # ffcv is installed here: the check runs
     assert "ResNet-18, batch 2" in (tmp_path / "report.md").read_text()
 
 
