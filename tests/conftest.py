@@ -13,8 +13,10 @@ DEMO_CONFIG = CONFIGS / "demo" / "digits_csa.yaml"
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # make test runs two pytest-xdist workers on the two cores: one torch thread each, or four
-    # threads would fight over two cores
+    # threads would fight over two cores; the processes tests start (training runs of the ablation
+    # runner, DDP launches, the GPU kit's dry run) inherit the environment and take one thread too
     torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 
 @pytest.fixture(autouse=True)
