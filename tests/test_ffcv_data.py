@@ -129,7 +129,8 @@ def test_image_folder_data_module_reads_the_same_images(digits_betons):
 @pytest.mark.xdist_group("ddp")  # one DDP launch at a time: each picks a free port for gloo
 def test_ddp_two_cpu_processes_shard_data_and_sync_metrics(tmp_path, digits_betons):
     """The digits config under DDP with 2 CPU processes (gloo), each reading its shard through
-    ffcv's distributed loader; the validation metric must be identical on both ranks."""
+    ffcv's distributed loader; the validation metric must be identical on both ranks. Long (~30-40
+    s): two real processes, each importing torch, Lightning and ffcv and compiling ffcv's pipelines."""
     probe_dir = tmp_path / "probe"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "tests"), str(ROOT)]), PROBE_DIR=str(probe_dir))
     cmd = [
