@@ -26,58 +26,11 @@ The package: :mod:`.checkpoints` (loading, stages), :mod:`.images` (reading and 
 :mod:`.descriptors` (collection, smoothing, plots), :mod:`.gradcam`, :mod:`.cli` (the command line).
 """
 
-from .checkpoints import AnalysedModel, last_bn, load_checkpoint_model, load_models, parse_blocks, stage_blocks
-from .cli import build_parser, main, run_descriptors, run_gradcam
-from .descriptors import (
-    DESCRIPTOR_KEYS,
-    block_descriptors,
-    collect_descriptors,
-    collect_descriptors_of,
-    ema,
-    plot_descriptors,
-    save_descriptors,
-    sort_order,
-)
-from .gradcam import choose_cam_stage, gradcam_figure, gradcam_maps, plot_gradcam, stage_map_sizes
-from .images import (
-    IMAGE_SUFFIXES,
-    ImageBatch,
-    Preprocessing,
-    datamodule_batches,
-    datamodule_from_config,
-    find_images,
-    image_folder_batches,
-)
+from . import checkpoints, cli, descriptors, gradcam, images
 
-__all__ = [
-    "AnalysedModel",
-    "ImageBatch",
-    "Preprocessing",
-    "load_checkpoint_model",
-    "load_models",
-    "stage_blocks",
-    "last_bn",
-    "parse_blocks",
-    "find_images",
-    "image_folder_batches",
-    "datamodule_from_config",
-    "datamodule_batches",
-    "block_descriptors",
-    "collect_descriptors",
-    "collect_descriptors_of",
-    "ema",
-    "sort_order",
-    "save_descriptors",
-    "plot_descriptors",
-    "stage_map_sizes",
-    "choose_cam_stage",
-    "gradcam_maps",
-    "gradcam_figure",
-    "plot_gradcam",
-    "build_parser",
-    "main",
-    "run_descriptors",
-    "run_gradcam",
-    "DESCRIPTOR_KEYS",
-    "IMAGE_SUFFIXES",
-]
+#: every public name of the submodules, read from their own ``__all__`` (no second list to keep equal)
+__all__: list = []
+for _module in (checkpoints, images, descriptors, gradcam, cli):
+    globals().update({name: getattr(_module, name) for name in _module.__all__})
+    __all__ += _module.__all__
+del _module
