@@ -20,24 +20,20 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from csa_lightning.benchmark import inference, training_step  # noqa: E402
 from csa_lightning.models.summary import build_variant, parse_variant  # noqa: E402
 
 
 def profile(model: nn.Module, x: torch.Tensor, y: torch.Tensor, train: bool, rows: int) -> str:
+    """The CUDA kernels of 3 training steps or inferences (after 3 more to warm up), by total time:
+    the same step the benchmark times (bf16 autocast)."""
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
     def step():
         if train:
-            model.train()
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                loss = nn.functional.cross_entropy(model(x).float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            training_step(model, optimizer, x, y, bf16=True)
         else:
-            model.eval()
-            with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
-                model(x)
+            inference(model, x, bf16=True)
 
     for _ in range(3):
         step()

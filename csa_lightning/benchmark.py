@@ -89,6 +89,25 @@ def _timed(fn, device: torch.device) -> float:
     return time.perf_counter() - start_s
 
 
+def training_step(
+    model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, bf16: bool
+) -> None:
+    """One SGD step on cross-entropy, the forward under bf16 autocast when ``bf16``: what is timed."""
+    model.train()
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+        loss = nn.functional.cross_entropy(model(x).float(), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def inference(model: nn.Module, x: torch.Tensor, bf16: bool) -> None:
+    """One forward in eval mode without autograd, under bf16 autocast when ``bf16``."""
+    model.eval()
+    with torch.no_grad(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+        model(x)
+
+
 def benchmark(
     depth: int = 50,
     attentions: Sequence[str] = ("none", "se", "cbam", "eca", "gct", "csa"),
@@ -133,20 +152,12 @@ def benchmark(
                 "infer": [],
             }
         )
-    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16)
 
     def train_step(s):
-        s["model"].train()
-        with autocast:
-            loss = nn.functional.cross_entropy(s["model"](x).float(), y)
-        s["opt"].zero_grad(set_to_none=True)
-        loss.backward()
-        s["opt"].step()
+        training_step(s["model"], s["opt"], x, y, bf16)
 
     def infer(s):
-        s["model"].eval()
-        with torch.no_grad(), autocast:
-            s["model"](x)
+        inference(s["model"], x, bf16)
 
     for round_ in range(repeats + 1):  # round 0 warms up (allocator, kernels, caches)
         for s in setups:
@@ -169,7 +180,7 @@ def benchmark(
     rows = []
     for s in setups:
         s["model"].train()
-        with autocast:
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
             saved = saved_tensor_bytes(s["model"], x)
         with torch.device("meta"):
             params, gmac = count_cost(build_variant(depth, s["attention"], s["options"]), size)
