@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from csa_lightning.data import DigitsDataModule, ImageFolderDataModule
-from csa_lightning.data.ffcv_imagenet import beton_num_samples_and_classes
+from csa_lightning.data.ffcv_imagenet import beton_labels, beton_num_samples_and_classes
 from csa_lightning.data.write_beton import main as write_beton_main
 from csa_lightning.data.write_beton import write_beton
 
@@ -220,3 +220,21 @@ def test_validate_on_a_cut_short_beton_ends_in_one_line(tmp_path, digits_betons)
     assert done.returncode == 2
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: beton {val} is truncated or corrupt (") and "rewrite it" in last
+
+
+@pytest.mark.slow
+def test_predictions_csv_keeps_each_batchs_own_labels(in_tmp_cwd, digits_betons):
+    """predict through FFCV: the label column used to hold later batches' labels in the first rows
+    (predict_step kept a view of ffcv's reused label buffer; the writer writes at epoch end)."""
+    import csv
+
+    from csa_lightning.cli import main
+
+    predicted = main(["predict", "--config", str(DEMO_CONFIG), "--data.data_dir", str(digits_betons),
+                      "--data.num_workers", "1"])  # fmt: skip
+    written = next(c for c in predicted.trainer.callbacks if type(c).__name__ == "PredictionWriter").path
+    rows = list(csv.DictReader(open(written)))
+    labels = torch.tensor([int(r["label"]) for r in rows])
+    assert torch.bincount(labels).tolist() == [36, 36, 35, 37, 36, 37, 36, 36, 35, 36]
+    truth = beton_labels(str(digits_betons / "digits_32px_val.beton"))
+    assert [truth[int(r["index"])] for r in rows] == labels.tolist()

@@ -40,6 +40,7 @@ __all__ = [
     "ImageNetFFCVDataModule",
     "import_ffcv",
     "beton_num_samples_and_classes",
+    "beton_labels",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
 ]
@@ -79,6 +80,13 @@ def _missing_beton_message(kind: str, path: Optional[str]) -> str:
 
 def beton_num_samples_and_classes(path: str) -> Tuple[int, int]:
     """(number of samples, largest label + 1) of a beton, read from its metadata table only."""
+    labels = beton_labels(path)
+    return len(labels), int(labels.max()) + 1 if len(labels) else 0
+
+
+def beton_labels(path: str) -> np.ndarray:
+    """Every sample's label, in the beton's order, read from its metadata table only (no image is
+    decoded); the file is checked for truncation first."""
     ffcv = import_ffcv()
     try:
         reader = ffcv.reader.Reader(str(path))
@@ -92,8 +100,7 @@ def beton_num_samples_and_classes(path: str) -> Tuple[int, int]:
     if "label" not in reader.field_names:
         raise ValueError(f"beton {path} has no 'label' field; write it with python -m csa_lightning.data.write_beton")
     _check_beton_sizes(reader, path)
-    labels = reader.metadata[f"f{reader.field_names.index('label')}"]
-    return int(reader.num_samples), int(labels.max()) + 1 if len(labels) else 0
+    return np.asarray(reader.metadata[f"f{reader.field_names.index('label')}"]).astype(np.int64)
 
 
 def _check_beton_sizes(reader: Any, path: str) -> None:

@@ -225,7 +225,9 @@ class ClassificationModule(LinearScaledRecipe, L.LightningModule):
             "top_probs": top_probs,
         }
         if isinstance(batch, (tuple, list)) and len(batch) > 1:
-            out["label"] = batch[1]
+            # a copy: the outputs are kept until the epoch ends, and ffcv refills its label buffer
+            # a few batches later (a view made the first rows of predictions.csv show later labels)
+            out["label"] = batch[1].clone()
         return out
 
     def _log_epoch_metrics(self, metrics: MetricCollection) -> None:

@@ -199,7 +199,8 @@ class DetectionModule(LinearScaledRecipe, L.LightningModule):
             if "masks" in p:
                 entry["masks"] = p["masks"][:, 0] > 0.5  # (N, 1, H, W) probabilities -> (N, H, W)
             preds.append(entry)
-            gt = {"boxes": t["boxes"], "labels": t["labels"], "iscrowd": t["iscrowd"], "area": t["area"]}
+            # copies: the metric keeps them until the epoch ends, and a loader may reuse its buffers
+            gt = {key: t[key].clone() for key in ("boxes", "labels", "iscrowd", "area")}
             if "masks" in t and "masks" in p:
                 gt["masks"] = t["masks"].bool()
             truth.append(gt)
