@@ -315,6 +315,8 @@ def summarise(
                 "significant": c.significant if c else None,
             }
         )
+        fractions = [r["val_fraction"] for r in items if r.get("val_fraction") is not None and r["val_fraction"] < 1]
+        row["partial_validation"] = min(fractions) if fractions else None
         if group == baseline:
             row["note"] = "baseline"
         elif baseline not in values:
@@ -325,6 +327,8 @@ def summarise(
             row["note"] = f"{c.n} paired seed(s): no interval (needs {MIN_SEEDS})"
         else:
             row["note"] = "significant" if c.significant else "not significant"
+        if row["partial_validation"] is not None:
+            row["note"] += f"; partial validation ({100 * row['partial_validation']:.0f} % of the batches)"
         row.update(
             {
                 "params": items[0].get("params"),
@@ -381,6 +385,12 @@ def write_report(
             f"{_interval(r['diff_ci95'])} | {_interval(r['diff_ci_holm'])} | {holm_p} | {params} | {gmac} | "
             f"{r['train_img_s']:.0f} | {r['infer_img_s']:.0f} | {r['note']} |"
         )
+    if any(r["partial_validation"] is not None for r in rows):
+        lines += [
+            "",
+            "**Partial validation**: rows so marked were scored on the first batches of the validation set "
+            "(`limit_val_batches`), a stratified sample of it (every prefix of the evaluation order is), not all of it.",
+        ]
     lines += [
         "",
         "Seeds pair each variant's initialisation and data order with the baseline's. ffcv's random "

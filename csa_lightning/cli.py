@@ -60,6 +60,9 @@ def check_checkpoint_file(path: Optional[str]) -> None:
 class CSALightningCLI(LightningCLI):
     """LightningCLI in subclass mode; the module configures its own optimiser and scheduler."""
 
+    def add_arguments_to_parser(self, parser) -> None:
+        _count_before_fraction(parser)
+
     def _parse_ckpt_path(self) -> None:
         # LightningCLI unpickles --ckpt_path right after parsing (for its hyperparameters), before any
         # public hook runs (before_instantiate_classes comes later): only this override can turn a
@@ -119,6 +122,24 @@ class CSALightningCLI(LightningCLI):
             if created is not None and created.is_dir() and not any(created.rglob("*.ckpt")):
                 shutil.rmtree(created, ignore_errors=True)
             raise
+
+
+def _count_before_fraction(parser) -> None:
+    """Options typed ``Optional[Union[int, float]]`` (``limit_val_batches`` ...) try int first.
+
+    Python's typing caches unions and compares them as sets: lightning.fabric creates
+    ``Optional[Union[float, int]]`` first, so the Trainer's ``Optional[Union[int, float]]`` *is*
+    that object and jsonargparse tried float first: ``--trainer.limit_val_batches 1`` arrived as
+    1.0, which Lightning reads as 100 %. A flat union is a different cache key and keeps its order;
+    an integer (``1``) stays a count of batches, a float (``1.0``) a fraction.
+    """
+    import typing
+
+    float_first = typing.Optional[typing.Union[float, int]]
+    int_first = typing.Union.__getitem__((int, float, type(None)))
+    for action in parser._actions:
+        if getattr(action, "_typehint", None) == float_first:
+            action._typehint = int_first
 
 
 def default_loggers(root: str) -> list:

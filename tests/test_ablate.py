@@ -73,6 +73,16 @@ def test_report_pairs_variants_with_the_baseline_by_seed(tmp_path):
     assert "not reproducible from the seed" in report  # ffcv's augmentations are not paired
     assert (tmp_path / "report.csv").read_text().count("\n") == 4
     assert (tmp_path / "report.png").stat().st_size > 10_000
+    assert "Partial validation" not in report and se["partial_validation"] is None
+
+
+def test_report_marks_results_of_a_partial_validation(tmp_path):
+    records = [_record("none", "none", 0, 0.90), _record("se", "se", 0, 0.91)]
+    records[1]["val_fraction"] = 0.25
+    rows = {r["variant"]: r for r in write_report(tmp_path, records, "test")}
+    assert rows["se"]["partial_validation"] == 0.25 and rows["none"]["partial_validation"] is None
+    assert rows["se"]["note"].endswith("; partial validation (25 % of the batches)")
+    assert "**Partial validation**" in (tmp_path / "report.md").read_text()
 
 
 def test_paired_statistics_agree_with_scipy_and_holm_by_hand():
@@ -197,8 +207,11 @@ def test_parallel_runs_and_a_sweep_reach_only_the_blocks_that_take_it(tmp_path):
     assert sorted(records) == ["csa_contiguity-cosine_seed0", "csa_contiguity-l2_seed0", "se_seed0"]
     config = (out / "runs" / "csa_contiguity-cosine_seed0" / "logs" / "version_0" / "config.yaml").read_text()
     assert "contiguity: cosine" in config
-    rows = {r["variant"] for r in summarise(list(records.values()))}
-    assert rows == {"se", "csa contiguity=l2", "csa contiguity=cosine"}
+    rows = {r["variant"]: r for r in summarise(list(records.values()))}
+    assert set(rows) == {"se", "csa contiguity=l2", "csa contiguity=cosine"}
+    # --trainer.limit_val_batches 1 validated one of the 12 batches of 32, and the report says so
+    assert all(r["val_fraction"] == pytest.approx(1 / 12, abs=1e-6) for r in records.values())
+    assert all("partial validation (8 % of the batches)" in r["note"] for r in rows.values())
 
 
 def _tiny_ablation(out, *extra):

@@ -264,3 +264,19 @@ def test_sigterm_ends_a_run_blocked_in_its_data_loader(tmp_path):
         proc.kill()
     assert proc.returncode == 143
     assert "error: the run did not stop within 2 s of SIGTERM (blocked in a data loader?); exiting" in err
+
+
+def test_an_integer_batch_limit_stays_a_count_and_a_float_one_a_fraction(in_tmp_cwd):
+    """Before: `--trainer.limit_val_batches 1` arrived as 1.0, which Lightning reads as 100 %: a
+    one-batch smoke run validated everything (typing's Union cache handed jsonargparse the
+    float-first Union[float, int, None] that lightning.fabric had created first)."""
+    cli = main(["fit", "--config", str(DEMO_CONFIG), *MEMORY_DATA, "--trainer.max_epochs", "1",
+                "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
+                ])  # fmt: skip
+    assert cli.trainer.num_training_batches == 2 and cli.trainer.num_val_batches == [1]
+    for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches", "limit_predict_batches"):
+        parsed = build_cli(["--config", str(DEMO_CONFIG), f"--trainer.{key}", "1"], run=False).config.trainer[key]
+        assert parsed == 1 and type(parsed) is int, key
+    (in_tmp_cwd / "full.yaml").write_text("trainer:\n  limit_val_batches: 1.0\n")
+    parsed = build_cli(["--config", str(DEMO_CONFIG), "--config", "full.yaml"], run=False).config.trainer
+    assert type(parsed.limit_val_batches) is float and parsed.limit_val_batches == 1.0

@@ -238,3 +238,6 @@ def test_predictions_csv_keeps_each_batchs_own_labels(in_tmp_cwd, digits_betons)
     assert torch.bincount(labels).tolist() == [36, 36, 35, 37, 36, 37, 36, 36, 35, 36]
     truth = beton_labels(str(digits_betons / "digits_32px_val.beton"))
     assert [truth[int(r["index"])] for r in rows] == labels.tolist()
+    assert sorted(int(r["index"]) for r in rows) == list(range(360))
+    # stratified evaluation order: the first batch spans every class, as any prefix does
+    assert torch.bincount(labels[:64], minlength=10).min() >= 6

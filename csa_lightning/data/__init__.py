@@ -8,7 +8,7 @@
 - :class:`DigitsCOCODataModule`: digits pasted on canvases, written as a COCO-format set.
 """
 
-from .classification_data import IMAGENET_MEAN, IMAGENET_STD, ImageClassificationDataModule
+from .classification_data import IMAGENET_MEAN, IMAGENET_STD, ImageClassificationDataModule, stratified_order
 from .coco import COCODataModule
 from .digits import DigitsDataModule, DigitsMemoryDataModule
 from .digits_coco import DigitsCOCODataModule
@@ -26,4 +26,5 @@ __all__ = [
     "ImageNetFFCVDataModule",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "stratified_order",
 ]

@@ -9,17 +9,38 @@ to keep equal. Setting an attribute (Lightning's batch-size finder does) overrid
 
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 import lightning as L
+import numpy as np
 
 from ..checks import require_non_negative, require_positive
 
-__all__ = ["ImageClassificationDataModule", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = ["ImageClassificationDataModule", "IMAGENET_MEAN", "IMAGENET_STD", "stratified_order"]
 
 #: ImageNet's channel mean and std (0..1 units), torchvision's and ffcv-imagenet's normalisation
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def stratified_order(labels: Sequence[int]) -> np.ndarray:
+    """An evaluation order whose every prefix is a stratified sample of the classes.
+
+    Data sets are stored class by class (ImageFolder trees, the betons written from them), so a
+    partial validation (``--trainer.limit_val_batches 1``) in stored order scored a few classes
+    only. Sample ``r`` (0-based, stored order) of a class with ``n`` samples is placed at
+    ``(r + 0.5) / n`` along the epoch and the samples are sorted by that position (ties by class):
+    after any ``k`` samples every class has ``k n / N`` of them, to within one. Within a class the
+    stored order is kept. Returns indices into ``labels``.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    if labels.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    position = np.empty(labels.size, dtype=np.float64)
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        position[members] = (np.arange(members.size) + 0.5) / members.size
+    return np.lexsort((labels, position)).astype(np.int64)
 
 
 class ImageClassificationDataModule(L.LightningDataModule):

@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from ..checks import remove_dead_leftovers, require_positive
+from .classification_data import stratified_order
 from .ffcv_imagenet import FFCVDataModule
 
 __all__ = [
@@ -208,7 +209,8 @@ class DigitsMemoryDataModule(L.LightningDataModule):
             x_train, x_val, y_train, y_val = digits_split()
             if self.limit_train_samples:
                 x_train, y_train = x_train[: self.limit_train_samples], y_train[: self.limit_train_samples]
-            self._data = {"train": self._tensors(x_train, y_train), "val": self._tensors(x_val, y_val)}
+            order = stratified_order(y_val)  # as the other modules evaluate: any prefix is stratified
+            self._data = {"train": self._tensors(x_train, y_train), "val": self._tensors(x_val[order], y_val[order])}
 
     def _sampler(self, dataset, shuffle: bool) -> DistributedSampler:
         trainer = getattr(self, "trainer", None)

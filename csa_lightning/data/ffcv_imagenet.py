@@ -33,7 +33,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from .classification_data import IMAGENET_MEAN, IMAGENET_STD, ImageClassificationDataModule
+from .classification_data import IMAGENET_MEAN, IMAGENET_STD, ImageClassificationDataModule, stratified_order
 
 __all__ = [
     "FFCVDataModule",
@@ -152,6 +152,12 @@ class _EpochAwareLoader:
     def batch_size(self) -> int:
         return self.loader.batch_size
 
+    @property
+    def sample_indices(self) -> np.ndarray:
+        """The beton indices of this process's samples, in the order an evaluation epoch yields
+        them (``PredictionWriter``'s ``index`` column; Lightning cannot infer them for ffcv)."""
+        return np.asarray(self.loader.traversal_order.sample_order(0), dtype=np.int64)
+
     def __iter__(self) -> Iterator:
         if self.trainer is not None:
             self.loader.next_epoch = self.trainer.current_epoch
@@ -203,7 +209,8 @@ class FFCVDataModule(ImageClassificationDataModule):
         for kind, path in self._paths_for(stage).items():
             if not path or not Path(path).is_file():
                 raise FileNotFoundError(_missing_beton_message(kind, path))
-            classes = max(classes, beton_num_samples_and_classes(path)[1])
+            labels = beton_labels(path)
+            classes = max(classes, int(labels.max()) + 1 if len(labels) else 0)
         self._num_classes = classes
 
     @property
@@ -277,10 +284,14 @@ class FFCVDataModule(ImageClassificationDataModule):
         ffcv = import_ffcv()
         OrderOption = ffcv.loader.OrderOption
         distributed = self._is_distributed()
+        indices = None
         if train:
             order = OrderOption.RANDOM if distributed else OrderOption.QUASI_RANDOM
         else:
+            # the beton is stored class by class: evaluate in an order whose every prefix is a
+            # stratified sample (a partial validation scores every class), the file unchanged
             order = OrderOption.SEQUENTIAL
+            indices = stratified_order(beton_labels(path))
         threads = torch.get_num_threads()
         try:
             loader = ffcv.loader.Loader(
@@ -292,6 +303,7 @@ class FFCVDataModule(ImageClassificationDataModule):
                 drop_last=train,
                 distributed=distributed,
                 seed=self.seed,
+                indices=indices,
                 pipelines={"image": self._image_pipeline(train), "label": self._label_pipeline()},
             )
         finally:

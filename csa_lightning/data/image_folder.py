@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..checks import require
-from .classification_data import ImageClassificationDataModule
+from .classification_data import ImageClassificationDataModule, stratified_order
 
 __all__ = ["ImageFolderDataModule"]
 
@@ -124,10 +124,15 @@ class ImageFolderDataModule(ImageClassificationDataModule):
     def _loader(self, kind: str, path: Optional[str], train: bool) -> DataLoader:
         dataset = self._datasets.get(kind) if hasattr(self, "_datasets") else None
         dataset = dataset or self._folder(path, kind, train)
+        # evaluation: every prefix of the order a stratified sample (ImageFolder sorts by class);
+        # Lightning wraps this sampler in a DistributedSampler under DDP and reports the dataset
+        # indices of each predicted batch, which predictions.csv's index and path columns use
+        sampler = None if train else stratified_order(dataset.targets).tolist()
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
             shuffle=train,
+            sampler=sampler,
             drop_last=train,
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),

@@ -180,6 +180,8 @@ class RecordResult(Callback):
             "gmac_resolution": size,
             "train_images_per_sec": float(metrics.get("train/images_per_sec_epoch", float("nan"))),
             "inference_images_per_sec": batch / statistics.median(times[1:]),
+            # below 1: validation stopped early (limit_val_batches), on a stratified prefix of the data
+            "val_fraction": _validated_fraction(trainer),
             "best_checkpoint": getattr(ckpt, "best_model_path", None),
             "last_checkpoint": last,
         }
@@ -188,6 +190,18 @@ class RecordResult(Callback):
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text(json.dumps(record, indent=2))
         os.replace(tmp, path)
+
+
+def _validated_fraction(trainer: "L.Trainer") -> Optional[float]:
+    """The share of the validation batches each epoch evaluated (None when there was no validation)."""
+    loaders = trainer.val_dataloaders
+    loaders = loaders if isinstance(loaders, (list, tuple)) else [loaders] if loaders is not None else []
+    try:
+        total = sum(len(loader) for loader in loaders)
+    except TypeError:  # an iterable without a length
+        return None
+    used = sum(min(n, t) for n, t in zip(trainer.num_val_batches, (len(loader) for loader in loaders)))
+    return round(used / total, 6) if total else None
 
 
 class PredictionWriter(BasePredictionWriter):
@@ -215,7 +229,7 @@ class PredictionWriter(BasePredictionWriter):
             self.path.write_text(json.dumps(_coco_results(batches, trainer)))
         else:
             self.path = folder / f"predictions{suffix}.csv"
-            _write_classification_csv(self.path, batches, trainer)
+            _write_classification_csv(self.path, batches, trainer, _sample_indices(trainer, batch_indices))
 
     def on_predict_end(self, trainer, pl_module) -> None:
         if self.path is not None and trainer.is_global_zero:
@@ -231,14 +245,28 @@ def _first_dataloader(predictions: list) -> list:
     return predictions
 
 
-def _dataset_paths(trainer) -> Optional[list]:
+def _predict_loader(trainer):
     loaders = trainer.predict_dataloaders
-    loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
-    samples = getattr(getattr(loader, "dataset", None), "samples", None)  # torchvision ImageFolder
+    return loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+
+
+def _dataset_paths(trainer) -> Optional[list]:
+    samples = getattr(getattr(_predict_loader(trainer), "dataset", None), "samples", None)  # torchvision ImageFolder
     return [str(s[0]) for s in samples] if samples else None
 
 
-def _write_classification_csv(path: Path, batches: list, trainer) -> None:
+def _sample_indices(trainer, batch_indices) -> Optional[list]:
+    """The data set index of every predicted row, in row order: what Lightning recorded from a torch
+    loader's sampler, else the loader's own ``sample_indices`` (ffcv), else None (row = index).
+    The loaders evaluate in a stratified order, not in stored order, so row and index differ."""
+    recorded = _first_dataloader(batch_indices or [])
+    if recorded and all(isinstance(b, (list, tuple)) and b for b in recorded):
+        return [int(i) for b in recorded for i in b]
+    own = getattr(_predict_loader(trainer), "sample_indices", None)
+    return [int(i) for i in own] if own is not None else None
+
+
+def _write_classification_csv(path: Path, batches: list, trainer, indices: Optional[list] = None) -> None:
     import csv
 
     paths = _dataset_paths(trainer)
@@ -247,16 +275,17 @@ def _write_classification_csv(path: Path, batches: list, trainer) -> None:
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
-        index = 0
+        position = 0
         for batch in batches:
             labels = batch.get("label")
             for row in range(len(batch["top_classes"])):
+                index = indices[position] if indices is not None and position < len(indices) else position
                 cells = [index, paths[index] if paths and index < len(paths) else ""]
                 cells.append(int(labels[row]) if labels is not None else "")
                 for c, p in zip(batch["top_classes"][row].tolist(), batch["top_probs"][row].tolist()):
                     cells += [int(c), f"{p:.6f}"]
                 writer.writerow(cells)
-                index += 1
+                position += 1
 
 
 def _coco_results(batches: list, trainer) -> list:
