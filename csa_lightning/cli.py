@@ -326,11 +326,17 @@ def _parse_error_line(err: BaseException) -> str:
 
 def main(args: Optional[Sequence[str]] = None, run: bool = True) -> CSALightningCLI:
     """Run the CLI; input errors become ``error: ...`` on one line and exit status 2."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
     try:
         if os.environ.get("CSA_LIGHTNING_TRACEBACK"):
             return build_cli(args, run)
         try:
             return build_cli(args, run)
+        except SIGTERMException:
+            # Lightning ends a SIGTERM'd run with status 0; 128 + 15 tells a script or a scheduler it
+            # did not finish (SigtermWatchdog printed the checkpoint to resume from)
+            raise SystemExit(143) from None
         except (FileNotFoundError, ValueError, TypeError, ImportError) as err:
             print(f"error: {_one_line(err)}", file=sys.stderr)
             raise SystemExit(2) from None

@@ -280,3 +280,51 @@ def test_an_integer_batch_limit_stays_a_count_and_a_float_one_a_fraction(in_tmp_
     (in_tmp_cwd / "full.yaml").write_text("trainer:\n  limit_val_batches: 1.0\n")
     parsed = build_cli(["--config", str(DEMO_CONFIG), "--config", "full.yaml"], run=False).config.trainer
     assert type(parsed.limit_val_batches) is float and parsed.limit_val_batches == 1.0
+
+
+@pytest.mark.slow
+def test_sigterm_exits_143_naming_the_checkpoint_to_resume_from(tmp_path):
+    """Before: a run ended by SIGTERM exited 0 without a word, and a scheduler took it as finished.
+    Now 143 and one line: the newest epoch-end last.ckpt (the interrupted epoch is redone), or that
+    no checkpoint exists yet. ~20-40 s: two real processes, each killed mid-epoch."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from .conftest import ROOT
+
+    def run_until(ready, root, *args):
+        cmd = [sys.executable, str(ROOT / "cli.py"), "fit", "--config", str(DEMO_CONFIG), *MEMORY_DATA[:2],
+               "--data.resolution", "32", "--data.batch_size", "4", "--trainer.max_epochs", "50",
+               "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(root), *args]  # fmt: skip
+        proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=dict(os.environ, PYTHONPATH=str(ROOT)))  # fmt: skip
+        deadline = time.time() + 600  # a machine several times slower than this one
+        while not ready(root):
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=600)
+        return proc.returncode, err.strip().splitlines()[-1]
+
+    code, line = run_until(lambda root: any(root.rglob("run_info.json")), tmp_path / "early")
+    assert code == 143
+    assert line.startswith("error: interrupted by SIGTERM in epoch 0 before any checkpoint was written;"), line
+    assert "run the same command again to start afresh" in line
+    # a second after epoch 0's last.ckpt appeared, so the signal lands in epoch 1
+    code, line = run_until(
+        lambda root: any(time.time() - p.stat().st_mtime > 1 for p in root.rglob("last.ckpt")),
+        tmp_path / "later",
+        "--data.limit_train_samples",
+        "128",
+        "--trainer.limit_val_batches",
+        "2",
+    )
+    last = next((tmp_path / "later").rglob("last.ckpt"))
+    assert code == 143
+    assert line.startswith("error: interrupted by SIGTERM in epoch 1 (step "), line
+    assert (
+        f"resume with the same command and --ckpt_path last (= {last}, saved at the end of epoch 0, step 32; " in line
+    )
+    assert "epoch 1 is trained again from its first batch" in line

@@ -22,6 +22,7 @@ __all__ = [
     "PredictionWriter",
     "SigtermWatchdog",
     "run_info",
+    "sigterm_resume_line",
 ]
 
 PACKAGES = (
@@ -309,8 +310,15 @@ def _coco_results(batches: list, trainer) -> list:
 
 
 class SigtermWatchdog(Callback):
-    """SIGTERM always ends the run: Lightning's handler (which stops at the next batch boundary) is
-    kept, and if the process is still alive ``grace`` seconds later (blocked in a data loader that
+    """SIGTERM always ends the run, and says so: the project's one stop-and-resume mechanism.
+
+    Lightning's handler (which stops at the next batch boundary and raises ``SIGTERMException``,
+    an exit with status 0) is kept. When the run stops, this callback prints one line naming the
+    checkpoint to resume from: the newest ``last.ckpt`` (written at the end of every epoch), and
+    the interrupted epoch, which a resumed run trains again from its first batch (ffcv's and
+    torch's loaders cannot resume mid-epoch), or that none was written yet; ``cli.py`` then exits
+    with status 143 (128 + SIGTERM), so a shell script or a scheduler sees an interrupted run.
+    If the process is still alive ``grace`` seconds after the signal (blocked in a data loader that
     never returns a batch, so no boundary comes) it exits with status 143 and one line saying why.
 
     ``grace``: seconds (default 60, or ``CSA_SIGTERM_GRACE``); long enough for Lightning to finish a
@@ -336,9 +344,21 @@ class SigtermWatchdog(Callback):
             timer = threading.Timer(grace, _exit_after_sigterm, args=(grace,))
             timer.daemon = True
             timer.start()
+            if signal.getsignal(signal.SIGTERM) is arm_watchdog:
+                # Lightning installs its handler only after the setup and on_fit_start hooks: a signal
+                # before that would go unseen until the watchdog fired; stop here (nothing to save yet)
+                from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+                raise SIGTERMException()
 
         self._previous = signal.signal(signal.SIGTERM, arm_watchdog)
         self._installed = True
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        if isinstance(exception, SIGTERMException) and trainer.is_global_zero:
+            print(f"error: {sigterm_resume_line(trainer)}", file=sys.stderr, flush=True)
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
         import signal
@@ -349,6 +369,27 @@ class SigtermWatchdog(Callback):
             except ValueError:  # not the main thread
                 pass
             self._installed = False
+
+
+def sigterm_resume_line(trainer: "L.Trainer") -> str:
+    """What a run stopped by SIGTERM has to resume from, in one line."""
+    where = f"interrupted by SIGTERM in epoch {trainer.current_epoch}"
+    if trainer.state.fn != "fit":
+        return f"{where} while running {trainer.state.fn}; nothing to resume: run the same command again"
+    _, last = checkpoint_files(trainer)
+    if not last or not os.path.isfile(last):
+        return (
+            f"{where} before any checkpoint was written; run the same command again to start afresh "
+            "(nothing is lost but this partial epoch)"
+        )
+    import torch
+
+    saved = torch.load(last, map_location="cpu", mmap=True, weights_only=True)
+    epoch, step = int(saved.get("epoch", -1)), int(saved.get("global_step", -1))
+    return (
+        f"{where} (step {trainer.global_step}); resume with the same command and --ckpt_path last (= {last}, "
+        f"saved at the end of epoch {epoch}, step {step}; epoch {epoch + 1} is trained again from its first batch)"
+    )
 
 
 def _exit_after_sigterm(grace: float) -> None:
