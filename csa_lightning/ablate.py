@@ -389,7 +389,8 @@ def write_report(
         lines += [
             "",
             "**Partial validation**: rows so marked were scored on the first batches of the validation set "
-            "(`limit_val_batches`), a stratified sample of it (every prefix of the evaluation order is), not all of it.",
+            "(`limit_val_batches`): a stratified sample of it (every prefix of the evaluation order is), "
+            "not all of it.",
         ]
     lines += [
         "",
