@@ -16,6 +16,8 @@ __all__ = [
     "require",
     "require_positive",
     "require_non_negative",
+    "require_normalisation",
+    "require_fraction_range",
     "oversubscription_warning",
     "process_alive",
     "remove_dead_leftovers",
@@ -38,6 +40,37 @@ def require_positive(option: str, value: Any, integer: bool = False) -> None:
 def require_non_negative(option: str, values: Iterable[Any] | Any) -> None:
     items = list(values) if isinstance(values, (list, tuple)) else [values]
     require(all(isinstance(v, (int, float)) and v >= 0 for v in items), option, values, ">= 0")
+
+
+def require_normalisation(prefix: str, mean: Sequence[float], std: Sequence[float]) -> None:
+    """Three finite means and three positive, finite stds (a zero std trained to a NaN loss, exit 0)."""
+    import math
+
+    def numbers(values):
+        return (
+            isinstance(values, (list, tuple))
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+            and all(math.isfinite(v) for v in values)
+        )
+
+    require(numbers(mean) and len(mean) == 3, f"{prefix}.mean", mean, "three finite numbers (one per channel)")
+    require(
+        numbers(std) and len(std) == 3 and all(v > 0 for v in std),
+        f"{prefix}.std",
+        std,
+        "three positive numbers (one per channel; a zero divides by zero)",
+    )
+
+
+def require_fraction_range(option: str, values: Sequence[float], low_open: bool = True) -> None:
+    """A (low, high) pair with 0 < low <= high <= 1 (a random-resized-crop scale range)."""
+    ok = (
+        isinstance(values, (list, tuple))
+        and len(values) == 2
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        and 0 < values[0] <= values[1] <= 1
+    )
+    require(ok, option, values, "[low, high] with 0 < low <= high <= 1")
 
 
 def oversubscription_warning(

@@ -56,3 +56,50 @@ def test_more_cpu_processes_than_cores_is_a_warning():
     assert "--trainer.devices 2" in message
     assert oversubscription_warning(2, 2, True, 128) is None
     assert oversubscription_warning(8, 2, False, 1024) is None  # GPUs: not about cores
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["--data.std", "[0.3, 0, 0.3]"],
+            "data.std must be three positive numbers (one per channel; a zero divides by zero), got (0.3, 0.0, 0.3)",
+        ),
+        (
+            ["--data.mean", "[0.3, .nan, 0.3]"],
+            "data.mean must be three finite numbers (one per channel), got (0.3, nan, 0.3)",
+        ),
+        (
+            ["--data.val_crop_ratio", "0"],
+            "data.val_crop_ratio must be in (0, 1] (centre crop side / shorter image side; 0.875 = 224/256), got 0.0",
+        ),
+        (
+            ["--data.val_crop_ratio", "1.5"],
+            "data.val_crop_ratio must be in (0, 1] (centre crop side / shorter image side; 0.875 = 224/256), got 1.5",
+        ),
+        (
+            ["--data.train_crop_scale", "[1.0, 0.5]"],
+            "data.train_crop_scale must be [low, high] with 0 < low <= high <= 1, got (1.0, 0.5)",
+        ),
+        (
+            ["--data.train_crop_scale", "[0, 1]"],
+            "data.train_crop_scale must be [low, high] with 0 < low <= high <= 1, got (0.0, 1.0)",
+        ),
+        (["--data.val_resolution", "0"], "data.val_resolution must be a positive integer, got 0"),
+    ],
+)
+def test_bad_data_values_are_one_line_errors_where_the_data_module_is_built(args, message, in_tmp_cwd, capsys):
+    """Before: a zero std trained and validated to a NaN loss with exit status 0; val_crop_ratio 0
+    aborted inside OpenCV (status 134) leaving a half-made log folder; an inverted scale range trained."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(DEMO_CONFIG), "--data.data_dir", "nowhere", *args])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"error: {message}"
+    assert not (in_tmp_cwd / "runs").exists() and not (in_tmp_cwd / "nowhere").exists()
+
+
+def test_a_zero_std_is_refused_by_the_memory_digits_too():
+    from csa_lightning.data import DigitsMemoryDataModule
+
+    with pytest.raises(ValueError, match=r"^data.std must be three positive numbers"):
+        DigitsMemoryDataModule(std=(0.3, 0.0, 0.3))

@@ -14,7 +14,7 @@ from typing import Any, Optional, Sequence, Tuple
 import lightning as L
 import numpy as np
 
-from ..checks import require_non_negative, require_positive
+from ..checks import require, require_fraction_range, require_non_negative, require_normalisation, require_positive
 
 __all__ = ["ImageClassificationDataModule", "IMAGENET_MEAN", "IMAGENET_STD", "stratified_order"]
 
@@ -83,6 +83,17 @@ class ImageClassificationDataModule(L.LightningDataModule):
         require_positive("data.batch_size", batch_size, integer=True)
         require_non_negative("data.num_workers", num_workers)
         require_positive("data.resolution", resolution, integer=True)
+        if val_resolution is not None:
+            require_positive("data.val_resolution", val_resolution, integer=True)
+        # 0 aborted the process inside OpenCV (status 134); above 1 the centre crop pads with black
+        require(
+            isinstance(val_crop_ratio, (int, float)) and 0 < val_crop_ratio <= 1,
+            "data.val_crop_ratio",
+            val_crop_ratio,
+            "in (0, 1] (centre crop side / shorter image side; 0.875 = 224/256)",
+        )
+        require_fraction_range("data.train_crop_scale", train_crop_scale)
+        require_normalisation("data", mean, std)
         # every __init__ argument of the class chain (the subclass's own included) lands in hparams
         self.save_hyperparameters()
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from ..checks import remove_dead_leftovers, require_positive
+from ..checks import remove_dead_leftovers, require_normalisation, require_positive
 from .classification_data import stratified_order
 from .ffcv_imagenet import FFCVDataModule
 
@@ -182,6 +182,7 @@ class DigitsMemoryDataModule(L.LightningDataModule):
         super().__init__()
         require_positive("data.batch_size", batch_size, integer=True)
         require_positive("data.resolution", resolution, integer=True)
+        require_normalisation("data", mean, std)
         self.save_hyperparameters()
         self.batch_size = batch_size
         self.resolution = resolution
