@@ -11,11 +11,15 @@ them), the seed and the swept keys; every other argument after the known ones go
 Each run is its own process under ``OUT/runs/<variant>/``; ``--parallel N`` runs N at once,
 each on its own GPU when there are GPUs (CUDA_VISIBLE_DEVICES).
 
-Each finished run appends a record to ``OUT/results.json`` (rewritten atomically): config hash,
+Each finished run appends a record to ``OUT/results.json`` (rewritten atomically): the resolved
+configuration (every value the run is built from, whichever file, include or argument set it) and its hash,
 attention, options, seed, final and best validation metrics, params, GMAC, train and inference
 images/s, wall time, checkpoint path, git commit. Killed and restarted with the same command, the
 runner skips finished variants, resumes an interrupted one from its ``last.ckpt``, and neither
-loses nor duplicates a record. ``OUT/report.md``, ``report.csv`` and ``report.png`` summarise
+loses nor duplicates a record. A variant whose resolved configuration changed since it ran (a value
+in an included file, a new default after a Lightning or jsonargparse upgrade) is refused in one
+line naming what changed: ``--rerun`` trains it again, ``--keep-stale`` keeps its result. Records
+written before this scheme (hashes of the base file's text) count as changed. ``OUT/report.md``, ``report.csv`` and ``report.png`` summarise
 the finished variants (mean and std over seeds) after every run.
 """
 
@@ -50,13 +54,17 @@ class Variant:
     @property
     def group(self) -> str:
         """The variant without its seed: what the report averages over seeds."""
-        parts = [self.attention] + [f"{k.split('.')[-1]}={v}" for k, v in sorted(self.sweep.items())]
-        return " ".join(parts)
+        keys = _short_keys(self.sweep)
+        return " ".join([self.attention] + [f"{keys[k]}={v}" for k, v in sorted(self.sweep.items())])
 
     @property
     def name(self) -> str:
-        safe = "_".join([self.attention] + [f"{k.split('.')[-1]}-{v}" for k, v in sorted(self.sweep.items())])
-        return f"{safe}_seed{self.seed}".replace("/", "-")
+        """Folder and record name: readable, and never shared by two variants (a value's characters
+        outside ``[A-Za-z0-9._+=-]`` are percent-encoded, so ``data/digits`` is ``data%2Fdigits``,
+        not ``data-digits``; a swept key is shortened to its last part only where that is unique)."""
+        keys = _short_keys(self.sweep)
+        parts = [_safe(self.attention)] + [f"{keys[k]}-{_safe(v)}" for k, v in sorted(self.sweep.items())]
+        return "_".join(parts) + f"_seed{self.seed}"
 
     def cli_args(self, attention_option_keys: Sequence[str]) -> List[str]:
         """The arguments that make this variant out of the base config.
@@ -77,6 +85,19 @@ class Variant:
             if key != "model.placement" and not key.startswith("model.attention_options."):
                 args += [f"--{key}", value]
         return args + list(self.extra_args)
+
+
+def _short_keys(sweep: Dict[str, str]) -> Dict[str, str]:
+    """Each swept key by its last part (``model.attention_options.contiguity`` -> ``contiguity``),
+    or whole where two keys share that part (``data.x`` and ``model.x`` stay apart)."""
+    last = [k.split(".")[-1] for k in sweep]
+    return {k: k.split(".")[-1] if last.count(k.split(".")[-1]) == 1 else k for k in sweep}
+
+
+def _safe(text: str) -> str:
+    from urllib.parse import quote
+
+    return quote(str(text), safe="._+=-")
 
 
 def _yaml_scalar(value: str) -> Any:
@@ -112,14 +133,50 @@ def plan_variants(attentions: Sequence[str], seeds: Sequence[int], sweeps: Dict[
         for values in itertools.product(*axes.values()) if axes else [()]:
             for seed in seeds:
                 v = Variant(attention, seed, dict(zip(axes.keys(), values)))
-                if v.name not in seen:
-                    seen.add(v.name)
-                    variants.append(v)
+                if (v.attention, v.seed, tuple(sorted(v.sweep.items()))) in seen:
+                    continue  # the same variant listed twice (e.g. --attentions se,SE)
+                seen.add((v.attention, v.seed, tuple(sorted(v.sweep.items()))))
+                variants.append(v)
+    for field_name in ("name", "group"):
+        taken: Dict[str, Variant] = {}
+        for v in variants:
+            other = taken.setdefault(getattr(v, field_name) + ("" if field_name == "name" else f"#{v.seed}"), v)
+            if other is not v:
+                raise ValueError(
+                    f"variants {other.attention} {other.sweep} and {v.attention} {v.sweep} would share the "
+                    f"{field_name} '{getattr(v, field_name)}'; give the sweep values distinct names"
+                )
     return variants
 
 
-def config_hash(base_config: str, variant_args: Sequence[str], extra: Sequence[str]) -> str:
-    text = Path(base_config).read_text() + "\0" + " ".join(variant_args) + "\0" + " ".join(extra)
+#: how ``config_hash`` is computed; records without it (or with another) predate the current scheme
+CONFIG_SCHEME = 2
+
+#: keys of a resolved config that never change what a run computes: left out of its hash (the paths
+#: the runner sets per run, the config files' own names, progress display)
+_RUN_NEUTRAL_KEYS = ("config", "ckpt_path", "trainer.default_root_dir", "trainer.enable_progress_bar",
+                     "trainer.enable_model_summary")  # fmt: skip
+
+
+def run_relevant_config(resolved: Dict[str, Any]) -> Dict[str, Any]:
+    """A resolved config (plain values) without the keys that do not change a run."""
+    import copy
+
+    config = copy.deepcopy(resolved)
+    for key in _RUN_NEUTRAL_KEYS:
+        *parents, last = key.split(".")
+        node = config
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(last, None)
+    return config
+
+
+def config_hash(config: Dict[str, Any]) -> str:
+    """Hash of a variant's resolved configuration (:func:`run_relevant_config`): every value the run
+    is built from, whichever file, include or argument set it; comments and key order do not count."""
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -152,12 +209,12 @@ def _append_result(out: Path, record: Dict[str, Any]) -> None:
 
 
 def _run_variant(
-    variant: Variant, base_config: str, extra: Sequence[str], out: Path, device: Optional[int]
+    variant: Variant, base_config: str, extra: Sequence[str], out: Path, device: Optional[int], resolved: "_Resolved"
 ) -> subprocess.Popen:
     run_dir = out / "runs" / variant.name
     run_dir.mkdir(parents=True, exist_ok=True)
     # what this folder's checkpoints were trained with: a later runner resumes them only if it matches
-    (run_dir / "config_hash").write_text(_variant_hash(variant, base_config, extra))
+    _stamp(run_dir, resolved)
     args = variant.cli_args(_option_keys(variant.attention))
     cmd = [
         sys.executable,
@@ -190,7 +247,12 @@ def _run_variant(
         return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
-def _record_for(variant: Variant, base_config: str, extra: Sequence[str], out: Path, wall: float) -> Dict[str, Any]:
+def _stamp(run_dir: Path, resolved: "_Resolved") -> None:
+    (run_dir / "config_hash").write_text(f"{CONFIG_SCHEME}:{resolved.hash}")
+    (run_dir / "config_resolved.json").write_text(json.dumps(resolved.config, indent=1, sort_keys=True))
+
+
+def _record_for(variant: Variant, resolved: "_Resolved", out: Path, wall: float) -> Dict[str, Any]:
     from .tasks.callbacks import run_info
 
     run_dir = out / "runs" / variant.name
@@ -198,7 +260,9 @@ def _record_for(variant: Variant, base_config: str, extra: Sequence[str], out: P
     return {
         "variant": variant.name,
         "group": variant.group,
-        "config_hash": _variant_hash(variant, base_config, extra),
+        "config_scheme": CONFIG_SCHEME,
+        "config_hash": resolved.hash,
+        "config": resolved.config,
         "attention": variant.attention,
         "sweep": variant.sweep,
         "seed": variant.seed,
@@ -451,8 +515,14 @@ def _parse(argv: Optional[Sequence[str]]) -> Tuple[argparse.Namespace, List[str]
         metavar="DIR",
         help="a classification ablation's --out: each variant's backbone is its {attention}_seed{s} run's checkpoint",
     )
-    parser.add_argument(
-        "--rerun", action="store_true", help="train again the variants whose config or overrides changed since they ran"
+    stale = parser.add_mutually_exclusive_group()
+    stale.add_argument(
+        "--rerun", action="store_true", help="train again the variants whose resolved config changed since they ran"
+    )
+    stale.add_argument(
+        "--keep-stale",
+        action="store_true",
+        help="keep the results of variants whose resolved config changed (e.g. a new Lightning default) as they are",
     )
     args, extra = parser.parse_known_args(argv)
     if not Path(args.config).is_file():
@@ -482,13 +552,16 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     _check_sweep_keys(sweeps, attentions)
 
     out = Path(args.out)
-    variants = plan_variants(attentions, seeds, sweeps)
+    try:
+        variants = plan_variants(attentions, seeds, sweeps)
+    except ValueError as err:
+        sys.exit(f"error: {err}")
     if args.backbone_runs:
         _attach_backbones(variants, Path(args.backbone_runs))
-    _check_variants(args.config, variants, extra)  # every variant builds, before the first one trains
+    resolved = _check_variants(args.config, variants, extra)  # every variant builds, before the first one trains
     out.mkdir(parents=True, exist_ok=True)
     with _runner_lock(out):
-        return _run_plan(args, extra, out, variants)
+        return _run_plan(args, extra, out, variants, resolved)
 
 
 def _attach_backbones(variants: Sequence[Variant], runs: Path) -> None:
@@ -529,17 +602,28 @@ def _check_sweep_keys(sweeps: Dict[str, List[str]], attentions: Sequence[str]) -
                 )
 
 
-def _check_variants(base_config: str, variants: Sequence[Variant], extra: Sequence[str]) -> None:
+@dataclass
+class _Resolved:
+    """A variant's resolved configuration (without run-neutral keys) and its hash."""
+
+    config: Dict[str, Any]
+    hash: str
+
+
+def _check_variants(base_config: str, variants: Sequence[Variant], extra: Sequence[str]) -> Dict[str, _Resolved]:
     """Build every variant's config and network (on the meta device: no memory, no data read) so
-    that a bad key or value fails in one line before any run trains."""
+    that a bad key or value fails in one line before any run trains; returns each variant's
+    resolved configuration, what the stale check compares."""
     import contextlib
     import io
     import tempfile
 
     import torch
 
+    from .cli import _comparable
     from .cli import main as cli_main
 
+    resolved = {}
     with tempfile.TemporaryDirectory() as scratch:
         for variant in variants:
             args = [
@@ -550,29 +634,58 @@ def _check_variants(base_config: str, variants: Sequence[Variant], extra: Sequen
             try:
                 with contextlib.redirect_stderr(captured), contextlib.redirect_stdout(io.StringIO()):
                     with torch.device("meta"):
-                        cli_main(args, run=False)
+                        cli = cli_main(args, run=False)
             except SystemExit:
                 lines = [line for line in captured.getvalue().strip().splitlines() if line.strip()]
                 reason = lines[-1].removeprefix("error: ") if lines else "its config does not build"
                 sys.exit(f"error: variant {variant.name}: {reason}")
+            config = run_relevant_config(_comparable(cli.config))
+            resolved[variant.name] = _Resolved(config, config_hash(config))
+    return resolved
 
 
-def _variant_hash(variant: Variant, base_config: str, extra: Sequence[str]) -> str:
-    return config_hash(base_config, variant.cli_args(_option_keys(variant.attention)), extra)
+def _stale(out: Path, variants: Sequence[Variant], resolved: Dict[str, _Resolved]) -> Dict[str, str]:
+    """Variants whose finished result or started run folder came from another resolved
+    configuration: {name: what differs, in words}."""
+    from .cli import _differences
 
-
-def _stale(out: Path, variants: Sequence[Variant], base_config: str, extra: Sequence[str]) -> List[str]:
-    """Variants whose finished result or started run folder came from another config or overrides."""
-    recorded = {r["variant"]: r.get("config_hash") for r in load_results(out)}
-    stale = []
+    recorded = {r["variant"]: r for r in load_results(out)}
+    stale = {}
     for v in variants:
-        current = _variant_hash(v, base_config, extra)
+        now = resolved[v.name]
+        record = recorded.get(v.name)
         started = out / "runs" / v.name / "config_hash"
-        if (v.name in recorded and recorded[v.name] != current) or (
-            started.exists() and started.read_text().strip() != current
-        ):
-            stale.append(v.name)
+        if record is not None:
+            then_scheme, then_hash, then_config = record.get("config_scheme"), record.get("config_hash"), record.get("config")
+        elif started.exists():
+            scheme, _, then_hash = started.read_text().strip().rpartition(":")
+            then_scheme = int(scheme) if scheme.isdigit() else None
+            saved = started.with_name("config_resolved.json")
+            then_config = json.loads(saved.read_text()) if saved.exists() else None
+        else:
+            continue
+        if then_scheme != CONFIG_SCHEME:
+            stale[v.name] = "recorded by an earlier runner, which hashed the config file's text only"
+        elif then_hash != now.hash:
+            differences = _differences(then_config, now.config) if then_config is not None else []
+            listed = "; ".join(f"{key}: {a!r} then, {b!r} now" for key, a, b in differences[:2])
+            stale[v.name] = listed or "another configuration"
     return stale
+
+
+def _keep_stale(out: Path, variants: Sequence[Variant], resolved: Dict[str, _Resolved], names: Sequence[str]) -> None:
+    """--keep-stale: adopt ``names``' results and run folders as made by the current configuration."""
+    records = load_results(out)
+    for r in records:
+        if r["variant"] in names:
+            r.update(config_scheme=CONFIG_SCHEME, config_hash=resolved[r["variant"]].hash,
+                     config=resolved[r["variant"]].config)  # fmt: skip
+    tmp = out / f".{RESULT_FILE}.tmp"
+    tmp.write_text(json.dumps(records, indent=2))
+    os.replace(tmp, out / RESULT_FILE)
+    for name in names:
+        if (out / "runs" / name).is_dir():
+            _stamp(out / "runs" / name, resolved[name])
 
 
 def _forget(out: Path, names: Sequence[str]) -> None:
@@ -617,16 +730,23 @@ class _runner_lock:
         self.path.unlink(missing_ok=True)
 
 
-def _run_plan(args, extra: List[str], out: Path, variants: List[Variant]) -> List[Dict[str, Any]]:
-    stale = _stale(out, variants, args.config, extra)
-    if stale and not args.rerun:
+def _run_plan(
+    args, extra: List[str], out: Path, variants: List[Variant], resolved: Dict[str, _Resolved]
+) -> List[Dict[str, Any]]:
+    stale = _stale(out, variants, resolved)
+    if stale and not (args.rerun or args.keep_stale):
+        first = next(iter(stale))
         sys.exit(
-            f"error: {len(stale)} variant(s) in {out} ran with another config or overrides ({', '.join(stale[:3])}"
-            f"{', ...' if len(stale) > 3 else ''}); pass --rerun to train them again, or choose another --out"
+            f"error: {len(stale)} variant(s) in {out} ran with another configuration ({first}: {stale[first]}"
+            f"{'; ...' if len(stale) > 1 else ''}); pass --rerun to train them again, --keep-stale to keep "
+            "their results, or choose another --out"
         )
-    if stale:
+    if stale and args.keep_stale:
+        print(f"ablation: --keep-stale: keeping {len(stale)} result(s) made with another configuration", flush=True)
+        _keep_stale(out, variants, resolved, list(stale))
+    elif stale:
         print(f"ablation: --rerun: forgetting {len(stale)} variant(s) that ran with another config", flush=True)
-        _forget(out, stale)
+        _forget(out, list(stale))
     done = {r["variant"] for r in load_results(out)}
     todo = [v for v in variants if v.name not in done]
     print(
@@ -652,7 +772,8 @@ def _run_plan(args, extra: List[str], out: Path, variants: List[Variant]) -> Lis
                 f"({len(todo)} queued){'' if device is None else f' on GPU {device}'}",
                 flush=True,
             )
-            running[slot] = (variant, _run_variant(variant, args.config, extra, out, device), time.time())
+            proc = _run_variant(variant, args.config, extra, out, device, resolved[variant.name])
+            running[slot] = (variant, proc, time.time())
         time.sleep(0.5)
         for slot, (variant, proc, started) in list(running.items()):
             if proc.poll() is None:
@@ -667,7 +788,7 @@ def _run_plan(args, extra: List[str], out: Path, variants: List[Variant]) -> Lis
                     flush=True,
                 )
                 continue
-            _append_result(out, _record_for(variant, args.config, extra, out, time.time() - started))
+            _append_result(out, _record_for(variant, resolved[variant.name], out, time.time() - started))
             finished += 1
             write_report(out, load_results(out), Path(args.config).stem, args.metric, args.baseline)
             print(f"    done {variant.name}: {finished}/{len(variants)} finished", flush=True)

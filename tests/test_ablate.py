@@ -335,3 +335,57 @@ def test_detection_ablation_takes_each_backbone_from_its_classification_run(tmp_
         log = (out / "runs" / name / "stdout.log").read_text()
         assert f"{name}/model.ckpt" in log and "backbone weights" in log
     assert "val box_AP %" in (out / "report.md").read_text()
+
+
+def test_variant_names_and_groups_never_collide():
+    """Before: '/' became '-' and a swept key kept only its last part, so data/digits and
+    data-digits, or data.x and model.x, silently shared a folder and a report group."""
+    values = plan_variants(["none"], [0], {"data.data_dir": ["data/digits", "data-digits"]})
+    assert [v.name for v in values] == ["none_data_dir-data%2Fdigits_seed0", "none_data_dir-data-digits_seed0"]
+    assert len({v.group for v in values}) == 2
+    keys = plan_variants(["none"], [0], {"data.x": ["1"], "model.x": ["1"]})
+    assert keys[0].name == "none_data.x-1_model.x-1_seed0" and keys[0].group == "none data.x=1 model.x=1"
+    same = plan_variants(["se", "SE".lower()], [0, 0], {})
+    assert [v.name for v in same] == ["se_seed0"]
+
+
+def test_the_stale_check_hashes_the_resolved_config_not_the_files_text(tmp_path):
+    """Before: the hash covered the base file's text and the arguments: a changed value in a file
+    the base config includes reused old results. Comments and key order change nothing."""
+    from csa_lightning.ablate import _check_variants
+
+    piece = tmp_path / "piece.yaml"
+    piece.write_text(f"config: {DEMO_CONFIG}\ntrainer.max_epochs: 3\n")
+    base = tmp_path / "base.yaml"
+    base.write_text("config: piece.yaml\ntrainer.default_root_dir: runs/x\n")  # a Table 1 row's shape
+
+    def hashed():
+        return _check_variants(str(base), plan_variants(["se"], [0], {}), [])["se_seed0"]
+
+    first = hashed()
+    assert first.config["trainer"]["max_epochs"] == 3 and "default_root_dir" not in first.config["trainer"]
+    piece.write_text(f"# a comment\ntrainer.devices: 1\ntrainer.max_epochs: 3\nconfig: {DEMO_CONFIG}\n")  # same run
+    assert hashed().hash == first.hash
+    piece.write_text(f"config: {DEMO_CONFIG}\ntrainer.max_epochs: 4\n")
+    assert hashed().hash != first.hash
+
+
+def test_stale_results_name_what_changed_and_old_records_count_as_stale(tmp_path, capsys):
+    from csa_lightning.ablate import main
+
+    out = tmp_path / "ablation"
+    args = _tiny_ablation(out, "--trainer.max_epochs", "2")
+    out.mkdir()
+    record = {**_record("none", "none", 0, 0.9), "variant": "none_seed0", "config_hash": "0123456789ab"}
+    (out / "results.json").write_text(json.dumps([record]))
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert "none_seed0: recorded by an earlier runner, which hashed the config file's text only" in str(exit_info.value)
+    assert "--keep-stale" in str(exit_info.value) and "\n" not in str(exit_info.value)
+    rows = main([*args, "--keep-stale"])  # adopted as they are: nothing trains
+    assert len(rows) == 1 and "0 to run" in capsys.readouterr().out
+    kept = json.loads((out / "results.json").read_text())[0]
+    assert kept["config_scheme"] == 2 and kept["config"]["trainer"]["max_epochs"] == 2
+    with pytest.raises(SystemExit) as exit_info:
+        main(_tiny_ablation(out, "--trainer.max_epochs", "3"))
+    assert "(none_seed0: trainer.max_epochs: 2 then, 3 now)" in str(exit_info.value)
