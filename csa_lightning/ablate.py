@@ -19,7 +19,8 @@ runner skips finished variants, resumes an interrupted one from its ``last.ckpt`
 loses nor duplicates a record. A variant whose resolved configuration changed since it ran (a value
 in an included file, a new default after a Lightning or jsonargparse upgrade) is refused in one
 line naming what changed: ``--rerun`` trains it again, ``--keep-stale`` keeps its result. Records
-written before this scheme (hashes of the base file's text) count as changed. ``OUT/report.md``, ``report.csv`` and ``report.png`` summarise
+written before this scheme (hashes of the base file's text) count as changed.
+``OUT/report.md``, ``report.csv`` and ``report.png`` summarise
 the finished variants (mean and std over seeds) after every run.
 """
 
@@ -656,7 +657,8 @@ def _stale(out: Path, variants: Sequence[Variant], resolved: Dict[str, _Resolved
         record = recorded.get(v.name)
         started = out / "runs" / v.name / "config_hash"
         if record is not None:
-            then_scheme, then_hash, then_config = record.get("config_scheme"), record.get("config_hash"), record.get("config")
+            then_scheme, then_hash = record.get("config_scheme"), record.get("config_hash")
+            then_config = record.get("config")
         elif started.exists():
             scheme, _, then_hash = started.read_text().strip().rpartition(":")
             then_scheme = int(scheme) if scheme.isdigit() else None
