@@ -42,6 +42,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 __all__ = ["Variant", "plan_variants", "load_results", "write_report", "main"]
 
 RESULT_FILE = "results.json"
+#: held by each training run (not its runner) while it trains into its folder: see checks.hold_run_lock
+RUN_LOCK = ".training.lock"
 
 
 @dataclass
@@ -241,7 +243,7 @@ def _run_variant(
     last = newest_checkpoint(str(run_dir), last_only=True)
     if last is not None:
         cmd += ["--ckpt_path", str(last)]
-    env = dict(os.environ, CSA_RESULT_PATH=str(run_dir / "result.json"))
+    env = dict(os.environ, CSA_RESULT_PATH=str(run_dir / "result.json"), CSA_RUN_LOCK=str(run_dir / RUN_LOCK))
     if device is not None:
         env["CUDA_VISIBLE_DEVICES"] = str(device)
     with open(run_dir / "stdout.log", "a") as log:
@@ -749,6 +751,16 @@ def _run_plan(
     elif stale:
         print(f"ablation: --rerun: forgetting {len(stale)} variant(s) that ran with another config", flush=True)
         _forget(out, list(stale))
+    from .checks import run_lock_holder
+
+    busy = [(v.name, run_lock_holder(str(out / "runs" / v.name / RUN_LOCK))) for v in variants]
+    busy = [(name, pid) for name, pid in busy if pid is not None]
+    if busy:
+        name, pid = busy[0]
+        sys.exit(
+            f"error: {len(busy)} variant(s) in {out} are still being trained by another process ({name}: pid {pid}), "
+            f"left by a runner that was stopped; wait for them or stop them (kill {pid}), then run this again"
+        )
     done = {r["variant"] for r in load_results(out)}
     todo = [v for v in variants if v.name not in done]
     print(
@@ -764,6 +776,71 @@ def _run_plan(
     slots = list(range(max(1, args.parallel)))
     finished = len(variants) - len(todo)
     failures = []
+    with _stop_runs_on_signal(running):
+        finished = _run_queue(args, extra, out, variants, resolved, todo, devices, running, slots, finished, failures)
+    rows = write_report(out, load_results(out), Path(args.config).stem, args.metric, args.baseline)
+    if rows:
+        print((out / "report.md").read_text())
+    if failures:
+        sys.exit(f"error: {len(failures)} run(s) failed: {', '.join(failures)}; rerun the same command to retry them")
+    return rows
+
+
+class _Stopped(Exception):
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+
+
+class _stop_runs_on_signal:
+    """SIGTERM or SIGINT to the runner: pass SIGTERM on to every running training process, wait for
+    them (each saves nothing new but stops at a batch boundary; its last epoch-end checkpoint is what
+    the next runner resumes), then exit 143 (130 for SIGINT) with one line. SIGKILL cannot be passed
+    on: the runs' own locks keep a restarted runner from training into a folder a live run still uses."""
+
+    def __init__(self, running: Dict[int, Tuple[Variant, subprocess.Popen, float]]) -> None:
+        self.running = running
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        self.previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self.previous[signum] = signal.signal(signum, self._raise)
+        return self
+
+    @staticmethod
+    def _raise(signum, frame):
+        raise _Stopped(signum)
+
+    def __exit__(self, kind, error, tb):
+        import signal
+
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        if kind is KeyboardInterrupt:
+            error = _Stopped(signal.SIGINT)
+        if not isinstance(error, _Stopped):
+            return False
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second signal must not cut the wait short
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        procs = [proc for _, proc, _ in self.running.values() if proc.poll() is None]
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            proc.wait()
+        names = ", ".join(v.name for v, _, _ in self.running.values()) or "none"
+        print(
+            f"error: ablation stopped by {signal.Signals(error.signum).name}; {len(procs)} run(s) interrupted "
+            f"({names}) and ended; run the same command again to resume them from their last checkpoints",
+            file=sys.stderr,
+            flush=True,
+        )
+        raise SystemExit(143 if error.signum == signal.SIGTERM else 130)
+
+
+def _run_queue(args, extra, out, variants, resolved, todo, devices, running, slots, finished, failures) -> int:
     while todo or running:
         while todo and slots:
             slot = slots.pop(0)
@@ -794,12 +871,7 @@ def _run_plan(
             finished += 1
             write_report(out, load_results(out), Path(args.config).stem, args.metric, args.baseline)
             print(f"    done {variant.name}: {finished}/{len(variants)} finished", flush=True)
-    rows = write_report(out, load_results(out), Path(args.config).stem, args.metric, args.baseline)
-    if rows:
-        print((out / "report.md").read_text())
-    if failures:
-        sys.exit(f"error: {len(failures)} run(s) failed: {', '.join(failures)}; rerun the same command to retry them")
-    return rows
+    return finished
 
 
 def _gpu_ids() -> List[int]:

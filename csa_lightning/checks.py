@@ -20,6 +20,8 @@ __all__ = [
     "require_fraction_range",
     "oversubscription_warning",
     "process_alive",
+    "hold_run_lock",
+    "run_lock_holder",
     "remove_dead_leftovers",
 ]
 
@@ -95,6 +97,54 @@ def process_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+#: file descriptors of the run locks this process holds (kept open until it exits)
+_HELD_LOCKS: dict = {}
+
+
+def hold_run_lock(path: str) -> None:
+    """Hold an exclusive lock on ``path`` until this process exits, or raise a one-line error.
+
+    The kernel releases it when the process ends, however it ends (SIGKILL included), so a lock
+    left behind by a killed process never blocks; a live one always does. The ablation runner
+    gives each training run the lock of its run folder: no two processes ever train into one.
+    """
+    import fcntl
+
+    if path in _HELD_LOCKS:
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise RuntimeError(
+            f"another process (pid {holder}) is training into {Path(path).parent}; wait for it to finish "
+            f"or stop it (kill {holder}) before starting this run again"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    _HELD_LOCKS[path] = fd
+
+
+def run_lock_holder(path: str) -> Optional[int]:
+    """The pid of the live process holding the run lock ``path``, or None when nobody holds it."""
+    import fcntl
+
+    if not Path(path).exists():
+        return None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        return int(text) if text.isdigit() else -1
+    finally:
+        os.close(fd)  # closing releases a lock taken here
+    return None
 
 
 def remove_dead_leftovers(target: Path, kinds: Sequence[str] = ("partial", "errors", "tmp")) -> List[Path]:

@@ -328,6 +328,16 @@ def main(args: Optional[Sequence[str]] = None, run: bool = True) -> CSALightning
     """Run the CLI; input errors become ``error: ...`` on one line and exit status 2."""
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+    lock = os.environ.get("CSA_RUN_LOCK")
+    if lock and run and os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("RANK", "0") == "0":
+        # the ablation runner's runs: this process (not only its runner) holds its run folder
+        from .checks import hold_run_lock
+
+        try:
+            hold_run_lock(lock)
+        except RuntimeError as err:
+            print(f"error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
     try:
         if os.environ.get("CSA_LIGHTNING_TRACEBACK"):
             return build_cli(args, run)

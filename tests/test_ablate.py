@@ -389,3 +389,48 @@ def test_stale_results_name_what_changed_and_old_records_count_as_stale(tmp_path
     with pytest.raises(SystemExit) as exit_info:
         main(_tiny_ablation(out, "--trainer.max_epochs", "3"))
     assert "(none_seed0: trainer.max_epochs: 2 then, 3 now)" in str(exit_info.value)
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_runner_ends_its_runs_and_a_live_run_keeps_its_folder(tmp_path, monkeypatch):
+    """Before: SIGTERM to the runner left its child training; a restarted runner took the dead
+    runner's lock as stale and could start a second training into the same folder. ~15-30 s."""
+    import fcntl
+
+    from csa_lightning.ablate import RUN_LOCK, main
+    from csa_lightning.checks import process_alive
+
+    out = tmp_path / "ablation"
+    cmd = [sys.executable, "-m", "csa_lightning.ablate", *_tiny_ablation(out, "--trainer.max_epochs", "50")]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    lock = out / "runs" / "none_seed0" / RUN_LOCK
+    deadline = time.time() + 600
+    while not (lock.exists() and lock.read_text().strip().isdigit()):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
+        time.sleep(0.1)
+    child = int(lock.read_text())
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 143, err[-3000:]
+    assert "error: ablation stopped by SIGTERM; 1 run(s) interrupted (none_seed0) and ended;" in err
+    assert not process_alive(child)
+
+    # a run still training (here: this test holding its lock) keeps a restarted runner out ...
+    fd = os.open(lock, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.pwrite(fd, b"4242   ", 0)
+        monkeypatch.chdir(tmp_path)
+        with pytest.raises(SystemExit) as exit_info:
+            main(_tiny_ablation(out, "--trainer.max_epochs", "50"))
+        assert "are still being trained by another process (none_seed0: pid 4242)" in str(exit_info.value)
+        # ... and a run started into its folder anyway refuses by itself
+        monkeypatch.setenv("CSA_RUN_LOCK", str(lock))
+        from csa_lightning.cli import main as cli_main
+
+        with pytest.raises(SystemExit) as exit_info:
+            cli_main(["fit", "--config", str(DEMO_CONFIG), "--trainer.fast_dev_run", "1"])
+        assert exit_info.value.code == 2
+    finally:
+        os.close(fd)
