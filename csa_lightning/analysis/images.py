@@ -85,7 +85,8 @@ def image_folder_batches(
 ) -> Tuple[Iterator[ImageBatch], List[str]]:
     """Batches of the images under ``folder``, preprocessed as validation data; and the class names."""
     import torchvision.transforms as T
-    from PIL import Image, UnidentifiedImageError
+
+    from ..data.image_io import open_rgb
 
     files, targets, classes = find_images(folder)
     if limit is not None:
@@ -99,10 +100,10 @@ def image_folder_batches(
             shown = []
             for p in chunk:
                 try:
-                    with Image.open(p) as img:
-                        shown.append(to_display(img.convert("RGB")))
-                except (UnidentifiedImageError, OSError) as err:
-                    raise ValueError(f"cannot read image {p} ({err}); remove it or convert it to PNG/JPEG") from None
+                    shown.append(to_display(open_rgb(p)))
+                except OSError as err:
+                    message = str(err) if str(p) in str(err) else f"cannot read image {p} ({err})"
+                    raise ValueError(f"{message}; remove it or convert it to PNG/JPEG") from None
             shown_t = torch.stack(shown)
             yield ImageBatch(
                 torch.stack([normalise(s) for s in shown]),

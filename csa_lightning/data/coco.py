@@ -42,6 +42,7 @@ from torch import Tensor
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 
 from ..checks import require_non_negative, require_positive
+from .image_io import open_rgb
 
 log = logging.getLogger(__name__)
 
@@ -222,18 +223,15 @@ class COCODetection(Dataset):
 
     def __getitem__(self, index: int) -> Tuple[Tensor, Dict[str, Tensor]]:
         import torchvision.transforms.functional as TF
-        from PIL import Image
 
         img_id = self.ids[index]
         info = self.coco.imgs[img_id]
         path = self.image_folder / info["file_name"]
         try:
-            with Image.open(path) as img:
-                image = TF.to_tensor(img.convert("RGB"))
+            image = TF.to_tensor(open_rgb(path))
         except OSError as err:
-            raise ValueError(
-                f"cannot read image {path} ({err}); replace or remove it from {self.annotation_file}"
-            ) from None
+            message = str(err) if str(path) in str(err) else f"cannot read image {path} ({err})"
+            raise ValueError(f"{message}; replace or remove it from {self.annotation_file}") from None
         anns = self.annotations[img_id]
         height, width = image.shape[-2:]
         boxes = torch.tensor([a["_box"] for a in anns], dtype=torch.float32).reshape(-1, 4)

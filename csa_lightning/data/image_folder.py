@@ -17,18 +17,17 @@ from torch.utils.data import DataLoader
 
 from ..checks import require
 from .classification_data import ImageClassificationDataModule, stratified_order
+from .image_io import open_rgb
 
 __all__ = ["ImageFolderDataModule"]
 
 
 def _rgb_loader(path: str):
-    from PIL import Image
-
     try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (OSError, SyntaxError, ValueError) as err:  # PIL's truncated / unidentified / corrupt files
-        raise OSError(f"cannot read image {path} ({err}); replace or remove the file") from None
+        return open_rgb(path)
+    except OSError as err:  # PIL's truncated / unidentified / corrupt / too large files
+        message = str(err) if str(path) in str(err) else f"cannot read image {path} ({err})"
+        raise OSError(f"{message}; replace or remove the file") from None
 
 
 def _class_names(path: Optional[str]) -> Optional[List[str]]:

@@ -24,6 +24,7 @@ from typing import Optional, Sequence
 from PIL import Image
 
 from ..checks import remove_dead_leftovers
+from .image_io import open_rgb
 
 __all__ = ["write_beton", "RGBImageFolder"]
 
@@ -51,8 +52,7 @@ class RGBImageFolder:
     def __getitem__(self, index: int):
         path, label = self.folder.samples[index]
         try:
-            with Image.open(path) as image:
-                return image.convert("RGB"), label
+            return open_rgb(path), label
         except Exception as err:
             if self.error_dir is None:
                 raise
