@@ -287,6 +287,16 @@ def _set_ann(ann_id, **fields):
         (_set_ann(1, image_id=99), "annotation 1 refers to image 99, which the file does not list"),
         (lambda d: d["images"][0].pop("width"), "image 1 has no 'width'"),
         (lambda d: d["annotations"].clear(), "no usable image (3 listed, 0 annotations skipped)"),
+        (
+            lambda d: d["categories"].append({"id": 3, "name": "three again"}),
+            "lists category id 3 twice; every category needs its own id",
+        ),
+        (
+            lambda d: d["images"].append({"id": 2, "file_name": "1.png", "width": 60, "height": 40}),
+            "lists image id 2 twice; every image needs its own id",
+        ),
+        (lambda d: d["annotations"][0].pop("category_id"), "annotation 1 has no 'category_id'"),
+        (lambda d: d["annotations"][0].pop("image_id"), "annotation 1 has no 'image_id'"),
     ],
 )
 def test_malformed_annotations_are_one_line_errors_at_load(tmp_path, change, message):
@@ -316,3 +326,32 @@ def test_unusable_polygons_are_skipped_and_counted(tmp_path, caplog):
     for i in range(len(data.train_set)):
         _, target = data.train_set[i]
         assert target["masks"].shape[0] == target["boxes"].shape[0]
+
+
+def test_non_finite_boxes_are_skipped_and_counted(tmp_path, caplog):
+    """Before: a NaN or infinite coordinate passed the degenerate-box filter."""
+
+    def change(data):
+        data["annotations"][1]["bbox"] = [5, float("nan"), 20, 20]
+        data["annotations"][2]["bbox"] = [30, 35, float("inf"), 10]
+
+    root = _damaged(tmp_path, change)
+    data = _module(root)
+    with caplog.at_level("WARNING"):
+        data.setup("fit")
+    assert data.train_set.skipped["with a non-finite box"] == 2 and "2 with a non-finite box" in caplog.text
+    for i in range(len(data.train_set)):
+        assert torch.isfinite(data.train_set[i][1]["boxes"]).all()
+
+
+def test_an_image_whose_size_differs_from_the_json_is_named_at_first_read(tmp_path):
+    """Before: it loaded, with masks and box clipping in the JSON's size."""
+    root = write_tiny_coco(tmp_path / "coco")
+    Image.fromarray(np.zeros((41, 60, 3), dtype=np.uint8)).save(root / "images" / "1.png")  # JSON: 60 x 40
+    data = _module(root, masks=True)
+    data.setup("fit")
+    index = data.train_set.ids.index(1)
+    with pytest.raises(ValueError) as err:
+        data.train_set[index]
+    assert str(root / "images" / "1.png") in str(err.value) and "60 x 41 pixels" in str(err.value)
+    assert "60 x 40" in str(err.value) and "\n" not in str(err.value)

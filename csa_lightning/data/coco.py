@@ -30,6 +30,7 @@ import contextlib
 import io
 import json
 import logging
+import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -76,6 +77,28 @@ def load_coco(annotation_file: str):
     missing = [k for k in ("images", "annotations", "categories") if k not in dataset]
     if missing:
         raise ValueError(f"annotation file {annotation_file} lacks {', '.join(missing)}: not a COCO instances file")
+    # pycocotools indexes by id: a repeated image id would drop one image and give its annotations
+    # to the other, a repeated category id shift every label after it
+    for kind, entries in (("category", dataset["categories"]), ("image", dataset["images"])):
+        seen, repeated = set(), []
+        for entry in entries:
+            key = entry.get("id") if isinstance(entry, dict) else None
+            if key is None:
+                raise ValueError(f"annotation file {annotation_file}: a {kind} entry has no 'id': {entry!r}"[:300])
+            if key in seen:
+                repeated.append(key)
+            seen.add(key)
+        if repeated:
+            more = f" (and {len(repeated) - 1} more repeated ids)" if len(repeated) > 1 else ""
+            raise ValueError(
+                f"annotation file {annotation_file} lists {kind} id {repeated[0]} twice{more}; "
+                f"every {kind} needs its own id"
+            )
+    for ann in dataset["annotations"]:
+        for key in ("image_id", "category_id"):
+            if not isinstance(ann, dict) or key not in ann:
+                ann_id = ann.get("id", "?") if isinstance(ann, dict) else repr(ann)[:60]
+                raise ValueError(f"{annotation_file}: annotation {ann_id} has no '{key}'; every annotation needs one")
     coco = COCO()
     coco.dataset = dataset
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
@@ -189,6 +212,9 @@ class COCODetection(Dataset):
             if not bbox or len(bbox) != 4:
                 self.skipped["without a box"] += 1
                 continue
+            if not all(math.isfinite(v) for v in bbox):
+                self.skipped["with a non-finite box"] += 1
+                continue
             x, y, w, h = bbox
             x1, y1 = max(x, 0.0), max(y, 0.0)
             x2, y2 = min(x + w, info["width"]), min(y + h, info["height"])
@@ -234,6 +260,13 @@ class COCODetection(Dataset):
             raise ValueError(f"{message}; replace or remove it from {self.annotation_file}") from None
         anns = self.annotations[img_id]
         height, width = image.shape[-2:]
+        if (width, height) != (info["width"], info["height"]):
+            # checked here, at first read, not when the file is loaded: reading 118k headers up front
+            # costs a pass over the data set (see docs), and boxes and masks are in the JSON's size
+            raise ValueError(
+                f"image {path} is {width} x {height} pixels but {self.annotation_file} says "
+                f"{info['width']} x {info['height']}; fix its width/height there or replace the file"
+            )
         boxes = torch.tensor([a["_box"] for a in anns], dtype=torch.float32).reshape(-1, 4)
         target = {
             "boxes": boxes,
