@@ -529,7 +529,11 @@ def _parse(argv: Optional[Sequence[str]]) -> Tuple[argparse.Namespace, List[str]
     )
     args, extra = parser.parse_known_args(argv)
     if not Path(args.config).is_file():
-        parser.error(f"base config not found: {args.config}")
+        sys.exit(f"error: base config not found: {args.config}; pass a cli.py fit config with --config")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        sys.exit(f"error: --out {args.out} is a file; give a folder for the runs and the report (it is created)")
+    if args.parallel < 1:
+        sys.exit(f"error: --parallel must be a positive integer (runs at once), got {args.parallel}")
     return args, extra
 
 
@@ -639,7 +643,7 @@ def _check_variants(base_config: str, variants: Sequence[Variant], extra: Sequen
                     with torch.device("meta"):
                         cli = cli_main(args, run=False)
             except SystemExit:
-                lines = [line for line in captured.getvalue().strip().splitlines() if line.strip()]
+                lines = [line for line in captured.getvalue().splitlines() if line.startswith("error: ")]
                 reason = lines[-1].removeprefix("error: ") if lines else "its config does not build"
                 sys.exit(f"error: variant {variant.name}: {reason}")
             config = run_relevant_config(_comparable(cli.config))

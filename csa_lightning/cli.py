@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-import zipfile
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -26,35 +25,9 @@ import lightning as L
 from jsonargparse import ArgumentError
 from lightning.pytorch.cli import LightningCLI
 
+from .tasks.checkpoints import check_checkpoint_file
+
 __all__ = ["CSALightningCLI", "main", "check_checkpoint_file"]
-
-_SPECIAL_CKPT = {"last", "best", "hpc", "registry"}
-
-
-def check_checkpoint_file(path: Optional[str]) -> None:
-    """Raise a one-line error if ``path`` is not a readable torch checkpoint (cheap: no unpickling)."""
-    if path is None or str(path) in _SPECIAL_CKPT or "://" in str(path):
-        return
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}; pass an existing .ckpt or --ckpt_path last to resume")
-    if not zipfile.is_zipfile(p):
-        raise ValueError(
-            f"checkpoint {path} is corrupt or not a torch checkpoint (truncated write?); "
-            "resume from another one, e.g. --ckpt_path last"
-        )
-    try:
-        with zipfile.ZipFile(p) as archive:
-            names = archive.namelist()
-            bad = archive.testzip()
-    except (zipfile.BadZipFile, OSError) as err:
-        raise ValueError(
-            f"checkpoint {path} is corrupt ({err}); resume from another one, e.g. --ckpt_path last"
-        ) from None
-    if bad is not None or not any(n.endswith("data.pkl") for n in names):
-        raise ValueError(
-            f"checkpoint {path} is corrupt (damaged member {bad}); resume from another one, e.g. --ckpt_path last"
-        )
 
 
 class CSALightningCLI(LightningCLI):
@@ -62,6 +35,12 @@ class CSALightningCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         _count_before_fraction(parser)
+
+    def before_instantiate_classes(self) -> None:
+        # the trainer's numbers, checked before anything is built: Lightning rejects some only in
+        # a 30-line traceback (max_epochs -2), others never (accumulate_grad_batches 0 divided by zero)
+        config = self.config.get(self.subcommand) if self.subcommand else self.config
+        check_trainer_values(config.get("trainer") or {})
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI unpickles --ckpt_path right after parsing (for its hyperparameters), before any
@@ -90,6 +69,10 @@ class CSALightningCLI(LightningCLI):
             raise ValueError(
                 f"cannot read checkpoint {ckpt_path} ({first}); resume from another one, e.g. --ckpt_path last"
             ) from None
+        if ckpt_path is not None and subcommand in ("validate", "test", "predict"):
+            warning = evaluation_data_warning(ckpt_path, self.config[subcommand].get("data"))
+            if warning:
+                print(f"warning: {warning}", file=sys.stderr)
         differences = _differences(_comparable(self.config[subcommand].get("model")), asked, "model")
         if differences and ckpt_path is not None:
             listed = "; ".join(f"{key}: {saved!r} there, {now!r} here" for key, saved, now in differences[:3])
@@ -122,6 +105,72 @@ class CSALightningCLI(LightningCLI):
             if created is not None and created.is_dir() and not any(created.rglob("*.ckpt")):
                 shutil.rmtree(created, ignore_errors=True)
             raise
+
+
+#: data options that change what an image looks like to the network: evaluating a checkpoint with other
+#: values than it was trained with changes its accuracy without an error
+_PIXEL_OPTIONS = ("mean", "std", "resolution", "val_resolution", "val_crop_ratio", "image_size")
+
+
+def evaluation_data_warning(ckpt_path: str, data_config) -> Optional[str]:
+    """A warning when the command's data normalises or sizes images otherwise than the checkpoint's run."""
+    import torch
+
+    try:
+        saved = torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=True)
+    except Exception:  # noqa: BLE001 - a warning is optional; the checkpoint itself is checked elsewhere
+        return None
+    trained = saved.get("datamodule_hyper_parameters") or {}
+    now = (_comparable(data_config) or {}).get("init_args") or {}
+    differing = []
+    for key in _PIXEL_OPTIONS:
+        if key in trained and key in now:
+            then_value, now_value = _comparable(trained[key]), now[key]
+            if then_value != now_value:
+                differing.append(f"{key} {then_value!r} then, {now_value!r} now")
+    if not differing:
+        return None
+    return (
+        f"checkpoint {ckpt_path} was trained with other image settings ({'; '.join(differing)}): "
+        "its scores here are not those of its training run; pass the data options it was trained with"
+    )
+
+
+def check_trainer_values(trainer) -> None:
+    """One line naming a trainer option whose value cannot run (before any class is built)."""
+    from .checks import require
+
+    def integer(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    def number(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    get = trainer.get
+    for key in ("max_epochs", "max_steps"):
+        value = get(key)
+        require(value is None or (integer(value) and value >= -1), f"trainer.{key}", value, "-1 (no limit) or >= 0")
+    for key in ("min_epochs", "min_steps"):
+        value = get(key)
+        require(value is None or (integer(value) and value >= 0), f"trainer.{key}", value, "null or >= 0")
+    value = get("accumulate_grad_batches")
+    require(value is None or (integer(value) and value >= 1), "trainer.accumulate_grad_batches", value,
+            "a positive integer")  # fmt: skip
+    for key in ("check_val_every_n_epoch", "log_every_n_steps"):
+        value = get(key)
+        require(value is None or (integer(value) and value >= 1), f"trainer.{key}", value, "null or a positive integer")
+    for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches", "limit_predict_batches",
+                "overfit_batches"):  # fmt: skip
+        value = get(key)
+        ok = value is None or (integer(value) and value >= 0) or (number(value) and 0 <= value <= 1)
+        require(ok, f"trainer.{key}", value, "a number of batches (an integer >= 0) or a fraction in [0, 1]")
+    value = get("gradient_clip_val")
+    require(value is None or (number(value) and value >= 0), "trainer.gradient_clip_val", value, "null or >= 0")
+    value = get("num_sanity_val_steps")
+    require(value is None or (integer(value) and value >= -1), "trainer.num_sanity_val_steps", value,
+            "-1 (all) or >= 0")  # fmt: skip
+    value = get("num_nodes")
+    require(value is None or (integer(value) and value >= 1), "trainer.num_nodes", value, "a positive integer")
 
 
 def _count_before_fraction(parser) -> None:
@@ -315,6 +364,10 @@ def _parse_error_line(err: BaseException) -> str:
         hint = f"; did you mean '{close[0]}'?" if close else ""
         return f"{cls_name} has no option '{unknown.group(1)}'{hint}"
     keys = re.findall(r'Parser key "([^"]+)"', text)
+    choices = re.findall(r"Expected a typing\.Literal\[(.*?)\]\s*$", text, flags=re.MULTILINE)
+    if keys and choices:
+        given = re.findall(r"Given value: (.*)", text)
+        return f"option '{keys[-1]}' expects one of {', '.join(choices)}; got {given[-1] if given else '?'}"
     expected = re.findall(r"Expected a <class '([^']+)'>(?:\. Got value: (.*))?", text)
     given = re.findall(r"Given value: (.*)", text)
     wanted = [e for e in expected if e[0] != "NoneType"]
@@ -326,6 +379,7 @@ def _parse_error_line(err: BaseException) -> str:
 
 def main(args: Optional[Sequence[str]] = None, run: bool = True) -> CSALightningCLI:
     """Run the CLI; input errors become ``error: ...`` on one line and exit status 2."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     lock = os.environ.get("CSA_RUN_LOCK")
@@ -347,7 +401,7 @@ def main(args: Optional[Sequence[str]] = None, run: bool = True) -> CSALightning
             # Lightning ends a SIGTERM'd run with status 0; 128 + 15 tells a script or a scheduler it
             # did not finish (SigtermWatchdog printed the checkpoint to resume from)
             raise SystemExit(143) from None
-        except (FileNotFoundError, ValueError, TypeError, ImportError) as err:
+        except (FileNotFoundError, ValueError, TypeError, ImportError, MisconfigurationException) as err:
             print(f"error: {_one_line(err)}", file=sys.stderr)
             raise SystemExit(2) from None
         except ArgumentError as err:  # a bad key or value on the command line or in a config

@@ -31,6 +31,8 @@ __all__ = ["export_model", "check_export", "load_classifier", "main", "TOLERANCE
 
 #: largest accepted difference between the exported model and PyTorch, relative to max(1, max|y|)
 TOLERANCE = 1e-4
+#: the largest --size accepted (the check runs a batch of 3 at that size on the CPU)
+MAX_SIZE = 4096
 
 
 def load_classifier(ckpt: str) -> Tuple[nn.Module, Optional[int]]:
@@ -128,7 +130,11 @@ def main(argv: Optional[Sequence[str]] = None) -> float:
     parser.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 18)")
     args = parser.parse_args(argv)
     if args.opset < 18:
-        parser.error(f"--opset must be >= 18 (the dynamo exporter's minimum), got {args.opset}")
+        sys.exit(f"error: --opset must be >= 18 (the dynamo exporter's minimum), got {args.opset}")
+    if args.size is not None and not 1 <= args.size <= MAX_SIZE:
+        sys.exit(f"error: --size must be an image side in pixels from 1 to {MAX_SIZE}, got {args.size}")
+    if Path(args.out).is_dir():
+        sys.exit(f"error: --out {args.out} is a folder; give the file to write, e.g. {Path(args.out) / 'model.onnx'}")
     try:
         model, data_size = load_classifier(args.ckpt)
         size = args.size or data_size or 224

@@ -434,3 +434,26 @@ def test_sigterm_to_the_runner_ends_its_runs_and_a_live_run_keeps_its_folder(tmp
         assert exit_info.value.code == 2
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--out", "afile"], "error: --out afile is a file; give a folder for the runs and the report (it is created)"),
+        (["--out", "x", "--parallel", "0"], "error: --parallel must be a positive integer (runs at once), got 0"),
+        (
+            ["--out", "x", "--sweep", "model.lrr=0.1,0.2"],
+            "error: variant none_lrr-0.1_seed0: ClassificationModule has no option 'lrr'; did you mean 'lr'?",
+        ),
+    ],
+)
+def test_runner_arguments_are_one_line_errors(args, message, tmp_path, monkeypatch):
+    """Before: --out naming a file ended in FileExistsError's traceback, and a misspelt sweep key's
+    message was the CLI's '--help' hint, without the key or the closest name."""
+    from csa_lightning.ablate import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--config", str(DEMO_CONFIG), "--attentions", "none", *args])
+    assert str(exit_info.value) == message

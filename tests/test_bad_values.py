@@ -103,3 +103,80 @@ def test_a_zero_std_is_refused_by_the_memory_digits_too():
 
     with pytest.raises(ValueError, match=r"^data.std must be three positive numbers"):
         DigitsMemoryDataModule(std=(0.3, 0.0, 0.3))
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--trainer.max_epochs", "-2"], "trainer.max_epochs must be -1 (no limit) or >= 0, got -2"),
+        (["--trainer.max_steps", "-5"], "trainer.max_steps must be -1 (no limit) or >= 0, got -5"),
+        (
+            ["--trainer.accumulate_grad_batches", "0"],
+            "trainer.accumulate_grad_batches must be a positive integer, got 0",
+        ),
+        (
+            ["--trainer.check_val_every_n_epoch", "0"],
+            "trainer.check_val_every_n_epoch must be null or a positive integer, got 0",
+        ),
+        (["--trainer.gradient_clip_val=-1"], "trainer.gradient_clip_val must be null or >= 0, got -1"),
+        (
+            ["--trainer.limit_val_batches", "1.5"],
+            "trainer.limit_val_batches must be a number of batches (an integer >= 0) or a fraction in [0, 1], got 1.5",
+        ),
+        (["--trainer.num_sanity_val_steps=-2"], "trainer.num_sanity_val_steps must be -1 (all) or >= 0, got -2"),
+        (["--trainer.devices", "0"], "`Trainer(devices='0')` value is not a valid input using cpu accelerator."),
+        (["--data.image_size", "0"], "data.image_size must be a positive integer, got 0"),
+    ],
+)
+def test_bad_trainer_values_are_one_line_errors(args, message, in_tmp_cwd, capsys):
+    """Before: Lightning's own refusals (max_epochs -2, devices 0) were 30-line tracebacks, and an
+    accumulate_grad_batches of 0 ended in ZeroDivisionError; an image size of 0 in PIL's words."""
+    data = [] if args[0].startswith("--data") else MEMORY
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(DEMO_CONFIG), *data, *args, "--data.data_dir" if not data else "--data.batch_size",
+              "nowhere" if not data else "8"])  # fmt: skip
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"error: {message}"
+
+
+def test_minus_one_still_means_no_limit(in_tmp_cwd):
+    from csa_lightning.cli import build_cli
+
+    cli = build_cli(["--config", str(DEMO_CONFIG), *MEMORY, "--trainer.max_epochs", "-1", "--trainer.max_steps", "-1"],
+                    run=False)  # fmt: skip
+    assert cli.trainer.max_epochs == -1 and cli.trainer.max_steps == -1
+
+
+def test_a_literal_option_lists_its_choices(in_tmp_cwd, capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(DEMO_CONFIG), "--trainer.precision", "17"])
+    first = capsys.readouterr().err.strip().splitlines()[0]
+    assert first.startswith("error: option 'trainer.precision' expects one of 64, 32, 16, ") and "'bf16-mixed'" in first
+    assert first.endswith("; got 17")
+
+
+def test_a_one_class_data_set_is_warned_about(tmp_path, monkeypatch):
+    from PIL import Image
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "only" / "0").mkdir(parents=True)
+    for i in range(4):
+        Image.new("RGB", (8, 8), (i * 30, 0, 0)).save(tmp_path / "only" / "0" / f"{i}.png")
+    with pytest.warns(UserWarning, match="the data has a single class: accuracy is 100 %"):
+        main(["fit", "--config", str(DEMO_CONFIG), "--data", "csa_lightning.data.ImageFolderDataModule",
+              "--data.train_path", "only", "--data.val_path", "only", "--data.num_workers", "0", "--data.resolution",
+              "8", "--data.batch_size", "2", "--trainer.fast_dev_run", "1"])  # fmt: skip
+
+
+def test_evaluating_with_other_image_settings_than_training_is_warned_about(tmp_path):
+    from csa_lightning.cli import evaluation_data_warning
+
+    from .conftest import make_classification_checkpoint
+
+    ckpt = make_classification_checkpoint(tmp_path / "m.ckpt", "se", steps=1)  # memory digits, 32 px
+    same = {"class_path": "csa_lightning.data.DigitsMemoryDataModule", "init_args": {"resolution": 32}}
+    assert evaluation_data_warning(ckpt, same) is None
+    other = {"init_args": {"resolution": 16, "std": [0.5, 0.5, 0.5]}}
+    warning = evaluation_data_warning(ckpt, other)
+    assert warning.startswith(f"checkpoint {ckpt} was trained with other image settings (")
+    assert "resolution 32 then, 16 now" in warning and "std [0.324, 0.324, 0.324] then, [0.5, 0.5, 0.5] now" in warning

@@ -104,6 +104,25 @@ def test_export_command_refuses_what_it_cannot_export(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         main(["--ckpt", str(tmp_path / "det.ckpt"), "--out", str(tmp_path / "m.onnx")])
     assert "is a detection checkpoint" in str(info.value.code)
+    cut = tmp_path / "cut.ckpt"
+    cut.write_bytes((tmp_path / "det.ckpt").read_bytes()[:200])
+    (tmp_path / "folder").mkdir()
+    for args, message in (
+        (
+            ["--ckpt", str(cut)],
+            f"error: checkpoint {cut} is corrupt or not a torch checkpoint (truncated write?); "
+            "pass another --ckpt file or run folder",
+        ),
+        (["--ckpt", str(tmp_path / "folder")], f"error: --ckpt: no .ckpt file under {tmp_path / 'folder'}"),
+        (["--ckpt", str(cut), "--size", "0"], "error: --size must be an image side in pixels from 1 to 4096, got 0"),
+        (["--ckpt", str(cut), "--size", "100000"], "error: --size must be an image side in pixels from 1 to 4096"),
+    ):
+        with pytest.raises(SystemExit) as info:
+            main([*args, "--out", str(tmp_path / "m.onnx")])
+        assert str(info.value.code).startswith(message)
+    with pytest.raises(SystemExit) as info:
+        main(["--ckpt", str(cut), "--out", str(tmp_path / "folder")])
+    assert str(info.value.code).startswith(f"error: --out {tmp_path / 'folder'} is a folder; give the file to write")
 
 
 class TinyGatedNet(nn.Sequential):

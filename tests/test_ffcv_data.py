@@ -241,3 +241,19 @@ def test_predictions_csv_keeps_each_batchs_own_labels(in_tmp_cwd, digits_betons)
     assert sorted(int(r["index"]) for r in rows) == list(range(360))
     # stratified evaluation order: the first batch spans every class, as any prefix does
     assert torch.bincount(labels[:64], minlength=10).min() >= 6
+
+
+def test_a_beton_of_another_kind_is_named_before_any_loader(tmp_path):
+    """Before: a beton with other fields ended in an IndexError inside ffcv's loader."""
+    from ffcv.fields import FloatField, IntField
+    from ffcv.writer import DatasetWriter
+
+    path = tmp_path / "other.beton"
+    data = [(float(i), i % 3) for i in range(10)]
+    DatasetWriter(str(path), {"value": FloatField(), "label": IntField()}, num_workers=1).from_indexed_dataset(data)
+    with pytest.raises(ValueError) as err:
+        beton_labels(str(path))
+    assert str(err.value) == (
+        f"beton {path} is not a classification beton (its fields: value: FloatField, label: IntField; expected "
+        "image: RGBImageField, label: IntField); write one with python -m csa_lightning.data.write_beton"
+    )

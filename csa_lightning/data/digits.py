@@ -118,6 +118,7 @@ class DigitsDataModule(FFCVDataModule):
         mean: Tuple[float, float, float] = DIGITS_MEAN,
         std: Tuple[float, float, float] = DIGITS_STD,
     ) -> None:
+        require_positive("data.image_size", image_size, integer=True)  # 0 was PIL's "height and width must be > 0"
         super().__init__(
             batch_size=batch_size,
             num_workers=num_workers,

@@ -18,6 +18,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from ..checks import require, require_positive
 from .coco import COCODataModule
 from .digits import digits_split, rasterize_digit
 
@@ -139,6 +140,15 @@ class DigitsCOCODataModule(COCODataModule):
         num_workers: int = 2,
         flip_prob: float = 0.0,
     ) -> None:
+        require_positive("data.canvas_size", canvas_size, integer=True)
+        require_positive("data.num_train", num_train, integer=True)
+        require_positive("data.num_val", num_val, integer=True)
+        for option, pair in (("data.digits_per_image", digits_per_image), ("data.digit_size", digit_size)):
+            require(
+                len(pair) == 2 and all(isinstance(v, int) and v > 0 for v in pair) and pair[0] <= pair[1],
+                option, pair, "[low, high] with 0 < low <= high",
+            )  # fmt: skip
+        require(digit_size[1] <= canvas_size, "data.digit_size", digit_size, f"at most canvas_size ({canvas_size})")
         name = (
             f"digits_coco_{canvas_size}px_{num_train}_{num_val}_{digits_per_image[0]}-{digits_per_image[1]}_"
             f"{digit_size[0]}-{digit_size[1]}_seed{seed}"

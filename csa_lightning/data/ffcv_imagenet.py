@@ -97,8 +97,18 @@ def beton_labels(path: str) -> np.ndarray:
             f"cannot read beton {path} ({type(err).__name__}): the file is corrupt or not an ffcv file; "
             "rewrite it with python -m csa_lightning.data.write_beton"
         ) from None
-    if "label" not in reader.field_names:
-        raise ValueError(f"beton {path} has no 'label' field; write it with python -m csa_lightning.data.write_beton")
+    from ffcv.fields import IntField, RGBImageField
+
+    kinds = {name: type(handler).__name__ for name, handler in reader.handlers.items()}
+    if not (
+        isinstance(reader.handlers.get("image"), RGBImageField) and isinstance(reader.handlers.get("label"), IntField)
+    ):
+        # another kind of beton (other fields, or a float label) ended in an IndexError inside ffcv's loader
+        fields = ", ".join(f"{name}: {kind}" for name, kind in kinds.items()) or "none"
+        raise ValueError(
+            f"beton {path} is not a classification beton (its fields: {fields}; expected image: RGBImageField, "
+            "label: IntField); write one with python -m csa_lightning.data.write_beton"
+        )
     _check_beton_sizes(reader, path)
     return np.asarray(reader.metadata[f"f{reader.field_names.index('label')}"]).astype(np.int64)
 

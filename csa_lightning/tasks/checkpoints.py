@@ -2,10 +2,43 @@
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 from typing import List, Optional
 
-__all__ = ["resolve_checkpoint", "newest_checkpoint", "checkpoints_newest_first", "saved_config"]
+__all__ = [
+    "resolve_checkpoint",
+    "newest_checkpoint",
+    "checkpoints_newest_first",
+    "saved_config",
+    "check_checkpoint_file",
+]
+
+#: names Lightning resolves itself for --ckpt_path
+_SPECIAL_CKPT = {"last", "best", "hpc", "registry"}
+
+_RESUME_FIX = "resume from another one, e.g. --ckpt_path last"
+
+
+def check_checkpoint_file(path: Optional[str], fix: str = _RESUME_FIX) -> None:
+    """Raise a one-line error if ``path`` is not a readable torch checkpoint (cheap: no unpickling).
+
+    ``fix`` ends the message: what to do instead (by default, for ``--ckpt_path``, resume from another)."""
+    if path is None or str(path) in _SPECIAL_CKPT or "://" in str(path):
+        return
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}; pass an existing .ckpt or --ckpt_path last to resume")
+    if not zipfile.is_zipfile(p):
+        raise ValueError(f"checkpoint {path} is corrupt or not a torch checkpoint (truncated write?); {fix}")
+    try:
+        with zipfile.ZipFile(p) as archive:
+            names = archive.namelist()
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError) as err:
+        raise ValueError(f"checkpoint {path} is corrupt ({err}); {fix}") from None
+    if bad is not None or not any(n.endswith("data.pkl") for n in names):
+        raise ValueError(f"checkpoint {path} is corrupt (damaged member {bad}); {fix}")
 
 
 def checkpoints_newest_first(folder: str, pattern: str = "last*.ckpt") -> List[Path]:
@@ -40,6 +73,7 @@ def resolve_checkpoint(path: str, what: str = "checkpoint") -> str:
     one-line error naming ``what`` it was for and the command that makes it.
     """
     if Path(path).is_file():
+        check_checkpoint_file(path, fix=f"pass another {what} file or run folder")
         return str(path)
     found = newest_checkpoint(path)
     if found is None:
@@ -48,4 +82,5 @@ def resolve_checkpoint(path: str, what: str = "checkpoint") -> str:
             f"{what}: {where}; train it first (python cli.py fit --config CONFIG with trainer.default_root_dir "
             f"{path}; for the demos: make demo) or pass a checkpoint file"
         )
+    check_checkpoint_file(str(found), fix=f"pass another {what} file or run folder")
     return str(found)

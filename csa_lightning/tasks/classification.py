@@ -15,7 +15,7 @@ from typing import Dict, Optional, Sequence
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
@@ -166,6 +166,11 @@ class ClassificationModule(LinearScaledRecipe, L.LightningModule):
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
         data_classes = getattr(datamodule, "num_classes", None)
+        if data_classes == 1:
+            rank_zero_warn(
+                "the data has a single class: accuracy is 100 % whatever the network does; check the data paths "
+                "(every class needs its own folder, or labels 0..K-1 in the beton)"
+            )
         if data_classes and data_classes > self.net_spec.num_classes:
             raise ValueError(
                 f"the data has labels up to {data_classes - 1} "
