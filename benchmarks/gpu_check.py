@@ -439,7 +439,8 @@ def train(report: Report, device: torch.device, quick: bool, workdir: Path) -> N
 
     steps = 4 if quick else 300
     precision = "bf16-mixed"
-    val_batches = 1 if quick else 1.0
+    val_batches = 1 if quick else 1.0  # an int: one batch (a float 1.0 is all of them)
+    batch = 16 if quick else 64  # a dry run is about code paths: bf16 convolutions are slow on a CPU
     root = str(workdir / "classification")
     state: Dict[str, Any] = {}
 
@@ -459,7 +460,7 @@ def train(report: Report, device: torch.device, quick: bool, workdir: Path) -> N
             num_sanity_val_steps=0,
             limit_val_batches=val_batches,
         )
-        module, data = _classifier(), DigitsMemoryDataModule(batch_size=64)
+        module, data = _classifier(), DigitsMemoryDataModule(batch_size=batch)
         trainer.fit(module, data)
         top1 = float(trainer.callback_metrics["val/top1"])
         state["last"], state["top1"] = checkpoint.last_model_path, top1
@@ -480,7 +481,7 @@ def train(report: Report, device: torch.device, quick: bool, workdir: Path) -> N
             num_sanity_val_steps=0,
             limit_val_batches=val_batches,
         )
-        trainer.fit(_classifier(), DigitsMemoryDataModule(batch_size=64), ckpt_path=state["last"])
+        trainer.fit(_classifier(), DigitsMemoryDataModule(batch_size=batch), ckpt_path=state["last"])
         assert trainer.global_step == more, f"resumed run ended at step {trainer.global_step}, not {more}"
         top1 = float(trainer.callback_metrics["val/top1"])
         assert quick or top1 >= 0.90, f"resumed run's val top-1 {top1:.3f}"
@@ -491,15 +492,20 @@ def train(report: Report, device: torch.device, quick: bool, workdir: Path) -> N
 
         # the digits detection demo's slim heads and recipe; no backbone file, and a warm-up that ends
         module = _demo_task("digits_faster_rcnn_csa.yaml", backbone_weights=None, warmup_iters=2)
+        # --quick: 64 px canvases, one batch of two (Faster R-CNN's bf16 step on a CPU took 55 s at 128 px, 4 x 2)
+        size = dict(canvas_size=64, digit_size=(12, 28), num_train=4, num_val=2, batch_size=2) if quick else {}
         data = DigitsCOCODataModule(
-            data_dir=str(workdir / "digits_coco"), num_train=16, num_val=8, batch_size=4, num_workers=0
+            data_dir=str(workdir / "digits_coco"),
+            **{"num_train": 16, "num_val": 8, "batch_size": 4, **size},
+            num_workers=0,
         )
-        trainer = _trainer(device, str(workdir / "detection"), fast_dev_run=2, precision=precision)
+        runs = 1 if quick else 2
+        trainer = _trainer(device, str(workdir / "detection"), fast_dev_run=runs, precision=precision)
         trainer.fit(module, data)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/box")}
         assert "val/box_AP" in metrics, f"no val/box_AP logged ({sorted(trainer.callback_metrics)})"
         assert all(math.isfinite(v) for v in metrics.values()), f"non-finite metric {metrics}"
-        return f"Faster R-CNN CSA-R18-FPN fast_dev_run(2): val/box_AP {metrics['val/box_AP']:.4f}"
+        return f"Faster R-CNN CSA-R18-FPN fast_dev_run({runs}): val/box_AP {metrics['val/box_AP']:.4f}"
 
     def ddp() -> str:
         import lightning as L
@@ -519,7 +525,7 @@ def train(report: Report, device: torch.device, quick: bool, workdir: Path) -> N
             num_sanity_val_steps=0,
             precision=precision,
         )
-        trainer.fit(_classifier(), DigitsMemoryDataModule(batch_size=64))
+        trainer.fit(_classifier(), DigitsMemoryDataModule(batch_size=batch))
         used = dist.get_backend() if dist.is_initialized() else "none"
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -9,6 +9,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 DEMO_CONFIG = CONFIGS / "demo" / "digits_csa.yaml"
+#: seconds a test waits for a process it started: only reached when something hangs, so sized for a
+#: loaded machine several times slower than a 2-core development box (the slowest child here: ~40 s)
+TIMEOUT = 900
 
 
 if os.environ.get("PYTEST_XDIST_WORKER"):

@@ -11,7 +11,7 @@ import pytest
 
 from csa_lightning.ablate import Variant, load_results, plan_variants, summarise, write_report
 
-from .conftest import DEMO_CONFIG, ROOT
+from .conftest import DEMO_CONFIG, ROOT, TIMEOUT
 
 
 def test_plan_resets_options_and_applies_sweeps_only_where_they_fit():
@@ -162,7 +162,7 @@ def test_killed_ablation_resumes_without_losing_or_duplicating(tmp_path):
         cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
     )
     csa_run = out / "runs" / "csa_seed0"
-    deadline = time.time() + 300
+    deadline = time.time() + TIMEOUT
     try:
         while time.time() < deadline:  # kill once the first run is recorded and the second has a checkpoint
             if len(load_results(out)) == 1 and list(csa_run.rglob("last.ckpt")):
@@ -176,7 +176,7 @@ def test_killed_ablation_resumes_without_losing_or_duplicating(tmp_path):
         proc.wait()
     assert len(load_results(out)) == 1 and not (csa_run / "result.json").exists()
 
-    again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
+    again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=TIMEOUT)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "2 variants, 1 already finished, 1 to run" in again.stdout
     records = load_results(out)
@@ -200,7 +200,7 @@ def test_parallel_runs_and_a_sweep_reach_only_the_blocks_that_take_it(tmp_path):
         "--trainer.enable_progress_bar", "false",
     ]  # fmt: skip
     done = subprocess.run(
-        cmd, cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=400
+        cmd, cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=TIMEOUT
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     records = {r["variant"]: r for r in load_results(out)}
@@ -321,12 +321,12 @@ def test_detection_ablation_takes_each_backbone_from_its_classification_run(tmp_
     ]  # fmt: skip
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     missing = subprocess.run([*base, "--attentions", "none,se", "--out", str(tmp_path / "bad")], cwd=tmp_path,
-                             env=env, capture_output=True, text=True, timeout=200)  # fmt: skip
+                             env=env, capture_output=True, text=True, timeout=TIMEOUT)  # fmt: skip
     assert missing.returncode != 0 and "no checkpoint for se_seed0" in missing.stderr
     assert not (tmp_path / "bad" / "runs").exists()
     out = tmp_path / "det"
     done = subprocess.run([*base, "--attentions", "csa", "--out", str(out)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+                          capture_output=True, text=True, timeout=TIMEOUT)  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     records = {r["variant"]: r for r in load_results(out)}
     assert sorted(records) == ["csa_seed0"]
@@ -405,13 +405,13 @@ def test_sigterm_to_the_runner_ends_its_runs_and_a_live_run_keeps_its_folder(tmp
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(ROOT)),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     lock = out / "runs" / "none_seed0" / RUN_LOCK
-    deadline = time.time() + 600
+    deadline = time.time() + TIMEOUT
     while not (lock.exists() and lock.read_text().strip().isdigit()):
         assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
         time.sleep(0.1)
     child = int(lock.read_text())
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=600)
+    _, err = proc.communicate(timeout=TIMEOUT)
     assert proc.returncode == 143, err[-3000:]
     assert "error: ablation stopped by SIGTERM; 1 run(s) interrupted (none_seed0) and ended;" in err
     assert not process_alive(child)

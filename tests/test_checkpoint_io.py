@@ -11,6 +11,8 @@ import torch
 
 from csa_lightning.tasks.checkpoint_io import AtomicCheckpointIO
 
+from .conftest import TIMEOUT
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # A process that saves a checkpoint through AtomicCheckpointIO and is killed (os._exit) at the moment the
@@ -34,7 +36,7 @@ KILLED_WHILE_SAVING = textwrap.dedent(
 def _save_and_get_killed(target: Path, system_tmp: Path) -> None:
     system_tmp.mkdir(exist_ok=True)
     env = {**os.environ, "TMPDIR": str(system_tmp), "PYTHONPATH": str(ROOT)}
-    result = subprocess.run([sys.executable, "-c", KILLED_WHILE_SAVING, str(target)], env=env, timeout=120)
+    result = subprocess.run([sys.executable, "-c", KILLED_WHILE_SAVING, str(target)], env=env, timeout=TIMEOUT)
     assert result.returncode == 9
 
 

@@ -11,7 +11,7 @@ from csa_lightning.cli import build_cli, main
 from csa_lightning.data import DigitsMemoryDataModule, FFCVDataModule
 from csa_lightning.tasks import ClassificationModule, DetectionModule
 
-from .conftest import CONFIGS, DEMO_CONFIG
+from .conftest import CONFIGS, DEMO_CONFIG, TIMEOUT
 
 PAPER_ROWS = {
     "r50": (50, "none"), "se_r50": (50, "se"), "cbam_r50": (50, "cbam"), "eca_r50": (50, "eca"),
@@ -193,7 +193,7 @@ def test_cli_script_runs_as_a_program(in_tmp_cwd):
 
     out = subprocess.run(
         [sys.executable, str(ROOT / "cli.py"), "fit", "--config", str(DEMO_CONFIG), "--print_config"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=TIMEOUT,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert "csa_lightning.data.DigitsDataModule" in out.stdout
@@ -252,14 +252,14 @@ def test_sigterm_ends_a_run_blocked_in_its_data_loader(tmp_path):
     cmd = [sys.executable, str(ROOT / "cli.py"), "validate", "--config", str(DEMO_CONFIG),
            "--data", "blocking_data.BlockingData", "--trainer.enable_progress_bar", "false"]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
+    deadline = time.time() + TIMEOUT
     while not (tmp_path / "loader_started").exists():
         assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-2000:]
         time.sleep(0.2)
     time.sleep(1)
     proc.send_signal(signal.SIGTERM)
     try:
-        _, err = proc.communicate(timeout=30)
+        _, err = proc.communicate(timeout=TIMEOUT)
     finally:
         proc.kill()
     assert proc.returncode == 143
@@ -300,12 +300,12 @@ def test_sigterm_exits_143_naming_the_checkpoint_to_resume_from(tmp_path):
                "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(root), *args]  # fmt: skip
         proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 env=dict(os.environ, PYTHONPATH=str(ROOT)))  # fmt: skip
-        deadline = time.time() + 600  # a machine several times slower than this one
+        deadline = time.time() + TIMEOUT
         while not ready(root):
             assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
             time.sleep(0.1)
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=600)
+        _, err = proc.communicate(timeout=TIMEOUT)
         return proc.returncode, err.strip().splitlines()[-1]
 
     code, line = run_until(lambda root: any(root.rglob("run_info.json")), tmp_path / "early")

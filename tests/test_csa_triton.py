@@ -14,6 +14,8 @@ import torch
 from csa_lightning.attention import build_attention, csa_triton
 from csa_lightning.attention import csa as csa_module
 
+from .conftest import TIMEOUT
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -25,7 +27,7 @@ def test_fused_kernels_under_the_triton_interpreter():
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", "-n", "0",
          str(ROOT / "tests" / "triton_interpreter_cases.py")],
-        capture_output=True, text=True, timeout=600, env=env, cwd=ROOT,
+        capture_output=True, text=True, timeout=TIMEOUT, env=env, cwd=ROOT,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert " passed" in result.stdout and "skipped" not in result.stdout.splitlines()[-1]

@@ -15,7 +15,7 @@ from csa_lightning.data import COCODataModule
 from csa_lightning.models import RCNNSpec
 from csa_lightning.tasks import ClassificationModule, DetectionModule, detection_metric
 
-from .conftest import CONFIGS, make_classification_checkpoint
+from .conftest import CONFIGS, TIMEOUT, make_classification_checkpoint
 
 DEMO_DETECTION = {
     "faster_rcnn": CONFIGS / "demo" / "digits_faster_rcnn_csa.yaml",
@@ -331,7 +331,7 @@ def test_ddp_two_cpu_processes_shard_coco_batches_without_repeats(tmp_path):
         "--trainer.default_root_dir", str(tmp_path / "runs"),
         "--trainer.callbacks+=ddp_probe.RecordDetectionShards",
     ]  # fmt: skip
-    out = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=400)
+    out = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT)
     assert out.returncode == 0, out.stderr[-3000:]
     records = [json.loads(p.read_text()) for p in sorted(probe_dir.glob("detection_rank*.json"))]
     assert [r["rank"] for r in records] == [0, 1] and all(r["world_size"] == 2 for r in records)

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from .conftest import DEMO_CONFIG, ROOT
+from .conftest import DEMO_CONFIG, ROOT, TIMEOUT
 
 EXAMPLE = ROOT / "examples" / "custom_attention"
 FAST = ["--data", "csa_lightning.data.DigitsMemoryDataModule", "--data.resolution", "16", "--data.batch_size", "16",
@@ -21,7 +21,7 @@ FAST = ["--data", "csa_lightning.data.DigitsMemoryDataModule", "--data.resolutio
 def test_custom_attention_trains_from_the_command_line(tmp_path, script, attention):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(EXAMPLE), str(ROOT)]))
     cmd = [sys.executable, str(script), "fit", "--config", str(DEMO_CONFIG), "--model.net.attention", attention, *FAST]
-    out = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT)
     assert out.returncode == 0, out.stderr[-3000:]
 
 

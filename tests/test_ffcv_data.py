@@ -19,7 +19,7 @@ from csa_lightning.data.ffcv_imagenet import beton_labels, beton_num_samples_and
 from csa_lightning.data.write_beton import main as write_beton_main
 from csa_lightning.data.write_beton import write_beton
 
-from .conftest import DEMO_CONFIG, ROOT
+from .conftest import DEMO_CONFIG, ROOT, TIMEOUT
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +141,7 @@ def test_ddp_two_cpu_processes_shard_data_and_sync_metrics(tmp_path, digits_beto
         "--trainer.default_root_dir", str(tmp_path / "runs"),
         "--trainer.callbacks+=ddp_probe.RecordRankMetrics",
     ]  # fmt: skip
-    out = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=400)
+    out = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT)
     assert out.returncode == 0, out.stderr[-3000:]
     records = [json.loads(p.read_text()) for p in sorted(probe_dir.glob("rank*.json"))]
     assert [r["rank"] for r in records] == [0, 1] and all(r["world_size"] == 2 for r in records)
@@ -216,7 +216,7 @@ def test_validate_on_a_cut_short_beton_ends_in_one_line(tmp_path, digits_betons)
     val = data / "digits_32px_val.beton"
     val.write_bytes(val.read_bytes()[:-2000])
     cmd = [sys.executable, str(ROOT / "cli.py"), "validate", "--config", str(DEMO_CONFIG), "--data.data_dir", str(data)]
-    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT)
     assert done.returncode == 2
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: beton {val} is truncated or corrupt (") and "rewrite it" in last
