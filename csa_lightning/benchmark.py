@@ -321,7 +321,10 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     args = parser.parse_args(argv)
     attentions = [a.strip().lower() for a in args.attentions.split(",") if a.strip()]
     from .attention import available_attentions
+    from .models.attention_resnet import RESNET_LAYOUTS
 
+    if args.depth not in RESNET_LAYOUTS:
+        parser.error(f"unsupported depth {args.depth}: choose from {sorted(RESNET_LAYOUTS)}")
     unknown = [a for a in attentions if a not in available_attentions()]
     if unknown:
         parser.error(f"unknown attention {', '.join(unknown)}: choose from {', '.join(available_attentions())}")

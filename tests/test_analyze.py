@@ -245,7 +245,7 @@ def test_run_folder_resolves_to_its_newest_last_checkpoint(checkpoints, tmp_path
     [
         (["--ckpt", "missing.ckpt", "--images", "."], "checkpoint missing.ckpt not found"),
         (["--ckpt", "{none}", "--images", "no/such/dir"], "image folder no/such/dir not found"),
-        (["--ckpt", "{garbage}", "--images", "."], "cannot read checkpoint"),
+        (["--ckpt", "{garbage}", "--images", "."], "is corrupt or not a torch checkpoint"),
         (["--ckpt", "{none}", "--ckpt", "{none}", "--label", "a", "--images", "."], "one label per checkpoint"),
     ],
 )
@@ -295,3 +295,34 @@ def test_stages_and_last_bn_are_the_models_own():
     assert last_bn(model.layer2[0]) is model.layer2[0].bn3
     with pytest.raises(ValueError, match="has no stage_blocks"):
         stage_blocks(torch.nn.Sequential())
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--size", "0"], "error: --size must be a positive image side in pixels, got 0"),
+        (["--crop-ratio", "0"], "error: --crop-ratio must be in (0, 1] (crop side / shorter image side), got 0.0"),
+        (
+            ["--std", "0", "1", "1"],
+            "error: --std must be three positive numbers (a zero divides by zero), got [0.0, 1.0, 1.0]",
+        ),
+        (["--alpha", "2"], "error: --alpha must be in (0, 1] (1: no smoothing), got 2.0"),
+        (["--batch-size", "0"], "error: --batch-size must be a positive integer, got 0"),
+    ],
+)
+def test_bad_analysis_options_are_one_line_before_any_checkpoint_is_read(extra, message, tmp_path):
+    from csa_lightning.analysis.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["descriptors", "--ckpt", str(tmp_path / "never-read.ckpt"), "--images", str(tmp_path), *extra])
+    assert str(exit_info.value) == message
+
+
+def test_a_torch_file_that_is_no_lightning_checkpoint_is_named(tmp_path, capsys):
+    """Before: 'error: 'pytorch-lightning_version'' (a KeyError's text)."""
+    from csa_lightning.analysis.cli import main
+
+    torch.save({"state_dict": {}}, tmp_path / "plain.ckpt")
+    with pytest.raises(SystemExit):
+        main(["descriptors", "--ckpt", str(tmp_path / "plain.ckpt"), "--images", str(tmp_path)])
+    assert "plain.ckpt is not a Lightning checkpoint (no state_dict or Lightning version)" in capsys.readouterr().err

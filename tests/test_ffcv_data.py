@@ -257,3 +257,21 @@ def test_a_beton_of_another_kind_is_named_before_any_loader(tmp_path):
         f"beton {path} is not a classification beton (its fields: value: FloatField, label: IntField; expected "
         "image: RGBImageField, label: IntField); write one with python -m csa_lightning.data.write_beton"
     )
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--max-resolution", "0"], "error: --max-resolution must be a positive integer, got 0"),
+        (["--jpeg-quality", "150"], "error: --jpeg-quality must be in 1..100, got 150"),
+        (["--compress-probability", "2"], "error: --compress-probability must be in [0, 1], got 2.0"),
+        (["--num-workers", "-1"], "error: --num-workers must be >= 0, got -1"),
+    ],
+)
+def test_writer_options_are_checked_before_any_work(args, message, tmp_path):
+    """Before: --max-resolution 0 left ffcv's writer hanging."""
+    (tmp_path / "tree" / "0").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "tree" / "0" / "a.png")
+    with pytest.raises(SystemExit) as exit_info:
+        write_beton_main(["--root", str(tmp_path / "tree"), "--out", str(tmp_path / "t.beton"), *args])
+    assert str(exit_info.value) == message and not list(tmp_path.glob("*beton*"))

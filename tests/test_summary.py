@@ -88,3 +88,15 @@ def test_named_variant_rows_and_their_errors(capsys):
     with pytest.raises(SystemExit):
         main(["--depths", "50", "--variant", "broken|csa|{placement"])
     assert "options are not JSON" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_summary_and_benchmark_refuse_nonsense_sizes_and_depths(capsys):
+    from csa_lightning.benchmark import main as benchmark_main
+    from csa_lightning.models.summary import main as summary_main
+
+    with pytest.raises(SystemExit):
+        summary_main(["--depths", "18", "--size", "0"])
+    assert "argument --size: must be a positive integer, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        benchmark_main(["--depth", "17"])
+    assert "unsupported depth 17: choose from [18, 34, 50, 101, 152]" in capsys.readouterr().err

@@ -231,11 +231,11 @@ def test_a_run_folder_means_its_configured_runs_not_a_fast_dev_run(tmp_path):
 
     real = tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
     real.parent.mkdir(parents=True)
-    real.write_bytes(b"x")
+    torch.save({}, real)  # a readable file: resolve_checkpoint refuses corrupt ones
     (real.parent.parent / "config.yaml").write_text("model: {}\n")
     dev = tmp_path / "checkpoints" / "last.ckpt"  # where a fast_dev_run leaves it, no config beside
     dev.parent.mkdir()
-    dev.write_bytes(b"x")
+    torch.save({}, dev)
     os.utime(real, (1e9, 1e9))  # the real run is older
     assert resolve_checkpoint(str(tmp_path)) == str(real)
     real.unlink()

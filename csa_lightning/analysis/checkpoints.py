@@ -47,8 +47,10 @@ def load_checkpoint_model(path: str, label: Optional[str] = None) -> AnalysedMod
     except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file for the user
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise ValueError(f"cannot read checkpoint {path} ({first}); pass a checkpoint written by cli.py fit") from None
-    if not isinstance(raw, dict) or "state_dict" not in raw:
-        raise ValueError(f"{path} is not a Lightning checkpoint (no state_dict); pass one written by cli.py fit")
+    if not isinstance(raw, dict) or "state_dict" not in raw or "pytorch-lightning_version" not in raw:
+        raise ValueError(
+            f"{path} is not a Lightning checkpoint (no state_dict or Lightning version); pass one written by cli.py fit"
+        )
     hparams = dict(raw.get("hyper_parameters") or {})
     cls = _import_class(hparams["_class_path"]) if "_class_path" in hparams else ClassificationModule
     # the backbone file it started from is irrelevant (its weights are in the checkpoint) and may be gone

@@ -129,10 +129,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _bad_option(args) -> Optional[str]:
+    """The first option whose value cannot work, in one line (before any checkpoint is read)."""
+    import math
+
+    if args.size is not None and args.size < 1:
+        return f"--size must be a positive image side in pixels, got {args.size}"
+    if args.crop_ratio is not None and not 0 < args.crop_ratio <= 1:
+        return f"--crop-ratio must be in (0, 1] (crop side / shorter image side), got {args.crop_ratio}"
+    if args.mean is not None and not all(math.isfinite(v) for v in args.mean):
+        return f"--mean must be three finite numbers, got {args.mean}"
+    if args.std is not None and not all(math.isfinite(v) and v > 0 for v in args.std):
+        return f"--std must be three positive numbers (a zero divides by zero), got {args.std}"
+    if getattr(args, "alpha", None) is not None and not 0 < args.alpha <= 1:
+        return f"--alpha must be in (0, 1] (1: no smoothing), got {args.alpha}"
+    if getattr(args, "batch_size", None) is not None and args.batch_size < 1:
+        return f"--batch-size must be a positive integer, got {args.batch_size}"
+    if getattr(args, "stage", None) is not None and args.stage not in (1, 2, 3, 4):
+        return f"--stage must be 1, 2, 3 or 4, got {args.stage}"
+    return None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> List[Path]:
     args = build_parser().parse_args(argv)
     if args.limit is not None and args.limit < 1:
         raise SystemExit("error: --limit must be at least 1")
+    problem = _bad_option(args)
+    if problem:
+        raise SystemExit(f"error: {problem}")
     out_existed = Path(args.out).exists()
     try:
         written = run_descriptors(args) if args.command == "descriptors" else run_gradcam(args)

@@ -23,7 +23,7 @@ from typing import Optional, Sequence
 
 from PIL import Image
 
-from ..checks import remove_dead_leftovers
+from ..checks import remove_dead_leftovers, require, require_non_negative, require_positive
 from .image_io import open_rgb
 
 __all__ = ["write_beton", "RGBImageFolder"]
@@ -70,6 +70,14 @@ def write_beton(
     chunk_size: int = 100,
 ) -> str:
     """Write ``root`` (an ImageFolder tree) to the FFCV file ``out``; return ``out``."""
+    # checked before any work: a max_resolution of 0 made ffcv's writer hang
+    require_positive("--max-resolution", max_resolution, integer=True)
+    require(isinstance(jpeg_quality, int) and 1 <= jpeg_quality <= 100, "--jpeg-quality", jpeg_quality, "in 1..100")
+    require(0 <= compress_probability <= 1, "--compress-probability", compress_probability, "in [0, 1]")
+    require_non_negative("--num-workers", num_workers)
+    require_positive("chunk_size", chunk_size, integer=True)
+    if Path(out).is_dir():
+        raise ValueError(f"--out {out} is a folder; give the .beton file to write, e.g. {Path(out) / 'train.beton'}")
     from ffcv.fields import IntField, RGBImageField
     from ffcv.writer import DatasetWriter
 

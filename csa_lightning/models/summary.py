@@ -196,6 +196,13 @@ def to_markdown(rows: Sequence[ModelCost], size: int = 224) -> str:
     return "\n".join(lines)
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], prog="python -m csa_lightning.models.summary"
@@ -203,7 +210,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--depths", default="18,34,50,101,152", help="comma-separated ResNet depths")
     parser.add_argument("--attentions", default="none,se,cbam,eca,gct,csa", help="comma-separated attention names")
     parser.add_argument("--placement", default=None, help="stage_end or every_block (default: each block's own)")
-    parser.add_argument("--size", type=int, default=224, help="input side in pixels")
+    parser.add_argument("--size", type=_positive_int, default=224, help="input side in pixels")
     parser.add_argument(
         "--variant",
         action="append",
