@@ -355,3 +355,16 @@ def test_an_image_whose_size_differs_from_the_json_is_named_at_first_read(tmp_pa
         data.train_set[index]
     assert str(root / "images" / "1.png") in str(err.value) and "60 x 41 pixels" in str(err.value)
     assert "60 x 40" in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("flip_prob", 1.5, "data.flip_prob must be in [0, 1], got 1.5"),
+        ("aspect_ratio_group_factor", -2, "data.aspect_ratio_group_factor must be -1 (off) or >= 0, got -2"),
+    ],
+)
+def test_coco_module_options_are_checked_when_built(option, value, message):
+    with pytest.raises(ValueError) as err:
+        COCODataModule(**{option: value})
+    assert str(err.value) == message

@@ -42,7 +42,7 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch import Tensor
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 
-from ..checks import require_non_negative, require_positive
+from ..checks import require, require_non_negative, require_positive
 from .image_io import open_rgb
 
 log = logging.getLogger(__name__)
@@ -366,6 +366,11 @@ class COCODataModule(L.LightningDataModule):
         super().__init__()
         require_positive("data.batch_size", batch_size, integer=True)
         require_non_negative("data.num_workers", num_workers)
+        require(0 <= flip_prob <= 1, "data.flip_prob", flip_prob, "in [0, 1]")
+        require(
+            isinstance(aspect_ratio_group_factor, int) and aspect_ratio_group_factor >= -1,
+            "data.aspect_ratio_group_factor", aspect_ratio_group_factor, "-1 (off) or >= 0",
+        )  # fmt: skip
         self.save_hyperparameters()
         self.root = root
         self.train_images, self.val_images = train_images, val_images
