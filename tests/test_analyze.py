@@ -310,12 +310,12 @@ def test_stages_and_last_bn_are_the_models_own():
         (["--batch-size", "0"], "error: --batch-size must be a positive integer, got 0"),
     ],
 )
-def test_bad_analysis_options_are_one_line_before_any_checkpoint_is_read(extra, message, tmp_path):
+def test_bad_analysis_options_are_one_line_before_any_checkpoint_is_read(extra, message, tmp_path, capsys):
     from csa_lightning.analysis.cli import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["descriptors", "--ckpt", str(tmp_path / "never-read.ckpt"), "--images", str(tmp_path), *extra])
-    assert str(exit_info.value) == message
+    assert exit_info.value.code == 2 and capsys.readouterr().err.strip() == message
 
 
 def test_a_torch_file_that_is_no_lightning_checkpoint_is_named(tmp_path, capsys):

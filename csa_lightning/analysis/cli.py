@@ -156,7 +156,8 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Path]:
         raise SystemExit("error: --limit must be at least 1")
     problem = _bad_option(args)
     if problem:
-        raise SystemExit(f"error: {problem}")
+        print(f"error: {problem}", file=sys.stderr)
+        raise SystemExit(2)
     out_existed = Path(args.out).exists()
     try:
         written = run_descriptors(args) if args.command == "descriptors" else run_gradcam(args)
