@@ -199,12 +199,14 @@ def load_results(out: Path) -> List[Dict[str, Any]]:
         ) from None
 
 
-def _append_result(out: Path, record: Dict[str, Any]) -> None:
-    records = [r for r in load_results(out) if r["variant"] != record["variant"]]
-    records.append(record)
+def _write_results(out: Path, records: List[Dict[str, Any]]) -> None:
     tmp = out / f".{RESULT_FILE}.tmp"
     tmp.write_text(json.dumps(records, indent=2))
     os.replace(tmp, out / RESULT_FILE)  # atomic: a kill leaves the old file or the new one
+
+
+def _append_result(out: Path, record: Dict[str, Any]) -> None:
+    _write_results(out, [r for r in load_results(out) if r["variant"] != record["variant"]] + [record])
 
 
 # ------------------------------------------------------------------------------------------
@@ -681,16 +683,14 @@ def _stale(out: Path, variants: Sequence[Variant], resolved: Dict[str, _Resolved
     return stale
 
 
-def _keep_stale(out: Path, variants: Sequence[Variant], resolved: Dict[str, _Resolved], names: Sequence[str]) -> None:
+def _keep_stale(out: Path, resolved: Dict[str, _Resolved], names: Sequence[str]) -> None:
     """--keep-stale: adopt ``names``' results and run folders as made by the current configuration."""
     records = load_results(out)
     for r in records:
         if r["variant"] in names:
             r.update(config_scheme=CONFIG_SCHEME, config_hash=resolved[r["variant"]].hash,
                      config=resolved[r["variant"]].config)  # fmt: skip
-    tmp = out / f".{RESULT_FILE}.tmp"
-    tmp.write_text(json.dumps(records, indent=2))
-    os.replace(tmp, out / RESULT_FILE)
+    _write_results(out, records)
     for name in names:
         if (out / "runs" / name).is_dir():
             _stamp(out / "runs" / name, resolved[name])
@@ -700,10 +700,7 @@ def _forget(out: Path, names: Sequence[str]) -> None:
     """Drop the results and run folders (their checkpoints would be resumed) of ``names``."""
     import shutil
 
-    keep = [r for r in load_results(out) if r["variant"] not in set(names)]
-    tmp = out / f".{RESULT_FILE}.tmp"
-    tmp.write_text(json.dumps(keep, indent=2))
-    os.replace(tmp, out / RESULT_FILE)
+    _write_results(out, [r for r in load_results(out) if r["variant"] not in set(names)])
     for name in names:
         shutil.rmtree(out / "runs" / name, ignore_errors=True)
 
@@ -741,6 +738,17 @@ class _runner_lock:
 def _run_plan(
     args, extra: List[str], out: Path, variants: List[Variant], resolved: Dict[str, _Resolved]
 ) -> List[Dict[str, Any]]:
+    from .checks import run_lock_holder
+
+    # first: --rerun below removes run folders, and a live run (of a stopped runner) may train in one
+    busy = [(v.name, run_lock_holder(str(out / "runs" / v.name / RUN_LOCK))) for v in variants]
+    busy = [(name, pid) for name, pid in busy if pid is not None]
+    if busy:
+        name, pid = busy[0]
+        sys.exit(
+            f"error: {len(busy)} variant(s) in {out} are still being trained by another process ({name}: pid {pid}), "
+            f"left by a runner that was stopped; wait for them or stop them (kill {pid}), then run this again"
+        )
     stale = _stale(out, variants, resolved)
     if stale and not (args.rerun or args.keep_stale):
         first = next(iter(stale))
@@ -751,20 +759,10 @@ def _run_plan(
         )
     if stale and args.keep_stale:
         print(f"ablation: --keep-stale: keeping {len(stale)} result(s) made with another configuration", flush=True)
-        _keep_stale(out, variants, resolved, list(stale))
+        _keep_stale(out, resolved, list(stale))
     elif stale:
         print(f"ablation: --rerun: forgetting {len(stale)} variant(s) that ran with another config", flush=True)
         _forget(out, list(stale))
-    from .checks import run_lock_holder
-
-    busy = [(v.name, run_lock_holder(str(out / "runs" / v.name / RUN_LOCK))) for v in variants]
-    busy = [(name, pid) for name, pid in busy if pid is not None]
-    if busy:
-        name, pid = busy[0]
-        sys.exit(
-            f"error: {len(busy)} variant(s) in {out} are still being trained by another process ({name}: pid {pid}), "
-            f"left by a runner that was stopped; wait for them or stop them (kill {pid}), then run this again"
-        )
     done = {r["variant"] for r in load_results(out)}
     todo = [v for v in variants if v.name not in done]
     print(

@@ -64,7 +64,7 @@ def require_normalisation(prefix: str, mean: Sequence[float], std: Sequence[floa
     )
 
 
-def require_fraction_range(option: str, values: Sequence[float], low_open: bool = True) -> None:
+def require_fraction_range(option: str, values: Sequence[float]) -> None:
     """A (low, high) pair with 0 < low <= high <= 1 (a random-resized-crop scale range)."""
     ok = (
         isinstance(values, (list, tuple))

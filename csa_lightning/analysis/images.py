@@ -102,8 +102,7 @@ def image_folder_batches(
                 try:
                     shown.append(to_display(open_rgb(p)))
                 except OSError as err:
-                    message = str(err) if str(p) in str(err) else f"cannot read image {p} ({err})"
-                    raise ValueError(f"{message}; remove it or convert it to PNG/JPEG") from None
+                    raise ValueError(f"{err}; remove it or convert it to PNG/JPEG") from None
             shown_t = torch.stack(shown)
             yield ImageBatch(
                 torch.stack([normalise(s) for s in shown]),

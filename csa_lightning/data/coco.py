@@ -256,8 +256,7 @@ class COCODetection(Dataset):
         try:
             image = TF.to_tensor(open_rgb(path))
         except OSError as err:
-            message = str(err) if str(path) in str(err) else f"cannot read image {path} ({err})"
-            raise ValueError(f"{message}; replace or remove it from {self.annotation_file}") from None
+            raise ValueError(f"{err}; replace or remove it from {self.annotation_file}") from None
         anns = self.annotations[img_id]
         height, width = image.shape[-2:]
         if (width, height) != (info["width"], info["height"]):

@@ -219,9 +219,16 @@ class FFCVDataModule(ImageClassificationDataModule):
         for kind, path in self._paths_for(stage).items():
             if not path or not Path(path).is_file():
                 raise FileNotFoundError(_missing_beton_message(kind, path))
-            labels = beton_labels(path)
+            labels = self._labels(path)
             classes = max(classes, int(labels.max()) + 1 if len(labels) else 0)
         self._num_classes = classes
+
+    def _labels(self, path: str) -> np.ndarray:
+        """The beton's labels, read (and the file checked) once per path: setup and the loader need them."""
+        cache = self.__dict__.setdefault("_labels_of", {})
+        if path not in cache:
+            cache[path] = beton_labels(path)
+        return cache[path]
 
     @property
     def num_classes(self) -> Optional[int]:
@@ -301,7 +308,7 @@ class FFCVDataModule(ImageClassificationDataModule):
             # the beton is stored class by class: evaluate in an order whose every prefix is a
             # stratified sample (a partial validation scores every class), the file unchanged
             order = OrderOption.SEQUENTIAL
-            indices = stratified_order(beton_labels(path))
+            indices = stratified_order(self._labels(path))
         threads = torch.get_num_threads()
         try:
             loader = ffcv.loader.Loader(

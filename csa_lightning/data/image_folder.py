@@ -26,8 +26,7 @@ def _rgb_loader(path: str):
     try:
         return open_rgb(path)
     except OSError as err:  # PIL's truncated / unidentified / corrupt / too large files
-        message = str(err) if str(path) in str(err) else f"cannot read image {path} ({err})"
-        raise OSError(f"{message}; replace or remove the file") from None
+        raise OSError(f"{err}; replace or remove the file") from None
 
 
 def _class_names(path: Optional[str]) -> Optional[List[str]]:

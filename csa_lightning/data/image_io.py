@@ -73,7 +73,8 @@ def open_rgb(path) -> "Image.Image":  # noqa: F821
     """Open ``path`` and return it as 8-bit RGB, decoded (the file is closed).
 
     Raises ``OSError`` naming the file for anything PIL cannot read (truncated, not an image,
-    above the decompression-bomb limit, with the environment variable that lifts the limit)."""
+    above the decompression-bomb limit, with the environment variable that lifts the limit); the
+    callers add only what to do about it."""
     from PIL import Image, UnidentifiedImageError
 
     _pixel_limit()
@@ -90,3 +91,5 @@ def open_rgb(path) -> "Image.Image":  # noqa: F821
         raise OSError(f"{path} is not an image file PIL can read") from None
     except (SyntaxError, ValueError) as err:  # PIL's corrupt-header errors
         raise OSError(f"image {path} is corrupt ({err})") from None
+    except OSError as err:  # truncated data, unreadable file: PIL's message does not name it
+        raise OSError(f"cannot read image {path} ({err})") from None
