@@ -14,12 +14,16 @@ each on its own GPU when there are GPUs (CUDA_VISIBLE_DEVICES).
 Each finished run appends a record to ``OUT/results.json`` (rewritten atomically): the resolved
 configuration (every value the run is built from, whichever file, include or argument set it) and its hash,
 attention, options, seed, final and best validation metrics, params, GMAC, train and inference
-images/s, wall time, checkpoint path, git commit. Killed and restarted with the same command, the
+images/s, wall time, checkpoint path, git commit, and the provenance of the code it is built from
+(:mod:`csa_lightning.provenance`: package, version, commit and a hash per source file of every class
+the config names, a user's own blocks included). Killed and restarted with the same command, the
 runner skips finished variants, resumes an interrupted one from its ``last.ckpt``, and neither
 loses nor duplicates a record. A variant whose resolved configuration changed since it ran (a value
 in an included file, a new default after a Lightning or jsonargparse upgrade) is refused in one
-line naming what changed: ``--rerun`` trains it again, ``--keep-stale`` keeps its result. Records
-written before this scheme (hashes of the base file's text) count as changed.
+line naming what changed; so is one whose code changed (a block's source, this repository's or a
+plugin's, naming the changed files; comments and files the run does not use do not count).
+``--rerun`` trains it again, ``--keep-stale`` keeps its result. Records written before either scheme
+(hashes of the base file's text; no code recorded) count as changed.
 ``OUT/report.md``, ``report.csv`` and ``report.png`` summarise
 the finished variants (mean and std over seeds) after every run.
 """
@@ -255,6 +259,7 @@ def _run_variant(
 def _stamp(run_dir: Path, resolved: "_Resolved") -> None:
     (run_dir / "config_hash").write_text(f"{CONFIG_SCHEME}:{resolved.hash}")
     (run_dir / "config_resolved.json").write_text(json.dumps(resolved.config, indent=1, sort_keys=True))
+    (run_dir / "code.json").write_text(json.dumps(resolved.code, indent=1, sort_keys=True))
 
 
 def _record_for(variant: Variant, resolved: "_Resolved", out: Path, wall: float) -> Dict[str, Any]:
@@ -268,6 +273,7 @@ def _record_for(variant: Variant, resolved: "_Resolved", out: Path, wall: float)
         "config_scheme": CONFIG_SCHEME,
         "config_hash": resolved.hash,
         "config": resolved.config,
+        "code": resolved.code,
         "attention": variant.attention,
         "sweep": variant.sweep,
         "seed": variant.seed,
@@ -527,7 +533,8 @@ def _parse(argv: Optional[Sequence[str]]) -> Tuple[argparse.Namespace, List[str]
     stale.add_argument(
         "--keep-stale",
         action="store_true",
-        help="keep the results of variants whose resolved config changed (e.g. a new Lightning default) as they are",
+        help="keep the results of variants whose resolved config or code changed (e.g. a new Lightning default, "
+        "an edited block) as they are",
     )
     args, extra = parser.parse_known_args(argv)
     if not Path(args.config).is_file():
@@ -541,13 +548,12 @@ def _parse(argv: Optional[Sequence[str]]) -> Tuple[argparse.Namespace, List[str]
 
 def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     args, extra = _parse(argv)
-    from .attention import available_attentions
+    from .attention import attention_names
 
-    # the same names cli.py accepts: registered names in any case, or dotted import paths
-    attentions = [a.strip() if "." in a else a.strip().lower() for a in args.attentions.split(",") if a.strip()]
-    for a in attentions:
-        if a not in available_attentions() and "." not in a:
-            sys.exit(f"error: unknown attention '{a}': choose from {', '.join(available_attentions())}")
+    try:  # the one resolver cli.py uses: short names in any case, plugins' names, dotted paths
+        attentions = attention_names(args.attentions)
+    except (ValueError, TypeError) as err:
+        sys.exit(f"error: {err}")
     try:
         seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError:
@@ -613,10 +619,12 @@ def _check_sweep_keys(sweeps: Dict[str, List[str]], attentions: Sequence[str]) -
 
 @dataclass
 class _Resolved:
-    """A variant's resolved configuration (without run-neutral keys) and its hash."""
+    """A variant's resolved configuration (without run-neutral keys), its hash, and the provenance
+    of the code it is built from (:func:`csa_lightning.provenance.code_provenance`)."""
 
     config: Dict[str, Any]
     hash: str
+    code: Dict[str, Any]
 
 
 def _check_variants(base_config: str, variants: Sequence[Variant], extra: Sequence[str]) -> Dict[str, _Resolved]:
@@ -631,6 +639,7 @@ def _check_variants(base_config: str, variants: Sequence[Variant], extra: Sequen
 
     from .cli import _comparable
     from .cli import main as cli_main
+    from .provenance import code_provenance, run_classes
 
     resolved = {}
     with tempfile.TemporaryDirectory() as scratch:
@@ -649,7 +658,8 @@ def _check_variants(base_config: str, variants: Sequence[Variant], extra: Sequen
                 reason = lines[-1].removeprefix("error: ") if lines else "its config does not build"
                 sys.exit(f"error: variant {variant.name}: {reason}")
             config = run_relevant_config(_comparable(cli.config))
-            resolved[variant.name] = _Resolved(config, config_hash(config))
+            code = code_provenance(run_classes(cli.model, cli.datamodule, cli.trainer.callbacks))
+            resolved[variant.name] = _Resolved(config, config_hash(config), code)
     return resolved
 
 
@@ -657,6 +667,7 @@ def _stale(out: Path, variants: Sequence[Variant], resolved: Dict[str, _Resolved
     """Variants whose finished result or started run folder came from another resolved
     configuration: {name: what differs, in words}."""
     from .cli import _differences
+    from .provenance import changed_files
 
     recorded = {r["variant"]: r for r in load_results(out)}
     stale = {}
@@ -666,12 +677,14 @@ def _stale(out: Path, variants: Sequence[Variant], resolved: Dict[str, _Resolved
         started = out / "runs" / v.name / "config_hash"
         if record is not None:
             then_scheme, then_hash = record.get("config_scheme"), record.get("config_hash")
-            then_config = record.get("config")
+            then_config, then_code = record.get("config"), record.get("code")
         elif started.exists():
             scheme, _, then_hash = started.read_text().strip().rpartition(":")
             then_scheme = int(scheme) if scheme.isdigit() else None
             saved = started.with_name("config_resolved.json")
             then_config = json.loads(saved.read_text()) if saved.exists() else None
+            saved_code = started.with_name("code.json")
+            then_code = json.loads(saved_code.read_text()) if saved_code.exists() else None
         else:
             continue
         if then_scheme != CONFIG_SCHEME:
@@ -680,6 +693,12 @@ def _stale(out: Path, variants: Sequence[Variant], resolved: Dict[str, _Resolved
             differences = _differences(then_config, now.config) if then_config is not None else []
             listed = "; ".join(f"{key}: {a!r} then, {b!r} now" for key, a, b in differences[:2])
             stale[v.name] = listed or "another configuration"
+        elif then_code is None:
+            stale[v.name] = "recorded by an earlier runner, which did not record the code a run uses"
+        else:
+            changed = changed_files(then_code.get("files"), now.code["files"])
+            if changed:
+                stale[v.name] = f"code changed in {', '.join(changed[:4])}{' ...' if len(changed) > 4 else ''}"
     return stale
 
 
@@ -689,7 +708,7 @@ def _keep_stale(out: Path, resolved: Dict[str, _Resolved], names: Sequence[str])
     for r in records:
         if r["variant"] in names:
             r.update(config_scheme=CONFIG_SCHEME, config_hash=resolved[r["variant"]].hash,
-                     config=resolved[r["variant"]].config)  # fmt: skip
+                     config=resolved[r["variant"]].config, code=resolved[r["variant"]].code)  # fmt: skip
     _write_results(out, records)
     for name in names:
         if (out / "runs" / name).is_dir():
@@ -753,15 +772,15 @@ def _run_plan(
     if stale and not (args.rerun or args.keep_stale):
         first = next(iter(stale))
         sys.exit(
-            f"error: {len(stale)} variant(s) in {out} ran with another configuration ({first}: {stale[first]}"
+            f"error: {len(stale)} variant(s) in {out} ran with another configuration or code ({first}: {stale[first]}"
             f"{'; ...' if len(stale) > 1 else ''}); pass --rerun to train them again, --keep-stale to keep "
             "their results, or choose another --out"
         )
     if stale and args.keep_stale:
-        print(f"ablation: --keep-stale: keeping {len(stale)} result(s) made with another configuration", flush=True)
+        print(f"ablation: --keep-stale: keeping {len(stale)} result(s) made with another config or code", flush=True)
         _keep_stale(out, resolved, list(stale))
     elif stale:
-        print(f"ablation: --rerun: forgetting {len(stale)} variant(s) that ran with another config", flush=True)
+        print(f"ablation: --rerun: forgetting {len(stale)} variant(s) that ran with another config or code", flush=True)
         _forget(out, list(stale))
     done = {r["variant"] for r in load_results(out)}
     todo = [v for v in variants if v.name not in done]

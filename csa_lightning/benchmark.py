@@ -319,15 +319,15 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     parser.add_argument("--format", choices=("markdown", "json"), default="markdown")
     parser.add_argument("--out", default=None, help="also write the JSON rows here")
     args = parser.parse_args(argv)
-    attentions = [a.strip().lower() for a in args.attentions.split(",") if a.strip()]
-    from .attention import available_attentions
+    from .attention import attention_names
     from .models.attention_resnet import RESNET_LAYOUTS
 
+    try:
+        attentions = attention_names(args.attentions)
+    except (ValueError, TypeError) as err:
+        parser.error(str(err))
     if args.depth not in RESNET_LAYOUTS:
         parser.error(f"unsupported depth {args.depth}: choose from {sorted(RESNET_LAYOUTS)}")
-    unknown = [a for a in attentions if a not in available_attentions()]
-    if unknown:
-        parser.error(f"unknown attention {', '.join(unknown)}: choose from {', '.join(available_attentions())}")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is visible here (run on a GPU machine, or use --device cpu)")
     modes = [m.strip() for m in args.csa_modes.split(",") if m.strip()]

@@ -72,3 +72,14 @@ def make_classification_checkpoint(path, attention: str, depth: int = 18, steps:
     trainer.fit(module, data)
     trainer.save_checkpoint(path)
     return str(path)
+
+
+@pytest.fixture
+def clean_registry():
+    """The attention registry as it was before the test (tests register blocks of their own)."""
+    from csa_lightning.attention import base as attention_base
+
+    saved = dict(attention_base._REGISTRY)
+    yield
+    attention_base._REGISTRY.clear()
+    attention_base._REGISTRY.update(saved)

@@ -62,7 +62,7 @@ def test_spearman_matches_the_definition():
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--attentions", "none,sse"], "unknown attention sse"),
+        (["--attentions", "none,sse"], "unknown attention 'sse' (did you mean 'se'?)"),
         (["--batch", "0"], "must be a positive integer"),
         (["--repeats", "-1"], "must be a positive integer"),
     ],

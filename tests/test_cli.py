@@ -151,8 +151,9 @@ def test_unknown_attention_lists_the_known_ones(in_tmp_cwd, capsys):
     known = available_attentions()  # the built-in blocks, plus any an earlier test registered
     assert {"none", "cbam", "csa", "eca", "gct", "se"} <= set(known)
     assert err.splitlines()[-1] == (
-        f"error: unknown attention 'csaa': choose one of {', '.join(known)}, "
-        "or give a dotted import path such as 'mypkg.blocks.MyGate'"
+        f"error: unknown attention 'csaa' (did you mean 'csa'?): choose one of {', '.join(known)}, give a "
+        "dotted import path such as 'mypkg.blocks.MyGate', or install a package declaring it under the "
+        "entry-point group 'csa_lightning.attention'"
     )
 
 

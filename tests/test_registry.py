@@ -14,16 +14,7 @@ from csa_lightning.attention import (
     register_attention,
     resolve_attention,
 )
-from csa_lightning.attention import base as attention_base
 from csa_lightning.models import attention_resnet
-
-
-@pytest.fixture
-def clean_registry():
-    saved = dict(attention_base._REGISTRY)
-    yield
-    attention_base._REGISTRY.clear()
-    attention_base._REGISTRY.update(saved)
 
 
 def test_available_attentions_lists_every_block_and_none_first():

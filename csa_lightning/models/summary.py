@@ -21,7 +21,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..attention import ChannelAttention, available_attentions
+from ..attention import ChannelAttention, attention_names
 from .attention_resnet import RESNET_LAYOUTS, attention_resnet
 
 __all__ = ["ModelCost", "count_cost", "summary_table", "PAPER_TABLE1", "display_name"]
@@ -119,7 +119,13 @@ def parse_variant(text: str) -> Tuple[str, str, Dict]:
         raise ValueError(f"variant {text!r}: options are not JSON ({err.msg})") from None
     if not isinstance(options, dict):
         raise ValueError(f"variant {text!r}: options must be a JSON object")
-    return parts[0].strip(), parts[1].strip().lower(), options
+    from ..attention import attention_name
+
+    try:
+        attention = attention_name(parts[1])
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"variant {text!r}: {err}") from None
+    return parts[0].strip(), attention, options
 
 
 def build_variant(depth: int, attention: str, options: Dict) -> torch.nn.Module:
@@ -228,11 +234,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         depths = [int(d) for d in args.depths.split(",")]
     except ValueError:
         parser.error(f"--depths must be comma-separated integers from {sorted(RESNET_LAYOUTS)}, got '{args.depths}'")
-    attentions = [a.strip() for a in args.attentions.split(",") if a.strip()]
-    known = available_attentions()
-    for a in attentions:
-        if a not in known and "." not in a:
-            parser.error(f"unknown attention '{a}': choose from {', '.join(known)}")
+    try:
+        attentions = attention_names(args.attentions)
+    except (ValueError, TypeError) as err:
+        parser.error(str(err))
     for d in depths:
         if d not in RESNET_LAYOUTS:
             parser.error(f"unsupported depth {d}: choose from {sorted(RESNET_LAYOUTS)}")

@@ -87,12 +87,17 @@ def checkpoint_files(trainer: "L.Trainer") -> Tuple[Optional[ModelCheckpoint], O
 
 
 class RunInfo(Callback):
-    """Writes ``run_info.json`` into the log directory and stores it in every checkpoint."""
+    """Writes ``run_info.json`` into the log directory and stores it in every checkpoint: this
+    repository's commit, package versions, and under "code" the provenance of every class the run
+    is built from (:func:`csa_lightning.provenance.code_provenance`: the user's own packages too)."""
 
     def __init__(self) -> None:
         self.info = run_info()
 
     def on_fit_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        from ..provenance import code_provenance, run_classes
+
+        self.info["code"] = code_provenance(run_classes(pl_module, trainer.datamodule, trainer.callbacks))
         # trainer.log_dir is a collective under DDP: every rank asks, rank 0 writes
         log_dir = trainer.log_dir or trainer.default_root_dir
         if trainer.global_rank != 0:

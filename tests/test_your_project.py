@@ -1,0 +1,144 @@
+"""examples/your_project installed as a user installs it, then every tool on its block by short name.
+
+The package is installed with pip, offline (``--no-deps --no-build-isolation``), into a temporary
+target; that target is on ``PYTHONPATH`` of every process started here (the ablation runner's runs
+inherit it) and on ``sys.path`` of the in-process calls. No tool gets a flag, an import or a wrapper.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from .conftest import ROOT, TIMEOUT
+
+EXAMPLE = ROOT / "examples" / "your_project"
+# one install, one worker: the tests below share it
+pytestmark = pytest.mark.xdist_group("your_project")
+TINY = ["--data", "csa_lightning.data.DigitsMemoryDataModule", "--data.resolution", "16", "--data.batch_size", "16",
+        "--data.limit_train_samples", "32", "--trainer.limit_val_batches", "1", "--trainer.max_epochs", "1",
+        "--trainer.enable_progress_bar", "false"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """The folder pip installed your-project into (its dist-info holds the entry point)."""
+    target = tmp_path_factory.mktemp("site")
+    source = tmp_path_factory.mktemp("src") / "your_project"
+    shutil.copytree(EXAMPLE, source)  # pip's build writes build/ and *.egg-info beside the sources
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--no-index",
+         "--target", str(target), str(source)],
+        check=True, timeout=TIMEOUT, capture_output=True,
+    )  # fmt: skip
+    return target
+
+
+@pytest.fixture
+def on_path(site, monkeypatch):
+    monkeypatch.syspath_prepend(str(site))
+    yield site
+    for name in [m for m in sys.modules if m == "your_project" or m.startswith("your_project.")]:
+        del sys.modules[name]
+
+
+def _env(site):
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), str(ROOT)]))
+
+
+def test_the_examples_own_tests_pass_once_installed(site):
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
+                         cwd=EXAMPLE, env=_env(site), capture_output=True, text=True, timeout=TIMEOUT)  # fmt: skip
+    assert out.returncode == 0, out.stdout[-3000:]
+    assert " passed" in out.stdout
+
+
+def test_the_block_is_listed_and_resolved_by_short_name(on_path):
+    from your_project import SRM
+
+    from csa_lightning.attention import available_attentions, resolve_attention
+
+    assert "srm" in available_attentions() and resolve_attention("SRM") is SRM
+
+
+def test_summary_and_benchmark_take_the_short_name(on_path, capsys):
+    from csa_lightning.benchmark import main as benchmark
+    from csa_lightning.models.summary import main as summary
+
+    summary(["--depths", "18", "--attentions", "none,srm", "--variant", "every|srm|{\"placement\": \"every_block\"}",
+             "--format", "json"])  # fmt: skip
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["srm-R18"]["params"] - rows["ResNet-18"]["params"] == 3 * (
+        64 + 128 + 256 + 512
+    )  # cfc (2) + bias per channel
+    rows = benchmark(["--depth", "18", "--attentions", "none,SRM", "--batch", "2", "--size", "32", "--repeats", "1",
+                      "--format", "json"])  # fmt: skip
+    assert [r["variant"] for r in rows] == ["none", "srm"] and rows[1]["train_ratio"] > 0
+
+
+def test_fit_ablate_stale_check_export_and_analysis_by_short_name(site, tmp_path, monkeypatch, capsys):
+    """The ablation runner and its runs (separate processes) find "srm" with nothing but the package
+    installed; the record and run_info.json carry its provenance; an edit of its code is refused as
+    stale with the file named, a comment is not; export and analysis read the checkpoint. ~30-40 s."""
+    out = tmp_path / "ablation"
+    cmd = [sys.executable, "-m", "csa_lightning.ablate", "--config", str(EXAMPLE / "configs" / "srm_digits.yaml"),
+           "--attentions", "srm", "--seeds", "0", "--out", str(out), *TINY]  # fmt: skip
+
+    done = subprocess.run(cmd, cwd=tmp_path, env=_env(site), capture_output=True, text=True, timeout=TIMEOUT)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    records = {r["variant"]: r for r in json.loads((out / "results.json").read_text())}
+    assert sorted(records) == ["srm_seed0"]
+    code = records["srm_seed0"]["code"]
+    assert "your_project.srm.SRM" in code["classes"]
+    assert code["packages"]["your_project"]["distribution"] == "your-project"
+    assert code["packages"]["your_project"]["version"] == "0.1.0"
+    assert "your_project/srm.py" in code["files"] and "csa_lightning/attention/base.py" in code["files"]
+    assert "csa_lightning/attention/csa.py" not in code["files"]  # the run's own code only
+    info = json.loads(next((out / "runs" / "srm_seed0").rglob("run_info.json")).read_text())
+    assert info["code"]["files"]["your_project/srm.py"] == code["files"]["your_project/srm.py"]
+
+    # the runner's later calls only check (nothing left to train): in this process, to save its start-up
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.chdir(tmp_path)
+    from csa_lightning.ablate import _check_variants, plan_variants
+    from csa_lightning.ablate import main as ablate_here
+
+    both = _check_variants(str(EXAMPLE / "configs" / "srm_digits.yaml"), plan_variants(["srm", "csa"], [0], {}), TINY)
+    assert "your_project/srm.py" not in both["csa_seed0"].code["files"]  # an edit of srm.py leaves CSA's run fresh
+    assert "csa_lightning/attention/csa.py" in both["csa_seed0"].code["files"]
+    args = cmd[3:]
+    installed = site / "your_project" / "srm.py"
+    original = installed.read_text()
+    installed.write_text(original + "\n# a comment changes no code\n")
+    assert len(ablate_here(args)) == 1 and "1 already finished, 0 to run" in capsys.readouterr().out
+    installed.write_text(original.replace("[[1.0, 0.0]]", "[[1.0, 0.5]]"))
+    try:
+        with pytest.raises(SystemExit) as stale:
+            ablate_here(args)
+        assert str(stale.value) == (
+            f"error: 1 variant(s) in {out} ran with another configuration or code (srm_seed0: code changed in "
+            "your_project/srm.py); pass --rerun to train them again, --keep-stale to keep their results, or "
+            "choose another --out"
+        )
+        assert len(ablate_here([*args, "--keep-stale"])) == 1 and "0 to run" in capsys.readouterr().out
+    finally:
+        installed.write_text(original)
+
+    from csa_lightning.export import main as export
+
+    run = out / "runs" / "srm_seed0"
+    assert export(["--ckpt", str(run), "--format", "pt2", "--out", str(tmp_path / "srm.pt2")]) <= 1e-4
+    from PIL import Image
+
+    images = tmp_path / "images" / "0"
+    images.mkdir(parents=True)
+    for i in range(2):
+        Image.new("RGB", (16, 16), (40 * i, 90, 200)).save(images / f"{i}.png")
+    from csa_lightning import analyze
+
+    written = analyze.main(["descriptors", "--ckpt", str(run), "--images", str(images.parent), "--out",
+                            str(tmp_path / "figs")])  # fmt: skip
+    assert any(path.suffix == ".png" for path in written)
