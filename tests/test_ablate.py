@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from csa_lightning.ablate import Variant, load_results, plan_variants, summarise, write_report
+from csa_lightning.ablate import Variant, load_results, plan_variants, write_report
 
 from .conftest import DEMO_CONFIG, ROOT, TIMEOUT
 
@@ -186,32 +186,6 @@ def test_killed_ablation_resumes_without_losing_or_duplicating(tmp_path):
     assert "Restoring states from the checkpoint" in (csa_run / "stdout.log").read_text()
     assert len(list((csa_run / "logs").glob("version_*"))) == 2  # the interrupted run's logs are kept
     assert (out / "report.md").exists() and (out / "report.png").exists()
-
-
-@pytest.mark.slow
-def test_parallel_runs_and_a_sweep_reach_only_the_blocks_that_take_it(tmp_path):
-    """Long (~40 s): three real runs, two at a time, each its own process."""
-    out = tmp_path / "grid"
-    cmd = [
-        sys.executable, "-m", "csa_lightning.ablate", "--config", str(DEMO_CONFIG), "--attentions", "se,csa",
-        "--seeds", "0", "--sweep", "model.attention_options.contiguity=l2,cosine", "--parallel", "2", "--out", str(out),
-        "--data", "csa_lightning.data.DigitsMemoryDataModule", "--data.resolution", "16", "--data.batch_size", "32",
-        "--data.limit_train_samples", "64", "--trainer.max_epochs", "1", "--trainer.limit_val_batches", "1",
-        "--trainer.enable_progress_bar", "false",
-    ]  # fmt: skip
-    done = subprocess.run(
-        cmd, cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=TIMEOUT
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    records = {r["variant"]: r for r in load_results(out)}
-    assert sorted(records) == ["csa_contiguity-cosine_seed0", "csa_contiguity-l2_seed0", "se_seed0"]
-    config = (out / "runs" / "csa_contiguity-cosine_seed0" / "logs" / "version_0" / "config.yaml").read_text()
-    assert "contiguity: cosine" in config
-    rows = {r["variant"]: r for r in summarise(list(records.values()))}
-    assert set(rows) == {"se", "csa contiguity=l2", "csa contiguity=cosine"}
-    # --trainer.limit_val_batches 1 validated one of the 12 batches of 32, and the report says so
-    assert all(r["val_fraction"] == pytest.approx(1 / 12, abs=1e-6) for r in records.values())
-    assert all("partial validation (8 % of the batches)" in r["note"] for r in rows.values())
 
 
 def _tiny_ablation(out, *extra):

@@ -13,12 +13,14 @@ import sys
 
 import pytest
 
+from csa_lightning.ablate import summarise
+
 from .conftest import ROOT, TIMEOUT
 
 EXAMPLE = ROOT / "examples" / "your_project"
 # one install, one worker: the tests below share it
 pytestmark = pytest.mark.xdist_group("your_project")
-TINY = ["--data", "csa_lightning.data.DigitsMemoryDataModule", "--data.resolution", "16", "--data.batch_size", "16",
+TINY = ["--data", "csa_lightning.data.DigitsMemoryDataModule", "--data.resolution", "16", "--data.batch_size", "32",
         "--data.limit_train_samples", "32", "--trainer.limit_val_batches", "1", "--trainer.max_epochs", "1",
         "--trainer.enable_progress_bar", "false"]  # fmt: skip
 
@@ -80,40 +82,49 @@ def test_summary_and_benchmark_take_the_short_name(on_path, capsys):
 
 
 def test_fit_ablate_stale_check_export_and_analysis_by_short_name(site, tmp_path, monkeypatch, capsys):
-    """The ablation runner and its runs (separate processes) find "srm" with nothing but the package
-    installed; the record and run_info.json carry its provenance; an edit of its code is refused as
-    stale with the file named, a comment is not; export and analysis read the checkpoint. ~30-40 s."""
+    """The ablation runner and its runs (separate processes, two at a time) find "srm" with nothing
+    but the package installed, and a sweep of CSA's contiguity reaches CSA only; the records and
+    run_info.json carry the block's provenance; an edit of its code makes its variant (only) stale,
+    naming the file, a comment does not; export and analysis read the checkpoint. Long (~50 s):
+    three real runs, each its own process, then the runner's checks and the tools in this process."""
     out = tmp_path / "ablation"
     cmd = [sys.executable, "-m", "csa_lightning.ablate", "--config", str(EXAMPLE / "configs" / "srm_digits.yaml"),
-           "--attentions", "srm", "--seeds", "0", "--out", str(out), *TINY]  # fmt: skip
-
+           "--attentions", "srm,csa", "--seeds", "0", "--sweep", "model.attention_options.contiguity=l2,cosine",
+           "--parallel", "2", "--out", str(out), *TINY]  # fmt: skip
     done = subprocess.run(cmd, cwd=tmp_path, env=_env(site), capture_output=True, text=True, timeout=TIMEOUT)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     records = {r["variant"]: r for r in json.loads((out / "results.json").read_text())}
-    assert sorted(records) == ["srm_seed0"]
+    assert sorted(records) == ["csa_contiguity-cosine_seed0", "csa_contiguity-l2_seed0", "srm_seed0"]
+    config = (out / "runs" / "csa_contiguity-cosine_seed0" / "logs" / "version_0" / "config.yaml").read_text()
+    assert "contiguity: cosine" in config
+    rows = {r["variant"]: r for r in summarise(list(records.values()))}
+    assert set(rows) == {"srm", "csa contiguity=l2", "csa contiguity=cosine"}
+    # --trainer.limit_val_batches 1 validated one of the 12 batches of 32, and the report says so
+    assert all(r["val_fraction"] == pytest.approx(1 / 12, abs=1e-6) for r in records.values())
+    assert all("partial validation (8 % of the batches)" in r["note"] for r in rows.values())
+
     code = records["srm_seed0"]["code"]
     assert "your_project.srm.SRM" in code["classes"]
     assert code["packages"]["your_project"]["distribution"] == "your-project"
     assert code["packages"]["your_project"]["version"] == "0.1.0"
     assert "your_project/srm.py" in code["files"] and "csa_lightning/attention/base.py" in code["files"]
-    assert "csa_lightning/attention/csa.py" not in code["files"]  # the run's own code only
+    # each run's own code: SRM's run does not use csa.py, CSA's does not use srm.py
+    assert "csa_lightning/attention/csa.py" not in code["files"]
+    csa_files = records["csa_contiguity-l2_seed0"]["code"]["files"]
+    assert "csa_lightning/attention/csa.py" in csa_files and "your_project/srm.py" not in csa_files
     info = json.loads(next((out / "runs" / "srm_seed0").rglob("run_info.json")).read_text())
     assert info["code"]["files"]["your_project/srm.py"] == code["files"]["your_project/srm.py"]
 
     # the runner's later calls only check (nothing left to train): in this process, to save its start-up
     monkeypatch.syspath_prepend(str(site))
     monkeypatch.chdir(tmp_path)
-    from csa_lightning.ablate import _check_variants, plan_variants
     from csa_lightning.ablate import main as ablate_here
 
-    both = _check_variants(str(EXAMPLE / "configs" / "srm_digits.yaml"), plan_variants(["srm", "csa"], [0], {}), TINY)
-    assert "your_project/srm.py" not in both["csa_seed0"].code["files"]  # an edit of srm.py leaves CSA's run fresh
-    assert "csa_lightning/attention/csa.py" in both["csa_seed0"].code["files"]
     args = cmd[3:]
     installed = site / "your_project" / "srm.py"
     original = installed.read_text()
     installed.write_text(original + "\n# a comment changes no code\n")
-    assert len(ablate_here(args)) == 1 and "1 already finished, 0 to run" in capsys.readouterr().out
+    assert len(ablate_here(args)) == 3 and "3 already finished, 0 to run" in capsys.readouterr().out
     installed.write_text(original.replace("[[1.0, 0.0]]", "[[1.0, 0.5]]"))
     try:
         with pytest.raises(SystemExit) as stale:
@@ -123,7 +134,7 @@ def test_fit_ablate_stale_check_export_and_analysis_by_short_name(site, tmp_path
             "your_project/srm.py); pass --rerun to train them again, --keep-stale to keep their results, or "
             "choose another --out"
         )
-        assert len(ablate_here([*args, "--keep-stale"])) == 1 and "0 to run" in capsys.readouterr().out
+        assert len(ablate_here([*args, "--keep-stale"])) == 3 and "0 to run" in capsys.readouterr().out
     finally:
         installed.write_text(original)
 
@@ -142,3 +153,23 @@ def test_fit_ablate_stale_check_export_and_analysis_by_short_name(site, tmp_path
     written = analyze.main(["descriptors", "--ckpt", str(run), "--images", str(images.parent), "--out",
                             str(tmp_path / "figs")])  # fmt: skip
     assert any(path.suffix == ".png" for path in written)
+
+
+def test_a_module_subclass_adds_an_l1_penalty_on_the_gates_through_the_cli(on_path, tmp_path, monkeypatch):
+    """The example's GatePenaltyModule: extra_losses over record_gates' p, chosen on the command line;
+    the penalty is logged under its own name and the total loss is the sum."""
+    import csv
+
+    from csa_lightning.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    main(["fit", "--config", str(EXAMPLE / "configs" / "srm_digits.yaml"), "--model", "your_project.GatePenaltyModule",
+          "--model.gate_l1", "0.5", *TINY, "--trainer.log_every_n_steps", "1",
+          "--trainer.default_root_dir", str(tmp_path / "run")])  # fmt: skip
+    rows = [
+        r for r in csv.DictReader(next((tmp_path / "run").rglob("metrics.csv")).open()) if r.get("train/gate_l1_step")
+    ]
+    assert len(rows) == 1  # 32 training images, one batch
+    for row in rows:
+        penalty, task, total = (float(row[f"train/{k}_step"]) for k in ("gate_l1", "loss_classification", "loss"))
+        assert 0 < penalty <= 0.5 and total == pytest.approx(task + penalty, rel=1e-5)

@@ -10,6 +10,7 @@ on norms and biases) need the model.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Dict, Optional, Sequence
 
@@ -20,6 +21,7 @@ from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from ..attention import GateRecord, record_gates
 from ..checks import require, require_positive
 from ..models import ClassifierSpec, ResNetSpec, network_spec
 from .batch_augment import BatchAugment
@@ -191,10 +193,18 @@ class ClassificationModule(LinearScaledRecipe, L.LightningModule):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(key % 2**63)
                 images, targets = self.batch_augment(images, labels)
-        logits = self(images)
+        extra = stage == "train" and type(self).extra_losses is not ClassificationModule.extra_losses
+        with record_gates(self.model) if extra else contextlib.nullcontext() as gates:
+            logits = self(images)
         loss = self.criterion(logits.float(), targets)
         metrics.update(logits.detach().float(), targets.argmax(dim=1) if targets.dim() == 2 else targets)
         on_step = stage == "train"
+        if extra:
+            terms = self.extra_losses(gates, (images, targets), logits)
+            for name, term in terms.items():
+                self.log(f"train/{name}", term, on_step=True, on_epoch=True, batch_size=len(labels))
+            self.log("train/loss_classification", loss, on_step=True, on_epoch=True, batch_size=len(labels))
+            loss = loss + sum(terms.values())
         self.log(
             f"{stage}/loss",
             loss,
@@ -205,6 +215,17 @@ class ClassificationModule(LinearScaledRecipe, L.LightningModule):
             batch_size=len(labels),
         )
         return loss
+
+    def extra_losses(self, gates: GateRecord, batch, logits: Tensor) -> Dict[str, Tensor]:
+        """Extra loss terms of a training step: override to add, e.g., a penalty on the gates.
+
+        ``gates`` holds this step's gate values (:func:`~csa_lightning.attention.record_gates`:
+        ``gates.values("p")``, differentiable), ``batch`` the (images, targets) the network saw
+        (after mixup / cutmix), ``logits`` its output. Each returned term is added to the loss and
+        logged as ``train/<name>``; the classification loss alone is then ``train/loss_classification``
+        and ``train/loss`` their sum. Not overridden, nothing is recorded (no hooks, no cost).
+        """
+        return {}
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         loss = self._shared_step(batch, self.train_metrics, "train", batch_idx)

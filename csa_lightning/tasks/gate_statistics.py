@@ -3,21 +3,20 @@
 For every gated stage (the gates under ``layer1`` .. ``layer4`` of an attention ResNet; in other
 networks, the gates grouped by their top-level module) the callback logs the mean, standard
 deviation and 5th / 95th percentiles of the gate p over the batch's images and channels, and the
-same of CSA's descriptor q. It reads them from forward hooks on each gate's hook points
-(``gate_output``, ``descriptor_output``): nothing is recomputed, and the hooks exist only during
-the steps it logs, so the other steps run exactly as without it.
+same of CSA's descriptor q. It reads them through :func:`csa_lightning.attention.record_gates` (the
+public API for a forward pass's gate values): nothing is recomputed, and the hooks exist only
+during the steps it logs, so the other steps run exactly as without it.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from typing import Dict, List
+import contextlib
+from typing import Optional
 
 import lightning as L
 import torch
-from torch import Tensor
 
-from ..attention import ChannelAttention
+from ..attention import GateRecord, record_gates
 from ..checks import require_positive
 
 __all__ = ["GateStatistics", "gate_stage"]
@@ -44,37 +43,30 @@ class GateStatistics(L.Callback):
     def __init__(self, every_n_steps: int = 50) -> None:
         require_positive("GateStatistics.every_n_steps", every_n_steps, integer=True)
         self.every_n_steps = int(every_n_steps)
-        self._handles: List = []
         self._last_step = -1  # under gradient accumulation, one step spans several batches: log it once
-        self._values: Dict[str, List[Tensor]] = defaultdict(list)
-
-    def _observe(self, key: str):
-        def hook(module, inputs, output: Tensor) -> None:
-            # a float copy of one (N, C) tensor per gate, on the logging step only
-            self._values[key].append(output.detach().flatten(1).float())
-
-        return hook
+        self._recording: Optional[contextlib.ExitStack] = None
+        self._record: Optional[GateRecord] = None
 
     def on_train_batch_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule", batch, batch_idx) -> None:
         step = trainer.global_step
         if step % self.every_n_steps or step == self._last_step or not trainer.is_global_zero:
             return
         self._last_step = step
-        for name, module in pl_module.named_modules():
-            if isinstance(module, ChannelAttention):
-                stage = gate_stage(name)
-                self._handles.append(module.gate_output.register_forward_hook(self._observe(f"{stage}/p")))
-                probe = getattr(module, "descriptor_output", None)
-                if probe is not None:
-                    self._handles.append(probe.register_forward_hook(self._observe(f"{stage}/q")))
+        self._recording = contextlib.ExitStack()
+        self._record = self._recording.enter_context(record_gates(pl_module, detach=True))
 
     def on_train_batch_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule", outputs, batch, batch_idx):
-        if not self._handles:
+        if self._recording is None:
             return
-        self._remove_hooks()
+        record = self._record
+        self._stop()
+        chunks = {}
+        for kind, per_gate in record.kinds.items():
+            for name, tensors in per_gate.items():
+                chunks.setdefault(f"{gate_stage(name)}/{kind}", []).extend(tensors)
         metrics = {}
-        for key, chunks in self._values.items():
-            values = torch.cat([c.reshape(-1) for c in chunks])
+        for key, tensors in chunks.items():
+            values = torch.cat([t.float().reshape(-1) for t in tensors])
             low, high = torch.quantile(values[: 2**24], torch.tensor([0.05, 0.95], device=values.device))
             metrics.update(
                 {
@@ -84,20 +76,17 @@ class GateStatistics(L.Callback):
                     f"gates/{key}_p95": float(high),
                 }
             )
-        self._values.clear()
         # the step these values describe (global_step has already counted it)
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step - 1)
 
-    def _remove_hooks(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+    def _stop(self) -> None:
+        if self._recording is not None:
+            self._recording.close()  # removes the hooks
+        self._recording = self._record = None
 
     def on_train_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
-        self._remove_hooks()
-        self._values.clear()
+        self._stop()
 
     def on_exception(self, trainer: "L.Trainer", pl_module: "L.LightningModule", exception: BaseException) -> None:
-        self._remove_hooks()
-        self._values.clear()
+        self._stop()

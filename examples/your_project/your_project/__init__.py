@@ -1,5 +1,6 @@
 """your_project: a user's own package built on csa-lightning (docs/your-project.md walks through it)."""
 
+from .gate_penalty import GatePenaltyModule
 from .srm import SRM
 
-__all__ = ["SRM"]
+__all__ = ["SRM", "GatePenaltyModule"]
