@@ -77,17 +77,17 @@ def test_torchscript_trace_works():
 
 
 @pytest.mark.slow
-def test_export_command_writes_and_checks_both_formats(tmp_path, capsys):
-    """The command on a CSA-ResNet-18 checkpoint: pt2, and ONNX run by onnxruntime (the whole
-    CSA-ResNet-18 through the dynamo exporter, ~15 s of exporting here)."""
+def test_export_command_writes_and_checks_onnx(tmp_path, capsys):
+    """The command on a CSA-ResNet-18 checkpoint: ONNX run by onnxruntime (the whole CSA-ResNet-18
+    through the dynamo exporter, ~15 s of exporting here). Its pt2 format is exported from a run
+    folder by tests/test_your_project.py."""
     from csa_lightning.export import main
 
     from .conftest import make_classification_checkpoint
 
     ckpt = make_classification_checkpoint(tmp_path / "csa.ckpt", "csa", steps=1)
-    for fmt in ("pt2", "onnx"):
-        if fmt == "onnx":
-            pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxruntime")
+    for fmt in ("onnx",):
         difference = main(["--ckpt", ckpt, "--format", fmt, "--out", str(tmp_path / f"m.{fmt}"), "--size", "32"])
         assert (tmp_path / f"m.{fmt}").stat().st_size > 100_000 and difference < 1e-4
         assert "largest difference to PyTorch" in capsys.readouterr().out.strip().splitlines()[-1]
