@@ -1,5 +1,6 @@
 """cli.py and configs/: every config instantiates, print_config round-trips, switches, errors."""
 
+import json
 import sys
 
 import pytest
@@ -11,6 +12,7 @@ from csa_lightning.cli import build_cli, main
 from csa_lightning.data import DigitsMemoryDataModule, FFCVDataModule
 from csa_lightning.tasks import ClassificationModule, DetectionModule
 
+from . import recipe_trace
 from .conftest import CONFIGS, DEMO_CONFIG, TIMEOUT
 
 PAPER_ROWS = {
@@ -25,6 +27,8 @@ RUNNABLE_CONFIGS = (
     + sorted((CONFIGS / "coco").glob("*.yaml"))
     + sorted((CONFIGS / "demo").glob("*.yaml"))
 )
+
+RECORDED_RECIPES = json.loads(recipe_trace.RECORD.read_text())
 
 MEMORY_DATA = [
     "--data",
@@ -47,6 +51,8 @@ def test_every_config_instantiates(path, in_tmp_cwd):
     # copy constants at construction, so they are built for real (backbone weights load at fit time)
     with torch.device("cpu" if detection else "meta"):
         cli = build_cli(["--config", str(path)], run=False)
+        # the optimiser, its parameter groups and every step's lr as recorded before they became pieces
+        assert recipe_trace.trace_built(cli) == RECORDED_RECIPES[str(path.relative_to(CONFIGS).with_suffix(""))]
     if detection:
         assert isinstance(cli.model, DetectionModule) and cli.model.net_spec.architecture in path.stem
         return
@@ -61,6 +67,11 @@ def test_every_config_instantiates(path, in_tmp_cwd):
         assert cli.trainer.precision == "bf16-mixed"
         expected_gates = 0 if attention == "none" else 4 if attention == "csa" else {50: 16, 101: 33}[depth]
         assert len(list(cli.model.model.gates())) == expected_gates
+
+
+@pytest.mark.parametrize("name", sorted(recipe_trace.COMBINATIONS))
+def test_strong_recipe_combinations_keep_their_recorded_recipe(name, in_tmp_cwd):
+    assert recipe_trace.trace_config(recipe_trace.COMBINATIONS[name]) == RECORDED_RECIPES[name]
 
 
 def test_print_config_round_trips(in_tmp_cwd, capsys):
