@@ -416,14 +416,19 @@ def _trainer(device: torch.device, root: str, **kwargs):
     return L.Trainer(**options)
 
 
+def _demo_model(config: str) -> dict:
+    """The model section of a demo config."""
+    import yaml
+
+    return yaml.safe_load((ROOT / "configs" / "demo" / config).read_text())["model"]
+
+
 def _demo_task(config: str, **overrides):
     """The task of a demo config (its network and recipe), built from the YAML's model section: the
     kit runs what ``make demo`` runs, without a second copy of its values (no jsonargparse needed)."""
     import importlib
 
-    import yaml
-
-    model = yaml.safe_load((ROOT / "configs" / "demo" / config).read_text())["model"]
+    model = _demo_model(config)
     module_name, _, name = model["class_path"].rpartition(".")
     return getattr(importlib.import_module(module_name), name)(**{**model["init_args"], **overrides})
 
@@ -491,7 +496,9 @@ def train(report: Report, device: torch.device, quick: bool, workdir: Path) -> N
         from csa_lightning.data import DigitsCOCODataModule
 
         # the digits detection demo's slim heads and recipe; no backbone file, and a warm-up that ends
-        module = _demo_task("digits_faster_rcnn_csa.yaml", backbone_weights=None, warmup_iters=2)
+        schedule = _demo_model("digits_faster_rcnn_csa.yaml")["init_args"]["lr_schedule"]
+        schedule = {**schedule, "init_args": {**schedule["init_args"], "warmup_iters": 2}}
+        module = _demo_task("digits_faster_rcnn_csa.yaml", backbone_weights=None, lr_schedule=schedule)
         # --quick: 64 px canvases, one batch of two (Faster R-CNN's bf16 step on a CPU took 55 s at 128 px, 4 x 2)
         size = dict(canvas_size=64, digit_size=(12, 28), num_train=4, num_val=2, batch_size=2) if quick else {}
         data = DigitsCOCODataModule(

@@ -63,7 +63,7 @@ class CSALightningCLI(LightningCLI):
             )
         asked = _comparable(self.config[subcommand].get("model"))
         try:
-            super()._parse_ckpt_path()
+            self._merge_checkpoint_hparams(subcommand, ckpt_path)
         except (RuntimeError, EOFError, OSError, KeyError) as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise ValueError(
@@ -81,6 +81,24 @@ class CSALightningCLI(LightningCLI):
                 f"checkpoint {ckpt_path} was made with other hyperparameters than this command's ({listed}{more}): "
                 "a checkpoint keeps its own; drop the overrides, or use the config it was trained with"
             )
+
+    def _merge_checkpoint_hparams(self, subcommand: str, ckpt_path: Optional[str]) -> None:
+        """LightningCLI's reading of a checkpoint's hyperparameters into the config, for checkpoints
+        written before the optimiser and schedule were pieces too (their flat recipe is rewritten)."""
+        if not ckpt_path or not Path(ckpt_path).is_file():
+            return
+        import torch
+
+        from .tasks.recipe import upgrade_recipe_hparams
+
+        hparams = torch.load(ckpt_path, weights_only=True, map_location="cpu").get("hyper_parameters", {})
+        hparams = upgrade_recipe_hparams(hparams) or dict(hparams)
+        hparams.pop("_instantiator", None)
+        if not hparams:
+            return
+        if "_class_path" in hparams:
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
 
     def instantiate_trainer(self, **kwargs):
         # no logger chosen in the config: CSV and TensorBoard (Lightning's default is one of the two)
@@ -220,6 +238,16 @@ def with_atomic_checkpoint_io(plugins):
     return [*plugins, AtomicCheckpointIO()]
 
 
+def _upgrade_saved_model_config(saved: dict) -> None:
+    """A run's config.yaml from before the optimiser and schedule were pieces, as pieces (in place)."""
+    from .tasks.recipe import upgrade_recipe_hparams
+
+    init_args = ((saved.get("model") or {}).get("init_args")) if isinstance(saved.get("model"), dict) else None
+    upgraded = upgrade_recipe_hparams(init_args) if isinstance(init_args, dict) else None
+    if upgraded is not None:
+        saved["model"]["init_args"] = upgraded
+
+
 def find_last_checkpoint(config) -> Path:
     """The newest ``last*.ckpt`` of an earlier run of this config (under its default_root_dir).
 
@@ -247,6 +275,7 @@ def find_last_checkpoint(config) -> Path:
         if not config_file.is_file():
             continue  # a fast_dev_run (Lightning saves no config for it) or a file from elsewhere
         saved = yaml.safe_load(config_file.read_text()) or {}
+        _upgrade_saved_model_config(saved)
         difference = _first_difference(_comparable({"model": saved.get("model"), "data": saved.get("data")}), current)
         if difference is None:
             return ckpt
@@ -362,6 +391,10 @@ def _parse_error_line(err: BaseException) -> str:
             params = []
         close = difflib.get_close_matches(name, params, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
+        from .tasks.recipe import LEGACY_OPTIONS
+
+        if name in LEGACY_OPTIONS and {"optimizer", "lr_schedule"} <= set(params):
+            hint = f": the optimiser and the lr schedule are pieces now; use model.{LEGACY_OPTIONS[name]}"
         return f"{cls_name} has no option '{unknown.group(1)}'{hint}"
     keys = re.findall(r'Parser key "([^"]+)"', text)
     choices = re.findall(r"Expected a typing\.Literal\[(.*?)\]\s*$", text, flags=re.MULTILINE)

@@ -1,6 +1,7 @@
 """Shared fixtures. ffcv compiles for seconds per Loader: FFCV data is written once per session."""
 
 import os
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -54,10 +55,14 @@ def make_classification_checkpoint(path, attention: str, depth: int = 18, steps:
 
     from csa_lightning.data import DigitsMemoryDataModule
     from csa_lightning.models import ResNetSpec
-    from csa_lightning.tasks import ClassificationModule
+    from csa_lightning.tasks import ClassificationModule, StepDecay
 
     torch.manual_seed(0)
-    module = ClassificationModule(ResNetSpec(depth, attention, num_classes=10), lr=0.05, milestones=[5])
+    module = ClassificationModule(
+        ResNetSpec(depth, attention, num_classes=10),
+        optimizer=partial(torch.optim.SGD, lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-4),
+        lr_schedule=StepDecay(milestones=[5]),
+    )
     data = DigitsMemoryDataModule(batch_size=32, limit_train_samples=128)
     trainer = L.Trainer(
         max_steps=steps,

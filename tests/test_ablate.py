@@ -244,7 +244,7 @@ def test_a_second_runner_on_the_same_out_is_refused(tmp_path):
             "model.attention_options.contiguity=l2,hybird",
             "variant csa_contiguity-hybird_seed0: unknown contiguity 'hybird'",
         ),
-        ("model.lr=0.1,-1", "variant none_lr--1_seed0: model.lr must be positive, got -1.0"),
+        ("model.optimizer.lr=0.1,-1", "variant none_lr--1_seed0: model.optimizer.lr must be positive, got -1.0"),
         ("=1,2", "--sweep expects KEY=V1,V2 with a key and no empty value, got '=1,2'"),
     ],
 )

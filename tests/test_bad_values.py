@@ -5,7 +5,10 @@ Before: ``--data.batch_size 0`` ran for 24 s and ended in ``empty range for rand
 lr without a word.
 """
 
+from functools import partial
+
 import pytest
+import torch
 
 from csa_lightning.checks import oversubscription_warning
 from csa_lightning.cli import main
@@ -21,12 +24,31 @@ MEMORY = ["--data", "csa_lightning.data.DigitsMemoryDataModule", "--data.resolut
         (["--data.batch_size", "0"], "data.batch_size must be a positive integer, got 0"),
         (["--data.batch_size", "-3"], "data.batch_size must be a positive integer, got -3"),
         (["--data.resolution", "0"], "data.resolution must be a positive integer, got 0"),
-        (["--model.lr", "-1"], "model.lr must be positive, got -1.0"),
-        (["--model.lr", "0"], "model.lr must be positive, got 0.0"),
+        (["--model.optimizer.lr", "-1"], "model.optimizer.lr must be positive, got -1.0"),
+        (["--model.optimizer.lr", "0"], "model.optimizer.lr must be positive, got 0.0"),
         (["--model.lr_reference_batch", "0"], "model.lr_reference_batch must be a positive integer, got 0"),
-        (["--model.momentum", "1.5"], "model.momentum must be in [0, 1), got 1.5"),
-        (["--model.weight_decay=-1e-4"], "model.weight_decay must be >= 0, got -0.0001"),
-        (["--model.milestones", "[4, -1]"], "model.milestones must be >= 0, got [4, -1]"),
+        (["--model.lr_scaling", "quadratic"], "model.lr_scaling must be one of linear, sqrt, none, got 'quadratic'"),
+        # the optimiser's own checks, run when the module is built
+        (
+            ["--model.optimizer.momentum=-0.5"],
+            "model.optimizer: torch.optim.SGD refuses its arguments (Invalid momentum value: -0.5)",
+        ),
+        (
+            ["--model.optimizer.weight_decay=-1e-4"],
+            "model.optimizer: torch.optim.SGD refuses its arguments (Invalid weight_decay value: -0.0001)",
+        ),
+        (
+            ["--model.optimizer", "Adam", "--model.optimizer.betas", "[0.9, 1.5]"],
+            "model.optimizer: torch.optim.Adam refuses its arguments (Invalid beta parameter at index 1: 1.5)",
+        ),
+        (
+            ["--model.lr_schedule", "StepDecay", "--model.lr_schedule.milestones", "[4, -1]"],
+            "model.lr_schedule.milestones must be >= 0, got [4, -1]",
+        ),
+        (
+            ["--model.lr_schedule", "StepDecay", "--model.lr_schedule.warmup_factor", "0"],
+            "model.lr_schedule.warmup_factor must be in (0, 1], got 0.0",
+        ),
         (["--model.label_smoothing", "1.0"], "model.label_smoothing must be in [0, 1), got 1.0"),
     ],
 )
@@ -41,13 +63,30 @@ def test_bad_numbers_are_one_line_errors_before_any_work(args, message, in_tmp_c
 
 def test_detection_recipe_values_are_checked_too():
     from csa_lightning.models import RCNNSpec
-    from csa_lightning.tasks import DetectionModule
+    from csa_lightning.tasks import DetectionModule, StepDecay
 
     net = RCNNSpec(depth=18, num_classes=2, min_size=32, max_size=32)
-    with pytest.raises(ValueError, match=r"^model.warmup_factor must be in \(0, 1\], got 0$"):
-        DetectionModule(net, warmup_factor=0)
-    with pytest.raises(ValueError, match="^model.lr must be positive"):
-        DetectionModule(net, lr=-0.02)
+    with pytest.raises(ValueError, match=r"^model.lr_schedule.warmup_factor must be in \(0, 1\], got 0$"):
+        DetectionModule(net, lr_schedule=StepDecay(warmup_factor=0))
+    with pytest.raises(ValueError, match="^model.optimizer.lr must be positive"):
+        DetectionModule(net, optimizer=partial(torch.optim.SGD, lr=-0.02))
+
+
+def test_an_optimizer_argument_of_another_optimizer_is_refused_in_one_line():
+    """A Python mapping keeps what it is given: SGD's momentum under AdamW is named, not dropped."""
+    from csa_lightning.models import ResNetSpec
+    from csa_lightning.tasks import ClassificationModule
+
+    net = ResNetSpec(depth=18, num_classes=10)
+    adamw = {"class_path": "torch.optim.AdamW", "init_args": {"lr": 1e-3, "momentum": 0.9}}
+    with pytest.raises(
+        ValueError, match=r"^model.optimizer: torch.optim.AdamW takes no argument 'momentum' \(it takes lr, "
+    ):
+        ClassificationModule(net, optimizer=adamw)
+    with pytest.raises(TypeError, match="^model.optimizer must name a torch.optim.Optimizer subclass"):
+        ClassificationModule(net, optimizer={"class_path": "torch.nn.Linear"})
+    with pytest.raises(ValueError, match=r"^model.no_weight_decay_on must be \[\] with torch.optim.LBFGS"):
+        ClassificationModule(net, optimizer=torch.optim.LBFGS, no_weight_decay_on=["bias"])
 
 
 def test_more_cpu_processes_than_cores_is_a_warning():

@@ -61,8 +61,10 @@ def test_every_config_instantiates(path, in_tmp_cwd):
         depth, attention = PAPER_ROWS[path.stem]
         hp, net = cli.model.hparams, cli.model.net_spec
         assert (net.depth, net.attention) == (depth, attention)
-        assert (hp.lr, hp.lr_reference_batch, hp.momentum, hp.nesterov, hp.weight_decay) == (0.1, 128, 0.9, True, 1e-4)
-        assert list(hp.milestones) == [30, 60, 90] and cli.trainer.max_epochs == 100
+        sgd = hp.optimizer["init_args"]
+        assert hp.optimizer["class_path"] == "torch.optim.SGD" and hp.lr_reference_batch == 128
+        assert (sgd["lr"], sgd["momentum"], sgd["nesterov"], sgd["weight_decay"]) == (0.1, 0.9, True, 1e-4)
+        assert hp.lr_schedule["init_args"]["milestones"] == [30, 60, 90] and cli.trainer.max_epochs == 100
         assert isinstance(cli.datamodule, FFCVDataModule) and cli.datamodule.batch_size == 64
         assert cli.trainer.precision == "bf16-mixed"
         expected_gates = 0 if attention == "none" else 4 if attention == "csa" else {50: 16, 101: 33}[depth]
@@ -236,9 +238,17 @@ def test_a_failed_fast_dev_run_leaves_no_folder(in_tmp_cwd, capsys):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--model.lrr", "0.1"], "error: ClassificationModule has no option 'lrr'; did you mean 'lr'?"),
+        (
+            ["--model.lr_scalng", "sqrt"],
+            "error: ClassificationModule has no option 'lr_scalng'; did you mean 'lr_scaling'?",
+        ),
+        (
+            ["--model.lr", "0.1"],
+            "error: ClassificationModule has no option 'lr': the optimiser and the lr schedule "
+            "are pieces now; use model.optimizer.lr",
+        ),
         (["--model.net.depht", "18"], "error: ResNetSpec has no option 'depht'; did you mean 'depth'?"),
-        (["--model.lr", "abc"], "error: option 'lr' expects float, got 'abc'"),
+        (["--model.lr_reference_batch", "abc"], "error: option 'lr_reference_batch' expects int, got 'abc'"),
         (["--trainer.max_epochs", "abc"], "error: option 'trainer.max_epochs' expects int, got 'abc'"),
     ],
 )

@@ -174,8 +174,9 @@ def test_every_coco_config_is_the_paper_recipe(arch, row, in_tmp_cwd):
     hp, net = cli.model.hparams, cli.model.net_spec
     assert isinstance(cli.model, DetectionModule) and isinstance(cli.datamodule, COCODataModule)
     assert (net.architecture, net.depth, net.attention) == (arch, 50, COCO_ROWS[row])
-    assert (hp.lr, hp.lr_reference_batch, hp.momentum, hp.weight_decay) == (0.02, 16, 0.9, 1e-4)
-    assert list(hp.milestones) == [16, 22] and hp.warmup_iters == 500 and cli.trainer.max_epochs == 24
+    sgd, steps = hp.optimizer["init_args"], hp.lr_schedule["init_args"]
+    assert (sgd["lr"], hp.lr_reference_batch, sgd["momentum"], sgd["weight_decay"]) == (0.02, 16, 0.9, 1e-4)
+    assert steps["milestones"] == [16, 22] and steps["warmup_iters"] == 500 and cli.trainer.max_epochs == 24
     assert net.trainable_layers == 3 and net.frozen_bn and hp.backbone_weights == f"runs/{row}"
     assert (net.min_size, net.max_size, net.box_batch_size_per_image, net.rpn_post_nms_top_n_train) == (
         800,
@@ -216,9 +217,9 @@ def test_resume_restores_optimizer_scheduler_and_epoch(in_tmp_cwd):
         "3",
         "--trainer.limit_val_batches",
         "1",
-        "--model.init_args.warmup_iters",
+        "--model.init_args.lr_schedule.warmup_iters",
         "4",
-        "--model.init_args.milestones",
+        "--model.init_args.lr_schedule.milestones",
         "[1]",
     ]
     first = _fit(config, "--trainer.max_epochs", "1", *common)
@@ -413,7 +414,8 @@ def test_authors_backbone_configs(arch, in_tmp_cwd):
     cli = build_cli(["--config", str(CONFIGS / "coco" / f"{arch}_csa_r50_authors.yaml")], run=False)
     hp, net = cli.model.hparams, cli.model.net_spec
     assert (net.architecture, net.depth, net.attention, net.placement) == (arch, 50, "csa", "every_block")
-    assert (hp.lr, hp.lr_reference_batch, list(hp.milestones), cli.trainer.max_epochs) == (0.02, 16, [16, 22], 24)
+    sgd, steps = hp.optimizer["init_args"], hp.lr_schedule["init_args"]
+    assert (sgd["lr"], hp.lr_reference_batch, steps["milestones"], cli.trainer.max_epochs) == (0.02, 16, [16, 22], 24)
     assert hp.backbone_weights == "data/resnet50-0676ba61.pth"
     gates = [m for n, m in cli.model.model.backbone.body.named_modules() if n.endswith(".attention")]
     assert len(gates) == 16 and all(isinstance(g, CSA) for g in gates)

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from csa_lightning.tasks.recipe import WarmupDecay, check_sgd_recipe
+from csa_lightning.tasks import CosineDecay, StepDecay
+from csa_lightning.tasks.schedules import WarmupDecay
 
 
 def _lrs(scheduler, optimizer, steps):
@@ -77,15 +78,18 @@ def test_the_schedule_survives_the_scheduler_state_dict():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"schedule": "cosin"}, "model.schedule must be one of step, cosine, got 'cosin'"),
-        ({"warmup_epochs": 1, "warmup_iters": 10}, "model.warmup_epochs must be 0 when model.warmup_iters is set"),
-        ({"warmup_epochs": -1}, "model.warmup_epochs must be >= 0"),
-        ({"warmup_factor": 0}, r"model.warmup_factor must be in \(0, 1\]"),
+        (
+            {"warmup_epochs": 1, "warmup_iters": 10},
+            "model.lr_schedule.warmup_epochs must be 0 when warmup_iters is set",
+        ),
+        ({"warmup_epochs": -1}, "model.lr_schedule.warmup_epochs must be >= 0"),
+        ({"warmup_factor": 0}, r"model.lr_schedule.warmup_factor must be in \(0, 1\]"),
+        ({"gamma": 0}, "model.lr_schedule.gamma must be positive"),
     ],
 )
 def test_bad_schedule_values_are_one_line_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        check_sgd_recipe(0.1, 128, 0.9, 1e-4, (30,), 0.1, **kwargs)
+        StepDecay(**kwargs)
 
 
 def test_classification_module_steps_its_schedule_per_optimiser_step():
@@ -96,7 +100,7 @@ def test_classification_module_steps_its_schedule_per_optimiser_step():
     from csa_lightning.tasks import ClassificationModule
 
     module = ClassificationModule(
-        ResNetSpec(18, "se", num_classes=10), lr=0.1, lr_reference_batch=32, schedule="cosine", warmup_epochs=0.5
+        ResNetSpec(18, "se", num_classes=10), lr_reference_batch=32, lr_schedule=CosineDecay(warmup_epochs=0.5)
     )
     data = DigitsMemoryDataModule(batch_size=32, resolution=16, limit_train_samples=128)  # 4 steps an epoch
     trainer = L.Trainer(max_epochs=2, limit_val_batches=0, logger=False, enable_checkpointing=False,

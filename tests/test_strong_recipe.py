@@ -18,8 +18,12 @@ def test_strong_include_switches_a_table1_row_to_torchvisions_recipe(tmp_path):
     cli = main(["--config", str(CONFIGS / "csa_r50.yaml"), "--config", str(STRONG),
                 "--trainer.default_root_dir", str(tmp_path)], run=False)  # fmt: skip
     hp = cli.model.hparams
-    assert (hp.lr, hp.lr_reference_batch, hp.momentum, hp.nesterov, hp.weight_decay) == (0.5, 1024, 0.9, False, 2e-5)
-    assert (hp.schedule, hp.warmup_epochs, hp.warmup_factor, hp.label_smoothing) == ("cosine", 5, 0.01, 0.1)
+    sgd, schedule = hp.optimizer["init_args"], hp.lr_schedule
+    assert (sgd["lr"], hp.lr_reference_batch, sgd["momentum"], sgd["nesterov"], sgd["weight_decay"]) == (
+        0.5, 1024, 0.9, False, 2e-5,
+    )  # fmt: skip
+    assert schedule["class_path"] == "csa_lightning.tasks.CosineDecay" and hp.label_smoothing == 0.1
+    assert (schedule["init_args"]["warmup_epochs"], schedule["init_args"]["warmup_factor"]) == (5, 0.01)
     assert (hp.mixup_alpha, hp.cutmix_alpha, hp.random_erasing) == (0.2, 1.0, 0.1)
     assert list(hp.no_weight_decay_on) == ["norm"] and hp.net["init_args"]["attention"] == "csa"
     assert hp.ema_decay == pytest.approx(1 - 2e-5 * 1024 * 32 / 600) and hp.ema_every_n_steps == 32
@@ -97,7 +101,7 @@ def _fit(*extra):
     return main(["fit", "--config", str(DEMO_CONFIG), "--config", str(STRONG),
                  "--data", "csa_lightning.data.DigitsMemoryDataModule", "--data.resolution", "16",
                  "--data.batch_size", "32", "--data.limit_train_samples", "96", "--trainer.limit_val_batches", "2",
-                 "--model.warmup_epochs", "1", "--model.ema_decay", "0.5", "--model.ema_every_n_steps", "1",
+                 "--model.lr_schedule.warmup_epochs", "1", "--model.ema_decay", "0.5", "--model.ema_every_n_steps", "1",
                  *extra])  # fmt: skip
 
 
@@ -128,7 +132,7 @@ def test_ema_is_validated_checkpointed_and_resumed_exactly(tmp_path, monkeypatch
     ckpt = str(next((tmp_path / "a").rglob("last.ckpt")))
     validated = main(["validate", "--config", str(DEMO_CONFIG), "--config", str(STRONG),
                       "--data", "csa_lightning.data.DigitsMemoryDataModule", "--data.resolution", "16",
-                      "--data.batch_size", "32", "--trainer.limit_val_batches", "2", "--model.warmup_epochs", "1",
+                      "--data.batch_size", "32", "--trainer.limit_val_batches", "2", "--model.lr_schedule.warmup_epochs", "1",
                       "--model.ema_decay", "0.5", "--model.ema_every_n_steps", "1", "--ckpt_path", ckpt])  # fmt: skip
     assert float(validated.trainer.callback_metrics["val/top1"]) == pytest.approx(logged, abs=1e-6)
     assert Path(ckpt).is_file()

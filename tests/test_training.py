@@ -1,6 +1,7 @@
 """ClassificationModule: learning, lr scaling, parameter groups, checkpoints and exact resumption."""
 
 import json
+from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -10,14 +11,18 @@ import torch
 from csa_lightning.cli import main
 from csa_lightning.data import DigitsMemoryDataModule
 from csa_lightning.models import ResNetSpec
-from csa_lightning.tasks import ClassificationModule, parameter_groups
+from csa_lightning.tasks import ClassificationModule, StepDecay, parameter_groups
 
 from .conftest import DEMO_CONFIG
 
 
-def small_module(**kwargs):
+def small_module(lr=0.1, weight_decay=1e-4, **kwargs):
     net = {k: kwargs.pop(k) for k in ("depth", "attention", "num_classes") if k in kwargs}
-    args = dict(lr=0.1, lr_reference_batch=16, milestones=[100])
+    args = dict(
+        optimizer=partial(torch.optim.SGD, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay),
+        lr_reference_batch=16,
+        lr_schedule=StepDecay(milestones=[100]),
+    )
     args.update(kwargs)
     return ClassificationModule(ResNetSpec(**{"depth": 18, "attention": "csa", "num_classes": 10, **net}), **args)
 
@@ -61,12 +66,15 @@ def test_parameter_groups_exclude_norms_and_biases_on_request():
         if n.endswith("bias") and "bn" not in n and "downsample.1" not in n
     )
     total = sum(p.numel() for p in model.parameters())
-    groups = parameter_groups(model, 1e-4, ["norm", "bias"])
+    groups = parameter_groups(model, ["norm", "bias"])
     decayed = sum(p.numel() for p in groups[0]["params"])
-    assert groups[1]["weight_decay"] == 0.0 and decayed == total - n_norm - n_bias
-    assert len(parameter_groups(model, 1e-4, [])) == 1
-    with pytest.raises(ValueError, match="accepts 'norm' and 'bias'"):
-        parameter_groups(model, 1e-4, ["norms"])
+    # the first group takes the optimiser's own weight decay, whichever optimiser it is
+    assert "weight_decay" not in groups[0] and groups[1]["weight_decay"] == 0.0 and decayed == total - n_norm - n_bias
+    assert len(parameter_groups(model, [])) == 1
+    with pytest.raises(
+        ValueError, match=r"^model.no_weight_decay_on must be a list of 'norm' and 'bias', got \['norms'\]"
+    ):
+        small_module(no_weight_decay_on=["norms"])
 
 
 def test_logs_top1_top5_errors_throughput_and_run_info(in_tmp_cwd):
@@ -105,8 +113,8 @@ def _fit(args, tmp):
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "schedule",
-    [["--model.schedule", "step", "--model.milestones", "[1]"],
-     ["--model.schedule", "cosine", "--model.warmup_epochs", "1.5"]],
+    [["--model.lr_schedule", "StepDecay", "--model.lr_schedule.milestones", "[1]"],
+     ["--model.lr_schedule.warmup_epochs", "1.5"]],
     ids=["step", "warmup-cosine"],
 )  # fmt: skip
 def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch, schedule):
@@ -243,16 +251,16 @@ def test_a_run_folder_means_its_configured_runs_not_a_fast_dev_run(tmp_path):
 
 
 def test_checkpoints_keep_their_hyperparameters_and_say_so(tmp_path, monkeypatch, capsys):
-    """Before: resuming with --model.lr 0.05 silently kept 0.1; validating an SE checkpoint under
+    """Before: resuming with --model.optimizer.lr 0.05 silently kept 0.1; validating an SE checkpoint under
     a CSA-R18 config silently validated SE-R34; validate without a checkpoint said nothing."""
     monkeypatch.chdir(tmp_path)
     first = _fit(["--trainer.max_epochs", "1"], tmp_path)
     ckpt = str(Path(first.trainer.log_dir) / "checkpoints" / "last.ckpt")
     with pytest.raises(SystemExit):
-        _fit(["--trainer.max_epochs", "2", "--model.lr", "0.05", "--ckpt_path", ckpt], tmp_path)
+        _fit(["--trainer.max_epochs", "2", "--model.optimizer.lr", "0.05", "--ckpt_path", ckpt], tmp_path)
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err == (
-        f"error: checkpoint {ckpt} was made with other hyperparameters than this command's (model.lr: 0.1 there, "
+        f"error: checkpoint {ckpt} was made with other hyperparameters than this command's (model.optimizer.lr: 0.1 there, "
         "0.05 here): a checkpoint keeps its own; drop the overrides, or use the config it was trained with"
     )
     se = _fit(
@@ -297,9 +305,50 @@ def test_last_checkpoint_is_the_last_epoch_even_when_it_is_not_the_best(in_tmp_c
     the epochs after it. lr ~0: val/top1 never beats epoch 0, yet last.ckpt must be epoch 2's."""
     cli = main(["fit", "--config", str(DEMO_CONFIG), "--data", "csa_lightning.data.DigitsMemoryDataModule",
                 "--data.resolution", "16", "--data.batch_size", "32", "--data.limit_train_samples", "64",
-                "--trainer.max_epochs", "3", "--trainer.limit_val_batches", "2", "--model.lr", "1e-12"])  # fmt: skip
+                "--trainer.max_epochs", "3", "--trainer.limit_val_batches", "2", "--model.optimizer.lr", "1e-12"])  # fmt: skip
     log_dir = Path(cli.trainer.log_dir)
     last = torch.load(log_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["epoch"] == 2 and last["global_step"] == 6
     (best,) = (log_dir / "checkpoints").glob("best-*.ckpt")  # the best epoch's own file, beside it
     assert torch.load(best, weights_only=True)["epoch"] <= 2
+
+
+def _as_before_the_pieces(init_args: dict) -> dict:
+    """Model arguments as the code before issue 27 wrote them (flat lr, momentum, milestones, schedule ...)."""
+    old = {k: v for k, v in init_args.items() if k not in ("optimizer", "lr_schedule", "lr_scaling")}
+    sgd, schedule = init_args["optimizer"]["init_args"], init_args["lr_schedule"]
+    old.update(lr=sgd["lr"], momentum=sgd["momentum"], nesterov=sgd["nesterov"], weight_decay=sgd["weight_decay"])
+    old.update(milestones=[30, 60, 90], gamma=0.1, warmup_epochs=0.0, warmup_iters=0, warmup_factor=0.001)
+    old.update({k: v for k, v in schedule["init_args"].items()})
+    old["schedule"] = "cosine" if schedule["class_path"].endswith("CosineDecay") else "step"
+    return old
+
+
+def test_checkpoints_from_before_the_recipe_pieces_resume_and_load(in_tmp_cwd):
+    """A run written when lr, momentum and the schedule were flat module arguments: --ckpt_path last
+    finds it (its config.yaml is read as pieces), resumes it with the same numbers, and
+    load_from_checkpoint and the analysis tools read it."""
+    import yaml
+
+    from csa_lightning.analysis.checkpoints import load_checkpoint_model
+
+    first = _fit(["--trainer.max_epochs", "1"], in_tmp_cwd)
+    log_dir = Path(first.trainer.log_dir)
+    config_file = log_dir / "config.yaml"
+    config = yaml.safe_load(config_file.read_text())
+    config["model"]["init_args"] = _as_before_the_pieces(config["model"]["init_args"])
+    config_file.write_text(yaml.safe_dump(config))
+    for ckpt in (log_dir / "checkpoints").glob("*.ckpt"):
+        saved = torch.load(ckpt, weights_only=True)
+        saved["hyper_parameters"] = _as_before_the_pieces(saved["hyper_parameters"])
+        torch.save(saved, ckpt)
+    last = log_dir / "checkpoints" / "last.ckpt"
+    module = ClassificationModule.load_from_checkpoint(last, weights_only=True)
+    assert module.hparams.optimizer == first.model.hparams.optimizer
+    assert module.hparams.lr_schedule == first.model.hparams.lr_schedule
+    assert load_checkpoint_model(str(last)).label == "CSA-R18"
+    resumed = _fit(["--trainer.max_epochs", "2", "--ckpt_path", "last"], in_tmp_cwd)
+    assert resumed.trainer.current_epoch == 2 and resumed.trainer.global_step == 8
+    straight = _fit(["--trainer.max_epochs", "2", "--trainer.default_root_dir", "straight"], in_tmp_cwd)
+    lr = resumed.trainer.optimizers[0].param_groups[0]["lr"]
+    assert lr == straight.trainer.optimizers[0].param_groups[0]["lr"]

@@ -1,6 +1,17 @@
-"""LightningModules: image classification (Table 1) and detection / instance segmentation (Tables 2, 3)."""
+"""LightningModules: image classification (Table 1) and detection / instance segmentation (Tables 2, 3),
+and the recipe pieces they share (optimiser by class path, lr schedules)."""
 
-from .classification import ClassificationModule, parameter_groups
+from .classification import ClassificationModule
 from .detection import DetectionModule, detection_metric
+from .recipe import parameter_groups
+from .schedules import CosineDecay, Schedule, StepDecay
 
-__all__ = ["ClassificationModule", "DetectionModule", "detection_metric", "parameter_groups"]
+__all__ = [
+    "ClassificationModule",
+    "DetectionModule",
+    "detection_metric",
+    "parameter_groups",
+    "Schedule",
+    "StepDecay",
+    "CosineDecay",
+]

@@ -1,11 +1,10 @@
 """Image classification with an attention ResNet: the LightningModule behind the paper's Table 1.
 
-The recipe defaults are the CSA paper's (SGD, Nesterov momentum 0.9, weight decay 1e-4, lr 0.1
-for a global batch of 128 divided by 10 at epochs 30, 60 and 90, no warm-up). ``lr`` is given for a global
-batch of ``lr_reference_batch`` and scaled linearly to the actual global batch (per-process batch
-x processes x gradient accumulation), which is logged as ``lr_scaled`` and printed when training
-starts. The module owns its optimiser and scheduler because the parameter groups (no weight decay
-on norms and biases) need the model.
+The network (``net``), the optimiser (``optimizer``) and the lr schedule (``lr_schedule``) are
+injected pieces (:mod:`csa_lightning.tasks.recipe`); the defaults are the CSA paper's recipe: SGD,
+Nesterov momentum 0.9, weight decay 1e-4, lr 0.1 for a global batch of 128 (scaled linearly to the
+actual global batch, logged as ``lr_scaled`` and printed when training starts), divided by 10 at
+epochs 30, 60 and 90, no warm-up.
 """
 
 from __future__ import annotations
@@ -25,38 +24,17 @@ from ..attention import GateRecord, record_gates
 from ..checks import require, require_positive
 from ..models import ClassifierSpec, ResNetSpec, network_spec
 from .batch_augment import BatchAugment
-from .recipe import LinearScaledRecipe, check_sgd_recipe
+from .recipe import OptimizerCallable, ScaledRecipe, sgd, step_decay
+from .schedules import Schedule
 
-__all__ = ["ClassificationModule", "parameter_groups"]
+#: the paper's ImageNet recipe (Section 3.6), the defaults of the two pieces
+PAPER_SGD = sgd(lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
+PAPER_STEPS = step_decay(milestones=[30, 60, 90], gamma=0.1)
 
-NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
-
-
-def parameter_groups(model: nn.Module, weight_decay: float, no_weight_decay_on: Sequence[str]) -> list:
-    """Split parameters into a decayed and a non-decayed group.
-
-    ``no_weight_decay_on`` may name "norm" (weights of normalisation layers) and "bias" (every bias);
-    an empty list decays everything, as the paper's recipe (and torchvision's reference) does.
-    """
-    unknown = set(no_weight_decay_on) - {"norm", "bias"}
-    if unknown:
-        raise ValueError(f"no_weight_decay_on accepts 'norm' and 'bias', got {sorted(unknown)}")
-    decay, no_decay = [], []
-    for module in model.modules():
-        for name, param in module.named_parameters(recurse=False):
-            if not param.requires_grad:
-                continue
-            skip = ("bias" in no_weight_decay_on and name == "bias") or (
-                "norm" in no_weight_decay_on and isinstance(module, NORM_TYPES)
-            )
-            (no_decay if skip else decay).append(param)
-    groups = [{"params": decay, "weight_decay": weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    return groups
+__all__ = ["ClassificationModule"]
 
 
-class ClassificationModule(LinearScaledRecipe, L.LightningModule):
+class ClassificationModule(ScaledRecipe, L.LightningModule):
     """An image classifier (by default an attention ResNet) with the paper's recipe.
 
     Args:
@@ -64,13 +42,14 @@ class ClassificationModule(LinearScaledRecipe, L.LightningModule):
             ``ResNetSpec()``: ResNet-50, no gates, 1000 classes); in a config, ``class_path`` /
             ``init_args``, e.g. ``--model.net.attention csa``. Stored in the hyperparameters as
             plain values, so ``load_from_checkpoint`` rebuilds it.
-        lr: learning rate for a global batch of ``lr_reference_batch`` (scaled linearly).
-        momentum, nesterov, weight_decay: SGD.
-        milestones, gamma: step decay: lr x gamma after each milestone epoch (``schedule="step"``).
-        schedule: "step" (milestones) or "cosine" (to 0 at the last step, after the warm-up).
-        warmup_epochs, warmup_iters, warmup_factor: linear warm-up from ``lr * warmup_factor``
-            over these epochs (fractions allowed) or steps (0: none, the paper's recipe). The
-            schedule is stepped per optimiser step (:class:`~csa_lightning.tasks.recipe.WarmupDecay`).
+        optimizer: any ``torch.optim`` optimiser (or a subclass of your own) as ``class_path`` and
+            ``init_args`` (default: the paper's SGD, lr 0.1, Nesterov momentum 0.9, weight decay 1e-4);
+            e.g. ``--model.optimizer AdamW --model.optimizer.lr 0.001``. Its ``lr`` is for a global
+            batch of ``lr_reference_batch``. In Python also ``functools.partial(torch.optim.AdamW, lr=...)``.
+        lr_scaling: "linear", "sqrt" or "none": how ``lr`` follows the actual global batch.
+        lr_reference_batch: the global batch the configured ``lr`` is for.
+        lr_schedule: a :class:`~csa_lightning.tasks.schedules.Schedule` (default the paper's
+            ``StepDecay([30, 60, 90], 0.1)``; ``CosineDecay``, warm-ups), stepped per optimiser step.
         label_smoothing: cross-entropy label smoothing (0 in the paper).
         mixup_alpha, cutmix_alpha, random_erasing: batch augmentation while training (0: off; see
             :class:`~csa_lightning.tasks.batch_augment.BatchAugment`). Mixed batches train on soft
@@ -91,17 +70,10 @@ class ClassificationModule(LinearScaledRecipe, L.LightningModule):
     def __init__(
         self,
         net: Optional[ClassifierSpec] = None,
-        lr: float = 0.1,
+        optimizer: OptimizerCallable = PAPER_SGD,
+        lr_scaling: str = "linear",
         lr_reference_batch: int = 128,
-        momentum: float = 0.9,
-        nesterov: bool = True,
-        weight_decay: float = 1e-4,
-        milestones: Sequence[int] = (30, 60, 90),
-        gamma: float = 0.1,
-        schedule: str = "step",
-        warmup_epochs: float = 0.0,
-        warmup_iters: int = 0,
-        warmup_factor: float = 0.001,
+        lr_schedule: Schedule = PAPER_STEPS,
         label_smoothing: float = 0.0,
         mixup_alpha: float = 0.0,
         cutmix_alpha: float = 0.0,
@@ -115,16 +87,14 @@ class ClassificationModule(LinearScaledRecipe, L.LightningModule):
         compile: bool = False,
     ) -> None:
         super().__init__()
-        check_sgd_recipe(
-            lr, lr_reference_batch, momentum, weight_decay, milestones, gamma,
-            schedule, warmup_epochs, warmup_iters, warmup_factor,
-        )  # fmt: skip
+        self.init_recipe(optimizer, lr_schedule, lr_scaling, lr_reference_batch, no_weight_decay_on)
         require(0 <= label_smoothing < 1, "model.label_smoothing", label_smoothing, "in [0, 1)")
         require(ema_decay is None or 0 < ema_decay < 1, "model.ema_decay", ema_decay, "null or in (0, 1)")
         require_positive("model.ema_every_n_steps", ema_every_n_steps, integer=True)
         self.net_spec = network_spec(net if net is not None else ResNetSpec(), ClassifierSpec)
-        self.save_hyperparameters(ignore=["net"])
+        self.save_hyperparameters(ignore=["net", "optimizer", "lr_schedule"])
         self.hparams["net"] = self.net_spec.config()  # plain values: load_from_checkpoint rebuilds the network
+        self.store_recipe()
         self.model = self.build_model()
         if backbone_weights:
             from ..models import load_backbone_weights
@@ -279,7 +249,3 @@ class ClassificationModule(LinearScaledRecipe, L.LightningModule):
         from lightning.pytorch.callbacks import EMAWeightAveraging
 
         return [EMAWeightAveraging(decay=self.hparams.ema_decay, update_every_n_steps=self.hparams.ema_every_n_steps)]
-
-    def optimizer_parameter_groups(self) -> list:
-        """No weight decay on what ``no_weight_decay_on`` names (SGD and the schedule: LinearScaledRecipe)."""
-        return parameter_groups(self.model, self.hparams.weight_decay, self.hparams.no_weight_decay_on)

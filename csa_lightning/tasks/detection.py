@@ -1,10 +1,11 @@
 """Object detection and instance segmentation: the LightningModule behind the paper's Tables 2 and 3.
 
 torchvision's Faster R-CNN or Mask R-CNN on an attention-ResNet + FPN backbone
-(:mod:`csa_lightning.models.detection`). The recipe defaults are the paper's 2x schedule as in
-torchvision's references and mmdetection: SGD, lr 0.02 for a global batch of 16 (scaled
-linearly), momentum 0.9, weight decay 1e-4, 24 epochs with lr / 10 at epochs 16 and 22, linear
-warm-up over the first 500 iterations from lr / 1000; backbone from ImageNet weights,
+(:mod:`csa_lightning.models.detection`). The optimiser and schedule are the same pieces as the
+classification task's (:mod:`csa_lightning.tasks.recipe`); their defaults are the paper's 2x
+schedule as in torchvision's references and mmdetection: SGD, lr 0.02 for a global batch of 16
+(scaled linearly), momentum 0.9, weight decay 1e-4, 24 epochs with lr / 10 at epochs 16 and 22,
+linear warm-up over the first 500 iterations from lr / 1000; backbone from ImageNet weights,
 FrozenBatchNorm, 3 trainable stages.
 
 Validation and test report COCO AP, AP50, AP75, APs, APm and APl for boxes (``val/box_AP`` ...)
@@ -25,7 +26,12 @@ from torch import Tensor, nn
 from ..models import DetectorSpec, RCNNSpec, network_spec
 from ..models.attention_resnet import BackboneLoadReport, load_backbone_weights
 from .checkpoints import resolve_checkpoint
-from .recipe import LinearScaledRecipe, check_sgd_recipe
+from .recipe import OptimizerCallable, ScaledRecipe, sgd, step_decay
+from .schedules import Schedule
+
+#: the paper's COCO 2x recipe (Section 4.2), the defaults of the two pieces
+COCO_SGD = sgd(lr=0.02, momentum=0.9, weight_decay=1e-4)
+COCO_2X_STEPS = step_decay(milestones=[16, 22], gamma=0.1, warmup_iters=500, warmup_factor=0.001)
 
 __all__ = ["DetectionModule", "detection_metric", "gather_list_states", "METRIC_NAMES"]
 
@@ -84,7 +90,7 @@ def gather_list_states(metric) -> None:
         setattr(metric, name, [t.to(device) if isinstance(t, Tensor) else t for part in gathered for t in part])
 
 
-class DetectionModule(LinearScaledRecipe, L.LightningModule):
+class DetectionModule(ScaledRecipe, L.LightningModule):
     """Faster R-CNN / Mask R-CNN with an attention ResNet-FPN backbone, with the paper's 2x recipe.
 
     Args:
@@ -96,13 +102,10 @@ class DetectionModule(LinearScaledRecipe, L.LightningModule):
             project, or a run folder holding one (its newest checkpoint); the ``fc`` head is ignored.
             Loaded when a fresh fit starts (not on resume, not when building the module).
         backbone_partial: allow ``backbone_weights`` that leave tensors other than the gates' unloaded.
-        lr: learning rate for a global batch of ``lr_reference_batch`` (scaled linearly).
-        momentum, weight_decay: SGD.
-        milestones, gamma: step decay: lr x gamma after each milestone epoch (``schedule="step"``).
-        schedule: "step" (milestones) or "cosine" (to 0 at the last step, after the warm-up).
-        warmup_epochs, warmup_iters, warmup_factor: linear warm-up from ``lr * warmup_factor``
-            over these epochs or steps; the schedule is the classification task's
-            (:class:`~csa_lightning.tasks.recipe.WarmupDecay`), stepped per optimiser step.
+        optimizer, lr_scaling, lr_reference_batch, lr_schedule, no_weight_decay_on: the recipe's
+            pieces, as :class:`~csa_lightning.tasks.ClassificationModule`'s; the defaults are the
+            COCO 2x recipe (SGD lr 0.02 for 16 images, momentum 0.9, weight decay 1e-4;
+            ``StepDecay([16, 22], warmup_iters=500)``).
     """
 
     def __init__(
@@ -110,25 +113,18 @@ class DetectionModule(LinearScaledRecipe, L.LightningModule):
         net: Optional[DetectorSpec] = None,
         backbone_weights: Optional[str] = None,
         backbone_partial: bool = False,
-        lr: float = 0.02,
+        optimizer: OptimizerCallable = COCO_SGD,
+        lr_scaling: str = "linear",
         lr_reference_batch: int = 16,
-        momentum: float = 0.9,
-        weight_decay: float = 1e-4,
-        milestones: Sequence[int] = (16, 22),
-        gamma: float = 0.1,
-        schedule: str = "step",
-        warmup_epochs: float = 0.0,
-        warmup_iters: int = 500,
-        warmup_factor: float = 0.001,
+        lr_schedule: Schedule = COCO_2X_STEPS,
+        no_weight_decay_on: Sequence[str] = (),
     ) -> None:
         super().__init__()
-        check_sgd_recipe(
-            lr, lr_reference_batch, momentum, weight_decay, milestones, gamma,
-            schedule, warmup_epochs, warmup_iters, warmup_factor,
-        )  # fmt: skip
+        self.init_recipe(optimizer, lr_schedule, lr_scaling, lr_reference_batch, no_weight_decay_on)
         self.net_spec = network_spec(net if net is not None else RCNNSpec(), DetectorSpec)
-        self.save_hyperparameters(ignore=["net"])
+        self.save_hyperparameters(ignore=["net", "optimizer", "lr_schedule"])
         self.hparams["net"] = self.net_spec.config()  # plain values: load_from_checkpoint rebuilds the network
+        self.store_recipe()
         self.backbone_report = None
         self.model = self.build_model()
         self.iou_types = getattr(self.net_spec, "iou_types", ("bbox",))

@@ -1,104 +1,259 @@
-"""What the task modules share: SGD with lr scaled linearly to the global batch, one warm-up + decay
-schedule stepped per optimiser step, and images/s logging.
+"""What the task modules share: the recipe as injected pieces, and images/s logging.
 
-The schedule (:class:`WarmupDecay`) is a pure function of the optimiser step: linear warm-up from
-``lr * warmup_factor`` over ``warmup_epochs`` epochs or ``warmup_iters`` steps, then either step
-decay (``lr * gamma ** k`` after the k-th of ``milestones``, in epochs) or cosine decay to 0 over
-the remaining steps. Being a function of the step alone (and saved with the scheduler's state),
-a resumed run continues it exactly, mid-epoch included.
+- ``optimizer``: any ``torch.optim`` optimiser (or a user's ``Optimizer`` subclass) in LightningCLI's
+  convention, ``class_path`` and ``init_args``. Its ``lr`` is given for a global batch of
+  ``lr_reference_batch`` and scaled to the actual one by ``lr_scaling`` ("linear", "sqrt" or "none");
+  the scaled lr is printed when training starts and logged as ``lr_scaled``. Switching the class on
+  the command line (``--model.optimizer AdamW``) keeps only the arguments the new class takes.
+- ``no_weight_decay_on``: "norm" and/or "bias" parameters in a group with ``weight_decay`` 0, for any
+  optimiser with a ``weight_decay`` argument.
+- ``lr_schedule``: a :class:`~csa_lightning.tasks.schedules.Schedule` (step decay, warm-up + step,
+  warm-up + cosine, or a user's), stepped per optimiser step; the module supplies the steps per
+  epoch and in the run.
+
+The module stores the optimiser and the schedule as plain ``{class_path, init_args}`` values in its
+hyperparameters, so ``load_from_checkpoint`` rebuilds them. Checkpoints written before these were
+pieces (flat ``lr``, ``momentum``, ``milestones``, ``schedule`` ...) are read through
+:func:`upgrade_recipe_hparams`.
 """
 
 from __future__ import annotations
 
-import bisect
+import functools
+import importlib
+import inspect
+import io
 import math
 import os
 import time
-from dataclasses import dataclass
-from typing import Any, Iterable, Optional, Sequence, Tuple
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch import nn
 
-from ..checks import oversubscription_warning, require, require_non_negative, require_positive
+from ..checks import oversubscription_warning, require, require_positive
+from ..spec import plain, public_path, spec_from_config
+from .schedules import Schedule, WarmupDecay
 
-__all__ = ["LinearScaledRecipe", "WarmupDecay", "check_sgd_recipe", "SCHEDULES"]
+__all__ = [
+    "ScaledRecipe",
+    "OptimizerCallable",
+    "LR_SCALING",
+    "optimizer_config",
+    "parameter_groups",
+    "upgrade_recipe_hparams",
+    "WarmupDecay",
+]
 
-SCHEDULES = ("step", "cosine")
+LR_SCALING = ("linear", "sqrt", "none")
+#: the optimiser argument's type, as LightningCLI's: jsonargparse makes a config's piece a partial
+OptimizerCallable = Callable[[Iterable], torch.optim.Optimizer]
+NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 
-def check_sgd_recipe(
-    lr: float,
-    lr_reference_batch: int,
-    momentum: float,
-    weight_decay: float,
-    milestones: Sequence[int],
-    gamma: float,
-    schedule: str = "step",
-    warmup_epochs: float = 0.0,
-    warmup_iters: int = 0,
-    warmup_factor: float = 0.001,
-) -> None:
-    """One-line errors for impossible recipe values, when the module is built (not epochs later)."""
-    require_positive("model.lr", lr)
+def sgd(**init_args) -> Dict[str, Any]:
+    """An SGD piece as plain values (the tasks' defaults)."""
+    return {"class_path": "torch.optim.SGD", "init_args": init_args}
+
+
+def step_decay(**init_args) -> Dict[str, Any]:
+    """A :class:`~csa_lightning.tasks.schedules.StepDecay` piece as plain values (the tasks' defaults)."""
+    return {"class_path": "csa_lightning.tasks.StepDecay", "init_args": init_args}
+
+
+def optimizer_config(value: Any, what: str = "model.optimizer") -> Dict[str, Any]:
+    """The optimiser piece as plain ``{class_path, init_args}``, checked, from what a config, a checkpoint
+    or Python gives: such a mapping, an ``Optimizer`` subclass, or ``functools.partial(OptimizerClass,
+    **init_args)`` (what jsonargparse makes of a config's piece). One-line errors name what is wrong."""
+    cls, init_args = None, {}
+    if isinstance(value, Mapping) and "class_path" in value:
+        cls = _import_optimizer(str(value["class_path"]), what)
+        init_args = dict(value.get("init_args") or {})
+    elif isinstance(value, type):
+        cls = value
+    elif isinstance(value, functools.partial):
+        # jsonargparse: partial(call_without_instantiate_context, instantiator, cls, **init_args)
+        candidates = [value.func, *value.args]
+        cls = next((c for c in reversed(candidates) if isinstance(c, type)), None)
+        init_args = dict(value.keywords)
+    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+        raise TypeError(
+            f"{what} must name a torch.optim.Optimizer subclass (class_path and init_args, e.g. torch.optim.AdamW), "
+            f"got {value!r}"
+        )
+    accepted = [n for n in inspect.signature(cls.__init__).parameters if n not in ("self", "params")]
+    unknown = sorted(set(init_args) - set(accepted))
+    if unknown:
+        raise ValueError(
+            f"{what}: {public_path(cls)} takes no argument {', '.join(repr(u) for u in unknown)} "
+            f"(it takes {', '.join(accepted)}); remove it or pick another optimiser"
+        )
+    return {"class_path": public_path(cls), "init_args": plain(init_args)}
+
+
+def _import_optimizer(path: str, what: str) -> type:
+    module_name, _, name = path.rpartition(".")
+    if not module_name:  # a short name, as LightningCLI accepts: AdamW
+        module_name = "torch.optim"
+    try:
+        return getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise ValueError(f"{what}: cannot import '{path}' ({err}); give an optimiser's import path") from None
+
+
+def optimizer_class(config: Mapping[str, Any]) -> type:
+    return _import_optimizer(config["class_path"], "model.optimizer")
+
+
+def configured_lr(config: Mapping[str, Any]) -> float:
+    """The piece's lr (for the reference batch): its init_args', else the class's default."""
+    lr = (config.get("init_args") or {}).get("lr")
+    if lr is None:
+        default = inspect.signature(optimizer_class(config).__init__).parameters.get("lr")
+        lr = None if default is None or default.default is inspect.Parameter.empty else default.default
+    return lr
+
+
+def check_recipe(optimizer: Mapping[str, Any], lr_scaling: str, lr_reference_batch: int, no_weight_decay_on) -> None:
+    """One-line errors for a recipe that cannot run, when the module is built (not epochs later)."""
+    cls = optimizer_class(optimizer)
+    lr = configured_lr(optimizer)
+    require_positive("model.optimizer.lr", lr)
+    require(lr_scaling in LR_SCALING, "model.lr_scaling", lr_scaling, f"one of {', '.join(LR_SCALING)}")
     require_positive("model.lr_reference_batch", lr_reference_batch, integer=True)
-    require(isinstance(momentum, (int, float)) and 0 <= momentum < 1, "model.momentum", momentum, "in [0, 1)")
-    require_non_negative("model.weight_decay", weight_decay)
-    require_non_negative("model.milestones", list(milestones))
-    require_positive("model.gamma", gamma)
-    require(schedule in SCHEDULES, "model.schedule", schedule, f"one of {', '.join(SCHEDULES)}")
-    require_non_negative("model.warmup_epochs", warmup_epochs)
-    require_non_negative("model.warmup_iters", warmup_iters)
+    unknown = set(no_weight_decay_on) - {"norm", "bias"}
+    require(not unknown, "model.no_weight_decay_on", list(no_weight_decay_on), "a list of 'norm' and 'bias'")
+    takes_decay = "weight_decay" in inspect.signature(cls.__init__).parameters
     require(
-        not (warmup_epochs and warmup_iters),
-        "model.warmup_epochs",
-        warmup_epochs,
-        f"0 when model.warmup_iters is set ({warmup_iters}): give the warm-up in epochs or in steps",
+        takes_decay or not no_weight_decay_on,
+        "model.no_weight_decay_on",
+        list(no_weight_decay_on),
+        f"[] with {public_path(cls)}, which has no weight_decay argument",
     )
-    require(0 < warmup_factor <= 1, "model.warmup_factor", warmup_factor, "in (0, 1]")
+    # the optimiser's own checks (a negative momentum, betas out of range) now, on one stand-in tensor
+    try:
+        cls([torch.zeros(1, device="cpu", requires_grad=True)], **dict(optimizer.get("init_args") or {}))
+    except (ValueError, TypeError, RuntimeError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ValueError(f"model.optimizer: {public_path(cls)} refuses its arguments ({first})") from None
 
 
-@dataclass(frozen=True)
-class WarmupDecay:
-    """The lr factor of optimiser step ``step`` (a ``LambdaLR`` lambda).
-
-    Args:
-        warmup_steps: linear warm-up from ``warmup_factor`` to 1 over these steps.
-        warmup_factor: the factor at step 0.
-        decay: "step" (``gamma ** k`` after the k-th milestone epoch) or "cosine" (from 1 after
-            the warm-up to 0 at ``total_steps``).
-        milestones, gamma: step decay, in epochs.
-        steps_per_epoch: optimiser steps per epoch (for milestones and epoch-given warm-ups).
-        total_steps: the run's optimiser steps (for cosine decay).
-    """
-
-    warmup_steps: int = 0
-    warmup_factor: float = 0.001
-    decay: str = "step"
-    milestones: Tuple[int, ...] = ()
-    gamma: float = 0.1
-    steps_per_epoch: int = 1
-    total_steps: int = 1
-
-    def __call__(self, step: int) -> float:
-        warm = 1.0
-        if step < self.warmup_steps:
-            alpha = step / self.warmup_steps
-            warm = self.warmup_factor * (1 - alpha) + alpha
-        if self.decay == "cosine":
-            span = max(1, self.total_steps - self.warmup_steps)
-            progress = min(1.0, max(0.0, (step - self.warmup_steps) / span))
-            return warm * 0.5 * (1.0 + math.cos(math.pi * progress))
-        epoch = step // max(1, self.steps_per_epoch)
-        return warm * self.gamma ** bisect.bisect_right(sorted(self.milestones), epoch)
+def parameter_groups(model: nn.Module, no_weight_decay_on: Sequence[str]) -> List[Dict[str, Any]]:
+    """The trainable parameters, with those ``no_weight_decay_on`` names ("norm": weights of
+    normalisation layers, "bias": every bias) in a second group with ``weight_decay`` 0; the first
+    group takes the optimiser's own weight decay. An empty list decays everything, as the paper's
+    recipe (and torchvision's reference) does."""
+    decay, no_decay = [], []
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if not param.requires_grad:
+                continue
+            skip = ("bias" in no_weight_decay_on and name == "bias") or (
+                "norm" in no_weight_decay_on and isinstance(module, NORM_TYPES)
+            )
+            (no_decay if skip else decay).append(param)
+    groups = [{"params": decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
 
 
-class LinearScaledRecipe:
-    """Mixin for LightningModules with ``hparams.lr`` given for a global batch of
-    ``hparams.lr_reference_batch`` (the paper's), scaled linearly to the actual one."""
+#: the recipe options before the optimiser and schedule were pieces, and where each went
+LEGACY_OPTIONS = {
+    **{k: f"optimizer.{k}" for k in ("lr", "momentum", "nesterov", "weight_decay")},
+    **{k: f"lr_schedule.{k}" for k in ("milestones", "gamma", "warmup_epochs", "warmup_iters", "warmup_factor")},
+    "schedule": "lr_schedule (csa_lightning.tasks.StepDecay or CosineDecay)",
+}
+_LEGACY_KEYS = tuple(LEGACY_OPTIONS)
+
+
+def upgrade_recipe_hparams(hparams: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
+    """A module's hyperparameters (or a saved config's ``model.init_args``) from before the optimiser
+    and schedule were pieces, rewritten as pieces with the same numbers: SGD with the old ``lr``,
+    ``momentum``, ``nesterov`` and ``weight_decay``; ``StepDecay`` or ``CosineDecay`` with the old
+    milestones and warm-up. Every argument of both is written out, as a parsed config holds them.
+    None when there is nothing to upgrade."""
+    if not any(k in hparams for k in _LEGACY_KEYS) or "optimizer" in hparams:
+        return None
+    new = {k: v for k, v in hparams.items() if k not in _LEGACY_KEYS}
+    momentum = hparams.get("momentum", 0.9)
+    new["optimizer"] = full_config(
+        sgd(
+            lr=hparams.get("lr", 0.1),
+            momentum=momentum,
+            nesterov=bool(hparams.get("nesterov", False)) and momentum > 0,
+            weight_decay=hparams.get("weight_decay", 1e-4),
+        )
+    )
+    warmup = {k: hparams[k] for k in ("warmup_epochs", "warmup_iters", "warmup_factor") if k in hparams}
+    if hparams.get("schedule", "step") == "cosine":
+        schedule = {"class_path": "csa_lightning.tasks.CosineDecay", "init_args": warmup}
+    else:
+        schedule = step_decay(milestones=list(hparams.get("milestones", (30, 60, 90))),
+                              gamma=hparams.get("gamma", 0.1), **warmup)  # fmt: skip
+    new["lr_schedule"] = full_config(schedule)
+    new.setdefault("lr_scaling", "linear")  # the only rule there was
+    return new
+
+
+def full_config(config: Mapping[str, Any]) -> Dict[str, Any]:
+    """``{class_path, init_args}`` with every ``__init__`` argument written out (the class's
+    defaults where not given), as jsonargparse writes a parsed piece."""
+    module_name, _, name = config["class_path"].rpartition(".")
+    cls = getattr(importlib.import_module(module_name), name)
+    args = {}
+    for pname, param in inspect.signature(cls.__init__).parameters.items():
+        if pname in ("self", "params") or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        given = (config.get("init_args") or {}).get(pname, param.default)
+        args[pname] = None if given is inspect.Parameter.empty else given
+    return {"class_path": config["class_path"], "init_args": plain(args)}
+
+
+def read_checkpoint_hparams(checkpoint: Dict[str, Any]) -> bool:
+    """Upgrade a loaded checkpoint's hyperparameters in place; True when they changed."""
+    hparams = checkpoint.get("hyper_parameters")
+    upgraded = upgrade_recipe_hparams(hparams) if isinstance(hparams, Mapping) else None
+    if upgraded is None:
+        return False
+    checkpoint["hyper_parameters"] = upgraded
+    return True
+
+
+class ScaledRecipe:
+    """Mixin for the task modules: the optimiser and schedule pieces (``hparams.optimizer``,
+    ``hparams.lr_schedule``), the lr scaled to the global batch, and images/s logging."""
 
     _batch_started: Optional[float] = None
+
+    def init_recipe(self, optimizer: Any, lr_schedule: Any, lr_scaling: str, lr_reference_batch: int,
+                    no_weight_decay_on: Sequence[str]) -> None:  # fmt: skip
+        """Check and keep the pieces (call before ``save_hyperparameters``; :meth:`store_recipe` after)."""
+        self.optimizer_piece = optimizer_config(optimizer)
+        check_recipe(self.optimizer_piece, lr_scaling, lr_reference_batch, no_weight_decay_on)
+        self.schedule = spec_from_config(lr_schedule, Schedule, "model.lr_schedule")
+
+    def store_recipe(self) -> None:
+        # plain values: load_from_checkpoint rebuilds the pieces (a jsonargparse partial is not plain)
+        self.hparams["optimizer"] = self.optimizer_piece
+        self.hparams["lr_schedule"] = self.schedule.config()
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict=None, **kwargs):
+        """Lightning's, also for checkpoints written before the optimiser and schedule were pieces."""
+        if isinstance(checkpoint_path, (str, Path)) and os.path.isfile(checkpoint_path):
+            checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+            if read_checkpoint_hparams(checkpoint):
+                buffer = io.BytesIO()
+                torch.save(checkpoint, buffer)
+                buffer.seek(0)
+                checkpoint_path = buffer
+        return super().load_from_checkpoint(
+            checkpoint_path, map_location=map_location, hparams_file=hparams_file, strict=strict, **kwargs
+        )
 
     def global_batch_size(self) -> Optional[int]:
         """Per-process batch x processes x accumulation, from the datamodule (None if unknown)."""
@@ -109,15 +264,21 @@ class LinearScaledRecipe:
             return None
         return int(per_process) * trainer.world_size * trainer.accumulate_grad_batches
 
-    def scaled_lr(self) -> float:
+    def lr_scale(self) -> float:
+        """The factor from the reference batch's lr to this run's (1 when the batch is unknown)."""
         batch = self.global_batch_size()
-        if batch is None:
-            return self.hparams.lr
-        return self.hparams.lr * batch / self.hparams.lr_reference_batch
+        rule = self.hparams.get("lr_scaling", "linear")
+        if batch is None or rule == "none":
+            return 1.0
+        ratio = batch / self.hparams.lr_reference_batch
+        return ratio if rule == "linear" else math.sqrt(ratio)
+
+    def scaled_lr(self) -> float:
+        return configured_lr(self.optimizer_piece) * self.lr_scale()
 
     def optimizer_parameter_groups(self) -> Iterable:
-        """What SGD optimises (parameters or parameter groups); tasks override it."""
-        return [p for p in self.parameters() if p.requires_grad]
+        """What the optimiser optimises: the trainable parameters, split by ``no_weight_decay_on``."""
+        return parameter_groups(self.model, self.hparams.get("no_weight_decay_on") or ())
 
     def steps_per_epoch(self) -> Optional[int]:
         """Optimiser steps per training epoch (None when the loader has no length)."""
@@ -130,46 +291,34 @@ class LinearScaledRecipe:
             return None
         return max(1, -(-int(batches) // trainer.accumulate_grad_batches))
 
-    def lr_schedule(self) -> WarmupDecay:
-        """The run's :class:`WarmupDecay`, from the hyperparameters and the trainer's step counts."""
-        hp = self.hparams
+    def lr_schedule(self):
+        """The run's lr factor per optimiser step, from the schedule piece and the trainer's step counts."""
         per_epoch = self.steps_per_epoch() or 1
         total = self._trainer.estimated_stepping_batches if self._trainer is not None else per_epoch
         total = int(total) if total not in (None, float("inf")) else per_epoch
-        warmup = int(hp.get("warmup_iters", 0)) + round(float(hp.get("warmup_epochs", 0.0)) * per_epoch)
-        return WarmupDecay(
-            warmup_steps=warmup,
-            warmup_factor=float(hp.get("warmup_factor", 0.001)),
-            decay=hp.get("schedule", "step"),
-            milestones=tuple(int(m) for m in hp.milestones),
-            gamma=float(hp.gamma),
-            steps_per_epoch=per_epoch,
-            total_steps=total,
-        )
+        return self.schedule.lr_lambda(per_epoch, total)
 
     def configure_optimizers(self):
-        """SGD at the scaled lr with :meth:`lr_schedule`, stepped per optimiser step."""
-        hp = self.hparams
+        """The optimiser piece at the scaled lr over :meth:`optimizer_parameter_groups`, with the
+        schedule piece stepped per optimiser step."""
         rank_zero_info(self.lr_message())
-        optimizer = torch.optim.SGD(
-            self.optimizer_parameter_groups(),
-            lr=self.scaled_lr(),
-            momentum=hp.momentum,
-            nesterov=bool(hp.get("nesterov", False)) and hp.momentum > 0,
-            weight_decay=hp.weight_decay,
-        )
+        init_args = dict(self.optimizer_piece["init_args"])
+        init_args["lr"] = self.scaled_lr()
+        optimizer = optimizer_class(self.optimizer_piece)(self.optimizer_parameter_groups(), **init_args)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_schedule())
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def on_train_epoch_start(self) -> None:
-        # the configured lr scaled to this run's global batch; the lr itself is LearningRateMonitor's (lr-SGD)
+        # the configured lr scaled to this run's global batch; the lr itself is LearningRateMonitor's
         self.log("lr_scaled", float(self.scaled_lr()), on_step=False, on_epoch=True)
 
     def lr_message(self) -> str:
         batch = self.global_batch_size()
+        rule = self.hparams.get("lr_scaling", "linear")
         return (
-            f"lr {self.hparams.lr:g} for a global batch of {self.hparams.lr_reference_batch} -> {self.scaled_lr():g} "
-            f"for the actual global batch of {batch if batch is not None else 'unknown (no datamodule batch_size)'}"
+            f"lr {configured_lr(self.optimizer_piece):g} for a global batch of {self.hparams.lr_reference_batch} "
+            f"-> {self.scaled_lr():g} ({rule} scaling) for the actual global batch of "
+            f"{batch if batch is not None else 'unknown (no datamodule batch_size)'}"
         )
 
     @staticmethod
