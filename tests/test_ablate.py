@@ -422,8 +422,9 @@ def test_sigterm_to_the_runner_ends_its_runs_and_a_live_run_keeps_its_folder(tmp
         (["--out", "x", "--seeds", "a"], "error: --seeds must be comma-separated integers, got 'a'"),
         (["--out", "x", "--attentions", "foo"], "error: unknown attention 'foo': choose one of "),
         (
-            ["--out", "x", "--sweep", "model.lrr=0.1,0.2"],
-            "error: variant none_lrr-0.1_seed0: ClassificationModule has no option 'lrr'; did you mean 'lr'?",
+            ["--out", "x", "--sweep", "model.lr_scalng=sqrt,none"],
+            "error: variant none_lr_scalng-sqrt_seed0: ClassificationModule has no option 'lr_scalng'; "
+            "did you mean 'lr_scaling'?",
         ),
     ],
 )

@@ -1,9 +1,11 @@
 """The one warm-up + decay schedule both tasks use (tasks/recipe.py), against torch's own schedulers."""
 
+from dataclasses import dataclass
+
 import pytest
 import torch
 
-from csa_lightning.tasks import CosineDecay, StepDecay
+from csa_lightning.tasks import CosineDecay, Schedule, StepDecay
 from csa_lightning.tasks.schedules import WarmupDecay
 
 
@@ -110,3 +112,52 @@ def test_classification_module_steps_its_schedule_per_optimiser_step():
     assert trainer.lr_scheduler_configs[0].interval == "step"
     assert (schedule.warmup_steps, schedule.total_steps, schedule.steps_per_epoch) == (2, 8, 4)
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.0)  # cosine reached 0 at the last step
+
+
+@dataclass(frozen=True)
+class _Linear:
+    total: int
+
+    def __call__(self, step: int) -> float:
+        return max(0.0, 1 - step / self.total)
+
+
+class LinearDecay(Schedule):
+    """docs/training.md's example of a schedule of your own."""
+
+    def lr_lambda(self, steps_per_epoch: int, total_steps: int):
+        return _Linear(total_steps)
+
+
+def test_a_schedule_of_your_own_and_any_optimizer_through_the_module():
+    """docs/training.md: a Schedule subclass and AdamW with sqrt scaling, stored as plain values."""
+    from functools import partial
+    from types import SimpleNamespace
+
+    from csa_lightning.models import ResNetSpec
+    from csa_lightning.tasks import ClassificationModule
+
+    module = ClassificationModule(
+        ResNetSpec(18, "se", num_classes=10),
+        optimizer=partial(torch.optim.AdamW, lr=1e-3, weight_decay=0.05),
+        lr_scaling="sqrt",
+        lr_reference_batch=256,
+        lr_schedule=LinearDecay(),
+        no_weight_decay_on=["norm", "bias"],
+    )
+    assert module.hparams.optimizer == {
+        "class_path": "torch.optim.AdamW", "init_args": {"lr": 1e-3, "weight_decay": 0.05},
+    }  # fmt: skip
+    assert module.hparams.lr_schedule["class_path"].endswith("test_recipe.LinearDecay")
+    module._trainer = SimpleNamespace(datamodule=SimpleNamespace(batch_size=16), world_size=4,
+                                      accumulate_grad_batches=1, num_training_batches=10,
+                                      estimated_stepping_batches=100)  # fmt: skip
+    configured = module.configure_optimizers()
+    module._trainer = None
+    optimizer, scheduler = configured["optimizer"], configured["lr_scheduler"]["scheduler"]
+    assert type(optimizer) is torch.optim.AdamW
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * (64 / 256) ** 0.5)  # sqrt scaling
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [0.05, 0.0]
+    for _ in range(50):
+        scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.5e-3 * 0.5)
