@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.csa-lightning-installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := libopencv-dev libturbojpeg0-dev pkg-config
 
-.PHONY: install test test-fast lint format demo demo-strong demo-detection summary figures gpu-check clean
+.PHONY: install test test-system test-fast blockcheck lint format demo demo-strong demo-detection summary figures gpu-check clean
 
 install: $(STAMP)
 
@@ -23,10 +23,15 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[ffcv,detection,analysis,timm,export,dev]'
 	@touch $(STAMP)
 
-# The whole suite, slow tests included (none is skipped by default), on two pytest-xdist workers
-# (--dist loadgroup: the DDP tests share one worker); plain `pytest` runs it in one process.
+# The suite on two pytest-xdist workers (--dist loadgroup: tests that must not overlap share a
+# worker), all but the end-to-end system tests (marker `system`: DDP launches, the ablation runner's
+# real runs, signals to live processes, the GPU kit's dry run, installing the example project),
+# which `make test-system` runs; CI (.ci/run) runs both. Plain `pytest` runs everything in one process.
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --dist loadgroup
+	$(PY) -m pytest -n 2 --dist loadgroup -m "not system"
+
+test-system: $(STAMP)
+	$(PY) -m pytest -n 2 --dist loadgroup -m system
 
 # ruff: lint and formatting (configured in pyproject.toml); `make format` rewrites the files.
 lint: $(STAMP)
@@ -74,6 +79,10 @@ figures: $(STAMP)
 	$(PY) -m csa_lightning.analyze gradcam --out figs/digits --limit 6 \
 		--ckpt $(FIG_RUNS)/runs/none_seed0 --ckpt $(FIG_RUNS)/runs/se_seed0 --ckpt $(FIG_RUNS)/runs/csa_seed0 \
 		--images data/digits/images_32px/val
+
+# The block check kit on the built-in blocks (docs/writing-a-block.md): runs/blockcheck/report.{md,json}.
+blockcheck: $(STAMP)
+	$(PY) -m csa_lightning.blockcheck --builtins --out runs/blockcheck
 
 # Every CUDA path in ~5 minutes on one GPU (benchmarks/gpu_check.py says how to run it on a bare
 # GPU machine); writes runs/gpu-check/report.{md,json}, exits non-zero when a check fails.

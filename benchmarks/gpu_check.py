@@ -66,8 +66,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from csa_lightning.attention import available_attentions, build_attention  # noqa: E402
+from csa_lightning.attention import available_attentions, build_attention, resolve_attention  # noqa: E402
 from csa_lightning.attention.csa import CONTIGUITY_MODES, DISTANCE_MODES  # noqa: E402
+from csa_lightning.blockcheck.correctness import BlockUnderTest, check_autocast, correlated_map  # noqa: E402
 
 SECTIONS = ("numerics", "speed", "train")
 #: the authors' detection backbone: CSA in every block, distances from pooled maps, contiguity "hybrid"
@@ -203,16 +204,6 @@ def block_variants() -> List[tuple]:
     return variants
 
 
-def _correlated_map(shape, seed: int, dtype=torch.float64) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    base = torch.randn(shape[0], 1, *shape[2:], generator=g, dtype=dtype)
-    return (
-        0.6 * base
-        + torch.randn(shape, generator=g, dtype=dtype)
-        + 0.3 * torch.randn(*shape[:2], 1, 1, generator=g, dtype=dtype)
-    )
-
-
 def check_block_against_float64(name: str, options: dict, device: torch.device, channels: int, side: int = 7) -> str:
     torch.manual_seed(0)
     reference = build_attention(name, channels, **options).double()
@@ -222,7 +213,7 @@ def check_block_against_float64(name: str, options: dict, device: torch.device, 
     candidate = build_attention(name, channels, **options)
     candidate.load_state_dict({k: v.float() for k, v in reference.state_dict().items()})
     candidate.to(device)
-    x64 = _correlated_map((2, channels, side, side), seed=1)
+    x64 = correlated_map((2, channels, side, side), seed=1, dtype=torch.float64)
     upstream = torch.randn(x64.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     x64.requires_grad_(True)
     y64 = reference(x64)
@@ -237,37 +228,10 @@ def check_block_against_float64(name: str, options: dict, device: torch.device, 
     return f"output {out_err:.1e}, input gradient {grad_err:.1e} (relative to the largest value)"
 
 
-def degenerate_inputs(channels: int, device: torch.device) -> Dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(0)
-    base = torch.randn(2, 1, 5, 5, generator=g)
-    cases = {
-        "all_zero": torch.zeros(2, channels, 5, 5),
-        "identical_channels": base.expand(2, channels, 5, 5).contiguous(),
-        "constant_maps": torch.randn(2, channels, 1, 1, generator=g).expand(2, channels, 5, 5).contiguous(),
-        "batch_of_one": torch.randn(1, channels, 5, 5, generator=g),
-        "tiny_values": torch.randn(2, channels, 5, 5, generator=g) * 1e-20,
-        "huge_values": torch.randn(2, channels, 5, 5, generator=g) * 1e15,
-    }
-    return {k: v.to(device) for k, v in cases.items()}
-
-
 def check_autocast_finite(name: str, options: dict, device: torch.device, dtype: torch.dtype) -> str:
-    channels = 32
-    block = build_attention(name, channels, **options).to(device)
-    cases = degenerate_inputs(channels, device)
-    if dtype == torch.float16:
-        del cases["huge_values"]  # 1e15 is past fp16's range (65504): an fp16 network never produces it
-    for case, x in cases.items():
-        x = x.to(dtype).requires_grad_(True)
-        with torch.autocast(device.type, dtype=dtype):
-            out = block(x)
-        assert torch.isfinite(out.float()).all(), f"{case}: non-finite output"
-        out.float().sum().backward()
-        assert torch.isfinite(x.grad.float()).all(), f"{case}: non-finite input gradient"
-        for pname, p in block.named_parameters():
-            assert p.grad is None or torch.isfinite(p.grad).all(), f"{case}: non-finite gradient of {pname}"
-        block.zero_grad(set_to_none=True)
-    return f"{len(cases)} degenerate inputs finite ({', '.join(cases)})"
+    """The block check kit's autocast check (degenerate inputs finite, agreement with fp32) on this device."""
+    block = BlockUnderTest(name, resolve_attention(name), options)
+    return check_autocast(block, quick=False, device=device, dtypes=(dtype,))
 
 
 def check_zero_init_resnet(device: torch.device, dtype: torch.dtype, size: int) -> str:

@@ -145,6 +145,7 @@ def test_corrupt_results_file_is_explained(tmp_path):
         load_results(tmp_path)
 
 
+@pytest.mark.system
 @pytest.mark.slow
 def test_killed_ablation_resumes_without_losing_or_duplicating(tmp_path):
     """Long (~40-60 s): the runner and its runs are real processes (each imports torch and Lightning),
@@ -197,6 +198,7 @@ def _tiny_ablation(out, *extra):
     ]  # fmt: skip
 
 
+@pytest.mark.system
 @pytest.mark.slow
 def test_changed_overrides_never_reuse_stale_results(tmp_path, monkeypatch, capsys):
     """Before: re-running the same --out with --trainer.max_epochs 2 after 1-epoch runs reported
@@ -273,6 +275,7 @@ def test_bad_sweeps_fail_before_any_run(sweep, message, tmp_path):
     assert not out.exists()  # nothing started
 
 
+@pytest.mark.system
 @pytest.mark.slow
 def test_detection_ablation_takes_each_backbone_from_its_classification_run(tmp_path):
     """--backbone-runs: variant {attention}_seed{s} starts from the classification run of that name;
@@ -365,6 +368,7 @@ def test_stale_results_name_what_changed_and_old_records_count_as_stale(tmp_path
     assert "(none_seed0: trainer.max_epochs: 2 then, 3 now)" in str(exit_info.value)
 
 
+@pytest.mark.system
 @pytest.mark.slow
 def test_sigterm_to_the_runner_ends_its_runs_and_a_live_run_keeps_its_folder(tmp_path, monkeypatch):
     """Before: SIGTERM to the runner left its child training; a restarted runner took the dead

@@ -258,6 +258,7 @@ def test_a_misspelt_key_or_wrong_type_is_one_line_first(args, message, in_tmp_cw
     assert err[0] == message and len(err) == 2 and "--help" in err[1]
 
 
+@pytest.mark.system
 @pytest.mark.slow
 def test_sigterm_ends_a_run_blocked_in_its_data_loader(tmp_path):
     """Before: a loader that never returned a batch left `cli.py validate` waiting forever and
@@ -304,6 +305,7 @@ def test_an_integer_batch_limit_stays_a_count_and_a_float_one_a_fraction(in_tmp_
     assert type(parsed.limit_val_batches) is float and parsed.limit_val_batches == 1.0
 
 
+@pytest.mark.system
 @pytest.mark.slow
 def test_sigterm_exits_143_naming_the_checkpoint_to_resume_from(tmp_path):
     """Before: a run ended by SIGTERM exited 0 without a word, and a scheduler took it as finished.

@@ -308,6 +308,7 @@ def test_missing_backbone_weights_are_one_line(in_tmp_cwd, capsys):
     assert not list(Path("runs/empty").rglob("*.ckpt"))
 
 
+@pytest.mark.system
 @pytest.mark.slow
 @pytest.mark.xdist_group("ddp")  # one DDP launch at a time: each picks a free port for gloo
 def test_ddp_two_cpu_processes_shard_coco_batches_without_repeats(tmp_path):

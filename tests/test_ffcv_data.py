@@ -125,6 +125,7 @@ def test_image_folder_data_module_reads_the_same_images(digits_betons):
         ImageFolderDataModule(train_path=str(folder / "nope"), val_path=str(folder / "val")).setup("fit")
 
 
+@pytest.mark.system
 @pytest.mark.slow
 @pytest.mark.xdist_group("ddp")  # one DDP launch at a time: each picks a free port for gloo
 def test_ddp_two_cpu_processes_shard_data_and_sync_metrics(tmp_path, digits_betons):

@@ -73,6 +73,7 @@ def test_every_block_and_csa_mode_is_checked():
     assert {"csa hybrid pooled", "csa hybrid pooled torch-kernel", "csa l2 grad"} <= set(labels)
 
 
+@pytest.mark.system
 @pytest.mark.slow
 def test_cpu_quick_dry_run_passes_every_section(tmp_path):
     """All three sections on the CPU with tiny sizes: what the GPU run executes, minus the GPU and

@@ -19,7 +19,7 @@ from .conftest import ROOT, TIMEOUT
 
 EXAMPLE = ROOT / "examples" / "your_project"
 # one install, one worker: the tests below share it
-pytestmark = pytest.mark.xdist_group("your_project")
+pytestmark = [pytest.mark.xdist_group("your_project"), pytest.mark.system]
 TINY = ["--data", "csa_lightning.data.DigitsMemoryDataModule", "--data.resolution", "16", "--data.batch_size", "32",
         "--data.limit_train_samples", "32", "--trainer.limit_val_batches", "1", "--trainer.max_epochs", "1",
         "--trainer.enable_progress_bar", "false"]  # fmt: skip

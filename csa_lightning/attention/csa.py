@@ -528,6 +528,8 @@ class CSA(ChannelAttention):
     """CSA gate: p = sigmoid(MLP(q)) from the standardised local Moran's I of the channels."""
 
     default_placement = "stage_end"
+    # the default treats the contiguity weights w as constants for autograd (the authors' choice)
+    exact_gradient_options = {"contiguity_grad": True}
 
     def __init__(
         self,
