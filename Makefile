@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.csa-lightning-installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := libopencv-dev libturbojpeg0-dev pkg-config
 
-.PHONY: install test test-system test-fast blockcheck lint format demo demo-strong demo-detection summary figures gpu-check clean
+.PHONY: install test test-system test-fast blockcheck blockcheck-reference lint format demo demo-strong demo-detection summary figures gpu-check clean
 
 install: $(STAMP)
 
@@ -80,9 +80,16 @@ figures: $(STAMP)
 		--ckpt $(FIG_RUNS)/runs/none_seed0 --ckpt $(FIG_RUNS)/runs/se_seed0 --ckpt $(FIG_RUNS)/runs/csa_seed0 \
 		--images data/digits/images_32px/val
 
-# The block check kit on the built-in blocks (docs/writing-a-block.md): runs/blockcheck/report.{md,json}.
+# The block check kit (docs/writing-a-block.md): make blockcheck BLOCKS="your_pkg.YourGate" checks
+# your blocks beside the built-ins' reference rows; runs/blockcheck/report.{md,json}.
+BLOCKS ?=
 blockcheck: $(STAMP)
-	$(PY) -m csa_lightning.blockcheck --builtins --out runs/blockcheck
+	$(PY) -m csa_lightning.blockcheck $(BLOCKS) --builtins --out runs/blockcheck
+
+# Re-measure every built-in block (all sections, ResNet-50 timings; about 5 minutes here) and rewrite
+# csa_lightning/blockcheck/reference.json, the rows --builtins shows beside a user's block.
+blockcheck-reference: $(STAMP)
+	$(PY) -m csa_lightning.blockcheck --write-reference --out runs/blockcheck-reference
 
 # Every CUDA path in ~5 minutes on one GPU (benchmarks/gpu_check.py says how to run it on a bare
 # GPU machine); writes runs/gpu-check/report.{md,json}, exits non-zero when a check fails.

@@ -54,3 +54,22 @@ class NeedsAnArgument(ChannelAttention):
 
     def gate(self, x):
         return torch.sigmoid(x.mean((2, 3), keepdim=True) / self.temperature)
+
+
+class DataDependentBranch(ChannelAttention):
+    """Correct, but branches on a value of the input: torch.export cannot capture it (a finding, not a fault)."""
+
+    def gate(self, x):
+        z = x.mean((2, 3), keepdim=True)
+        if bool(z.mean() > 0):
+            return torch.sigmoid(z)
+        return torch.sigmoid(-z)
+
+
+class UndeclaredProduct(ChannelAttention):
+    """Correct, but a channel-by-channel Gram matrix whose multiply-adds ``extra_macs`` does not declare."""
+
+    def gate(self, x):
+        flat = x.flatten(2)
+        gram = flat @ flat.transpose(1, 2) / flat.shape[-1]  # (N, C, C)
+        return torch.sigmoid(gram.mean(2)).view(x.shape[0], -1, 1, 1)

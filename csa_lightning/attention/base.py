@@ -200,6 +200,10 @@ class ChannelAttention(nn.Module):
         return f"channels={self.channels}"
 
 
+# the base's own __init__ too: a subclass that defines none inherits it, and timm passes it device / dtype
+ChannelAttention.__init__ = _accepting_factory_kwargs(ChannelAttention.__init__)
+
+
 class MLPGate(ChannelAttention):
     """Base of the gates that excite a pooled descriptor through a :class:`ReductionMLP` (SE, CBAM)."""
 

@@ -6,8 +6,11 @@ does (short names, installed plugins, dotted paths), runs every check on each bl
 fault; the exit status is then 1) or **finding** (a limit worth knowing, such as no float64
 support). ``--builtins`` adds the built-in blocks as rows beside yours.
 
-The checks are in :mod:`csa_lightning.blockcheck.correctness` (one function each); this module
-runs them and keeps the results.
+Three sections, one module each: :mod:`~csa_lightning.blockcheck.correctness` (faults fail),
+:mod:`~csa_lightning.blockcheck.deployment` (torch.export, ONNX, timm, jit.trace: findings) and
+:mod:`~csa_lightning.blockcheck.cost` (parameters, GMAC, saved bytes and CPU time ratios to the
+plain ResNet of the same run). The built-in blocks' rows come from ``reference.json`` beside this
+file, which ``make blockcheck-reference`` regenerates; a run measures only the blocks it names.
 """
 
 from __future__ import annotations
@@ -20,6 +23,10 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from ..attention import available_attentions, resolve_attention
 from .correctness import CORRECTNESS_CHECKS, BlockUnderTest, Fault, Finding
+from .deployment import DEPLOYMENT_CHECKS
+
+REFERENCE = Path(__file__).with_name("reference.json")
+SECTIONS = {"correctness": CORRECTNESS_CHECKS, "deployment": DEPLOYMENT_CHECKS}
 
 __all__ = ["CheckResult", "BlockReport", "check_block", "check_blocks", "write_report", "blocks_under_test"]
 
@@ -28,6 +35,7 @@ PASS, FAIL, FINDING = "pass", "fail", "finding"
 
 @dataclass
 class CheckResult:
+    section: str
     check: str
     status: str  # pass / fail / finding
     detail: str
@@ -40,6 +48,8 @@ class BlockReport:
     class_path: str
     options: Dict[str, Any]
     results: List[CheckResult]
+    cost: Optional[Dict[str, Any]] = None
+    source: str = "measured"  # or "reference" (a built-in's row from reference.json)
 
     @property
     def failed(self) -> List[CheckResult]:
@@ -65,32 +75,58 @@ def builtin_names() -> List[str]:
     return [n for n in available_attentions() if n != "none"]
 
 
-def check_block(block: BlockUnderTest, quick: bool = False, checks=None) -> BlockReport:
-    """Every check on one block; an unexpected exception in a check is that check's failure."""
+def check_block(block: BlockUnderTest, quick: bool = False, sections: Sequence[str] = tuple(SECTIONS),
+                checks=None) -> BlockReport:  # fmt: skip
+    """The checks of ``sections`` on one block; an unexpected exception in a check is that check's failure."""
     results = []
-    for name, check in checks or CORRECTNESS_CHECKS:
-        started = time.perf_counter()
-        try:
-            status, detail = PASS, check(block, quick)
-        except Finding as finding:
-            status, detail = FINDING, str(finding)
-        except Fault as fault:
-            status, detail = FAIL, str(fault)
-        except Exception as err:  # noqa: BLE001 - a check that breaks on this block is a failure of the block
-            first = (str(err).strip().splitlines() or [""])[0][:200]
-            status, detail = FAIL, f"{type(err).__name__}: {first}"
-        results.append(CheckResult(name, status, detail, round(time.perf_counter() - started, 3)))
+    for section in sections:
+        for name, check in checks or SECTIONS[section]:
+            started = time.perf_counter()
+            try:
+                status, detail = PASS, check(block, quick)
+            except Finding as finding:
+                status, detail = FINDING, str(finding)
+            except Fault as fault:
+                status, detail = FAIL, str(fault)
+            except Exception as err:  # noqa: BLE001 - a check that breaks on this block is a failure of the block
+                first = (str(err).strip().splitlines() or [""])[0][:200]
+                status, detail = FAIL, f"{type(err).__name__}: {first}"
+            results.append(CheckResult(section, name, status, detail, round(time.perf_counter() - started, 3)))
     cls = block.cls
     return BlockReport(block.label, f"{cls.__module__}.{cls.__qualname__}", block.options, results)
 
 
-def check_blocks(blocks: Sequence[BlockUnderTest], quick: bool = False, progress=None) -> List[BlockReport]:
+def check_blocks(blocks: Sequence[BlockUnderTest], quick: bool = False, cost: bool = True,
+                 progress=None, sections: Sequence[str] = tuple(SECTIONS)) -> List[BlockReport]:  # fmt: skip
+    """``sections`` on every block; the cost of all of them in one benchmark run (one plain baseline)."""
     reports = []
     for block in blocks:
-        report = check_block(block, quick)
+        report = check_block(block, quick, sections)
         if progress is not None:
             progress(report)
         reports.append(report)
+    if cost and blocks:
+        from .cost import cost_findings, measure_cost
+
+        measured = measure_cost(blocks, quick)
+        for report in reports:
+            report.cost = measured[report.block]
+            found = cost_findings(report.cost)
+            report.results.append(
+                CheckResult("cost", "cost", FINDING if found else PASS, "; ".join(found) or "no finding", 0.0)
+            )
+    return reports
+
+
+def reference_reports() -> List[BlockReport]:
+    """The built-in blocks' rows as ``make blockcheck-reference`` measured them."""
+    if not REFERENCE.is_file():
+        raise FileNotFoundError(f"no reference report at {REFERENCE}; run make blockcheck-reference")
+    data = json.loads(REFERENCE.read_text())
+    reports = []
+    for row in data["blocks"]:
+        results = [CheckResult(**r) for r in row.pop("results")]
+        reports.append(BlockReport(**{**row, "results": results, "source": "reference"}))
     return reports
 
 
@@ -103,19 +139,51 @@ def to_markdown(reports: Sequence[BlockReport], quick: bool) -> str:
     lines = [
         "# Block check report",
         "",
-        f"{'Quick mode (smaller inputs, fast gradcheck). ' if quick else ''}"
-        "pass / **FAIL** (a correctness fault) / finding (a limit worth knowing); details below the table.",
+        f"{'Quick mode (smaller inputs, fast gradcheck, ResNet-18 timings). ' if quick else ''}"
+        "pass / **FAIL** (a correctness fault) / finding (a limit worth knowing); details below the tables. "
+        "Rows marked (reference) are the built-ins' as `make blockcheck-reference` measured them.",
         "",
         "| block | " + " | ".join(checks) + " |",
         "|---|" + "---|" * len(checks),
     ]
     for report in reports:
-        lines.append(f"| {report.block} | " + " | ".join(_cell(r) for r in report.results) + " |")
+        mark = " (reference)" if report.source == "reference" else ""
+        cells = {r.check: _cell(r) for r in report.results}
+        lines.append(f"| {report.block}{mark} | " + " | ".join(cells.get(c, "-") for c in checks) + " |")
+    costed = [r for r in reports if r.cost]
+    if costed:
+        lines += ["", "## Cost", "", _cost_table(costed)]
     for report in reports:
         options = f", options {json.dumps(report.options)}" if report.options else ""
         lines += ["", f"## {report.block} (`{report.class_path}`{options})", ""]
-        lines += [f"- {r.check}: {r.status}: {r.detail} ({r.seconds:.2f} s)" for r in report.results]
+        lines += [f"- {r.section} / {r.check}: {r.status}: {r.detail} ({r.seconds:.2f} s)" for r in report.results]
     return "\n".join(lines) + "\n"
+
+
+def _cost_table(reports: Sequence[BlockReport]) -> str:
+    lines = [
+        "Against the plain ResNet of the same run (one process, interleaved, median): parameters and "
+        "millions of multiply-adds added, bytes saved for backward, CPU training-step and inference time "
+        "ratios; extra_macs as declared / as torch's flop counter sees them (64 channels, 14 x 14).",
+        "",
+        "| block | network, batch x size | placement | + params | + MMAC | saved for backward | train | infer | "
+        "extra_macs declared / seen |",
+        "|---|---|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for report in reports:
+        c = report.cost
+        setting = c["setting"]
+        net = f"ResNet-{setting['depth']}, {setting['batch']} x {setting['size']} px"
+        macs = c["extra_macs"]
+        for p in ("stage_end", "every_block"):
+            row = c[p]
+            mmac = (row["gmac"] - c["plain"]["gmac"]) * 1e3
+            lines.append(
+                f"| {report.block} | {net} | {p} | {row['params'] - c['plain']['params']:,} | "
+                f"{mmac:.0f} | {row['saved_ratio']:.2f}x | {row['train_ratio']:.2f}x | "
+                f"{row['infer_ratio']:.2f}x | {macs['declared']:,} / {macs['flop_counter']:,} |"
+            )
+    return "\n".join(lines)
 
 
 def write_report(reports: Sequence[BlockReport], out: Path, quick: bool) -> None:

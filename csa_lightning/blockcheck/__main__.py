@@ -1,14 +1,18 @@
-"""python -m csa_lightning.blockcheck BLOCK [BLOCK ...] [--builtins] [--options JSON] [--quick] [--out DIR]"""
+"""python -m csa_lightning.blockcheck BLOCK [BLOCK ...] [--builtins] [--options JSON] [--quick] [--no-cost] [--out DIR]
+
+``--write-reference`` measures every built-in block (every section, the full cost setting) and
+rewrites the reference report the ``--builtins`` rows come from (``make blockcheck-reference``)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import List, Optional
 
-from . import FAIL, blocks_under_test, builtin_names, check_blocks, write_report
+from . import REFERENCE, blocks_under_test, builtin_names, check_blocks, reference_reports, write_report
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
@@ -17,7 +21,13 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
         description="Check channel-attention blocks for correctness; writes report.md and report.json.",
     )
     parser.add_argument("blocks", nargs="*", help="short names, plugin names or dotted paths (your_pkg.YourGate)")
-    parser.add_argument("--builtins", action="store_true", help="add the built-in blocks as rows beside yours")
+    parser.add_argument(
+        "--builtins", action="store_true", help="add the built-in blocks' rows (from the reference report) beside yours"
+    )
+    parser.add_argument("--no-cost", action="store_true", help="skip the cost section (timings)")
+    parser.add_argument(
+        "--write-reference", action="store_true", help=f"measure every built-in block and rewrite {REFERENCE.name}"
+    )
     parser.add_argument("--options", default="{}",
                         help="JSON constructor options for the named blocks, e.g. '{\"reduction\": 8}'")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="smaller inputs and gradcheck's fast mode")
@@ -35,20 +45,20 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"error: --options must be a JSON object such as '{{\"reduction\": 8}}', got {args.options!r}",
               file=sys.stderr)  # fmt: skip
         return 2
-    names = list(args.blocks) + [n for n in (builtin_names() if args.builtins else []) if n not in args.blocks]
-    if not names:
+    if args.write_reference:
+        args.blocks, args.builtins, args.quick, args.no_cost = builtin_names(), False, False, False
+    if not args.blocks and not args.builtins:
         print("error: name at least one block (e.g. your_pkg.YourGate) or pass --builtins", file=sys.stderr)
         return 2
     try:
-        blocks = blocks_under_test(args.blocks, options) + blocks_under_test(names[len(args.blocks) :])
+        blocks = blocks_under_test(args.blocks, options)
         for block in blocks:  # a constructor the options do not satisfy: one line before any check runs
             block.build(8)
-    except (ValueError, TypeError) as err:
+        reference = reference_reports() if args.builtins else []
+    except (ValueError, TypeError, FileNotFoundError) as err:
         message = str(err).strip().splitlines()[0]
-        hint = (
-            "" if "--options" in message or not args.blocks else "; pass its constructor arguments with --options JSON"
-        )
-        print(f"error: {message}{hint if 'cannot build' in message else ''}", file=sys.stderr)
+        hint = "; pass its constructor arguments with --options JSON" if "cannot build" in message else ""
+        print(f"error: {message}{hint}", file=sys.stderr)
         return 2
 
     def progress(report) -> None:
@@ -57,13 +67,18 @@ def main(argv: Optional[List[str]] = None) -> int:
         )
         print(f"{report.block}: {cells}", flush=True)
 
-    reports = check_blocks(blocks, quick=args.quick, progress=progress)
+    reports = check_blocks(blocks, quick=args.quick, cost=not args.no_cost, progress=progress)
+    if args.write_reference:
+        REFERENCE.write_text(json.dumps({"quick": False, "blocks": [asdict(r) for r in reports]}, indent=1) + "\n")
+        print(f"reference: {REFERENCE}")
+    named = {r.block for r in reports}
+    reports += [r for r in reference if r.block not in named]
     out = Path(args.out)
     write_report(reports, out, args.quick)
     failed = [r.block for r in reports if r.failed]
     print(f"report: {out / 'report.md'}; {len(failed)} of {len(reports)} blocks fail" +
           (f" ({', '.join(failed)})" if failed else ""))  # fmt: skip
-    return 1 if any(r.status == FAIL for rep in reports for r in rep.results) else 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
