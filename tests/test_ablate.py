@@ -329,7 +329,7 @@ def test_variant_names_and_groups_never_collide():
 def test_the_stale_check_hashes_the_resolved_config_not_the_files_text(tmp_path):
     """Before: the hash covered the base file's text and the arguments: a changed value in a file
     the base config includes reused old results. Comments and key order change nothing."""
-    from csa_lightning.ablate import _check_variants
+    from csa_lightning.ablate.plan import check_variants
 
     piece = tmp_path / "piece.yaml"
     piece.write_text(f"config: {DEMO_CONFIG}\ntrainer.max_epochs: 3\n")
@@ -337,7 +337,7 @@ def test_the_stale_check_hashes_the_resolved_config_not_the_files_text(tmp_path)
     base.write_text("config: piece.yaml\ntrainer.default_root_dir: runs/x\n")  # a Table 1 row's shape
 
     def hashed():
-        return _check_variants(str(base), plan_variants(["se"], [0], {}), [])["se_seed0"]
+        return check_variants(str(base), plan_variants(["se"], [0], {}), [])["se_seed0"]
 
     first = hashed()
     assert first.config["trainer"]["max_epochs"] == 3 and "default_root_dir" not in first.config["trainer"]

@@ -133,14 +133,14 @@ def test_the_ablation_runner_builds_timm_variants(tmp_path):
     """The runner's variants of the timm demo config swap the gate of the timm network (none: no gates)."""
     import torch
 
-    from csa_lightning.ablate import _check_variants, _option_keys, plan_variants
+    from csa_lightning.ablate.plan import _option_keys, check_variants, plan_variants
     from csa_lightning.cli import main
 
     from .conftest import CONFIGS
 
     config = str(CONFIGS / "demo" / "digits_timm_convnext_csa.yaml")
     variants = plan_variants(["none", "se", "csa"], [0], {})
-    _check_variants(config, variants, [])  # what the runner does before the first run
+    check_variants(config, variants, [])  # what the runner does before the first run
     for variant in variants:
         args = ["--config", config, *variant.cli_args(_option_keys(variant.attention)),
                 "--trainer.default_root_dir", str(tmp_path)]  # fmt: skip

@@ -140,7 +140,8 @@ class RecordResult(Callback):
     Path: ``result_path``, or the environment variable ``CSA_RESULT_PATH``. Contents: the metric
     the checkpoints monitor and its best value, every validation metric of the last epoch, epochs,
     params, GMAC at the data's resolution, train images/s (mean over the last epoch), inference
-    images/s (eval mode, one batch, median of 5), and the checkpoints.
+    images/s (eval mode, one batch, median of 5), and the checkpoints. A run a signal stops logs its
+    epoch and step in the folder's attempt log (:mod:`csa_lightning.tasks.attempts`).
     """
 
     def __init__(self, result_path: Optional[str] = None) -> None:
@@ -196,6 +197,16 @@ class RecordResult(Callback):
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text(json.dumps(record, indent=2))
         os.replace(tmp, path)
+
+    def on_exception(self, trainer: "L.Trainer", pl_module: "L.LightningModule", exception: BaseException) -> None:
+        """A run stopped by a signal logs where it stopped in its folder's attempt log, so that the
+        record of the run that finishes it says what was trained twice."""
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        from .attempts import log_attempt
+
+        if isinstance(exception, SIGTERMException) and trainer.global_rank == 0 and self.result_path:
+            log_attempt(Path(self.result_path).parent, "stop", epoch=trainer.current_epoch, step=trainer.global_step)
 
 
 def _validated_fraction(trainer: "L.Trainer") -> Optional[float]:

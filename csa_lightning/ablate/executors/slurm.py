@@ -1,0 +1,286 @@
+"""The SLURM executor: each variant one job, submitted through submitit as one job array with a
+throttle (``array_parallelism``), its resources from one config piece (``configs/cluster/slurm.yaml``).
+
+Inside a job every task (``srun``, one per GPU) starts the variant's ``cli.py fit``; Lightning reads
+the ranks, the node list and the master port from SLURM (its ``SLURMEnvironment``), and the runner
+passes ``--trainer.num_nodes`` and ``--trainer.devices`` from the same resources, so a user never
+writes them twice. The checkpoint to resume from is chosen when the job starts.
+
+Stopping and requeueing, on the project's one stop-and-resume mechanism (SIGTERM: the training stops
+at a batch boundary and exits 143; its newest epoch-end ``last.ckpt`` is what a start resumes):
+
+- **time limit**: ``signal_delay_s`` before it, SLURM sends SIGUSR2 (``#SBATCH --signal``) to the
+  job's tasks. The trainings ignore it; submitit, in the task that starts rank 0, calls
+  :meth:`VariantJob.checkpoint`, which sends SIGTERM to the job's processes (``scancel --signal``),
+  waits for rank 0's training to stop and hands submitit the same job to requeue
+  (``scontrol requeue``), at most ``max_requeues`` times.
+- **preemption** (``PreemptMode=REQUEUE``): SLURM sends SIGTERM itself, waits the partition's
+  ``GraceTime`` and requeues the job; the trainings stop as above.
+- **any other failure** (a Python error, a bad value): the job ends as failed and stays so; ``--status``
+  shows the error's last line, and re-running the runner's command submits it again.
+
+Status comes from ``squeue`` (queued / running) and the run folders' own files (record, attempt log,
+output): not from ``sacct``, which many clusters (and the test cluster) do not run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from ...tasks.attempts import log_attempt, read_attempts
+from ..job import start_training
+from ..plan import Variant
+from ..records import finish_record
+from . import Executor, Run, Status
+from .local import last_error_line, status_from_attempts
+
+__all__ = ["SlurmResources", "SlurmExecutor", "VariantJob", "JOB_FILE"]
+
+#: in each run folder: the job that trains it (id, log paths, when submitted)
+JOB_FILE = "slurm_job.json"
+
+
+@dataclass
+class SlurmResources:
+    """One job's resources (``configs/cluster/slurm.yaml``; any key switchable as ``--slurm.KEY``)."""
+
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    nodes: int = 1
+    #: GPUs per node; 0 for CPU jobs. One task (one Lightning rank) per GPU.
+    gpus_per_node: int = 1
+    #: tasks (ranks) per node for CPU jobs; with GPUs it is gpus_per_node
+    tasks_per_node: int = 1
+    cpus_per_task: int = 8
+    #: memory per node in GB (None: the partition's default)
+    mem_gb: Optional[int] = None
+    time_min: int = 24 * 60
+    #: variants running at once (the job array's throttle, %N)
+    array_parallelism: int = 16
+    #: seconds before the time limit at which the job is told to stop and requeue
+    signal_delay_s: int = 120
+    #: requeues after a time limit before the job is left failed
+    max_requeues: int = 3
+    #: shell lines before the job starts (module load ..., source .venv/bin/activate)
+    setup: List[str] = field(default_factory=list)
+    #: further #SBATCH options, e.g. {"constraint": "a100", "exclude": "node07"}
+    sbatch: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tasks(self) -> int:
+        return self.gpus_per_node if self.gpus_per_node > 0 else self.tasks_per_node
+
+    def lightning_args(self) -> List[str]:
+        """What Lightning validates against the job's environment (it infers neither)."""
+        args = ["--trainer.num_nodes", str(self.nodes), "--trainer.devices", str(self.tasks)]
+        return args + ["--trainer.accelerator", "gpu" if self.gpus_per_node > 0 else "cpu"]
+
+    def submitit_parameters(self) -> Dict[str, Any]:
+        params: Dict[str, Any] = {
+            "nodes": self.nodes,
+            "ntasks_per_node": self.tasks,
+            "cpus_per_task": self.cpus_per_task,
+            "time": self.time_min,
+            "array_parallelism": self.array_parallelism,
+            "signal_delay_s": self.signal_delay_s,
+            "setup": list(self.setup),
+            "additional_parameters": dict(self.sbatch),
+        }
+        for key in ("partition", "account", "qos"):
+            if getattr(self, key):
+                params[key] = getattr(self, key)
+        if self.gpus_per_node > 0:
+            params["gpus_per_node"] = self.gpus_per_node
+        if self.mem_gb:
+            params["mem"] = f"{self.mem_gb}GB"
+        return params
+
+
+class VariantJob:
+    """What a job runs in each of its tasks: start the training (resuming from the newest
+    ``last.ckpt``), wait, write the record. Picklable (submitit sends it to the job)."""
+
+    def __init__(self, run_dir: str, command: List[str], env: Dict[str, str]) -> None:
+        self.run_dir, self.command, self.env = run_dir, command, env
+        self._proc: Optional[subprocess.Popen] = None
+
+    def __call__(self) -> str:
+        rank = int(os.environ.get("SLURM_PROCID", 0))
+        run_dir = Path(self.run_dir)
+        started = time.time()
+        log_name = "stdout.log" if rank == 0 else f"stdout.rank{rank}.log"
+        # the time-limit warning is for this process (submitit's handler); the training ignores it
+        self._proc = start_training(run_dir, self.command, self.env, log_name, ignore_signals=(signal.SIGUSR2,))
+        code = self._proc.wait()
+        if rank != 0:
+            if code not in (0, 143):
+                raise RuntimeError(f"rank {rank}: {last_error_line(run_dir / log_name) or f'exit {code}'}")
+            return "done"
+        log_attempt(run_dir, "end", code=code, job=os.environ.get("SLURM_JOB_ID"))
+        if code == 143:
+            # stopped by SLURM's SIGTERM (preemption: SLURM requeues it) or by scancel: not a result
+            raise RuntimeError("stopped by SIGTERM (preempted, cancelled or timed out); requeued if SLURM requeues it")
+        if code != 0 or not (run_dir / "result.json").exists():
+            raise RuntimeError(last_error_line(run_dir / log_name) or f"the training exited with status {code}")
+        finish_record(run_dir, time.time() - started)
+        return "done"
+
+    def checkpoint(self, *args, **kwargs):
+        """submitit's hook on the time-limit signal (rank 0): stop the trainings through the one
+        mechanism (SIGTERM, a batch boundary, exit 143), then requeue this same job; the start after
+        the requeue chooses the checkpoint again."""
+        import submitit
+
+        job = os.environ.get("SLURM_JOB_ID")
+        if job:  # every task's training, on every node of the job
+            subprocess.run(["scancel", "--signal=TERM", "--full", job], check=False)
+        if self._proc is not None:
+            try:
+                self._proc.wait(timeout=float(os.environ.get("CSA_SIGTERM_GRACE", 60)) + 10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+            log_attempt(Path(self.run_dir), "end", code=self._proc.returncode, job=job, requeued="time limit")
+        fresh = VariantJob(self.run_dir, self.command, self.env)
+        return submitit.helpers.DelayedSubmission(fresh)
+
+    def __getstate__(self):
+        return {"run_dir": self.run_dir, "command": self.command, "env": self.env}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state, _proc=None)
+
+
+def _load_resources(args) -> SlurmResources:
+    return args.slurm if isinstance(args.slurm, SlurmResources) else SlurmResources(**(args.slurm or {}))
+
+
+class SlurmExecutor(Executor):
+    name = "slurm"
+
+    def __init__(self, args) -> None:
+        super().__init__(args)
+        self.resources = _load_resources(args)
+
+    def run_args(self) -> List[str]:
+        return self.resources.lightning_args()
+
+    # ---- checks before anything is submitted
+
+    def check(self, out: Path) -> None:
+        for tool in ("sbatch", "squeue", "scancel"):
+            if shutil.which(tool) is None:
+                sys.exit(
+                    f"error: --executor slurm needs SLURM's {tool} on the PATH; run the runner on the cluster's "
+                    "login node (make slurm starts a one-node SLURM on this machine)"
+                )
+        try:
+            import submitit  # noqa: F401
+        except ImportError:
+            sys.exit("error: --executor slurm needs submitit; pip install 'csa-lightning[slurm]'")
+        from submitit.slurm.slurm import _make_sbatch_string
+
+        script = _make_sbatch_string(command="true", folder=str(out / "slurm" / "%j"), job_name="csa-check",
+                                     **self.resources.submitit_parameters())  # fmt: skip
+        test = subprocess.run(["sbatch", "--test-only"], input=script, capture_output=True, text=True)
+        if test.returncode != 0:
+            reason = (test.stderr.strip().splitlines() or ["sbatch refused the request"])[-1]
+            reason = reason.removeprefix("sbatch: error: ")
+            sys.exit(
+                f"error: SLURM refuses this job's resources ({reason}); change them in the resources piece "
+                "or with --slurm.KEY (sinfo lists partitions and nodes; nothing was submitted)"
+            )
+
+    # ---- state
+
+    def _jobs(self, out: Path, variants: Sequence[Variant]) -> Dict[str, Dict[str, Any]]:
+        jobs = {}
+        for v in variants:
+            path = out / "runs" / v.name / JOB_FILE
+            if path.exists():
+                jobs[v.name] = json.loads(path.read_text())
+        return jobs
+
+    @staticmethod
+    def _squeue(job_ids: Sequence[str]) -> Dict[str, str]:
+        """{job id: state} of the given jobs still known to squeue (array tasks as ARRAY_TASK)."""
+        if not job_ids:
+            return {}
+        arrays = sorted({j.split("_")[0] for j in job_ids})
+        listed = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T", "-j", ",".join(arrays)],
+                                capture_output=True, text=True)  # fmt: skip
+        states = {}
+        for line in listed.stdout.splitlines():
+            job, _, state = line.strip().partition(" ")
+            states[job] = state
+        return states
+
+    def live(self, out: Path, variants: Sequence[Variant]) -> Dict[str, Status]:
+        jobs = self._jobs(out, variants)
+        states = self._squeue([j["job_id"] for j in jobs.values()])
+        live = {}
+        for name, job in jobs.items():
+            state = states.get(job["job_id"])
+            if state is None or state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY"):
+                continue
+            starts = [e for e in read_attempts(out / "runs" / name) if e.get("event") == "start"]
+            if state in ("RUNNING", "COMPLETING", "CONFIGURING"):
+                kind = "running"
+            elif starts:
+                kind = "requeued"  # pending again after it ran: preempted or timed out
+            else:
+                kind = "queued"
+            live[name] = Status(kind, job=job["job_id"], log=str(out / "runs" / name / "stdout.log"),
+                                detail=f"squeue: {state}")  # fmt: skip
+        return live
+
+    def status(self, out: Path, variant: Variant) -> Status:
+        run_dir = out / "runs" / variant.name
+        job = self._jobs(out, [variant]).get(variant.name)
+        status = status_from_attempts(run_dir)
+        if job is None:
+            return status
+        status.job = job["job_id"]
+        if status.state == "failed" and not status.detail.startswith("error") and "Error" not in status.detail:
+            # nothing in the training's output: the job's own log (setup lines, submitit) may say why
+            status.detail = last_error_line(Path(job["stderr"])) or status.detail
+        if not read_attempts(run_dir):
+            status.log = job["stderr"]
+            status.detail = last_error_line(Path(job["stderr"])) or "the job ended before the training started"
+        return status
+
+    # ---- submit and cancel
+
+    def submit(self, out: Path, runs: Sequence[Run], finished) -> List[str]:
+        import submitit
+
+        if not runs:
+            return []
+        self.check(out)
+        executor = submitit.SlurmExecutor(folder=str(out / "slurm" / "%j"), max_num_timeout=self.resources.max_requeues)
+        executor.update_parameters(job_name=f"csa-{out.name}"[:60], **self.resources.submitit_parameters())
+        with executor.batch():
+            jobs = [executor.submit(VariantJob(str(r.run_dir), r.command, r.env)) for r in runs]
+        for run, job in zip(runs, jobs):
+            about = {"job_id": job.job_id, "submitted": round(time.time(), 1), "stdout": str(job.paths.stdout),
+                     "stderr": str(job.paths.stderr), "resources": asdict(self.resources)}  # fmt: skip
+            (run.run_dir / JOB_FILE).write_text(json.dumps(about, indent=1))
+        array = jobs[0].job_id.split("_")[0]
+        print(f"ablation: submitted {len(jobs)} job(s) as SLURM array {array} "
+              f"(at most {self.resources.array_parallelism} at once)", flush=True)  # fmt: skip
+        return []
+
+    def cancel(self, out: Path, variants: Sequence[Variant]) -> List[str]:
+        live = self.live(out, variants)
+        if live:
+            subprocess.run(["scancel", *sorted({s.job for s in live.values()})], check=False)
+        return sorted(live)

@@ -1,0 +1,75 @@
+"""Starting one variant's training, wherever it runs: the command line that makes the variant out of
+the base config, the checkpoint to resume from (chosen now, when the training starts: a requeued
+job never reuses a path fixed at submission) and the run folder's attempt log.
+
+Each start is logged in the run folder's attempt log (:mod:`csa_lightning.tasks.attempts`), whose
+summary a finished run's record carries: how many starts, and the steps trained twice.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+from ..tasks.attempts import log_attempt
+from ..tasks.checkpoints import newest_checkpoint
+
+__all__ = ["fit_command", "start_training"]
+
+
+def fit_command(variant_args: Sequence[str], base_config: str, extra: Sequence[str], run_dir: Path) -> List[str]:
+    """``python -m csa_lightning.cli fit ...`` for one variant, its outputs in ``run_dir``."""
+    return [
+        sys.executable, "-m", "csa_lightning.cli", "fit",
+        "--config", base_config, *variant_args,
+        "--trainer.default_root_dir", str(run_dir),
+        "--trainer.logger", "lightning.pytorch.loggers.CSVLogger",
+        "--trainer.logger.save_dir", str(run_dir),
+        "--trainer.logger.name", "logs",
+        "--trainer.callbacks+=csa_lightning.tasks.callbacks.RecordResult",
+        *extra,
+    ]  # fmt: skip
+
+
+def _checkpoint_position(path: Path) -> Dict[str, int]:
+    import torch
+
+    saved = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    return {"epoch": int(saved.get("epoch", -1)), "step": int(saved.get("global_step", -1))}
+
+
+def _rank() -> int:
+    return int(os.environ.get("SLURM_PROCID", os.environ.get("RANK", "0")))
+
+
+def start_training(run_dir: Path, command: Sequence[str], env: Dict[str, str], log_name: str = "stdout.log",
+                   ignore_signals: Sequence[int] = ()) -> subprocess.Popen:  # fmt: skip
+    """Start the training process, resuming from the run folder's newest ``last.ckpt`` if there is one.
+    Rank 0 (or a single process) logs the start. ``ignore_signals`` are ignored by the training (a
+    scheduler's warning signal meant for the process that starts it)."""
+    run_dir = Path(run_dir)
+    command = list(command)
+    last = newest_checkpoint(str(run_dir), last_only=True)
+    resumed = None
+    if last is not None:
+        command += ["--ckpt_path", str(last)]
+        resumed = {"checkpoint": Path(last).name, **_checkpoint_position(Path(last))}
+    if _rank() == 0:
+        log_attempt(run_dir, "start", host=socket.gethostname(), job=os.environ.get("SLURM_JOB_ID"),
+                    restart=int(os.environ.get("SLURM_RESTART_COUNT", 0)), resumed=resumed)  # fmt: skip
+
+    def ignore():
+        for signum in ignore_signals:
+            signal.signal(signum, signal.SIG_IGN)
+
+    log = open(run_dir / log_name, "a")
+    try:
+        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, **env),
+                                preexec_fn=ignore if ignore_signals else None)  # fmt: skip
+    finally:
+        log.close()  # the child has its own descriptor

@@ -1,0 +1,237 @@
+"""The plan of an ablation: its variants (attention x sweep values x seed), their names and command-line
+arguments, and each variant's resolved configuration, built before anything runs (a bad key or value
+fails in one line) and hashed for the stale check."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Sequence
+
+__all__ = ["Variant", "plan_variants", "Resolved", "check_variants", "config_hash", "run_relevant_config",
+           "CONFIG_SCHEME"]  # fmt: skip
+
+
+@dataclass
+class Variant:
+    attention: str
+    seed: int
+    sweep: Dict[str, str] = field(default_factory=dict)
+    #: further arguments of this variant's runs (e.g. its backbone from a classification ablation)
+    extra_args: List[str] = field(default_factory=list)
+
+    @property
+    def group(self) -> str:
+        """The variant without its seed: what the report averages over seeds."""
+        keys = _short_keys(self.sweep)
+        return " ".join([self.attention] + [f"{keys[k]}={v}" for k, v in sorted(self.sweep.items())])
+
+    @property
+    def name(self) -> str:
+        """Folder and record name: readable, and never shared by two variants (a value's characters
+        outside ``[A-Za-z0-9._+=-]`` are percent-encoded, so ``data/digits`` is ``data%2Fdigits``,
+        not ``data-digits``; a swept key is shortened to its last part only where that is unique)."""
+        keys = _short_keys(self.sweep)
+        parts = [_safe(self.attention)] + [f"{keys[k]}-{_safe(v)}" for k, v in sorted(self.sweep.items())]
+        return "_".join(parts) + f"_seed{self.seed}"
+
+    def cli_args(self, attention_option_keys: Sequence[str]) -> List[str]:
+        """The arguments that make this variant out of the base config.
+
+        The user's keys (model.placement, model.attention_options.X) name the network's options;
+        they are set together as one JSON merge into ``model.net`` (null resets the placement to
+        the block's default and the options to none: jsonargparse turns a nested null into "None").
+        """
+        options = {
+            k.split(".", 2)[2]: _yaml_scalar(v)
+            for k, v in self.sweep.items()
+            if k.startswith("model.attention_options.") and k.split(".", 2)[2] in attention_option_keys
+        }
+        placement = _yaml_scalar(self.sweep["model.placement"]) if "model.placement" in self.sweep else None
+        net = {"attention": self.attention, "placement": placement, "attention_options": options or None}
+        args = ["--model.net", json.dumps({"init_args": net}), "--seed_everything", str(self.seed)]
+        for key, value in self.sweep.items():
+            if key != "model.placement" and not key.startswith("model.attention_options."):
+                args += [f"--{key}", value]
+        return args + list(self.extra_args)
+
+
+def _short_keys(sweep: Dict[str, str]) -> Dict[str, str]:
+    """Each swept key by its last part (``model.attention_options.contiguity`` -> ``contiguity``),
+    or whole where two keys share that part (``data.x`` and ``model.x`` stay apart)."""
+    last = [k.split(".")[-1] for k in sweep]
+    return {k: k.split(".")[-1] if last.count(k.split(".")[-1]) == 1 else k for k in sweep}
+
+
+def _safe(text: str) -> str:
+    from urllib.parse import quote
+
+    return quote(str(text), safe="._+=-")
+
+
+def _yaml_scalar(value: str) -> Any:
+    import yaml
+
+    return yaml.safe_load(value)
+
+
+def _option_keys(attention: str) -> List[str]:
+    """Constructor options a block accepts, so a sweep over e.g. contiguity reaches CSA only."""
+    import inspect
+
+    from ..attention import resolve_attention
+
+    cls = resolve_attention(attention)
+    if cls is None:
+        return []
+    return [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "channels")]
+
+
+def plan_variants(attentions: Sequence[str], seeds: Sequence[int], sweeps: Dict[str, List[str]]) -> List[Variant]:
+    """Every combination; an attention_options sweep applies only to blocks that take the option."""
+    variants, seen = [], set()
+    for attention in attentions:
+        keys = _option_keys(attention)
+        axes = {
+            k: v
+            for k, v in sweeps.items()
+            if not k.startswith("model.attention_options.") or k.split(".", 2)[2] in keys
+        }
+        if attention == "none":
+            axes.pop("model.placement", None)
+        for values in itertools.product(*axes.values()) if axes else [()]:
+            for seed in seeds:
+                v = Variant(attention, seed, dict(zip(axes.keys(), values)))
+                if (v.attention, v.seed, tuple(sorted(v.sweep.items()))) in seen:
+                    continue  # the same variant listed twice (e.g. --attentions se,SE)
+                seen.add((v.attention, v.seed, tuple(sorted(v.sweep.items()))))
+                variants.append(v)
+    for field_name in ("name", "group"):
+        taken: Dict[str, Variant] = {}
+        for v in variants:
+            other = taken.setdefault(getattr(v, field_name) + ("" if field_name == "name" else f"#{v.seed}"), v)
+            if other is not v:
+                raise ValueError(
+                    f"variants {other.attention} {other.sweep} and {v.attention} {v.sweep} would share the "
+                    f"{field_name} '{getattr(v, field_name)}'; give the sweep values distinct names"
+                )
+    return variants
+
+
+#: how ``config_hash`` is computed; records without it (or with another) predate the current scheme
+CONFIG_SCHEME = 2
+
+#: keys of a resolved config that never change what a run computes: left out of its hash (the paths
+#: the runner sets per run, the config files' own names, progress display)
+_RUN_NEUTRAL_KEYS = ("config", "ckpt_path", "trainer.default_root_dir", "trainer.enable_progress_bar",
+                     "trainer.enable_model_summary")  # fmt: skip
+
+
+def run_relevant_config(resolved: Dict[str, Any]) -> Dict[str, Any]:
+    """A resolved config (plain values) without the keys that do not change a run."""
+    import copy
+
+    config = copy.deepcopy(resolved)
+    for key in _RUN_NEUTRAL_KEYS:
+        *parents, last = key.split(".")
+        node = config
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(last, None)
+    return config
+
+
+def config_hash(config: Dict[str, Any]) -> str:
+    """Hash of a variant's resolved configuration (:func:`run_relevant_config`): every value the run
+    is built from, whichever file, include or argument set it; comments and key order do not count."""
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def attach_backbones(variants: Sequence[Variant], runs: Path) -> None:
+    """Give each variant the classification run of the same attention and seed as its backbone
+    (``--model.backbone_weights RUN_FOLDER``: its newest checkpoint); one line lists what is missing."""
+    from ..tasks.checkpoints import newest_checkpoint
+
+    folder = runs / "runs" if (runs / "runs").is_dir() else runs
+    missing = []
+    for v in variants:
+        run = folder / f"{v.attention}_seed{v.seed}"
+        if newest_checkpoint(str(run)) is None:
+            missing.append(run.name)
+        v.extra_args = ["--model.backbone_weights", str(run)]
+    if missing:
+        sys.exit(
+            f"error: --backbone-runs {runs}: no checkpoint for {', '.join(missing[:4])}"
+            f"{' ...' if len(missing) > 4 else ''}; run the classification ablation with the same attentions "
+            "and seeds first (python -m csa_lightning.ablate --config configs/demo/digits_csa.yaml ...)"
+        )
+
+
+def check_sweep_keys(sweeps: Dict[str, List[str]], attentions: Sequence[str]) -> None:
+    """A sweep over an option no planned block takes would be silently dropped: refuse it."""
+    import difflib
+
+    takes = {a: _option_keys(a) for a in attentions}
+    known = sorted({k for keys in takes.values() for k in keys})
+    for key in sweeps:
+        if key.startswith("model.attention_options."):
+            option = key.split(".", 2)[2]
+            if option not in known:
+                close = difflib.get_close_matches(option, known, n=1)
+                hint = f"did you mean '{close[0]}'? " if close else ""
+                sys.exit(
+                    f"error: --sweep {key}: no block of {', '.join(attentions)} takes an option '{option}'; "
+                    f"{hint}options: {', '.join(known) or 'none'}"
+                )
+
+
+@dataclass
+class Resolved:
+    """A variant's resolved configuration (without run-neutral keys), its hash, and the provenance
+    of the code it is built from (:func:`csa_lightning.provenance.code_provenance`)."""
+
+    config: Dict[str, Any]
+    hash: str
+    code: Dict[str, Any]
+
+
+def check_variants(base_config: str, variants: Sequence[Variant], extra: Sequence[str]) -> Dict[str, Resolved]:
+    """Build every variant's config and network (on the meta device: no memory, no data read) so
+    that a bad key or value fails in one line before any run trains; returns each variant's
+    resolved configuration, what the stale check compares."""
+    import contextlib
+    import io
+    import tempfile
+
+    import torch
+
+    from ..cli import _comparable
+    from ..cli import main as cli_main
+    from ..provenance import code_provenance, run_classes
+
+    resolved = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        for variant in variants:
+            args = [
+                "--config", base_config, *variant.cli_args(_option_keys(variant.attention)), *extra,
+                "--trainer.default_root_dir", scratch,
+            ]  # fmt: skip
+            captured = io.StringIO()
+            try:
+                with contextlib.redirect_stderr(captured), contextlib.redirect_stdout(io.StringIO()):
+                    with torch.device("meta"):
+                        cli = cli_main(args, run=False)
+            except SystemExit:
+                lines = [line for line in captured.getvalue().splitlines() if line.startswith("error: ")]
+                reason = lines[-1].removeprefix("error: ") if lines else "its config does not build"
+                sys.exit(f"error: variant {variant.name}: {reason}")
+            config = run_relevant_config(_comparable(cli.config))
+            code = code_provenance(run_classes(cli.model, cli.datamodule, cli.trainer.callbacks))
+            resolved[variant.name] = Resolved(config, config_hash(config), code)
+    return resolved

@@ -1,0 +1,159 @@
+"""What an ablation keeps on disk: each run folder's stamp (the resolved configuration and code it trains
+with), its record when it finishes, and ``OUT/results.json``, into which the runner merges the records
+(one writer: the runner holding the ablation's lock; a run on another machine writes only into its own
+folder). Also the stale check that compares a folder's stamp or a record with the current plan."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Sequence
+
+from .plan import CONFIG_SCHEME, Resolved, Variant
+
+__all__ = ["RESULT_FILE", "RUN_LOCK", "RECORD_FILE", "load_results", "stamp", "finish_record", "merge_records",
+           "stale_variants", "keep_stale", "forget"]  # fmt: skip
+
+RESULT_FILE = "results.json"
+#: held by each training run (not its runner) while it trains into its folder: see checks.hold_run_lock
+RUN_LOCK = ".training.lock"
+
+
+def load_results(out: Path) -> List[Dict[str, Any]]:
+    path = out / RESULT_FILE
+    if not path.exists():
+        return []
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"{path} is corrupt ({err}); restore it or move it away to start the ablation afresh"
+        ) from None
+
+
+def _write_results(out: Path, records: List[Dict[str, Any]]) -> None:
+    tmp = out / f".{RESULT_FILE}.tmp"
+    tmp.write_text(json.dumps(records, indent=2))
+    os.replace(tmp, out / RESULT_FILE)  # atomic: a kill leaves the old file or the new one
+
+
+RECORD_FILE = "record.json"
+
+
+def stamp(run_dir: Path, variant: Variant, resolved: Resolved) -> None:
+    """What a run folder's checkpoints are trained with (a later runner resumes them only if it
+    matches), and what its record needs, so that a run on another machine writes the record itself."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config_hash").write_text(f"{CONFIG_SCHEME}:{resolved.hash}")
+    (run_dir / "config_resolved.json").write_text(json.dumps(resolved.config, indent=1, sort_keys=True))
+    (run_dir / "code.json").write_text(json.dumps(resolved.code, indent=1, sort_keys=True))
+    about = {"variant": variant.name, "group": variant.group, "attention": variant.attention,
+             "sweep": variant.sweep, "seed": variant.seed}  # fmt: skip
+    (run_dir / "variant.json").write_text(json.dumps(about, indent=1))
+
+
+def finish_record(run_dir: Path, wall: float) -> Dict[str, Any]:
+    """The record of a finished run, from its folder alone, written to its ``record.json``
+    (atomically): the variant, its resolved configuration and code, the result, the attempts."""
+    from ..tasks.attempts import read_attempts, redone_steps
+    from ..tasks.callbacks import run_info
+
+    run_dir = Path(run_dir)
+    about = json.loads((run_dir / "variant.json").read_text())
+    scheme, _, config_hash = (run_dir / "config_hash").read_text().strip().rpartition(":")
+    record = {
+        **about,
+        "config_scheme": int(scheme),
+        "config_hash": config_hash,
+        "config": json.loads((run_dir / "config_resolved.json").read_text()),
+        "code": json.loads((run_dir / "code.json").read_text()),
+        **json.loads((run_dir / "result.json").read_text()),
+        "wall_s": round(wall, 1),
+        "git_commit": run_info()["git_commit"],
+        "attempts": redone_steps(read_attempts(run_dir)),
+    }
+    tmp = run_dir / f".{RECORD_FILE}.tmp"
+    tmp.write_text(json.dumps(record, indent=2))
+    os.replace(tmp, run_dir / RECORD_FILE)
+    return record
+
+
+def merge_records(out: Path) -> List[Dict[str, Any]]:
+    """results.json with every run folder's record it does not hold yet (only the runner, holding the
+    ablation's lock, writes results.json; runs elsewhere write their own folder's record)."""
+    records = load_results(out)
+    known = {r["variant"] for r in records}
+    added = []
+    for path in sorted((out / "runs").glob(f"*/{RECORD_FILE}")):
+        try:
+            record = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            continue  # written atomically: a broken one is not ours to merge
+        if record.get("variant") not in known:
+            added.append(record)
+    if added:
+        records += added
+        _write_results(out, records)
+    return records
+
+
+def stale_variants(out: Path, variants: Sequence[Variant], resolved: Dict[str, Resolved]) -> Dict[str, str]:
+    """Variants whose finished result or started run folder came from another resolved
+    configuration: {name: what differs, in words}."""
+    from ..cli import _differences
+    from ..provenance import changed_files
+
+    recorded = {r["variant"]: r for r in load_results(out)}
+    stale = {}
+    for v in variants:
+        now = resolved[v.name]
+        record = recorded.get(v.name)
+        started = out / "runs" / v.name / "config_hash"
+        if record is not None:
+            then_scheme, then_hash = record.get("config_scheme"), record.get("config_hash")
+            then_config, then_code = record.get("config"), record.get("code")
+        elif started.exists():
+            scheme, _, then_hash = started.read_text().strip().rpartition(":")
+            then_scheme = int(scheme) if scheme.isdigit() else None
+            saved = started.with_name("config_resolved.json")
+            then_config = json.loads(saved.read_text()) if saved.exists() else None
+            saved_code = started.with_name("code.json")
+            then_code = json.loads(saved_code.read_text()) if saved_code.exists() else None
+        else:
+            continue
+        if then_scheme != CONFIG_SCHEME:
+            stale[v.name] = "recorded by an earlier runner, which hashed the config file's text only"
+        elif then_hash != now.hash:
+            differences = _differences(then_config, now.config) if then_config is not None else []
+            listed = "; ".join(f"{key}: {a!r} then, {b!r} now" for key, a, b in differences[:2])
+            stale[v.name] = listed or "another configuration"
+        elif then_code is None:
+            stale[v.name] = "recorded by an earlier runner, which did not record the code a run uses"
+        else:
+            changed = changed_files(then_code.get("files"), now.code["files"])
+            if changed:
+                stale[v.name] = f"code changed in {', '.join(changed[:4])}{' ...' if len(changed) > 4 else ''}"
+    return stale
+
+
+def keep_stale(out: Path, variants: Dict[str, Variant], resolved: Dict[str, Resolved], names: Sequence[str]) -> None:
+    """--keep-stale: adopt ``names``' results and run folders as made by the current configuration."""
+    records = load_results(out)
+    for r in records:
+        if r["variant"] in names:
+            r.update(config_scheme=CONFIG_SCHEME, config_hash=resolved[r["variant"]].hash,
+                     config=resolved[r["variant"]].config, code=resolved[r["variant"]].code)  # fmt: skip
+    _write_results(out, records)
+    for name in names:
+        if (out / "runs" / name).is_dir():  # its folder (a record there included) now counts as current
+            stamp(out / "runs" / name, variants[name], resolved[name])
+
+
+def forget(out: Path, names: Sequence[str]) -> None:
+    """Drop the results and run folders (their checkpoints would be resumed) of ``names``."""
+    import shutil
+
+    _write_results(out, [r for r in load_results(out) if r["variant"] not in set(names)])
+    for name in names:
+        shutil.rmtree(out / "runs" / name, ignore_errors=True)

@@ -1,0 +1,224 @@
+"""The ablation's report: one row per variant group (mean, std and interval over seeds, paired
+differences to the baseline), as report.md, report.csv and report.png."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+__all__ = ["summarise", "write_report", "default_metric", "metric_label"]
+
+#: what a result's metric is called in the report, and whether it is shown as an error (100 - x %)
+_ERROR_METRICS = ("top1", "top5")
+
+
+def default_metric(records: Sequence[Dict[str, Any]]) -> str:
+    """The metric the runs' checkpoints monitored (val/top1 for classification, val/box_AP for
+    detection): what the task itself ranks models by."""
+    for r in records:
+        if r.get("monitor"):
+            return r["monitor"]
+    return "val/top1"
+
+
+def metric_value(record: Dict[str, Any], metric: str) -> Optional[float]:
+    """The last epoch's value of ``metric`` in one run's record (None if the run did not log it)."""
+    final = record.get("final") or {}
+    if metric in final:
+        return final[metric]
+    legacy = record.get(f"final_{metric.replace('/', '_')}")  # records written before "final" existed
+    return legacy if legacy is not None else None
+
+
+def _is_error_metric(metric: str) -> bool:
+    return metric.rsplit("/", 1)[-1] in _ERROR_METRICS
+
+
+def metric_label(metric: str) -> str:
+    """'val/top1' -> 'val top-1 err %' (lower is better); 'val/box_AP' -> 'val box_AP %'."""
+    stage, _, name = metric.rpartition("/")
+    prefix = f"{stage} " if stage else ""
+    if _is_error_metric(metric):
+        return f"{prefix}{name.replace('top', 'top-')} err %"
+    return f"{prefix}{name} %"
+
+
+def reported(record: Dict[str, Any], metric: str) -> Optional[float]:
+    """The value the report shows: an error in % for accuracies, the metric in % otherwise."""
+    value = metric_value(record, metric)
+    if value is None:
+        return None
+    return 100.0 * (1.0 - value) if _is_error_metric(metric) else 100.0 * value
+
+
+def _mean_std(values: List[float]) -> Tuple[float, float]:
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return mean, std
+
+
+def _extra_metrics(records: Sequence[Dict[str, Any]], metric: str) -> List[str]:
+    """Further columns: Mask R-CNN's val/mask_AP beside val/box_AP (and the other way round)."""
+    names = set()
+    for r in records:
+        names.update((r.get("final") or {}).keys())
+    return [m for m in ("val/box_AP", "val/mask_AP") if m in names and m != metric]
+
+
+def summarise(
+    records: List[Dict[str, Any]], metric: Optional[str] = None, baseline: str = "none"
+) -> List[Dict[str, Any]]:
+    """One row per variant group: mean, sample std and 95 % t interval over seeds of the metric
+    (the last epoch's: picking each seed's best epoch on the validation set would flatter every
+    variant), the seed-paired difference to ``baseline`` with its 95 % and Holm-corrected
+    intervals, and the costs."""
+    from ..stats import MIN_SEEDS, paired_comparisons, per_variant_intervals
+
+    metric = metric or default_metric(records)
+    extra = _extra_metrics(records, metric)
+    groups: Dict[str, List[Dict[str, Any]]] = {}
+    for r in records:
+        if reported(r, metric) is not None:
+            groups.setdefault(r["group"], []).append(r)
+    values = {g: {r["seed"]: reported(r, metric) for r in items} for g, items in groups.items()}
+    half_widths = per_variant_intervals({g: list(v.values()) for g, v in values.items()})
+    comparisons = {}
+    if baseline in values:
+        others = {g: v for g, v in values.items() if g != baseline}
+        comparisons = {c.variant: c for c in paired_comparisons(values[baseline], others)}
+    rows = []
+    for group, items in groups.items():
+        mean, std = _mean_std(list(values[group].values()))
+        row = {
+            "variant": group,
+            "attention": items[0]["attention"],
+            "metric": metric,
+            "seeds": len(items),
+            "mean": mean,
+            "std": std,
+            "ci95_half_width": half_widths[group],
+        }
+        for m in extra:
+            shown = [reported(r, m) for r in items if reported(r, m) is not None]
+            row[f"{m}_mean"] = _mean_std(shown)[0] if shown else None
+        c = comparisons.get(group)
+        row.update(
+            {
+                "paired_seeds": c.n if c else None,
+                "diff_mean": c.mean_difference if c else None,
+                "diff_ci95": list(c.interval) if c and c.interval else None,
+                "holm_p": c.holm_p if c else None,
+                "diff_ci_holm": list(c.holm_interval) if c and c.holm_interval else None,
+                "significant": c.significant if c else None,
+            }
+        )
+        fractions = [r["val_fraction"] for r in items if r.get("val_fraction") is not None and r["val_fraction"] < 1]
+        row["partial_validation"] = min(fractions) if fractions else None
+        if group == baseline:
+            row["note"] = "baseline"
+        elif baseline not in values:
+            row["note"] = f"no baseline '{baseline}'"
+        elif c is None or c.n == 0:
+            row["note"] = "no seed shared with the baseline"
+        elif c.n < MIN_SEEDS:
+            row["note"] = f"{c.n} paired seed(s): no interval (needs {MIN_SEEDS})"
+        else:
+            row["note"] = "significant" if c.significant else "not significant"
+        if row["partial_validation"] is not None:
+            row["note"] += f"; partial validation ({100 * row['partial_validation']:.0f} % of the batches)"
+        row.update(
+            {
+                "params": items[0].get("params"),
+                "gmac": items[0].get("gmac"),
+                "train_img_s": _mean_std([r.get("train_images_per_sec", float("nan")) for r in items])[0],
+                "infer_img_s": _mean_std([r.get("inference_images_per_sec", float("nan")) for r in items])[0],
+            }
+        )
+        rows.append(row)
+    return sorted(rows, key=lambda r: (r["variant"] != baseline, r["variant"]))
+
+
+def _interval(pair) -> str:
+    return "-" if not pair else f"[{pair[0]:+.2f}, {pair[1]:+.2f}]"
+
+
+def write_report(
+    out: Path, records: List[Dict[str, Any]], title: str = "", metric: Optional[str] = None, baseline: str = "none"
+) -> List[Dict[str, Any]]:
+    metric = metric or default_metric(records)
+    rows = summarise(records, metric, baseline)
+    if not rows:
+        return rows
+    import csv
+
+    with open(out / "report.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    label = metric_label(metric)
+    extra = [k for k in rows[0] if k.endswith("_mean") and k not in ("mean", "diff_mean")]
+    extra_head = "".join(f" {metric_label(k[: -len('_mean')])} (mean) |" for k in extra)
+    lines = [
+        f"# Ablation {title}".rstrip(),
+        "",
+        f"Metric: {label}, last epoch, mean ± sample std and 95 % t interval over seeds. "
+        f"Differences are to `{baseline}`, paired by seed (variant minus baseline, in points); 95 % t "
+        "intervals with n - 1 degrees of freedom, and Holm-corrected across the variants compared: "
+        "*significant* only where Holm rejects (the corrected interval excludes 0).",
+        "",
+        f"| variant | seeds | {label} | 95 % CI ± |{extra_head} vs {baseline} (paired) | 95 % CI | Holm CI "
+        "| Holm p | params | GMAC | train img/s | infer img/s | note |",
+        "|---|---:|---:|---:|" + "---:|" * len(extra) + "---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        half = "-" if r["ci95_half_width"] is None else f"{r['ci95_half_width']:.2f}"
+        extra_cells = "".join(" - |" if r[k] is None else f" {r[k]:.2f} |" for k in extra)
+        diff = "-" if r["diff_mean"] is None else f"{r['diff_mean']:+.2f}"
+        holm_p = "-" if r["holm_p"] is None else f"{r['holm_p']:.3g}"
+        params = "-" if r["params"] is None else f"{r['params']:,}"
+        gmac = "-" if r["gmac"] is None else f"{r['gmac']:.3f}"
+        lines.append(
+            f"| {r['variant']} | {r['seeds']} | {r['mean']:.2f} ± {r['std']:.2f} | {half} |{extra_cells} {diff} | "
+            f"{_interval(r['diff_ci95'])} | {_interval(r['diff_ci_holm'])} | {holm_p} | {params} | {gmac} | "
+            f"{r['train_img_s']:.0f} | {r['infer_img_s']:.0f} | {r['note']} |"
+        )
+    if any(r["partial_validation"] is not None for r in rows):
+        lines += [
+            "",
+            "**Partial validation**: rows so marked were scored on the first batches of the validation set "
+            "(`limit_val_batches`): a stratified sample of it (every prefix of the evaluation order is), "
+            "not all of it.",
+        ]
+    lines += [
+        "",
+        "Seeds pair each variant's initialisation and data order with the baseline's. ffcv's random "
+        "augmentations (crops, flips) are drawn in its loader threads and are not reproducible from the seed, "
+        "so on the FFCV path a pair shares less than the same seed suggests (the pairing is conservative then, "
+        "never flattering).",
+    ]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    _plot(out / "report.png", rows, label)
+    return rows
+
+
+def _plot(path: Path, rows: List[Dict[str, Any]], label: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    for ax, key, xlabel in ((axes[0], "params", "parameters (M)"), (axes[1], "infer_img_s", "inference images/s")):
+        for r in rows:
+            if r[key] is None:
+                continue
+            x = r[key] / 1e6 if key == "params" else r[key]
+            yerr = r["ci95_half_width"] if r["ci95_half_width"] is not None else 0.0
+            ax.errorbar(x, r["mean"], yerr=yerr, fmt="o", capsize=4, label=r["variant"])
+            ax.annotate(r["variant"], (x, r["mean"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(f"{label}: mean, bars = 95 % t interval")
+        ax.grid(alpha=0.3)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,319 @@
+"""The ablation runner's command line: plan the variants, build each one's configuration (a bad key
+fails before anything runs), take the ablation's lock, merge the records runs left, refuse stale
+results, hand what is missing to an executor (local processes or SLURM jobs), write the report.
+``--status`` and ``--cancel`` look at (or stop) what an executor still has."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from .executors import EXECUTORS, Executor, Run, Status, executor_class
+from .job import fit_command
+from .plan import Resolved, Variant, _option_keys, attach_backbones, check_sweep_keys, check_variants, plan_variants
+from .records import RUN_LOCK, forget, keep_stale, load_results, merge_records, stale_variants, stamp
+from .report import write_report
+
+__all__ = ["main"]
+
+
+def _parse(argv: Optional[Sequence[str]]) -> Tuple[argparse.Namespace, List[str]]:
+    from . import __doc__ as package_doc
+
+    parser = argparse.ArgumentParser(prog="python -m csa_lightning.ablate", description=package_doc.split("\n\n")[0])
+    parser.add_argument("--config", required=True, help="base config (any cli.py fit config)")
+    parser.add_argument("--attentions", default="none,se,cbam,eca,gct,csa")
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--out", required=True, help="folder for runs, results.json and the report")
+    parser.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2", help="an extra axis (repeatable)")
+    parser.add_argument("--parallel", type=int, default=1, help="runs at once (one GPU each when there are GPUs)")
+    parser.add_argument("--executor", choices=sorted(EXECUTORS), default="local",
+                        help="local: a process each, here; slurm: a SLURM job each (see --slurm)")  # fmt: skip
+    state = parser.add_mutually_exclusive_group()
+    state.add_argument("--status", action="store_true",
+                       help="list each variant (done / queued / running / requeued / failed ...) and exit")  # fmt: skip
+    state.add_argument("--cancel", action="store_true", help="cancel the grid's queued and running jobs and exit")
+    parser.add_argument("--wait", action="store_true",
+                        help="slurm: stay until every job has ended, merging results as they come")  # fmt: skip
+    parser.add_argument("--poll", type=float, default=30.0, help="slurm --wait: seconds between looks at squeue")
+    parser.add_argument(
+        "--metric",
+        default=None,
+        help="the validation metric the report compares (default: what the checkpoints monitor: val/top1 for "
+        "classification, val/box_AP for detection)",
+    )
+    parser.add_argument("--baseline", default="none", help="the variant every other one is compared with, by seed")
+    parser.add_argument(
+        "--backbone-runs",
+        default=None,
+        metavar="DIR",
+        help="a classification ablation's --out: each variant's backbone is its {attention}_seed{s} run's checkpoint",
+    )
+    stale = parser.add_mutually_exclusive_group()
+    stale.add_argument(
+        "--rerun", action="store_true", help="train again the variants whose resolved config changed since they ran"
+    )
+    stale.add_argument(
+        "--keep-stale",
+        action="store_true",
+        help="keep the results of variants whose resolved config or code changed (e.g. a new Lightning default, "
+        "an edited block) as they are",
+    )
+    argv = list(sys.argv[1:] if argv is None else argv)
+    argv, slurm_argv = _split_slurm_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if slurm_argv and args.executor != "slurm":
+        sys.exit(f"error: {slurm_argv[0]} is an option of --executor slurm; add --executor slurm")
+    args.slurm = _parse_slurm(slurm_argv) if args.executor == "slurm" else None
+    if not Path(args.config).is_file():
+        sys.exit(f"error: base config not found: {args.config}; pass a cli.py fit config with --config")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        sys.exit(f"error: --out {args.out} is a file; give a folder for the runs and the report (it is created)")
+    if args.parallel < 1:
+        sys.exit(f"error: --parallel must be a positive integer (runs at once), got {args.parallel}")
+    return args, extra
+
+
+def _split_slurm_args(argv: List[str]) -> Tuple[List[str], List[str]]:
+    """``--slurm FILE`` and ``--slurm.KEY VALUE`` (or with =) apart from the rest."""
+    rest, slurm = [], []
+    items = iter(argv)
+    for item in items:
+        if item == "--slurm" or item.startswith("--slurm."):
+            slurm.append(item)
+            if "=" not in item:
+                slurm.append(next(items, ""))
+        elif item.startswith("--slurm="):
+            slurm.append(item)
+        else:
+            rest.append(item)
+    return rest, slurm
+
+
+def _parse_slurm(slurm_argv: List[str]):
+    """The resources piece and its command-line keys, through jsonargparse (one line on a bad key)."""
+    from jsonargparse import ArgumentParser
+
+    from .executors.slurm import SlurmResources
+
+    parser = ArgumentParser(exit_on_error=False, allow_abbrev=False)
+    parser.add_argument("--slurm", type=SlurmResources, default=SlurmResources())
+    try:
+        parsed = parser.parse_args(slurm_argv)
+    except Exception as err:  # noqa: BLE001 - jsonargparse's errors vary; each is a bad key or value here
+        first = (str(err).strip().splitlines() or [""])[0]
+        sys.exit(f"error: --slurm: {first} (keys: see configs/cluster/slurm.yaml)")
+    return parser.instantiate_classes(parsed).slurm
+
+
+def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
+    args, extra = _parse(argv)
+    from ..attention import attention_names
+
+    try:  # the one resolver cli.py uses: short names in any case, plugins' names, dotted paths
+        attentions = attention_names(args.attentions)
+    except (ValueError, TypeError) as err:
+        sys.exit(f"error: {err}")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        sys.exit(f"error: --seeds must be comma-separated integers, got '{args.seeds}'")
+    sweeps: Dict[str, List[str]] = {}
+    for item in args.sweep:
+        key, sep, values = item.partition("=")
+        if not sep or not key.strip() or not values.strip() or not all(v.strip() for v in values.split(",")):
+            sys.exit(f"error: --sweep expects KEY=V1,V2 with a key and no empty value, got '{item}'")
+        sweeps[key.strip()] = [v.strip() for v in values.split(",")]
+    check_sweep_keys(sweeps, attentions)
+
+    out = Path(args.out)
+    try:
+        variants = plan_variants(attentions, seeds, sweeps)
+    except ValueError as err:
+        sys.exit(f"error: {err}")
+    if args.backbone_runs:
+        attach_backbones(variants, Path(args.backbone_runs))
+    executor = executor_class(args.executor)(args)
+    extra = [*executor.run_args(), *extra]  # nodes and devices on SLURM: part of each run's configuration
+    if args.status or args.cancel:
+        return _status_or_cancel(args, out, variants, executor)
+    resolved = check_variants(args.config, variants, extra)  # every variant builds, before the first one trains
+    out.mkdir(parents=True, exist_ok=True)
+    executor.check(out)  # e.g. SLURM refusing the resources: before anything is submitted
+    with _runner_lock(out):
+        return _run_plan(args, extra, out, variants, resolved, executor)
+
+
+class _runner_lock:
+    """One runner per --out: a second one would train every variant again into the same folders."""
+
+    def __init__(self, out: Path) -> None:
+        self.path = out / ".ablate.lock"
+
+    def __enter__(self) -> "_runner_lock":
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                from ..checks import process_alive
+
+                holder = self.path.read_text().strip() if self.path.exists() else ""
+                if holder.isdigit() and process_alive(int(holder)):
+                    sys.exit(
+                        f"error: another ablation runner (pid {holder}) is using {self.path.parent}; "
+                        f"wait for it to finish or choose another --out"
+                    )
+                self.path.unlink(missing_ok=True)  # its runner is gone: a stale lock
+                continue
+            with os.fdopen(fd, "w") as handle:
+                handle.write(str(os.getpid()))
+            return self
+        sys.exit(f"error: cannot take the lock {self.path}; remove it if no runner is using {self.path.parent}")
+
+    def __exit__(self, *exc) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _run_plan(args, extra: List[str], out: Path, variants: List[Variant], resolved: Dict[str, Resolved],
+              executor: Executor) -> List[Dict[str, Any]]:  # fmt: skip
+    merge_records(out)  # what runs elsewhere finished since the last look
+    live = executor.live(out, variants)  # queued or running: never started twice
+    stale = stale_variants(out, variants, resolved)
+    busy = sorted(set(stale) & set(live)) if args.executor != "local" else sorted(live)
+    if busy:
+        name = busy[0]
+        if args.executor == "local":
+            pid = live[name].job.split()[1]
+            sys.exit(
+                f"error: {len(busy)} variant(s) in {out} are still being trained by another process ({name}: "
+                f"pid {pid}), left by a runner that was stopped; wait for them or stop them (kill {pid}), then run "
+                "this again"
+            )
+        sys.exit(
+            f"error: {len(busy)} variant(s) in {out} ran with another configuration or code and still have a job "
+            f"({name}: job {live[name].job}); cancel them first (--cancel) or wait for them"
+        )
+    if stale and not (args.rerun or args.keep_stale):
+        first = next(iter(stale))
+        sys.exit(
+            f"error: {len(stale)} variant(s) in {out} ran with another configuration or code ({first}: {stale[first]}"
+            f"{'; ...' if len(stale) > 1 else ''}); pass --rerun to train them again, --keep-stale to keep "
+            "their results, or choose another --out"
+        )
+    if stale and args.keep_stale:
+        print(f"ablation: --keep-stale: keeping {len(stale)} result(s) made with another config or code", flush=True)
+        keep_stale(out, {v.name: v for v in variants}, resolved, list(stale))
+    elif stale:
+        print(f"ablation: --rerun: forgetting {len(stale)} variant(s) that ran with another config or code", flush=True)
+        forget(out, list(stale))
+    done = {r["variant"] for r in load_results(out)}
+    todo = [v for v in variants if v.name not in done and v.name not in live]
+    print(
+        f"ablation: {len(variants)} variants, {len(done & {v.name for v in variants})} already finished, "
+        f"{f'{len(live)} queued or running, ' if live else ''}"
+        f"{len(todo)} to {'run' if args.executor == 'local' else 'submit'} -> {out}",
+        flush=True,
+    )
+
+    from ..models.summary import count_cost  # noqa: F401  (fail early if the stack is broken)
+
+    runs = []
+    for v in todo:
+        run_dir = out / "runs" / v.name
+        stamp(run_dir, v, resolved[v.name])
+        env = {"CSA_RESULT_PATH": str(run_dir / "result.json"), "CSA_RUN_LOCK": str(run_dir / RUN_LOCK)}
+        command = fit_command(v.cli_args(_option_keys(v.attention)), args.config, extra, run_dir)
+        runs.append(Run(v, run_dir, command, env))
+
+    def report() -> List[Dict[str, Any]]:
+        return write_report(out, merge_records(out), Path(args.config).stem, args.metric, args.baseline)
+
+    failures = executor.submit(out, runs, report)
+    if args.executor != "local" and args.wait:
+        failures = _wait(args, out, variants, executor, report)
+    rows = report()
+    if rows:
+        print((out / "report.md").read_text())
+    if failures:
+        sys.exit(f"error: {len(failures)} run(s) failed: {', '.join(failures)}; rerun the same command to retry them")
+    if args.executor != "local" and not args.wait:
+        print("ablation: the jobs run on their own; add --status to see them, run the same command later to "
+              "merge their results into the report (or pass --wait)", flush=True)  # fmt: skip
+    return rows
+
+
+def _wait(args, out: Path, variants: Sequence[Variant], executor: Executor, report) -> List[str]:
+    """Stay until no job of the grid is queued or running; merge and report as records come."""
+    import time
+
+    seen = len(load_results(out))
+    while True:
+        live = executor.live(out, variants)
+        merged = merge_records(out)
+        if len(merged) != seen:
+            seen = len(merged)
+            report()
+            print(f"    {seen}/{len(variants)} finished", flush=True)
+        if not live:
+            break
+        time.sleep(args.poll)
+    done = {r["variant"] for r in load_results(out)}
+    return [v.name for v in variants if v.name not in done]
+
+
+def variant_statuses(out: Path, variants: Sequence[Variant], executor: Executor) -> Dict[str, Status]:
+    """Each variant's state: done (a record), what the executor has live, or what its folder says."""
+    done = {r["variant"]: r for r in load_results(out)}
+    done.update({r["variant"]: r for r in _folder_records(out)})
+    live = executor.live(out, variants)
+    statuses = {}
+    for v in variants:
+        if v.name in done:
+            attempts = done[v.name].get("attempts") or {}
+            redone = attempts.get("redone_steps", 0)
+            statuses[v.name] = Status("done", log=str(out / "runs" / v.name / "stdout.log"),
+                                      detail=f"{attempts.get('starts', 1)} start(s), {redone} step(s) redone"
+                                      if attempts else "")  # fmt: skip
+        elif v.name in live:
+            statuses[v.name] = live[v.name]
+        else:
+            statuses[v.name] = executor.status(out, v)
+    return statuses
+
+
+def _folder_records(out: Path) -> List[Dict[str, Any]]:
+    import json
+
+    from .records import RECORD_FILE
+
+    records = []
+    for path in sorted((out / "runs").glob(f"*/{RECORD_FILE}")):
+        try:
+            records.append(json.loads(path.read_text()))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def _status_or_cancel(args, out: Path, variants: Sequence[Variant], executor: Executor) -> List[Dict[str, Any]]:
+    if not out.is_dir():
+        sys.exit(f"error: --out {out} does not exist; nothing was run there (check --out)")
+    if args.cancel:
+        stopped = executor.cancel(out, variants)
+        print(f"ablation: cancelled {len(stopped)} run(s){': ' + ', '.join(stopped) if stopped else ''}", flush=True)
+        return []
+    statuses = variant_statuses(out, variants, executor)
+    width = max(len(v.name) for v in variants)
+    print(f"{'variant':<{width}}  {'state':<11}  {'job':<10}  log / detail")
+    for v in variants:
+        s = statuses[v.name]
+        detail = f"  {s.detail}" if s.detail else ""
+        print(f"{v.name:<{width}}  {s.state:<11}  {s.job or '-':<10}  {s.log or '-'}{detail}")
+    counts: Dict[str, int] = {}
+    for s in statuses.values():
+        counts[s.state] = counts.get(s.state, 0) + 1
+    print("ablation: " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items())), flush=True)
+    return [{"variant": name, **vars(s)} for name, s in statuses.items()]

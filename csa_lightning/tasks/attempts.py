@@ -1,0 +1,55 @@
+"""A run folder's attempt log (``attempts.jsonl``): one JSON line per event of a training that may be
+stopped and started again (a killed ablation runner, a requeued SLURM job).
+
+"start" (written by whoever starts the training: the checkpoint resumed, with its epoch and step),
+"stop" (written by the training when a signal stopped it: its epoch and step,
+:class:`~csa_lightning.tasks.callbacks.RecordResult`), "end" (the exit status). One process writes at
+a time: the starter before the training runs and after it ends, the training in between.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Sequence
+
+__all__ = ["ATTEMPTS_FILE", "log_attempt", "read_attempts", "redone_steps"]
+
+ATTEMPTS_FILE = "attempts.jsonl"
+
+
+def log_attempt(run_dir, event: str, **fields: Any) -> None:
+    line = json.dumps({"event": event, "time": round(time.time(), 1), **fields})
+    with open(Path(run_dir) / ATTEMPTS_FILE, "a") as handle:
+        handle.write(line + "\n")
+
+
+def read_attempts(run_dir) -> List[Dict[str, Any]]:
+    path = Path(run_dir) / ATTEMPTS_FILE
+    if not path.exists():
+        return []
+    events = []
+    for line in path.read_text().splitlines():
+        try:
+            events.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut by a kill: the others still count
+            continue
+    return events
+
+
+def redone_steps(events: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
+    """How many times the training started, where each signal stopped it, and the optimiser steps it
+    trained twice: each stop's step minus the step of the checkpoint the next start resumed from
+    (an epoch-boundary loader such as FFCV's redoes the interrupted epoch up to the stop)."""
+    starts = [e for e in events if e.get("event") == "start"]
+    redone, stops, pending = 0, [], None
+    for e in events:
+        if e.get("event") == "stop":
+            pending = e
+        elif e.get("event") == "start" and pending is not None:
+            resumed_step = max(0, int((e.get("resumed") or {}).get("step", 0)))
+            redone += max(0, int(pending.get("step", 0)) - resumed_step)
+            stops.append({"epoch": pending.get("epoch"), "step": pending.get("step"), "resumed_step": resumed_step})
+            pending = None
+    return {"starts": len(starts), "stops": stops, "redone_steps": redone}
