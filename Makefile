@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.csa-lightning-installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := libopencv-dev libturbojpeg0-dev pkg-config
 
-.PHONY: install test test-system test-fast blockcheck blockcheck-reference lint format demo demo-strong demo-detection summary figures gpu-check clean
+.PHONY: install test test-system test-slurm slurm test-fast blockcheck blockcheck-reference lint format demo demo-strong demo-detection summary figures gpu-check clean
 
 install: $(STAMP)
 
@@ -28,10 +28,19 @@ $(STAMP): pyproject.toml constraints.txt
 # real runs, signals to live processes, the GPU kit's dry run, installing the example project),
 # which `make test-system` runs; CI (.ci/run) runs both. Plain `pytest` runs everything in one process.
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --dist loadgroup -m "not system"
+	$(PY) -m pytest -n 2 --dist loadgroup -m "not system and not slurm"
 
 test-system: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadgroup -m system
+
+# A one-node SLURM on this machine (root; Debian's slurm-wlm and munge; idempotent), and the ablation
+# runner's SLURM executor tested against it (docs/clusters.md). One pytest process: the jobs share
+# the machine's cores with it.
+slurm:
+	scripts/slurm_up.sh
+
+test-slurm: $(STAMP) slurm
+	$(PY) -m pytest -m slurm tests/test_slurm.py
 
 # ruff: lint and formatting (configured in pyproject.toml); `make format` rewrites the files.
 lint: $(STAMP)

@@ -239,7 +239,7 @@ def _run_plan(args, extra: List[str], out: Path, variants: List[Variant], resolv
         print((out / "report.md").read_text())
     if failures:
         sys.exit(f"error: {len(failures)} run(s) failed: {', '.join(failures)}; rerun the same command to retry them")
-    if args.executor != "local" and not args.wait:
+    if args.executor != "local" and not args.wait and (runs or live):
         print("ablation: the jobs run on their own; add --status to see them, run the same command later to "
               "merge their results into the report (or pass --wait)", flush=True)  # fmt: skip
     return rows
@@ -274,9 +274,9 @@ def variant_statuses(out: Path, variants: Sequence[Variant], executor: Executor)
         if v.name in done:
             attempts = done[v.name].get("attempts") or {}
             redone = attempts.get("redone_steps", 0)
-            statuses[v.name] = Status("done", log=str(out / "runs" / v.name / "stdout.log"),
-                                      detail=f"{attempts.get('starts', 1)} start(s), {redone} step(s) redone"
-                                      if attempts else "")  # fmt: skip
+            detail = f"{attempts.get('starts', 1)} start(s), {redone} step(s) redone" if attempts else ""
+            log = str(out / "runs" / v.name / "stdout.log")
+            statuses[v.name] = Status("done", job=executor.status(out, v).job, log=log, detail=detail)
         elif v.name in live:
             statuses[v.name] = live[v.name]
         else:

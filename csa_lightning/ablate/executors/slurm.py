@@ -121,15 +121,21 @@ class VariantJob:
         log_name = "stdout.log" if rank == 0 else f"stdout.rank{rank}.log"
         # the time-limit warning is for this process (submitit's handler); the training ignores it
         self._proc = start_training(run_dir, self.command, self.env, log_name, ignore_signals=(signal.SIGUSR2,))
-        code = self._proc.wait()
+        code = _wait(self._proc)
         if rank != 0:
             if code not in (0, 143):
                 raise RuntimeError(f"rank {rank}: {last_error_line(run_dir / log_name) or f'exit {code}'}")
             return "done"
         log_attempt(run_dir, "end", code=code, job=os.environ.get("SLURM_JOB_ID"))
         if code == 143:
-            # stopped by SLURM's SIGTERM (preemption: SLURM requeues it) or by scancel: not a result
-            raise RuntimeError("stopped by SIGTERM (preempted, cancelled or timed out); requeued if SLURM requeues it")
+            # SIGTERM from SLURM: preemption (SLURM requeues the job once its grace time is over, but only
+            # if the job has not ended by itself before) or scancel (it is being cancelled). Either way
+            # SLURM ends this job: wait for that instead of ending it as failed.
+            state = _job_state(os.environ.get("SLURM_JOB_ID"))
+            print(f"the training stopped on SIGTERM (job state {state}); waiting for SLURM to requeue or end the job",
+                  flush=True)  # fmt: skip
+            time.sleep(float(os.environ.get("CSA_SLURM_STOP_WAIT", 3600)))
+            raise RuntimeError("stopped by SIGTERM and not ended by SLURM within CSA_SLURM_STOP_WAIT seconds")
         if code != 0 or not (run_dir / "result.json").exists():
             raise RuntimeError(last_error_line(run_dir / log_name) or f"the training exited with status {code}")
         finish_record(run_dir, time.time() - started)
@@ -143,12 +149,11 @@ class VariantJob:
 
         job = os.environ.get("SLURM_JOB_ID")
         if job:  # every task's training, on every node of the job
-            subprocess.run(["scancel", "--signal=TERM", "--full", job], check=False)
+            subprocess.run(["scancel", "--signal=TERM", job], check=False)  # the steps, not the batch shell
         if self._proc is not None:
-            try:
-                self._proc.wait(timeout=float(os.environ.get("CSA_SIGTERM_GRACE", 60)) + 10)
-            except subprocess.TimeoutExpired:
+            if _wait(self._proc, timeout=float(os.environ.get("CSA_SIGTERM_GRACE", 60)) + 10) is None:
                 self._proc.kill()
+                _wait(self._proc)
             log_attempt(Path(self.run_dir), "end", code=self._proc.returncode, job=job, requeued="time limit")
         fresh = VariantJob(self.run_dir, self.command, self.env)
         return submitit.helpers.DelayedSubmission(fresh)
@@ -158,6 +163,24 @@ class VariantJob:
 
     def __setstate__(self, state):
         self.__dict__.update(state, _proc=None)
+
+
+def _job_state(job: Optional[str]) -> str:
+    if not job:
+        return "unknown"
+    listed = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True)
+    return listed.stdout.strip() or "unknown"
+
+
+def _wait(proc: subprocess.Popen, timeout: Optional[float] = None) -> Optional[int]:
+    """Wait by polling: submitit's signal handler runs in this thread, and a blocking Popen.wait
+    interrupted by it would hold the lock the handler's own wait needs."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while proc.poll() is None:
+        if deadline is not None and time.monotonic() > deadline:
+            return None
+        time.sleep(0.5)
+    return proc.returncode
 
 
 def _load_resources(args) -> SlurmResources:

@@ -1,0 +1,32 @@
+"""Helpers the SLURM tests run inside jobs (importable there: a job starts in the submitting folder)."""
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from lightning.pytorch import Callback
+
+from csa_lightning.attention import ChannelAttention
+
+
+class RankDigest(Callback):
+    """Each rank writes its global rank, the world size and a digest of its weights after the fit:
+    DDP's ranks must agree on every weight."""
+
+    def on_fit_end(self, trainer, pl_module):
+        digest = hashlib.sha256()
+        for name, tensor in sorted(pl_module.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        about = {"rank": trainer.global_rank, "world_size": trainer.world_size, "digest": digest.hexdigest()}
+        Path(trainer.default_root_dir, f"rank{trainer.global_rank}.json").write_text(json.dumps(about))
+
+
+class FailsInTraining(ChannelAttention):
+    """Builds (the runner's up-front check passes) but raises in the first training step."""
+
+    def gate(self, x):
+        if self.training:
+            raise RuntimeError("FailsInTraining: a deliberate error in the first training step")
+        return torch.sigmoid(x.mean((2, 3), keepdim=True))

@@ -1,0 +1,191 @@
+"""The ablation runner's SLURM executor against a real SLURM: the one-node cluster of ``make slurm``
+(scripts/slurm_up.sh). ``make test-slurm`` brings it up and runs these; elsewhere they are skipped.
+
+Runs are tiny (the in-memory digits at 16 px); SLURM holds a requeued job back 120 s before it is
+eligible again, which the requeue tests skip with ``scontrol update StartTime=now`` (the only thing
+they do that a cluster would not).
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import DEMO_CONFIG
+
+ROOT = Path(__file__).resolve().parents[1]
+CPU_PIECE = ROOT / "configs" / "cluster" / "local_cpu.yaml"
+TIMEOUT = 600
+
+
+def _slurm_up() -> bool:
+    if shutil.which("sinfo") is None:
+        return False
+    listed = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=20)
+    return listed.returncode == 0 and any(s in listed.stdout for s in ("idle", "mix", "alloc"))
+
+
+pytestmark = [
+    pytest.mark.slurm,
+    pytest.mark.skipif(not _slurm_up(), reason="no SLURM answers here (make slurm starts a one-node one)"),
+]
+
+
+def _ablation(out, *extra, attentions="none", epochs=1, samples=32):
+    return [
+        sys.executable, "-m", "csa_lightning.ablate", "--config", str(DEMO_CONFIG), "--attentions", attentions,
+        "--seeds", "0", "--out", str(out), "--data", "csa_lightning.data.DigitsMemoryDataModule",
+        "--data.resolution", "16", "--data.batch_size", "32", "--data.limit_train_samples", str(samples),
+        "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false",
+        "--trainer.max_epochs", str(epochs), "--executor", "slurm", "--slurm", str(CPU_PIECE), *extra,
+    ]  # fmt: skip
+
+
+def _run(cmd, check=True):
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=TIMEOUT,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)))  # fmt: skip
+    if check:
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def _status(out, cmd):
+    done = _run([*cmd, "--status"])
+    rows = [line.split() for line in done.stdout.splitlines()]
+    return {row[0]: row[1] for row in rows if row and row[0].endswith("_seed0")}
+
+
+def _job(run_dir) -> str:
+    return json.loads((run_dir / "slurm_job.json").read_text())["job_id"]
+
+
+def _events(run_dir):
+    path = run_dir / "attempts.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _until(condition, what, timeout=TIMEOUT):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            return
+        time.sleep(1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _release_requeued(job):
+    """A requeued job is eligible only 120 s after it was requeued: skip that hold."""
+    _until(lambda: "PENDING" in subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True,
+                                               text=True).stdout, f"job {job} pending again")  # fmt: skip
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
+
+
+def test_two_variants_run_as_jobs_with_status_and_resubmitting_submits_nothing(tmp_path):
+    out = tmp_path / "grid"
+    cmd = _ablation(out, attentions="none,se")
+    first = _run(cmd)
+    assert "2 to submit" in first.stdout and "submitted 2 job(s) as SLURM array" in first.stdout
+    states = _status(out, cmd)  # while the jobs are queued or running
+    assert set(states) == {"none_seed0", "se_seed0"} and set(states.values()) <= {"queued", "running", "done"}
+    again = _run([*cmd, "--wait", "--poll", "1"])  # the same command: nothing new, it waits and merges
+    assert "0 to submit" in again.stdout and "submitted" not in again.stdout
+    records = json.loads((out / "results.json").read_text())
+    assert sorted(r["variant"] for r in records) == ["none_seed0", "se_seed0"]
+    assert all(r["attempts"] == {"starts": 1, "stops": [], "redone_steps": 0} for r in records)
+    assert "| se | 1 |" in (out / "report.md").read_text()
+    assert _status(out, cmd) == {"none_seed0": "done", "se_seed0": "done"}
+    third = _run(cmd)
+    assert "2 already finished, 0 to submit" in third.stdout
+
+
+def test_a_job_of_two_tasks_runs_lightning_ddp_and_both_ranks_agree(tmp_path):
+    """Two SLURM tasks, one rank each: Lightning reads the ranks from SLURM; num_nodes and devices
+    come from the resources piece (the runner passes them)."""
+    out = tmp_path / "ddp"
+    cmd = _ablation(out, "--slurm.tasks_per_node", "2", "--trainer.callbacks+=tests.slurm_probe.RankDigest", samples=64)
+    _run([*cmd, "--wait", "--poll", "1"])
+    run_dir = out / "runs" / "none_seed0"
+    ranks = [json.loads((run_dir / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["rank"] for r in ranks] == [0, 1] and {r["world_size"] for r in ranks} == {2}
+    assert ranks[0]["digest"] == ranks[1]["digest"]
+    assert "MEMBER: 2/2" in (run_dir / "stdout.rank1.log").read_text()
+    config = json.loads((out / "results.json").read_text())[0]["config"]["trainer"]
+    assert (config["num_nodes"], str(config["devices"]), config["accelerator"]) == (1, "2", "cpu")
+
+
+def _train_until_a_checkpoint(out, *extra):
+    cmd = _ablation(out, *extra, epochs=60, samples=64)
+    _run(cmd)
+    run_dir = out / "runs" / "none_seed0"
+    _until(lambda: (run_dir / "checkpoints" / "last.ckpt").exists() or any(run_dir.glob("logs/*/checkpoints/last.ckpt")),
+           "the first epoch-end checkpoint")  # fmt: skip
+    time.sleep(2)  # into the next epoch
+    return cmd, run_dir
+
+
+def _check_resumed_record(out, run_dir):
+    records = json.loads((out / "results.json").read_text())
+    assert [r["variant"] for r in records] == ["none_seed0"]  # one record, not two
+    attempts = records[0]["attempts"]
+    starts = [e for e in _events(run_dir) if e["event"] == "start"]
+    stop = next(e for e in _events(run_dir) if e["event"] == "stop")
+    assert attempts["starts"] == 2 and starts[1]["resumed"]["checkpoint"] == "last.ckpt"
+    assert attempts["redone_steps"] == stop["step"] - starts[1]["resumed"]["step"] >= 0
+    assert records[0]["epochs"] == 60
+    return attempts
+
+
+def test_a_job_told_of_its_time_limit_stops_requeues_and_resumes(tmp_path):
+    """SIGUSR2 is what the job gets signal_delay_s before its time limit (#SBATCH --signal)."""
+    out = tmp_path / "timelimit"
+    cmd, run_dir = _train_until_a_checkpoint(out)
+    job = _job(run_dir)
+    subprocess.run(["scancel", "--signal=USR2", job], check=True)
+    _until(lambda: any(e["event"] == "end" and e.get("requeued") for e in _events(run_dir)), "the requeue")
+    assert _status(out, cmd)["none_seed0"] == "requeued"
+    _release_requeued(job)
+    _run([*cmd, "--wait", "--poll", "1"])
+    attempts = _check_resumed_record(out, run_dir)
+    assert attempts["stops"][0]["epoch"] >= 1
+
+
+def test_a_preempted_job_is_requeued_by_slurm_and_resumes(tmp_path):
+    """A job of the urgent partition preempts the debug one (PreemptMode=REQUEUE): SLURM sends
+    SIGTERM, the training stops through the one mechanism, SLURM requeues after the grace time."""
+    out = tmp_path / "preempted"
+    cmd, run_dir = _train_until_a_checkpoint(out, "--slurm.cpus_per_task", "2")
+    job = _job(run_dir)
+    urgent = subprocess.run(["sbatch", "--parsable", "-p", "urgent", "-c", "2", "-o", str(tmp_path / "urgent.out"),
+                             "--wrap", "sleep 1"], capture_output=True, text=True, check=True)  # fmt: skip
+    _until(lambda: any(e["event"] == "stop" for e in _events(run_dir)), "the training to stop on SIGTERM")
+    _release_requeued(job)
+    _until(lambda: (tmp_path / "urgent.out").exists(), f"the urgent job {urgent.stdout.strip()}")
+    _run([*cmd, "--wait", "--poll", "1"])
+    _check_resumed_record(out, run_dir)
+
+
+def test_bad_resources_and_failing_jobs_are_one_line(tmp_path, monkeypatch):
+    out = tmp_path / "bad"
+    before = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout
+    for key, value, message in [
+        ("--slurm.partition", "nope", "SLURM refuses this job's resources (allocation failure: Invalid partition"),
+        ("--slurm.cpus_per_task", "64", "Requested node configuration is not available"),
+        ("--slurm.cpu_per_task", "1", "error: --slurm: "),
+    ]:
+        done = _run(_ablation(out, key, value), check=False)
+        assert done.returncode != 0 and message in done.stderr.strip().splitlines()[-1], done.stderr[-2000:]
+    assert subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout == before
+    env = dict(os.environ, PATH=str(Path(sys.executable).parent), PYTHONPATH=str(ROOT))
+    done = subprocess.run(_ablation(out), capture_output=True, text=True, cwd=ROOT, env=env, timeout=TIMEOUT)
+    assert "error: --executor slurm needs SLURM's sbatch on the PATH" in done.stderr.strip().splitlines()[-1]
+    # a job whose training fails: failed, with the error's last line, and not retried
+    failing = _ablation(out, "--attentions", "tests.slurm_probe.FailsInTraining")
+    _run([*failing, "--wait", "--poll", "1"], check=False)
+    done = _run([*failing, "--status"])
+    row = next(line for line in done.stdout.splitlines() if "FailsInTraining" in line and "seed0" in line)
+    assert " failed " in row and "RuntimeError: FailsInTraining: a deliberate error" in row, row
