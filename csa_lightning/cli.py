@@ -4,7 +4,8 @@ Model and data are in subclass mode, so ``class_path`` picks any LightningModule
 LightningDataModule, a user's subclass in another package included. Beyond LightningCLI:
 
 - ``--ckpt_path`` is checked before anything runs: a missing or corrupt checkpoint is a
-  one-line error (``last`` and ``best`` are resolved by Lightning as usual);
+  one-line error; ``last`` is this config's newest ``last.ckpt`` under ``default_root_dir``, and
+  ``auto`` (fit) is ``last`` when there is one, else a fresh start (what a requeued job wants);
 - a run that fails before its first checkpoint removes the log folder it created, so no
   half-made run folder is left behind;
 - checkpoints are written by :class:`~csa_lightning.tasks.checkpoint_io.AtomicCheckpointIO`
@@ -52,6 +53,16 @@ class CSALightningCLI(LightningCLI):
         if not subcommand:
             return
         ckpt_path = self.config[subcommand].get("ckpt_path")
+        if ckpt_path == "auto" and subcommand == "fit":
+            # what a job that may be requeued starts with: resume this config's run if it has a
+            # checkpoint, else start afresh (decided now, when the process starts)
+            root = self.config[subcommand].trainer.get("default_root_dir") or "lightning_logs"
+            from .tasks.checkpoints import checkpoints_newest_first
+
+            ckpt_path = "last" if checkpoints_newest_first(str(root)) else None
+            self.config[subcommand].ckpt_path = ckpt_path
+            if ckpt_path is None:
+                print(f"--ckpt_path auto: no checkpoint under {root} yet; training from the start", file=sys.stderr)
         if ckpt_path == "last":
             ckpt_path = self.config[subcommand].ckpt_path = str(find_last_checkpoint(self.config[subcommand]))
         check_checkpoint_file(ckpt_path)

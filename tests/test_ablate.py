@@ -430,6 +430,12 @@ def test_sigterm_to_the_runner_ends_its_runs_and_a_live_run_keeps_its_folder(tmp
             "error: variant none_lr_scalng-sqrt_seed0: ClassificationModule has no option 'lr_scalng'; "
             "did you mean 'lr_scaling'?",
         ),
+        (
+            ["--out", "x", "--slurm.partition", "gpu"],
+            "error: --slurm.partition is an option of --executor slurm; add --executor slurm",
+        ),
+        (["--out", "x", "--executor", "slurm", "--slurm.partiton", "gpu"], "error: --slurm: "),
+        (["--out", "x", "--status"], "error: --out x does not exist; nothing was run there (check --out)"),
     ],
 )
 def test_runner_arguments_are_one_line_errors(args, message, tmp_path, monkeypatch):

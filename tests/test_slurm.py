@@ -189,3 +189,36 @@ def test_bad_resources_and_failing_jobs_are_one_line(tmp_path, monkeypatch):
     done = _run([*failing, "--status"])
     row = next(line for line in done.stdout.splitlines() if "FailsInTraining" in line and "seed0" in line)
     assert " failed " in row and "RuntimeError: FailsInTraining: a deliberate error" in row, row
+
+
+def test_plain_fit_as_an_sbatch_script_requeues_at_its_time_limit_and_resumes(tmp_path):
+    """python -m csa_lightning.slurm: one cli.py fit as a job script from the same resources piece;
+    SIGUSR2 (its time-limit warning, #SBATCH --signal=B:USR2@...) to the script requeues it, and the
+    new start resumes through --ckpt_path auto."""
+    root = tmp_path / "fit"
+    script = tmp_path / "fit.sbatch"
+    done = subprocess.run(
+        [sys.executable, "-m", "csa_lightning.slurm", "--slurm", str(CPU_PIECE), "--script", str(script), "--submit",
+         "--", "fit", "--config", str(DEMO_CONFIG), "--data", "csa_lightning.data.DigitsMemoryDataModule",
+         "--data.resolution", "16", "--data.batch_size", "32", "--data.limit_train_samples", "64",
+         "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false", "--trainer.max_epochs", "60",
+         "--trainer.default_root_dir", str(root)],
+        capture_output=True, text=True, cwd=tmp_path, timeout=TIMEOUT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    job = done.stdout.split()[2].rstrip(":")
+    assert "#SBATCH --signal=B:USR2@30" in script.read_text() and "--ckpt_path auto" in script.read_text()
+    _until(lambda: any(root.glob("**/last.ckpt")), "the first epoch-end checkpoint")
+    time.sleep(2)
+    subprocess.run(["scancel", "--batch", "--signal=USR2", job], check=True)
+    _release_requeued(job)
+    _until(lambda: not subprocess.run(["squeue", "-h", "-j", job], capture_output=True, text=True).stdout.strip(),
+           f"job {job} to finish")  # fmt: skip
+    output = (tmp_path / f"csa-fit-{job}.out").read_text()
+    assert "--ckpt_path auto: no checkpoint under" in output  # the first start
+    assert "interrupted by SIGTERM in epoch" in output  # the time limit's stop, through the one mechanism
+    assert "Restored all states from the checkpoint" in output  # the requeued start resumed
+    import torch
+
+    (last,) = sorted(root.glob("**/last.ckpt"), key=lambda p: p.stat().st_mtime)[-1:]
+    assert torch.load(last, map_location="cpu", weights_only=True)["epoch"] == 59

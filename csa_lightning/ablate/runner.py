@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .executors import EXECUTORS, Executor, Run, Status, executor_class
+from .executors.slurm import parse_resources, split_slurm_args
 from .job import fit_command
 from .plan import Resolved, Variant, _option_keys, attach_backbones, check_sweep_keys, check_variants, plan_variants
 from .records import RUN_LOCK, forget, keep_stale, load_results, merge_records, stale_variants, stamp
@@ -63,11 +64,11 @@ def _parse(argv: Optional[Sequence[str]]) -> Tuple[argparse.Namespace, List[str]
         "an edited block) as they are",
     )
     argv = list(sys.argv[1:] if argv is None else argv)
-    argv, slurm_argv = _split_slurm_args(argv)
+    argv, slurm_argv = split_slurm_args(argv)
     args, extra = parser.parse_known_args(argv)
     if slurm_argv and args.executor != "slurm":
         sys.exit(f"error: {slurm_argv[0]} is an option of --executor slurm; add --executor slurm")
-    args.slurm = _parse_slurm(slurm_argv) if args.executor == "slurm" else None
+    args.slurm = parse_resources(slurm_argv) if args.executor == "slurm" else None
     if not Path(args.config).is_file():
         sys.exit(f"error: base config not found: {args.config}; pass a cli.py fit config with --config")
     if Path(args.out).exists() and not Path(args.out).is_dir():
@@ -75,38 +76,6 @@ def _parse(argv: Optional[Sequence[str]]) -> Tuple[argparse.Namespace, List[str]
     if args.parallel < 1:
         sys.exit(f"error: --parallel must be a positive integer (runs at once), got {args.parallel}")
     return args, extra
-
-
-def _split_slurm_args(argv: List[str]) -> Tuple[List[str], List[str]]:
-    """``--slurm FILE`` and ``--slurm.KEY VALUE`` (or with =) apart from the rest."""
-    rest, slurm = [], []
-    items = iter(argv)
-    for item in items:
-        if item == "--slurm" or item.startswith("--slurm."):
-            slurm.append(item)
-            if "=" not in item:
-                slurm.append(next(items, ""))
-        elif item.startswith("--slurm="):
-            slurm.append(item)
-        else:
-            rest.append(item)
-    return rest, slurm
-
-
-def _parse_slurm(slurm_argv: List[str]):
-    """The resources piece and its command-line keys, through jsonargparse (one line on a bad key)."""
-    from jsonargparse import ArgumentParser
-
-    from .executors.slurm import SlurmResources
-
-    parser = ArgumentParser(exit_on_error=False, allow_abbrev=False)
-    parser.add_argument("--slurm", type=SlurmResources, default=SlurmResources())
-    try:
-        parsed = parser.parse_args(slurm_argv)
-    except Exception as err:  # noqa: BLE001 - jsonargparse's errors vary; each is a bad key or value here
-        first = (str(err).strip().splitlines() or [""])[0]
-        sys.exit(f"error: --slurm: {first} (keys: see configs/cluster/slurm.yaml)")
-    return parser.instantiate_classes(parsed).slurm
 
 
 def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:

@@ -34,7 +34,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ...tasks.attempts import log_attempt, read_attempts
 from ..job import start_training
@@ -43,7 +43,7 @@ from ..records import finish_record
 from . import Executor, Run, Status
 from .local import last_error_line, status_from_attempts
 
-__all__ = ["SlurmResources", "SlurmExecutor", "VariantJob", "JOB_FILE"]
+__all__ = ["SlurmResources", "SlurmExecutor", "VariantJob", "JOB_FILE", "split_slurm_args", "parse_resources"]
 
 #: in each run folder: the job that trains it (id, log paths, when submitted)
 JOB_FILE = "slurm_job.json"
@@ -84,6 +84,24 @@ class SlurmResources:
         """What Lightning validates against the job's environment (it infers neither)."""
         args = ["--trainer.num_nodes", str(self.nodes), "--trainer.devices", str(self.tasks)]
         return args + ["--trainer.accelerator", "gpu" if self.gpus_per_node > 0 else "cpu"]
+
+    def sbatch_options(self) -> Dict[str, Any]:
+        """The same resources as ``#SBATCH`` options, for a job script of one's own (python -m
+        csa_lightning.slurm); the executor goes through submitit's parameters instead."""
+        options: Dict[str, Any] = {
+            "nodes": self.nodes,
+            "ntasks-per-node": self.tasks,
+            "cpus-per-task": self.cpus_per_task,
+            "time": self.time_min,
+        }
+        for key in ("partition", "account", "qos"):
+            if getattr(self, key):
+                options[key] = getattr(self, key)
+        if self.gpus_per_node > 0:
+            options["gpus-per-node"] = self.gpus_per_node
+        if self.mem_gb:
+            options["mem"] = f"{self.mem_gb}GB"
+        return {**options, **self.sbatch}
 
     def submitit_parameters(self) -> Dict[str, Any]:
         params: Dict[str, Any] = {
@@ -181,6 +199,36 @@ def _wait(proc: subprocess.Popen, timeout: Optional[float] = None) -> Optional[i
             return None
         time.sleep(0.5)
     return proc.returncode
+
+
+def split_slurm_args(argv: List[str]) -> Tuple[List[str], List[str]]:
+    """``--slurm FILE`` and ``--slurm.KEY VALUE`` (or with =) apart from the rest."""
+    rest, slurm = [], []
+    items = iter(argv)
+    for item in items:
+        if item == "--slurm" or item.startswith("--slurm."):
+            slurm.append(item)
+            if "=" not in item:
+                slurm.append(next(items, ""))
+        elif item.startswith("--slurm="):
+            slurm.append(item)
+        else:
+            rest.append(item)
+    return rest, slurm
+
+
+def parse_resources(slurm_argv: List[str]):
+    """The resources piece and its command-line keys, through jsonargparse (one line on a bad key)."""
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(exit_on_error=False, allow_abbrev=False)
+    parser.add_argument("--slurm", type=SlurmResources, default=SlurmResources())
+    try:
+        parsed = parser.parse_args(slurm_argv)
+    except Exception as err:  # noqa: BLE001 - jsonargparse's errors vary; each is a bad key or value here
+        first = (str(err).strip().splitlines() or [""])[0]
+        sys.exit(f"error: --slurm: {first} (keys: see configs/cluster/slurm.yaml)")
+    return parser.instantiate_classes(parsed).slurm
 
 
 def _load_resources(args) -> SlurmResources:
