@@ -2,6 +2,7 @@
 
 - :class:`FFCVDataModule`: ``.beton`` files through ffcv (the fast path);
 - :class:`ImageFolderDataModule`: the same arguments over an ImageFolder tree with torchvision;
+- :class:`LitDataModule`: LitData chunk folders (local, shared or in an object store), streamed;
 - :class:`DigitsDataModule`: scikit-learn's digits written to betons, through the FFCV path;
 - :class:`DigitsMemoryDataModule`: the same digits in memory (deterministic; for tests);
 - :class:`COCODataModule`: COCO-format detection / instance segmentation (pycocotools);
@@ -14,6 +15,7 @@ from .digits import DigitsDataModule, DigitsMemoryDataModule
 from .digits_coco import DigitsCOCODataModule
 from .ffcv_imagenet import FFCVDataModule, ImageNetFFCVDataModule
 from .image_folder import ImageFolderDataModule
+from .litdata_stream import LitDataModule
 
 __all__ = [
     "COCODataModule",
@@ -24,6 +26,7 @@ __all__ = [
     "FFCVDataModule",
     "ImageClassificationDataModule",
     "ImageNetFFCVDataModule",
+    "LitDataModule",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "stratified_order",

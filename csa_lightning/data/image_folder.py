@@ -19,7 +19,7 @@ from ..checks import require
 from .classification_data import ImageClassificationDataModule, stratified_order
 from .image_io import open_rgb
 
-__all__ = ["ImageFolderDataModule"]
+__all__ = ["ImageFolderDataModule", "TorchvisionImageData"]
 
 
 def _rgb_loader(path: str):
@@ -36,16 +36,16 @@ def _class_names(path: Optional[str]) -> Optional[List[str]]:
     return sorted(entry.name for entry in os.scandir(path) if entry.is_dir())
 
 
-class ImageFolderDataModule(ImageClassificationDataModule):
-    """``root/<class>/<image>`` trees for training and validation (test/predict default to val).
+class TorchvisionImageData(ImageClassificationDataModule):
+    """What the data modules that decode with PIL and transform with torchvision share (this
+    ImageFolder one and :class:`~csa_lightning.data.LitDataModule`): RandomResizedCrop (+ flip,
+    + TrivialAugmentWide with ``auto_augment="trivial"``) for training; Resize to side / ratio then
+    CenterCrop for validation; channels_last batches on the device.
 
     Args:
         auto_augment: "trivial" adds TrivialAugmentWide to the training transforms (the strong
             recipe's per-image augmentation); None: none.
-        **kwargs: the shared arguments (:class:`~csa_lightning.data.classification_data.ImageClassificationDataModule`):
-            train_path, val_path, test_path, predict_path (image folders), batch_size,
-            num_workers, resolution, val_resolution, val_crop_ratio, train_crop_scale, flip,
-            channels_last, mean, std.
+        **kwargs: the shared arguments (:class:`~csa_lightning.data.classification_data.ImageClassificationDataModule`).
     """
 
     def __init__(self, auto_augment: Optional[str] = None, **kwargs: Any) -> None:
@@ -70,6 +70,29 @@ class ImageFolderDataModule(ImageClassificationDataModule):
         return T.Compose(
             [T.Resize(resize), T.CenterCrop(self.val_resolution), T.ToTensor(), T.Normalize(self.mean, self.std)]
         )
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        # channels_last: the batch in NHWC strides (as ffcv's loader returns it), on its device
+        if (
+            self.channels_last
+            and isinstance(batch, (list, tuple))
+            and torch.is_tensor(batch[0])
+            and batch[0].dim() == 4
+        ):
+            batch = [batch[0].contiguous(memory_format=torch.channels_last), *batch[1:]]
+        return batch
+
+
+class ImageFolderDataModule(TorchvisionImageData):
+    """``root/<class>/<image>`` trees for training and validation (test/predict default to val).
+
+    Args:
+        auto_augment: see :class:`TorchvisionImageData`.
+        **kwargs: the shared arguments (:class:`~csa_lightning.data.classification_data.ImageClassificationDataModule`):
+            train_path, val_path, test_path, predict_path (image folders), batch_size,
+            num_workers, resolution, val_resolution, val_crop_ratio, train_crop_scale, flip,
+            channels_last, mean, std.
+    """
 
     def _folder(self, path: Optional[str], kind: str, train: bool):
         from torchvision.datasets import ImageFolder
@@ -103,17 +126,6 @@ class ImageFolderDataModule(ImageClassificationDataModule):
         if stage == "test":
             return [("test", self.test_path or self.val_path, False)]
         return [("predict", self.predict_path or self.val_path, False)]
-
-    def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        # channels_last: the batch in NHWC strides (as ffcv's loader returns it), on its device
-        if (
-            self.channels_last
-            and isinstance(batch, (list, tuple))
-            and torch.is_tensor(batch[0])
-            and batch[0].dim() == 4
-        ):
-            batch = [batch[0].contiguous(memory_format=torch.channels_last), *batch[1:]]
-        return batch
 
     def setup(self, stage: Optional[str] = None) -> None:
         self._datasets = {kind: self._folder(path, kind, train) for kind, path, train in self._stage_folders(stage)}

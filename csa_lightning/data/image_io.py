@@ -22,7 +22,9 @@ variable ``CSA_MAX_IMAGE_PIXELS`` (a number, or ``none`` for no limit) for trust
 
 from __future__ import annotations
 
+import io
 import os
+from typing import Optional
 
 import numpy as np
 
@@ -69,8 +71,9 @@ def _pixel_limit() -> None:
         Image.MAX_IMAGE_PIXELS = None if limit.strip().lower() == "none" else int(limit)
 
 
-def open_rgb(path) -> "Image.Image":  # noqa: F821
-    """Open ``path`` and return it as 8-bit RGB, decoded (the file is closed).
+def open_rgb(path, name: Optional[str] = None) -> "Image.Image":  # noqa: F821
+    """Open ``path`` (a file path, or the file's bytes as ``bytes`` / ``memoryview`` / a binary file
+    object, named ``name`` in errors) and return it as 8-bit RGB, decoded (the file is closed).
 
     Raises ``OSError`` naming the file for anything PIL cannot read (truncated, not an image,
     above the decompression-bomb limit, with the environment variable that lifts the limit); the
@@ -78,8 +81,14 @@ def open_rgb(path) -> "Image.Image":  # noqa: F821
     from PIL import Image, UnidentifiedImageError
 
     _pixel_limit()
+    source = path
+    if isinstance(path, (bytes, bytearray, memoryview)):
+        source = io.BytesIO(path)
+        path = name or "an image's bytes"
+    elif name is not None:
+        path = name
     try:
-        with Image.open(path) as image:
+        with Image.open(source) as image:
             image.load()
             return to_rgb(image)
     except Image.DecompressionBombError as err:

@@ -1,0 +1,120 @@
+"""Write an ImageFolder tree (ImageNet's layout) as LitData chunks, one chunk folder per split.
+
+    python -m csa_lightning.data.write_litdata IMAGES OUT [--splits train,val] [--chunk-bytes 64MB] [--workers N]
+
+``IMAGES/<split>/<class>/<image>`` -> ``OUT/<split>/`` (LitData's chunks and ``index.json``, plus
+``classes.json``: the class names in label order and the item count). Each item holds the file's
+original bytes (JPEGs are not re-encoded), its label, its index and its path. Items are written
+in a stratified order (:func:`~csa_lightning.data.classification_data.stratified_order`), so every
+prefix of an unshuffled stream (the validation order) samples every class.
+
+Restartable: LitData's own checkpoints let a rerun after a kill continue where the workers were;
+``classes.json`` is written last, and the data module refuses a folder without it, so an
+unfinished conversion never looks finished. ``OUT`` is a local or shared folder: copy it to an
+object store afterwards (``aws s3 sync OUT s3://bucket/prefix``) and stream from there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+__all__ = ["write_split", "main"]
+
+
+class _Item:
+    """What each optimize worker turns one input into (picklable)."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+
+    def __call__(self, entry):
+        index, path, label = entry
+        return {"index": index, "image": Path(path).read_bytes(), "label": label,
+                "path": os.path.relpath(path, self.root)}  # fmt: skip
+
+
+def write_split(folder: Path, out: str, chunk_bytes: str = "64MB", workers: Optional[int] = None,
+                classes: Optional[List[str]] = None) -> dict:  # fmt: skip
+    """One split; returns its classes.json. ``classes``: the training split's (every split is
+    labelled by them, as the ImageFolder module does)."""
+    import litdata
+    from torchvision.datasets import ImageFolder
+
+    from .classification_data import stratified_order
+
+    marker = Path(out) / "classes.json"
+    if marker.is_file():
+        print(f"{out}: already written ({json.loads(marker.read_text())['count']} items)", flush=True)
+        return json.loads(marker.read_text())
+    tree = ImageFolder(str(folder), loader=lambda p: p)
+    if classes is not None and tree.classes != classes:
+        only_here = sorted(set(tree.classes) - set(classes)) or "none"
+        missing = sorted(set(classes) - set(tree.classes)) or "none"
+        raise ValueError(
+            f"{folder} has other classes than the training folder (only here: {only_here}, missing: {missing})"
+        )
+    if not tree.samples:
+        raise ValueError(f"{folder} holds no images (expected {folder}/<class>/<image files>)")
+    order = stratified_order(tree.targets)
+    entries = [(int(i), tree.samples[i][0], int(tree.samples[i][1])) for i in order]
+    # keep_data_ordered: each worker writes a contiguous slice in order, so the stream's order is
+    # the stratified one; use_checkpoint: a rerun after a kill continues where each worker was
+    litdata.optimize(fn=_Item(str(folder)), inputs=entries, output_dir=out, chunk_bytes=chunk_bytes,
+                     num_workers=workers or min(8, os.cpu_count() or 1), keep_data_ordered=True,
+                     use_checkpoint=True, mode="overwrite" if _has_partial(out) else None, verbose=False)  # fmt: skip
+    about = {"classes": tree.classes, "count": len(entries), "source": str(folder)}
+    tmp = marker.with_name(".classes.json.tmp")
+    tmp.write_text(json.dumps(about, indent=1))
+    os.replace(tmp, marker)
+    print(f"{out}: {len(entries)} items, {len(tree.classes)} classes", flush=True)
+    return about
+
+
+def _has_partial(out: str) -> bool:
+    """An index.json without our classes.json: an earlier run of optimize that did not finish."""
+    return (Path(out) / "index.json").exists()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m csa_lightning.data.write_litdata", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("images", help="an ImageFolder root holding one folder per split")
+    parser.add_argument("out", help="output root folder (copy it to an object store afterwards)")
+    parser.add_argument("--splits", default="train,val")
+    parser.add_argument("--chunk-bytes", default="64MB", help="target size of each chunk file")
+    parser.add_argument("--workers", type=int, default=None, help="conversion processes (default: up to 8)")
+    args = parser.parse_args(argv)
+    images = Path(args.images)
+    if "://" in args.out:
+        print(f"error: OUT must be a local or shared folder, got {args.out}; convert there, then copy it to the "
+              "object store (e.g. aws s3 sync OUT s3://bucket/prefix)", file=sys.stderr)  # fmt: skip
+        return 2
+    splits = [s.strip() for s in args.splits.split(",") if s.strip()]
+    missing = [s for s in splits if not (images / s).is_dir()]
+    if missing:
+        print(f"error: no split folder {images / missing[0]} (expected {images}/<split>/<class>/<images>); "
+              "check IMAGES and --splits", file=sys.stderr)  # fmt: skip
+        return 2
+    if args.workers is not None and args.workers < 1:
+        print(f"error: --workers must be a positive integer, got {args.workers}", file=sys.stderr)
+        return 2
+    classes = None
+    try:
+        for split in splits:
+            about = write_split(images / split, f"{args.out.rstrip('/')}/{split}", args.chunk_bytes, args.workers,
+                                classes)  # fmt: skip
+            classes = classes or about["classes"]
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
