@@ -144,6 +144,25 @@ class LitDataModule(TorchvisionImageData):
                  storage_options: Optional[Dict[str, Any]] = None, seed: int = 42, **kwargs: Any) -> None:  # fmt: skip
         super().__init__(**kwargs)
         self._streams: Dict[str, Any] = {}
+        self._train_loader = None
+        self._train_position: Optional[Dict[str, Any]] = None
+
+    # The training stream's position travels in Lightning's checkpoint as this module's state: a
+    # checkpoint saved mid-epoch (at a SIGTERM) carries it and the resumed run's loader continues
+    # from it. (Lightning also stores loader states in its fit loop, but does not hand them back to
+    # a loader its data module builds after the restore.) An epoch-end checkpoint carries none: the
+    # next epoch starts afresh.
+    def state_dict(self) -> Dict[str, Any]:
+        trainer, loader = getattr(self, "trainer", None), self._train_loader
+        if trainer is None or loader is None:
+            return {}
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        if 0 < done < trainer.num_training_batches:
+            return {"train_position": loader.state_dict()}
+        return {}
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        self._train_position = state_dict.get("train_position")
 
     def _paths(self, stage: Optional[str]) -> List[tuple]:
         if stage in (None, "fit"):
@@ -202,7 +221,12 @@ class LitDataModule(TorchvisionImageData):
         )
 
     def train_dataloader(self):
-        return self._loader("train", self.train_path, True)
+        loader = self._loader("train", self.train_path, True)
+        if self._train_position is not None:
+            loader.load_state_dict(self._train_position)  # resume at the next batch of the stopped epoch
+            self._train_position = None
+        self._train_loader = loader
+        return loader
 
     def val_dataloader(self):
         return self._loader("val", self.val_path, False)

@@ -1,0 +1,114 @@
+"""LitData: the converter, the data module's checks, and a run stopped mid-epoch by SIGTERM that
+resumes at the next batch of the same epoch, every training image of that epoch seen exactly once."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from csa_lightning.data.digits import write_digits_image_folder
+from csa_lightning.data.write_litdata import main as write_litdata
+
+from .conftest import DEMO_CONFIG
+
+litdata = pytest.importorskip("litdata")
+
+
+@pytest.fixture(scope="module")
+def digit_chunks(tmp_path_factory):
+    """The digits (16 px PNGs) as an ImageFolder tree and as LitData chunk folders (several chunks)."""
+    root = tmp_path_factory.mktemp("litdata")
+    images = write_digits_image_folder(str(root / "images"), 16)
+    assert write_litdata([str(images), str(root / "chunks"), "--chunk-bytes", "64KB", "--workers", "2"]) == 0
+    return images, root / "chunks"
+
+
+def test_the_converter_keeps_bytes_labels_and_a_stratified_order_and_is_idempotent(digit_chunks, capsys):
+    images, chunks = digit_chunks
+    about = json.loads((chunks / "val" / "classes.json").read_text())
+    assert about["classes"] == [str(c) for c in range(10)] and about["count"] == 360
+    stream = litdata.StreamingDataset(str(chunks / "val"))
+    assert len(stream) == 360 and len(list(chunks.glob("train/chunk-*.bin"))) > 2
+    first = stream[0]
+    assert bytes(first["image"]) == (images / "val" / first["path"]).read_bytes()  # the file, not re-encoded
+    labels = [stream[i]["label"] for i in range(20)]
+    assert sorted(labels[:10]) == list(range(10)) and sorted(labels[10:20]) == list(range(10))  # every prefix
+    assert write_litdata([str(images), str(chunks), "--workers", "2"]) == 0  # finished splits are not rewritten
+    assert "already written (1437 items)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ("no classes.json", "is not a finished conversion of this project (no classes.json); run python -m"),
+        ("no index.json", "is an unfinished conversion (no index.json); run python -m"),
+        ("wrong count", "holds 360 items but its conversion wrote 361; the folder was changed"),
+        ("ftp", "data.val_path: LitData cannot read 'ftp://' URLs"),
+        ("missing", "chunk folder not found"),
+    ],
+)
+def test_bad_chunk_folders_are_one_line_before_training(digit_chunks, tmp_path, change, message):
+    from csa_lightning.data import LitDataModule
+
+    _, chunks = digit_chunks
+    val = tmp_path / "val"
+    shutil.copytree(chunks / "val", val)
+    if change == "no classes.json":
+        (val / "classes.json").unlink()
+    elif change == "no index.json":
+        (val / "classes.json").unlink()
+        (val / "index.json").unlink()
+    elif change == "wrong count":
+        about = json.loads((val / "classes.json").read_text())
+        (val / "classes.json").write_text(json.dumps({**about, "count": 361}))
+    path = {"ftp": "ftp://host/val", "missing": str(tmp_path / "nothing")}.get(change, str(val))
+    module = LitDataModule(train_path=str(chunks / "train"), val_path=path, batch_size=8, num_workers=0)
+    with pytest.raises((ValueError, FileNotFoundError)) as err:
+        module.setup("fit")
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_converter_refuses_bad_input_in_one_line(tmp_path, capsys):
+    assert write_litdata([str(tmp_path), str(tmp_path / "out"), "--splits", "train"]) == 2
+    assert "no split folder" in capsys.readouterr().err
+    assert write_litdata([str(tmp_path), "s3://bucket/x"]) == 2
+    assert "OUT must be a local or shared folder" in capsys.readouterr().err
+
+
+def _fit(chunks, root, *extra):
+    from csa_lightning.cli import main as cli_main
+
+    return cli_main(
+        [
+            "fit", "--config", str(DEMO_CONFIG), "--data", "csa_lightning.data.LitDataModule",
+            "--data.train_path", str(chunks / "train"), "--data.val_path", str(chunks / "val"),
+            "--data.resolution", "16", "--data.batch_size", "64", "--data.num_workers", "0", "--data.flip", "false",
+            "--model.net.init_args.depth", "18", "--trainer.max_epochs", "2", "--trainer.limit_val_batches", "1",
+            "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(root),
+            *extra,
+        ]
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_run_stopped_mid_epoch_resumes_at_the_next_batch_seeing_each_image_once(digit_chunks, tmp_path, capsys):
+    _, chunks = digit_chunks
+    record = tmp_path / "ids"
+    probe = f"--trainer.callbacks+=tests.litdata_probe.RecordSampleIds --trainer.callbacks.path {record}"
+    with pytest.raises(SystemExit) as stopped:
+        _fit(chunks, tmp_path / "run", *probe.split(), "--trainer.callbacks+=tests.litdata_probe.SigtermAt",
+             "--trainer.callbacks.epoch", "1", "--trainer.callbacks.batch", "5")  # fmt: skip
+    assert stopped.value.code == 143
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "interrupted by SIGTERM in epoch 1 (step 28); saved at the stop:" in line
+    assert "the loader resumes at its next batch of this epoch" in line
+    _fit(chunks, tmp_path / "run", *probe.split(), "--ckpt_path", "last")
+    batches = [json.loads(line) for line in record.with_suffix(".rank0.jsonl").read_text().splitlines()]
+    epoch1 = [b for b in batches if b["epoch"] == 1]
+    assert [b["batch"] for b in epoch1] == list(range(22))  # 0..5 before the stop, 6..21 after: no gap, no repeat
+    assert [b["step"] for b in epoch1] == list(range(23, 45))
+    ids = [i for b in epoch1 for i in b["ids"]]
+    assert len(ids) == len(set(ids)) == 22 * 64  # each image of the epoch once (drop_last: 1437 -> 22 batches)
+    epoch0 = {i for b in batches if b["epoch"] == 0 for i in b["ids"]}
+    assert epoch0 != set(ids) and len(epoch0 | set(ids)) == 1437  # epochs shuffle anew
