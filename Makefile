@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.csa-lightning-installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := libopencv-dev libturbojpeg0-dev pkg-config
 
-.PHONY: install test test-system test-slurm slurm test-fast blockcheck blockcheck-reference lint format demo demo-strong demo-detection summary figures gpu-check clean
+.PHONY: install test test-system test-slurm slurm test-fast demo-litdata blockcheck blockcheck-reference lint format demo demo-strong demo-detection summary figures gpu-check clean
 
 install: $(STAMP)
 
@@ -64,6 +64,14 @@ demo: $(STAMP)
 demo-strong: $(STAMP)
 	$(PY) cli.py fit --config configs/demo/digits_csa.yaml --config configs/recipe/strong.yaml \
 		--config configs/recipe/strong_digits.yaml
+
+# The demo through LitData instead of FFCV (docs/data-loading.md): the digits as an ImageFolder tree,
+# converted to LitData chunks, then the same config and recipe with the LitData module.
+demo-litdata: $(STAMP)
+	$(PY) -c "from csa_lightning.data.digits import write_digits_image_folder as w; w('data/digits/images_32px', 32)"
+	$(PY) -m csa_lightning.data.write_litdata data/digits/images_32px data/digits/litdata --chunk-bytes 1MB
+	$(PY) cli.py fit --config configs/demo/digits_csa.yaml --data csa_lightning.data.LitDataModule \
+		--data.train_path data/digits/litdata/train --data.val_path data/digits/litdata/val
 
 # Faster R-CNN (CSA-ResNet-18-FPN) on digits pasted on canvases, starting from make demo's checkpoint
 # (make demo runs first when there is none); configs/demo/digits_mask_rcnn_csa.yaml is the Mask R-CNN twin.

@@ -69,6 +69,21 @@ def test_bad_chunk_folders_are_one_line_before_training(digit_chunks, tmp_path, 
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
+def test_an_object_store_without_credentials_is_one_line(monkeypatch):
+    from csa_lightning.data.litdata_stream import check_stream
+
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance role to ask for
+    with pytest.raises(ValueError) as err:
+        check_stream("s3://csa-no-such-bucket/imagenet/train", "train")
+    message = str(err.value)
+    assert (
+        message.startswith("cannot read s3://csa-no-such-bucket/imagenet/train/classes.json (") and "\n" not in message
+    )
+    assert "check the URL and the object store's credentials" in message
+
+
 def test_the_converter_refuses_bad_input_in_one_line(tmp_path, capsys):
     assert write_litdata([str(tmp_path), str(tmp_path / "out"), "--splits", "train"]) == 2
     assert "no split folder" in capsys.readouterr().err
@@ -112,3 +127,39 @@ def test_a_run_stopped_mid_epoch_resumes_at_the_next_batch_seeing_each_image_onc
     assert len(ids) == len(set(ids)) == 22 * 64  # each image of the epoch once (drop_last: 1437 -> 22 batches)
     epoch0 = {i for b in batches if b["epoch"] == 0 for i in b["ids"]}
     assert epoch0 != set(ids) and len(epoch0 | set(ids)) == 1437  # epochs shuffle anew
+
+
+@pytest.mark.system
+@pytest.mark.slow
+@pytest.mark.xdist_group("ddp")  # one DDP launch at a time: each picks a free port for gloo
+def test_ddp_two_cpu_processes_each_stream_their_own_shard(digit_chunks, tmp_path):
+    """Two gloo processes: LitData gives each rank its own shard of every epoch and the same number
+    of batches (a rank with fewer would hang the other in its all-reduce). ~30 s: two processes."""
+    import os
+    import subprocess
+    import sys
+
+    _, chunks = digit_chunks
+    root = Path(__file__).resolve().parents[1]
+    record = tmp_path / "ids"
+    cmd = [
+        sys.executable, str(root / "cli.py"), "fit", "--config", str(DEMO_CONFIG),
+        "--data", "csa_lightning.data.LitDataModule", "--data.train_path", str(chunks / "train"),
+        "--data.val_path", str(chunks / "val"), "--data.resolution", "16", "--data.batch_size", "32",
+        "--data.num_workers", "1", "--data.flip", "false", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+        "--trainer.max_epochs", "2", "--trainer.limit_val_batches", "1", "--trainer.num_sanity_val_steps", "0",
+        "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path / "runs"),
+        "--trainer.callbacks+=tests.litdata_probe.RecordSampleIds", "--trainer.callbacks.path", str(record),
+    ]  # fmt: skip
+    env = dict(os.environ, PYTHONPATH=str(root))
+    out = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    ranks = [
+        [json.loads(line) for line in record.with_suffix(f".rank{r}.jsonl").read_text().splitlines()] for r in (0, 1)
+    ]
+    for epoch in (0, 1):
+        batches = [[b for b in rank if b["epoch"] == epoch] for rank in ranks]
+        assert len(batches[0]) == len(batches[1]) > 0  # the same number of batches on both ranks
+        ids = [{i for b in rank for i in b["ids"]} for rank in batches]
+        assert not ids[0] & ids[1]  # disjoint shards
+        assert len(ids[0] | ids[1]) >= 1437 - 2 * 32 * 2  # together the epoch, but for the dropped last batches
