@@ -106,8 +106,11 @@ def _fit(chunks, root, *extra):
     )  # fmt: skip
 
 
+@pytest.mark.system
 @pytest.mark.slow
 def test_a_run_stopped_mid_epoch_resumes_at_the_next_batch_seeing_each_image_once(digit_chunks, tmp_path, capsys):
+    """A SIGTERM to this process at epoch 1, batch 5, then the same command with --ckpt_path last
+    (two in-process fits, ~40 s)."""
     _, chunks = digit_chunks
     record = tmp_path / "ids"
     probe = f"--trainer.callbacks+=tests.litdata_probe.RecordSampleIds --trainer.callbacks.path {record}"
