@@ -38,6 +38,26 @@ def test_the_converter_keeps_bytes_labels_and_a_stratified_order_and_is_idempote
     assert "already written (1437 items)" in capsys.readouterr().out
 
 
+def test_a_conversion_stopped_before_its_marker_is_written_again(digit_chunks, tmp_path, capsys):
+    """Killed after LitData's index.json but before classes.json: the data module refuses the folder,
+    and the next run of the converter writes it again instead of calling it finished."""
+    from csa_lightning.data.write_litdata import write_split
+
+    images, chunks = digit_chunks
+    out = tmp_path / "val"
+    shutil.copytree(chunks / "val", out)
+    (out / "classes.json").unlink()
+    import multiprocessing
+
+    before = multiprocessing.get_start_method(allow_none=True)
+    about = write_split(images / "val", str(out), chunk_bytes="64KB", workers=1)
+    # LitData forces the spawn start method; the converter puts the process's own back (ffcv's
+    # writer, run later in the same process, pickled a lambda under spawn and failed)
+    assert multiprocessing.get_start_method(allow_none=True) == before
+    assert about["count"] == 360 and json.loads((out / "classes.json").read_text()) == about
+    assert len(litdata.StreamingDataset(str(out))) == 360
+
+
 @pytest.mark.parametrize(
     "change, message",
     [

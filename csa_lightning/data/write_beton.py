@@ -29,6 +29,12 @@ from .image_io import open_rgb
 __all__ = ["write_beton", "RGBImageFolder"]
 
 
+def _path_only(path: str) -> str:
+    # a module-level function, not a lambda: the dataset is pickled to the writer's workers when
+    # processes are spawned (macOS, or after LitData set the start method to spawn)
+    return path
+
+
 class RGBImageFolder:
     """Indexed (PIL RGB image, int label) pairs from an ImageFolder tree, for ffcv's writer.
 
@@ -42,7 +48,7 @@ class RGBImageFolder:
 
         if not Path(root).is_dir():
             raise FileNotFoundError(f"image folder not found: {root} (expected root/<class>/<image files>)")
-        self.folder = ImageFolder(root, loader=lambda path: path)  # paths only; decoding happens in __getitem__
+        self.folder = ImageFolder(root, loader=_path_only)  # paths only; decoding happens in __getitem__
         self.classes = self.folder.classes
         self.error_dir = error_dir
 

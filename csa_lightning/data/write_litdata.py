@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import sys
 from pathlib import Path
@@ -64,9 +65,16 @@ def write_split(folder: Path, out: str, chunk_bytes: str = "64MB", workers: Opti
     entries = [(int(i), tree.samples[i][0], int(tree.samples[i][1])) for i in order]
     # keep_data_ordered: each worker writes a contiguous slice in order, so the stream's order is
     # the stratified one; use_checkpoint: a rerun after a kill continues where each worker was
-    litdata.optimize(fn=_Item(str(folder)), inputs=entries, output_dir=out, chunk_bytes=chunk_bytes,
-                     num_workers=workers or min(8, os.cpu_count() or 1), keep_data_ordered=True,
-                     use_checkpoint=True, mode="overwrite" if _has_partial(out) else None, verbose=False)  # fmt: skip
+    # LitData sets the process's multiprocessing start method (to spawn, with force): put it back, so
+    # that what runs in this process afterwards (ffcv's writer, torch's loaders) starts as before
+    previous = multiprocessing.get_start_method(allow_none=True)
+    try:
+        mode = "overwrite" if _has_partial(out) else None
+        litdata.optimize(fn=_Item(str(folder)), inputs=entries, output_dir=out, chunk_bytes=chunk_bytes,
+                         num_workers=workers or min(8, os.cpu_count() or 1), keep_data_ordered=True,
+                         use_checkpoint=True, mode=mode, verbose=False)  # fmt: skip
+    finally:
+        multiprocessing.set_start_method(previous, force=True)
     about = {"classes": tree.classes, "count": len(entries), "source": str(folder)}
     tmp = marker.with_name(".classes.json.tmp")
     tmp.write_text(json.dumps(about, indent=1))
