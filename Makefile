@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.csa-lightning-installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := libopencv-dev libturbojpeg0-dev pkg-config
 
-.PHONY: install test test-system test-slurm slurm test-fast demo-litdata blockcheck blockcheck-reference lint format demo demo-strong demo-detection summary figures gpu-check clean
+.PHONY: install test test-system test-slurm slurm docs test-fast demo-litdata blockcheck blockcheck-reference lint format demo demo-strong demo-detection summary figures gpu-check clean
 
 install: $(STAMP)
 
@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml constraints.txt
 	fi
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[ffcv,detection,analysis,timm,export,slurm,litdata,dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[ffcv,detection,analysis,timm,export,slurm,litdata,docs,dev]'
 	@touch $(STAMP)
 
 # The suite on two pytest-xdist workers (--dist loadgroup: tests that must not overlap share a
@@ -38,6 +38,10 @@ test-system: $(STAMP)
 # the machine's cores with it.
 slurm:
 	scripts/slurm_up.sh
+
+# The manual (docs/*.md, mkdocs.yml) as a site in site/, strictly: a broken link fails the build.
+docs: $(STAMP)
+	$(PY) -m mkdocs build --strict --quiet
 
 test-slurm: $(STAMP) slurm
 	$(PY) -m pytest -m slurm tests/test_slurm.py
