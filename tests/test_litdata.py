@@ -14,6 +14,9 @@ from .conftest import DEMO_CONFIG
 
 litdata = pytest.importorskip("litdata")
 
+# one worker builds the chunk fixture (about 35 s: LitData converts in spawned processes), not both
+pytestmark = pytest.mark.xdist_group("litdata")
+
 
 @pytest.fixture(scope="module")
 def digit_chunks(tmp_path_factory):
