@@ -47,8 +47,10 @@ class ImageClassificationDataModule(L.LightningDataModule):
     """Shared arguments of the classification data modules.
 
     Args:
-        train_path, val_path: the training and validation data (a ``.beton`` file or an image folder).
-        test_path, predict_path: default to ``val_path``.
+        train_path: the training and validation data (a ``.beton`` file or an image folder).
+        val_path: see ``train_path``.
+        test_path: default to ``val_path``.
+        predict_path: see ``test_path``.
         batch_size: per process (Lightning's convention; the global batch is this times the
             number of processes).
         num_workers: loader workers (ffcv: decoding threads) per process.
@@ -59,7 +61,8 @@ class ImageClassificationDataModule(L.LightningDataModule):
         train_crop_scale: area range of the random-resized crop.
         flip: random horizontal flips for training (off for digits, where they change the class).
         channels_last: return NHWC-strided batches (matching a channels_last model).
-        mean, std: normalisation, in 0..1 units.
+        mean: normalisation, in 0..1 units.
+        std: see ``mean``.
     """
 
     def __init__(

@@ -337,8 +337,10 @@ class COCODataModule(L.LightningDataModule):
 
     Args:
         root: folder holding the image folders and annotation files (the paths below are relative to it).
-        train_images, val_images: image folders.
-        train_annotations, val_annotations: COCO instances JSON files.
+        train_images: image folders.
+        val_images: see ``train_images``.
+        train_annotations: COCO instances JSON files.
+        val_annotations: see ``train_annotations``.
         masks: load instance masks (Mask R-CNN).
         batch_size: images per device and step (the paper: 16 in all, e.g. 2 on each of 8 GPUs).
         num_workers: loader processes per device.

@@ -136,8 +136,8 @@ class LitDataModule(TorchvisionImageData):
         max_cache_size: how much of it the stream may fill before evicting chunks (e.g. "50GB").
         storage_options: passed to LitData (e.g. ``{"endpoint_url": ...}`` for S3-compatible stores).
         seed: the shuffle seed (each epoch shuffles chunks and items anew from it).
-        auto_augment, **kwargs: as :class:`~csa_lightning.data.ImageFolderDataModule` (train_path,
-            val_path, test_path, predict_path are chunk folders or URLs).
+        **kwargs: ``auto_augment`` and the shared arguments, as :class:`~csa_lightning.data.ImageFolderDataModule`
+            (train_path, val_path, test_path, predict_path are chunk folders or URLs).
     """
 
     def __init__(self, cache_dir: Optional[str] = None, max_cache_size: str = "50GB",

@@ -68,12 +68,16 @@ class RCNNSpec(DetectorSpec):
     Args:
         architecture: "faster_rcnn" or "mask_rcnn".
         num_classes: object categories (COCO: 80; the background is added here).
-        depth, attention, placement, attention_options: the backbone, as :class:`ResNetSpec`.
+        depth: the backbone, as :class:`ResNetSpec`.
+        attention: see ``depth``.
+        placement: see ``depth``.
+        attention_options: see ``depth``.
         trainable_layers: backbone stages trained, counted from the top (torchvision's; 3 in the paper).
         frozen_bn: FrozenBatchNorm2d in the backbone (torchvision's choice for a pretrained one).
-        min_size, max_size: torchvision's resizing of the input images (800 / 1333 for COCO).
-        anchor_sizes: one anchor size per FPN level (default torchvision's 32..512).
-        rpn_*, box_*, mask_head_layers: torchvision's sampling and proposal numbers, the box head's
+        min_size: torchvision's resizing of the input images (800 / 1333 for COCO).
+        max_size: see ``min_size``.
+        anchor_sizes: one anchor size per FPN level (default torchvision's 32..512). The ``rpn_*``,
+            ``box_*`` and ``mask_head_layers`` arguments: torchvision's sampling and proposal numbers, the box head's
             width and the mask head's convolutions. The defaults are torchvision's (COCO); a small
             demo lowers the sampled RoIs and anchors, the proposals kept, the image size, the box
             head's width and the mask head's convolutions (they run on every positive RoI and

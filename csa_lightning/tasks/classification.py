@@ -51,10 +51,13 @@ class ClassificationModule(ScaledRecipe, L.LightningModule):
         lr_schedule: a :class:`~csa_lightning.tasks.schedules.Schedule` (default the paper's
             ``StepDecay([30, 60, 90], 0.1)``; ``CosineDecay``, warm-ups), stepped per optimiser step.
         label_smoothing: cross-entropy label smoothing (0 in the paper).
-        mixup_alpha, cutmix_alpha, random_erasing: batch augmentation while training (0: off; see
+        mixup_alpha: batch augmentation while training (0: off; see
+        cutmix_alpha: see ``mixup_alpha``.
+        random_erasing: see ``mixup_alpha``.
             :class:`~csa_lightning.tasks.batch_augment.BatchAugment`). Mixed batches train on soft
             targets; train/top1 then counts the larger of the two mixed labels.
-        ema_decay, ema_every_n_steps: an exponential moving average of the weights (None: off),
+        ema_decay: an exponential moving average of the weights (None: off),
+        ema_every_n_steps: see ``ema_decay``.
             updated every ``ema_every_n_steps`` optimiser steps by Lightning's
             ``EMAWeightAveraging`` (added by :meth:`configure_callbacks`): the EMA weights are the
             ones validated and saved as the checkpoint's ``state_dict`` (the raw ones beside them,
