@@ -14,17 +14,20 @@ from .conftest import DEMO_CONFIG
 
 litdata = pytest.importorskip("litdata")
 
-# one worker builds the chunk fixture (about 35 s: LitData converts in spawned processes), not both
-pytestmark = pytest.mark.xdist_group("litdata")
 
+@pytest.fixture(scope="session")
+def digit_chunks(tmp_path_factory, worker_id):
+    """The digits (16 px PNGs) as an ImageFolder tree and as LitData chunk folders (several chunks),
+    written once for all xdist workers (about 35 s: LitData converts in spawned processes)."""
+    from filelock import FileLock
 
-@pytest.fixture(scope="module")
-def digit_chunks(tmp_path_factory):
-    """The digits (16 px PNGs) as an ImageFolder tree and as LitData chunk folders (several chunks)."""
-    root = tmp_path_factory.mktemp("litdata")
-    images = write_digits_image_folder(str(root / "images"), 16)
-    assert write_litdata([str(images), str(root / "chunks"), "--chunk-bytes", "64KB", "--workers", "2"]) == 0
-    return images, root / "chunks"
+    shared = tmp_path_factory.getbasetemp() if worker_id == "master" else tmp_path_factory.getbasetemp().parent
+    root = shared / "litdata_digits"
+    with FileLock(str(shared / "litdata_digits.lock")):
+        if not (root / "chunks" / "val" / "classes.json").exists():
+            images = write_digits_image_folder(str(root / "images"), 16)
+            assert write_litdata([str(images), str(root / "chunks"), "--chunk-bytes", "64KB", "--workers", "2"]) == 0
+    return root / "images", root / "chunks"
 
 
 def test_the_converter_keeps_bytes_labels_and_a_stratified_order_and_is_idempotent(digit_chunks, capsys):
