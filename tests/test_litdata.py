@@ -30,6 +30,7 @@ def digit_chunks(tmp_path_factory, worker_id):
     return root / "images", root / "chunks"
 
 
+@pytest.mark.system  # the chunk fixture: LitData converts in spawned processes (~30 s)
 def test_the_converter_keeps_bytes_labels_and_a_stratified_order_and_is_idempotent(digit_chunks, capsys):
     images, chunks = digit_chunks
     about = json.loads((chunks / "val" / "classes.json").read_text())
@@ -44,6 +45,7 @@ def test_the_converter_keeps_bytes_labels_and_a_stratified_order_and_is_idempote
     assert "already written (1437 items)" in capsys.readouterr().out
 
 
+@pytest.mark.system  # the chunk fixture: LitData converts in spawned processes (~30 s)
 def test_a_conversion_stopped_before_its_marker_is_written_again(digit_chunks, tmp_path, capsys):
     """Killed after LitData's index.json but before classes.json: the data module refuses the folder,
     and the next run of the converter writes it again instead of calling it finished."""
@@ -64,6 +66,7 @@ def test_a_conversion_stopped_before_its_marker_is_written_again(digit_chunks, t
     assert len(litdata.StreamingDataset(str(out))) == 360
 
 
+@pytest.mark.system  # the chunk fixture: LitData converts in spawned processes (~30 s)
 @pytest.mark.parametrize(
     "change, message",
     [
