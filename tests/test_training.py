@@ -110,6 +110,7 @@ def _fit(args, tmp):
     return main(base + args)
 
 
+@pytest.mark.system  # a run trained, stopped and resumed end to end (20-30 s on a busy 2-core CPU)
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "schedule",
@@ -202,6 +203,7 @@ def test_a_checkpoint_names_no_arbitrary_class(tmp_path):
         )
 
 
+@pytest.mark.system  # a run trained, stopped and resumed end to end (20-30 s on a busy 2-core CPU)
 def test_last_resumes_this_configs_run_never_a_fast_dev_run_or_another_model(tmp_path, monkeypatch, capsys):
     """Before: --ckpt_path last took the newest last*.ckpt under the root: a fast_dev_run's 1-step
     model, or an SE run when the config is CSA's. Now only a run of the same model and data config."""
@@ -324,6 +326,7 @@ def _as_before_the_pieces(init_args: dict) -> dict:
     return old
 
 
+@pytest.mark.system  # a run trained, stopped and resumed end to end (20-30 s on a busy 2-core CPU)
 def test_checkpoints_from_before_the_recipe_pieces_resume_and_load(in_tmp_cwd):
     """A run written when lr, momentum and the schedule were flat module arguments: --ckpt_path last
     finds it (its config.yaml is read as pieces), resumes it with the same numbers, and
