@@ -12,8 +12,8 @@ from typing import Any, Dict, List, Sequence
 
 from .plan import CONFIG_SCHEME, Resolved, Variant
 
-__all__ = ["RESULT_FILE", "RUN_LOCK", "RECORD_FILE", "load_results", "stamp", "finish_record", "merge_records",
-           "stale_variants", "keep_stale", "forget"]  # fmt: skip
+__all__ = ["RESULT_FILE", "RUN_LOCK", "RECORD_FILE", "load_results", "stamp", "finish_record", "folder_records",
+           "merge_records", "stale_variants", "keep_stale", "forget"]  # fmt: skip
 
 RESULT_FILE = "results.json"
 #: held by each training run (not its runner) while it trains into its folder: see checks.hold_run_lock
@@ -79,19 +79,23 @@ def finish_record(run_dir: Path, wall: float) -> Dict[str, Any]:
     return record
 
 
+def folder_records(out: Path) -> List[Dict[str, Any]]:
+    """The records the run folders hold (finished runs, merged into results.json or not yet)."""
+    records = []
+    for path in sorted((out / "runs").glob(f"*/{RECORD_FILE}")):
+        try:
+            records.append(json.loads(path.read_text()))
+        except json.JSONDecodeError:
+            continue  # written atomically: a broken one is not a finished run's
+    return records
+
+
 def merge_records(out: Path) -> List[Dict[str, Any]]:
     """results.json with every run folder's record it does not hold yet (only the runner, holding the
     ablation's lock, writes results.json; runs elsewhere write their own folder's record)."""
     records = load_results(out)
     known = {r["variant"] for r in records}
-    added = []
-    for path in sorted((out / "runs").glob(f"*/{RECORD_FILE}")):
-        try:
-            record = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            continue  # written atomically: a broken one is not ours to merge
-        if record.get("variant") not in known:
-            added.append(record)
+    added = [r for r in folder_records(out) if r.get("variant") not in known]
     if added:
         records += added
         _write_results(out, records)

@@ -15,7 +15,7 @@ from .executors import EXECUTORS, Executor, Run, Status, executor_class
 from .executors.slurm import parse_resources, split_slurm_args
 from .job import fit_command
 from .plan import Resolved, Variant, _option_keys, attach_backbones, check_sweep_keys, check_variants, plan_variants
-from .records import RUN_LOCK, forget, keep_stale, load_results, merge_records, stale_variants, stamp
+from .records import RUN_LOCK, folder_records, forget, keep_stale, load_results, merge_records, stale_variants, stamp
 from .report import write_report
 
 __all__ = ["main"]
@@ -236,7 +236,7 @@ def _wait(args, out: Path, variants: Sequence[Variant], executor: Executor, repo
 def variant_statuses(out: Path, variants: Sequence[Variant], executor: Executor) -> Dict[str, Status]:
     """Each variant's state: done (a record), what the executor has live, or what its folder says."""
     done = {r["variant"]: r for r in load_results(out)}
-    done.update({r["variant"]: r for r in _folder_records(out)})
+    done.update({r["variant"]: r for r in folder_records(out)})
     live = executor.live(out, variants)
     statuses = {}
     for v in variants:
@@ -251,20 +251,6 @@ def variant_statuses(out: Path, variants: Sequence[Variant], executor: Executor)
         else:
             statuses[v.name] = executor.status(out, v)
     return statuses
-
-
-def _folder_records(out: Path) -> List[Dict[str, Any]]:
-    import json
-
-    from .records import RECORD_FILE
-
-    records = []
-    for path in sorted((out / "runs").glob(f"*/{RECORD_FILE}")):
-        try:
-            records.append(json.loads(path.read_text()))
-        except json.JSONDecodeError:
-            continue
-    return records
 
 
 def _status_or_cancel(args, out: Path, variants: Sequence[Variant], executor: Executor) -> List[Dict[str, Any]]:

@@ -71,6 +71,16 @@ class TorchvisionImageData(ImageClassificationDataModule):
             [T.Resize(resize), T.CenterCrop(self.val_resolution), T.ToTensor(), T.Normalize(self.mean, self.std)]
         )
 
+    def stage_paths(self, stage: Optional[str]) -> List[Tuple[str, Optional[str], bool]]:
+        """(kind, path, train?) of what each stage reads; test and predict fall back to val_path."""
+        if stage in (None, "fit"):
+            return [("train", self.train_path, True), ("val", self.val_path, False)]
+        if stage == "validate":
+            return [("val", self.val_path, False)]
+        if stage == "test":
+            return [("test", self.test_path or self.val_path, False)]
+        return [("predict", self.predict_path or self.val_path, False)]
+
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         # channels_last: the batch in NHWC strides (as ffcv's loader returns it), on its device
         if (
@@ -117,18 +127,8 @@ class ImageFolderDataModule(TorchvisionImageData):
             path, transform=self.train_transform() if train else self.val_transform(), loader=_rgb_loader
         )
 
-    #: the folder each stage reads (test and predict fall back to the validation folder)
-    def _stage_folders(self, stage: Optional[str]) -> List[Tuple[str, Optional[str], bool]]:
-        if stage in (None, "fit"):
-            return [("train", self.train_path, True), ("val", self.val_path, False)]
-        if stage == "validate":
-            return [("val", self.val_path, False)]
-        if stage == "test":
-            return [("test", self.test_path or self.val_path, False)]
-        return [("predict", self.predict_path or self.val_path, False)]
-
     def setup(self, stage: Optional[str] = None) -> None:
-        self._datasets = {kind: self._folder(path, kind, train) for kind, path, train in self._stage_folders(stage)}
+        self._datasets = {kind: self._folder(path, kind, train) for kind, path, train in self.stage_paths(stage)}
         self.num_classes = max(len(d.classes) for d in self._datasets.values())
 
     def _loader(self, kind: str, path: Optional[str], train: bool) -> DataLoader:

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
+
+import torch
 
 from .image_folder import TorchvisionImageData
 from .image_io import open_rgb
@@ -164,15 +166,6 @@ class LitDataModule(TorchvisionImageData):
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         self._train_position = state_dict.get("train_position")
 
-    def _paths(self, stage: Optional[str]) -> List[tuple]:
-        if stage in (None, "fit"):
-            return [("train", self.train_path, True), ("val", self.val_path, False)]
-        if stage == "validate":
-            return [("val", self.val_path, False)]
-        if stage == "test":
-            return [("test", self.test_path or self.val_path, False)]
-        return [("predict", self.predict_path or self.val_path, False)]
-
     def _stream(self, kind: str, path: Optional[str], train: bool):
         from litdata import StreamingDataset
 
@@ -191,7 +184,7 @@ class LitDataModule(TorchvisionImageData):
 
     def setup(self, stage: Optional[str] = None) -> None:
         classes = {}
-        for kind, path, _ in self._paths(stage):
+        for kind, path, _ in self.stage_paths(stage):
             if not path:
                 raise FileNotFoundError(f"data.{kind}_path is not set; give a chunk folder written by write_litdata")
             classes[kind] = check_stream(str(path), kind, self.storage_options)["classes"]
@@ -206,7 +199,7 @@ class LitDataModule(TorchvisionImageData):
                     "from folders with the same class folders"
                 )
         self.num_classes = len(reference)
-        self._streams = {kind: self._stream(kind, path, train) for kind, path, train in self._paths(stage)}
+        self._streams = {kind: self._stream(kind, path, train) for kind, path, train in self.stage_paths(stage)}
 
     def _loader(self, kind: str, path: Optional[str], train: bool):
         from litdata import StreamingDataLoader
@@ -216,7 +209,7 @@ class LitDataModule(TorchvisionImageData):
             stream,
             batch_size=self.batch_size,
             num_workers=self.num_workers,
-            pin_memory=__import__("torch").cuda.is_available(),
+            pin_memory=torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
         )
 

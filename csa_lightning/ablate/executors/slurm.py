@@ -85,43 +85,36 @@ class SlurmResources:
         args = ["--trainer.num_nodes", str(self.nodes), "--trainer.devices", str(self.tasks)]
         return args + ["--trainer.accelerator", "gpu" if self.gpus_per_node > 0 else "cpu"]
 
-    def sbatch_options(self) -> Dict[str, Any]:
-        """The same resources as ``#SBATCH`` options, for a job script of one's own (python -m
-        csa_lightning.slurm); the executor goes through submitit's parameters instead."""
+    def _job_options(self) -> Dict[str, Any]:
+        """What one job asks SLURM for, in submitit's (underscore) spelling of sbatch's options."""
         options: Dict[str, Any] = {
             "nodes": self.nodes,
-            "ntasks-per-node": self.tasks,
-            "cpus-per-task": self.cpus_per_task,
+            "ntasks_per_node": self.tasks,
+            "cpus_per_task": self.cpus_per_task,
             "time": self.time_min,
         }
         for key in ("partition", "account", "qos"):
             if getattr(self, key):
                 options[key] = getattr(self, key)
         if self.gpus_per_node > 0:
-            options["gpus-per-node"] = self.gpus_per_node
+            options["gpus_per_node"] = self.gpus_per_node
         if self.mem_gb:
             options["mem"] = f"{self.mem_gb}GB"
-        return {**options, **self.sbatch}
+        return options
+
+    def sbatch_options(self) -> Dict[str, Any]:
+        """The same resources as ``#SBATCH`` options, for a job script of one's own (python -m
+        csa_lightning.slurm); the executor goes through submitit's parameters instead."""
+        return {**{key.replace("_", "-"): value for key, value in self._job_options().items()}, **self.sbatch}
 
     def submitit_parameters(self) -> Dict[str, Any]:
-        params: Dict[str, Any] = {
-            "nodes": self.nodes,
-            "ntasks_per_node": self.tasks,
-            "cpus_per_task": self.cpus_per_task,
-            "time": self.time_min,
+        return {
+            **self._job_options(),
             "array_parallelism": self.array_parallelism,
             "signal_delay_s": self.signal_delay_s,
             "setup": list(self.setup),
             "additional_parameters": dict(self.sbatch),
         }
-        for key in ("partition", "account", "qos"):
-            if getattr(self, key):
-                params[key] = getattr(self, key)
-        if self.gpus_per_node > 0:
-            params["gpus_per_node"] = self.gpus_per_node
-        if self.mem_gb:
-            params["mem"] = f"{self.mem_gb}GB"
-        return params
 
 
 class VariantJob:
