@@ -16,7 +16,7 @@ through z as in the default gate) are timed with CUDA events, median of ``repeat
 
 A reference row times a bf16 3x3 convolution of the same map (what the stage spends per conv).
 ``--sweep`` also times the fused forward (both passes) for several tile configurations per shape,
-the figures :func:`csa_lightning.attention.csa_triton.tile_config` is chosen from.
+the figures `csa_lightning.attention.csa_triton.tile_config` is chosen from.
 """
 
 from __future__ import annotations

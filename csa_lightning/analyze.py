@@ -1,4 +1,4 @@
-"""``python -m csa_lightning.analyze``: the command line of :mod:`csa_lightning.analysis` (kept under
+"""``python -m csa_lightning.analyze``: the command line of `csa_lightning.analysis` (kept under
 this name, which the README, the Makefile and users' scripts call); every name of the package is
 importable from here too."""
 

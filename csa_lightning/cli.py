@@ -8,7 +8,7 @@ LightningDataModule, a user's subclass in another package included. Beyond Light
   ``auto`` (fit) is ``last`` when there is one, else a fresh start (what a requeued job wants);
 - a run that fails before its first checkpoint removes the log folder it created, so no
   half-made run folder is left behind;
-- checkpoints are written by :class:`~csa_lightning.tasks.checkpoint_io.AtomicCheckpointIO`
+- checkpoints are written by `csa_lightning.tasks.checkpoint_io.AtomicCheckpointIO`
   (a kill while saving leaves no file in the system's temporary folder);
 - errors caused by input (missing files, bad values) print as one line,
   ``error: <what is wrong and how to fix it>``; set ``CSA_LIGHTNING_TRACEBACK=1`` for the traceback.
@@ -234,8 +234,8 @@ def default_loggers(root: str) -> list:
 
 
 def with_atomic_checkpoint_io(plugins):
-    """The config's trainer plugins plus :class:`AtomicCheckpointIO` unless they name a checkpoint IO:
-    a run killed while saving then leaves no checkpoint-sized file in the system's temporary folder."""
+    """The config's trainer plugins plus `csa_lightning.tasks.checkpoint_io.AtomicCheckpointIO` unless they name a
+    checkpoint IO: a run killed while saving then leaves no checkpoint-sized file in the system's temporary folder."""
     from lightning.pytorch.plugins.io import CheckpointIO
 
     from .tasks.checkpoint_io import AtomicCheckpointIO

@@ -10,7 +10,7 @@ tree, so comments and formatting do not count; a README, or a module no such fil
 part of it. The packages this project depends on (torch, lightning, torchmetrics, ...) are recorded
 by distribution and version only: their code changes when they are upgraded, which the record shows.
 
-Standard library only, like :mod:`csa_lightning.checks`, so every layer may import it.
+Standard library only, like `csa_lightning.checks`, so every layer may import it.
 """
 
 from __future__ import annotations

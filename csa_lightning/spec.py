@@ -2,8 +2,8 @@
 and a checkpoint stores as the same plain mapping (so ``load_from_checkpoint`` rebuilds them).
 
 A spec's ``__init__`` takes plain values and stores each under the attribute of the same name;
-:meth:`Spec.config` reads them back. The network a task trains (:mod:`csa_lightning.models.networks`)
-and its learning-rate schedule (:mod:`csa_lightning.tasks.schedules`) are specs. Standard library only.
+`csa_lightning.spec.Spec.config` reads them back. The network a task trains (`csa_lightning.models.networks`)
+and its learning-rate schedule (`csa_lightning.tasks.schedules`) are specs. Standard library only.
 """
 
 from __future__ import annotations

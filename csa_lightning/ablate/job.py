@@ -2,7 +2,7 @@
 the base config, the checkpoint to resume from (chosen now, when the training starts: a requeued
 job never reuses a path fixed at submission) and the run folder's attempt log.
 
-Each start is logged in the run folder's attempt log (:mod:`csa_lightning.tasks.attempts`), whose
+Each start is logged in the run folder's attempt log (`csa_lightning.tasks.attempts`), whose
 summary a finished run's record carries: how many starts, and the steps trained twice.
 """
 

@@ -147,7 +147,7 @@ def run_relevant_config(resolved: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def config_hash(config: Dict[str, Any]) -> str:
-    """Hash of a variant's resolved configuration (:func:`run_relevant_config`): every value the run
+    """Hash of a variant's resolved configuration (`csa_lightning.ablate.plan.run_relevant_config`): every value the run
     is built from, whichever file, include or argument set it; comments and key order do not count."""
     text = json.dumps(config, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:12]
@@ -194,7 +194,7 @@ def check_sweep_keys(sweeps: Dict[str, List[str]], attentions: Sequence[str]) ->
 @dataclass
 class Resolved:
     """A variant's resolved configuration (without run-neutral keys), its hash, and the provenance
-    of the code it is built from (:func:`csa_lightning.provenance.code_provenance`)."""
+    of the code it is built from (`csa_lightning.provenance.code_provenance`)."""
 
     config: Dict[str, Any]
     hash: str

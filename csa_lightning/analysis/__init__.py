@@ -7,7 +7,7 @@ Two views of trained classification checkpoints, as in the CSA-Net paper:
   output (the gate's input; read whether or not the block has a gate), averaged over the images,
   channels sorted by q ascending, curves smoothed by an exponential moving average.
   z and p come from the gate's own ``descriptors``; q from the gate's own ``autocorrelation`` for
-  CSA and from :func:`~csa_lightning.attention.csa.spatial_autocorrelation` with its defaults for
+  CSA and from [`spatial_autocorrelation`][csa_lightning.attention.spatial_autocorrelation] with its defaults for
   every other block (q needs no learnt parameters), so the math exists once.
 - ``gradcam`` (Figures 4 and 6): Grad-CAM (the ``grad-cam`` package) at the last stage of each
   model, as a grid: rows are images, columns the input and each model.
@@ -22,8 +22,9 @@ std from the data module's hyperparameters stored in the checkpoint; ``--size``,
 gives each image its class; Grad-CAM then explains the true class, otherwise the first model's
 prediction.
 
-The package: :mod:`.checkpoints` (loading, stages), :mod:`.images` (reading and preprocessing),
-:mod:`.descriptors` (collection, smoothing, plots), :mod:`.gradcam`, :mod:`.cli` (the command line).
+The package: `csa_lightning.analysis.checkpoints` (loading, stages), `csa_lightning.analysis.images` (reading and
+preprocessing), `csa_lightning.analysis.descriptors` (collection, smoothing, plots), `csa_lightning.analysis.gradcam`,
+`csa_lightning.analysis.cli` (the command line).
 """
 
 from . import checkpoints, cli, descriptors, gradcam, images

@@ -81,7 +81,8 @@ def load_models(paths: Sequence[str], labels: Optional[Sequence[str]] = None) ->
 
 
 def stage_blocks(network: nn.Module) -> List[Sequence[nn.Module]]:
-    """The network's stages, as it names them itself (:meth:`AttentionResNet.stage_blocks`)."""
+    """The network's stages, as it names them itself
+    ([`AttentionResNet.stage_blocks`][csa_lightning.models.AttentionResNet.stage_blocks])."""
     if not callable(getattr(network, "stage_blocks", None)):
         raise ValueError(
             f"{type(network).__name__} has no stage_blocks(); the analysis tools need an attention ResNet "

@@ -46,8 +46,8 @@ def block_descriptors(block: nn.Module, x: Tensor) -> Dict[str, Tensor]:
 def collect_descriptors_of(
     networks: Dict[str, nn.Module], batches: Iterable[ImageBatch], blocks="stage_end"
 ) -> Dict[str, Dict[str, Dict[str, np.ndarray]]]:
-    """:func:`collect_descriptors` for several networks in one pass over the images: each batch is
-    read and decoded once and fed to every network (on ImageNet's validation set the decoding,
+    """`csa_lightning.analysis.descriptors.collect_descriptors` for several networks in one pass over the images: each
+    batch is read and decoded once and fed to every network (on ImageNet's validation set the decoding,
     not the forward, is what repeating per model would cost)."""
     sums: Dict[str, Dict[str, Dict[str, Tensor]]] = {label: {} for label in networks}
     counts: Dict[str, Dict[str, int]] = {label: {} for label in networks}

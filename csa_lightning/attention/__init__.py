@@ -1,4 +1,4 @@
-"""Channel-attention blocks behind one interface, :class:`ChannelAttention`.
+"""Channel-attention blocks behind one interface, [`ChannelAttention`][csa_lightning.attention.ChannelAttention].
 
 Blocks: "se", "cbam" (channel gate), "eca", "gct" (Gaussian Context Transformer), "csa".
 One registration mechanism: every module in this folder is imported here (a scan, no list to

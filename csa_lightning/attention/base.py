@@ -133,18 +133,20 @@ def _accepting_factory_kwargs(init: Callable) -> Callable:
 class ChannelAttention(nn.Module):
     """Base class of every channel-attention block.
 
-    Subclasses implement :meth:`gate`; :meth:`forward` checks the input's shape (once, here: a
-    ``gate`` need not) and multiplies the input by the gate. Override
-    :meth:`descriptors` to expose more than the default "z" (standardised GAP) and "p" (the gate),
-    and :meth:`extra_macs` when the block does multiply-adds that are neither convolutions nor
-    linear layers (the model summary counts those two with torch's flop counter).
+    Subclasses implement [`gate`][csa_lightning.attention.ChannelAttention.gate];
+    [`forward`][csa_lightning.attention.ChannelAttention.forward] checks the input's shape (once, here: a ``gate`` need
+    not) and multiplies the input by the gate. Override
+    [`descriptors`][csa_lightning.attention.ChannelAttention.descriptors] to expose more than the default "z"
+    (standardised GAP) and "p" (the gate), and [`extra_macs`][csa_lightning.attention.ChannelAttention.extra_macs] when
+    the block does multiply-adds that are neither convolutions nor linear layers (the model summary counts those two
+    with torch's flop counter).
 
     Every block (a user's subclass included) also accepts PyTorch's factory kwargs ``device`` and
     ``dtype``, and ignores ``act_layer``, as timm passes them to its ``attn_layer`` / ``se_layer``:
     ``timm.create_model("resnet50", block_args=dict(attn_layer=CSA))`` works.
 
-    ``gate_output`` (an ``nn.Identity``) is what :meth:`forward` passes the gate through: register
-    a forward hook on it to observe p during training.
+    ``gate_output`` (an ``nn.Identity``) is what [`forward`][csa_lightning.attention.ChannelAttention.forward] passes
+    the gate through: register a forward hook on it to observe p during training.
 
     Class attribute ``default_placement`` says where ``attention_resnet`` puts the block when the
     user does not choose: "every_block" (SE, CBAM, ECA, GCT, as in their papers) or "stage_end".
@@ -205,7 +207,8 @@ ChannelAttention.__init__ = _accepting_factory_kwargs(ChannelAttention.__init__)
 
 
 class MLPGate(ChannelAttention):
-    """Base of the gates that excite a pooled descriptor through a :class:`ReductionMLP` (SE, CBAM)."""
+    """Base of the gates that excite a pooled descriptor through a
+    [`ReductionMLP`][csa_lightning.attention.ReductionMLP] (SE, CBAM)."""
 
     def __init__(self, channels: int, reduction: int = 16) -> None:
         super().__init__(channels)
@@ -227,7 +230,7 @@ def register_attention(name: str) -> Callable[[Type[ChannelAttention]], Type[Cha
     ... class MyGate(ChannelAttention): ...
 
     A package outside this repository can instead (or as well) declare its blocks under the
-    entry-point group :data:`ENTRY_POINT_GROUP` in its ``pyproject.toml``; every tool then finds
+    entry-point group `csa_lightning.attention.base.ENTRY_POINT_GROUP` in its ``pyproject.toml``; every tool then finds
     them without importing the package first.
     """
     key = attention_key(name)
@@ -270,7 +273,7 @@ def attention_key(spec: str) -> str:
 
 
 def _plugins() -> Dict[str, list]:
-    """{short name: [entry points]} declared under :data:`ENTRY_POINT_GROUP` by the installed
+    """{short name: [entry points]} declared under `csa_lightning.attention.base.ENTRY_POINT_GROUP` by the installed
     distributions visible on ``sys.path`` now. Nothing is imported here: a plugin loads when its
     name is looked up, so a broken one breaks that name only."""
     import sys
@@ -334,8 +337,8 @@ def resolve_attention(spec: AttentionSpec) -> Optional[Type[ChannelAttention]]:
     names every tool calls.
 
     ``spec`` is None / "none", a short name in any case ("CSA"; registered, or declared by an
-    installed package under :data:`ENTRY_POINT_GROUP`), a dotted import path ("mypkg.blocks.MyGate",
-    imported on demand, case kept), or a ChannelAttention subclass.
+    installed package under `csa_lightning.attention.base.ENTRY_POINT_GROUP`), a dotted import path
+    ("mypkg.blocks.MyGate", imported on demand, case kept), or a ChannelAttention subclass.
     """
     if spec is None:
         return None
@@ -407,7 +410,8 @@ def _import_attention(path: str) -> Type[ChannelAttention]:
 
 def attention_name(spec: AttentionSpec) -> str:
     """The canonical name of an attention spec, after checking that it resolves: what tools print,
-    label rows with and pass on ("none", "csa", "mypkg.blocks.MyGate"). Raises as :func:`resolve_attention`."""
+    label rows with and pass on ("none", "csa", "mypkg.blocks.MyGate"). Raises as
+    [`resolve_attention`][csa_lightning.attention.resolve_attention]."""
     cls = resolve_attention(spec)
     if isinstance(spec, type):
         return getattr(cls, "registered_name", None) or _origin(cls)
@@ -416,7 +420,8 @@ def attention_name(spec: AttentionSpec) -> str:
 
 def attention_names(text: str) -> list[str]:
     """A comma-separated list of attention specs (a tool's ``--attentions``) as canonical names, each
-    checked by :func:`resolve_attention` (the first that does not resolve raises its one-line error)."""
+    checked by [`resolve_attention`][csa_lightning.attention.resolve_attention] (the first that does not resolve raises
+    its one-line error)."""
     return [attention_name(part) for part in str(text).split(",") if part.strip()]
 
 

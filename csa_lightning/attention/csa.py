@@ -14,8 +14,8 @@ the C feature maps:
 docs/csa.md states every convention this project fixes where the paper is silent and every
 difference from the authors' code, with the option that selects each. In short:
 
-- population std and no eps in z and q, scale-free (:func:`~.base.standardize`: a row constant up
-  to rounding maps to 0); I is O(1/C), so an absolute eps on std_C(I) would bias q;
+- population std and no eps in z and q, scale-free ([`standardize`][csa_lightning.attention.standardize]: a row constant
+  up to rounding maps to 0); I is O(1/C), so an absolute eps on std_C(I) would bias q;
 - v_ii = 0 in every mode; in "l2" mode l_bar is the off-diagonal mean; ``eps`` floors l_bar and
   the cosine modes' norms (it binds only for all-zero or identical maps);
 - ``contiguity``: "l2" is the paper's formula (default); "cosine" is v_ij = max(cos(f_i, f_j), 0);
@@ -30,13 +30,13 @@ Costs: one C x C Gram matrix per sample (C * C * H * W multiply-adds), never a C
 The default path never forms w: the Gram matrix and the elementwise chain run on the
 upper-triangular blocks only, each giving both its rows' and its columns' share of w z; backward
 recomputes w (g * z) from the feature map instead of keeping a C x C matrix per sample. On CUDA
-the same w z comes from fused Triton kernels (:mod:`.csa_triton`, ``kernel="auto"``), where no
+the same w z comes from fused Triton kernels (`csa_lightning.attention.csa_triton`, ``kernel="auto"``), where no
 C x C block reaches memory at all. On the CPU the distance blocks use a per-thread workspace (see
-:func:`_workspace`); nothing is cached under torch.compile, torch.export or FakeTensor tracing.
+`csa_lightning.attention.csa._workspace`); nothing is cached under torch.compile, torch.export or FakeTensor tracing.
 Opt-in ``distance="projected"``: distances from a seeded random projection of each map to
 ``projection_dim`` dimensions where H * W is larger.
 ``distance="pooled"`` (the authors' detection backbone): distances from each map average-pooled to a
-side set by its channel count (:data:`AUTHORS_POOL_SIZES`) or ``pool_size``. Placed, as in the
+side set by its channel count (`csa_lightning.attention.csa.AUTHORS_POOL_SIZES`) or ``pool_size``. Placed, as in the
 paper, at the end of each resolution stage ("stage_end"; CSA-R50 has 26,257,432
 parameters).
 """
@@ -140,7 +140,7 @@ def contiguity_weights(
 
 def pooled_size(channels: int, pool_size: Optional[int] = None) -> int:
     """The side a map of ``channels`` channels is pooled to for distance="pooled": ``pool_size``
-    if given, else the authors' size for that channel count (:data:`AUTHORS_POOL_SIZES`)."""
+    if given, else the authors' size for that channel count (`csa_lightning.attention.csa.AUTHORS_POOL_SIZES`)."""
     if pool_size is not None:
         if int(pool_size) < 1:
             raise ValueError(f"pool_size must be a positive integer, got {pool_size}")
@@ -177,14 +177,14 @@ def spatial_autocorrelation(
 
     Returns a dict of (N, C) tensors: "z" (standardised GAP), "I" (local Moran's I, z * (w z))
     and "q" (standardised I), in float32 (float64 for float64 input), with the same options and
-    conventions as :class:`CSA`. The analysis tools apply it to models without a CSA gate.
+    conventions as [`CSA`][csa_lightning.attention.CSA]. The analysis tools apply it to models without a CSA gate.
     ``distance="projected"`` takes the distances from a seeded random projection of each map to
     ``projection_dim`` dimensions where H * W is larger (opt-in, approximate); ``distance="pooled"``
     from the map average-pooled to ``pool_size`` (default: the authors' size for its channel count,
-    :data:`AUTHORS_POOL_SIZES`; never upsampled), z still from the full map. ``blocks``: the
+    `csa_lightning.attention.csa.AUTHORS_POOL_SIZES`; never upsampled), z still from the full map. ``blocks``: the
     symmetric Gram work is cut into blocks x blocks pieces (default: from C; 1 = one piece).
-    ``kernel``: "auto" (the fused Triton kernels of :mod:`.csa_triton` for CUDA tensors, the
-    blocked PyTorch path otherwise), "triton" or "torch" (see :data:`KERNELS`).
+    ``kernel``: "auto" (the fused Triton kernels of `csa_lightning.attention.csa_triton` for CUDA tensors, the
+    blocked PyTorch path otherwise), "triton" or "torch" (see `csa_lightning.attention.csa.KERNELS`).
     """
     if x.dim() != 4:
         raise ValueError(f"expected a feature map of shape (N, C, H, W), got shape {tuple(x.shape)}")
@@ -216,7 +216,7 @@ def _check_kernel(kernel: str) -> None:
 
 
 def _use_fused(x: Tensor, kernel: str) -> bool:
-    """Whether w z comes from the fused Triton kernels (see :data:`KERNELS`)."""
+    """Whether w z comes from the fused Triton kernels (see `csa_lightning.attention.csa.KERNELS`)."""
     if kernel == "torch":
         return False
     if kernel == "triton":
@@ -330,7 +330,7 @@ def _workspace(numel: int, like: Tensor) -> Tensor:
     N * C^2 * 5/8 * 4 bytes for the largest gate seen, 84 MB per thread for ResNet-50's layer4 at
     batch 8 (C = 2048, float32). Under torch.compile, torch.export or FakeTensor tracing a fresh
     tensor is used and nothing is kept. On GPUs the caching allocator already does this.
-    :func:`release_workspace` frees the calling thread's buffer.
+    [`release_workspace`][csa_lightning.attention.release_workspace] frees the calling thread's buffer.
     """
     if like.device.type != "cpu" or not _is_plain_eager(like):
         return torch.empty(numel, device=like.device, dtype=like.dtype)
@@ -360,7 +360,8 @@ def _weighted_sums(
     ``y`` is (N, C, m). w is symmetric, so only the upper-triangular blocks of the Gram matrix
     and of the elementwise work are computed, each block used for both (i, j) and (j, i). Also
     returns (mean distance, sum of v) per sample, which a second call (the backward pass) takes
-    as ``stats`` to skip the reductions. Same math and conventions as :func:`contiguity_weights`.
+    as ``stats`` to skip the reductions. Same math and conventions as
+    [`contiguity_weights`][csa_lightning.attention.contiguity_weights].
     """
     n, c, _ = f.shape
     sq = torch.linalg.vector_norm(f, dim=-1).square_()  # ||f_i||^2, (N, C), one pass without an N x C x K temporary
@@ -581,7 +582,8 @@ class CSA(ChannelAttention):
         )
 
     def autocorrelation(self, x: Tensor) -> Dict[str, Tensor]:
-        """z, I and q of ``x`` with this gate's options (see :func:`spatial_autocorrelation`)."""
+        """z, I and q of ``x`` with this gate's options (see
+        [`spatial_autocorrelation`][csa_lightning.attention.spatial_autocorrelation])."""
         self._check_input(x)
         return self._descriptor_math(x)
 

@@ -1,6 +1,6 @@
-"""CSA's contiguity-weighted sums w @ y as fused Triton kernels: the GPU path of :mod:`.csa`.
+"""CSA's contiguity-weighted sums w @ y as fused Triton kernels: the GPU path of `csa_lightning.attention.csa`.
 
-On a GPU the default PyTorch path of :func:`.csa._weighted_sums` is memory-bound: a float32 copy of
+On a GPU the default PyTorch path of `csa_lightning.attention.csa._weighted_sums` is memory-bound: a float32 copy of
 the map, then a chain of separate elementwise passes (distances, exp2, sums) each over N x C x C
 floats, 2 GB apiece at ResNet-50's layer4 at batch 128. Here one program takes one B x B tile of the
 symmetric w on or above the diagonal for one sample: it forms the Gram tile from the map in its own
@@ -12,8 +12,8 @@ needed before any exponential), one in the backward (it reuses the forward's sta
 program writes its own slot of partial sums, added afterwards in a fixed order (no atomics), so
 results are deterministic.
 
-Same math and conventions as :func:`.csa.contiguity_weights` (docs/csa.md): v_ii = 0, l_bar the
-mean over C (C - 1) pairs in "l2" mode and over C^2 in "hybrid", ``eps`` floors l_bar and the
+Same math and conventions as [`contiguity_weights`][csa_lightning.attention.contiguity_weights] (docs/csa.md): v_ii = 0,
+l_bar the mean over C (C - 1) pairs in "l2" mode and over C^2 in "hybrid", ``eps`` floors l_bar and the
 norms, the rounding floor on squared distances, w = 0 when every v_ij is 0.
 
 Triton ships with PyTorch's Linux CUDA wheels; it is imported only when this path runs, so
@@ -146,7 +146,8 @@ def _kernel():
     return moran_tile
 
 
-#: (B, BK, num_warps, num_stages): B x B tiles of w, the K loop in steps of BK; see :func:`tile_config`
+#: (B, BK, num_warps, num_stages): B x B tiles of w, the K loop in steps of BK; see
+#: `csa_lightning.attention.csa_triton.tile_config`
 Config = Tuple[int, int, int, int]
 
 
@@ -177,8 +178,8 @@ def weighted_sums(
 ) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
     """w @ y (N, C) for the contiguity weights of ``f`` (N, C, K), and (mean distance, sum of v)
     per sample; ``stats`` from an earlier call on the same ``f`` skip the first pass. The same
-    contract as :func:`.csa._weighted_sums` with a single column y (N, C). ``config``: (B, BK,
-    num_warps, num_stages), default :func:`tile_config`."""
+    contract as `csa_lightning.attention.csa._weighted_sums` with a single column y (N, C). ``config``: (B, BK,
+    num_warps, num_stages), default `csa_lightning.attention.csa_triton.tile_config`."""
     from .csa import CONTIGUITY_MODES, rounding_floor  # csa imports this module, not the reverse, at import
 
     if contiguity not in CONTIGUITY_MODES:

@@ -1,6 +1,6 @@
-"""The gate values of a forward pass, as a public API: :func:`record_gates`.
+"""The gate values of a forward pass, as a public API: [`record_gates`][csa_lightning.attention.record_gates].
 
-Every :class:`~csa_lightning.attention.ChannelAttention` passes its gate p through a hook point,
+Every [`ChannelAttention`][csa_lightning.attention.ChannelAttention] passes its gate p through a hook point,
 ``gate_output`` (CSA also its descriptor q, through ``descriptor_output``). ``record_gates(model)``
 hooks those points of every block in ``model`` for the duration of a ``with`` block and collects
 what each forward pass produced, keyed by the block's qualified name. The values are the tensors
@@ -32,8 +32,8 @@ HOOK_POINTS = {"p": "gate_output", "q": "descriptor_output"}
 
 
 class GateRecord:
-    """What :func:`record_gates` collected: for each kind ("p", and "q" for CSA), a dict from a block's
-    qualified name (``"layer3.5.attention"``) to the list of (N, C) tensors of its forward calls, in
+    """What [`record_gates`][csa_lightning.attention.record_gates] collected: for each kind ("p", and "q" for CSA), a
+    dict from a block's qualified name (``"layer3.5.attention"``) to the list of (N, C) tensors of its forward calls, in
     call order (one per forward pass of the model)."""
 
     def __init__(self) -> None:

@@ -6,9 +6,9 @@ does (short names, installed plugins, dotted paths), runs every check on each bl
 fault; the exit status is then 1) or **finding** (a limit worth knowing, such as no float64
 support). ``--builtins`` adds the built-in blocks as rows beside yours.
 
-Three sections, one module each: :mod:`~csa_lightning.blockcheck.correctness` (faults fail),
-:mod:`~csa_lightning.blockcheck.deployment` (torch.export, ONNX, timm, jit.trace: findings) and
-:mod:`~csa_lightning.blockcheck.cost` (parameters, GMAC, saved bytes and CPU time ratios to the
+Three sections, one module each: `csa_lightning.blockcheck.correctness` (faults fail),
+`csa_lightning.blockcheck.deployment` (torch.export, ONNX, timm, jit.trace: findings) and
+`csa_lightning.blockcheck.cost` (parameters, GMAC, saved bytes and CPU time ratios to the
 plain ResNet of the same run). The built-in blocks' rows come from ``reference.json`` beside this
 file, which ``make blockcheck-reference`` regenerates; a run measures only the blocks it names.
 """

@@ -1,11 +1,12 @@
 """Correctness checks of a channel-attention block: each returns a one-line detail when it passes,
-raises :class:`Fault` for a correctness fault (the kit fails) or :class:`Finding` for a limit worth
-knowing (no float64 support, for instance).
+raises `csa_lightning.blockcheck.correctness.Fault` for a correctness fault (the kit fails) or
+`csa_lightning.blockcheck.correctness.Finding` for a limit worth knowing (no float64 support, for instance).
 
-Every check builds the block through :class:`BlockUnderTest` (the class resolved once, its JSON
-options), so a user's block, a plugin and a built-in go through the same code. The GPU kit
-(``benchmarks/gpu_check.py``) calls :func:`check_degenerate_inputs` and :func:`check_autocast` on
-CUDA; the suite runs every check on the built-ins and on deliberately faulty blocks.
+Every check builds the block through `csa_lightning.blockcheck.correctness.BlockUnderTest` (the class resolved once, its
+JSON options), so a user's block, a plugin and a built-in go through the same code. The GPU kit
+(``benchmarks/gpu_check.py``) calls `csa_lightning.blockcheck.correctness.check_degenerate_inputs` and
+`csa_lightning.blockcheck.correctness.check_autocast` on CUDA; the suite runs every check on the built-ins and on
+deliberately faulty blocks.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """What a block costs in an attention ResNet, against the plain one measured in the same run.
 
-Through the benchmark's own function (:func:`csa_lightning.benchmark.benchmark`): parameters and
+Through the benchmark's own function (`csa_lightning.benchmark.benchmark`): parameters and
 GMAC (torch's flop counter for convolutions and linear layers, plus the gates' ``extra_macs``),
 bytes saved for backward (exact on a CPU), and the median CPU training-step and inference times,
 the variants interleaved in one process, as ratios to the plain ResNet's. The block goes at stage

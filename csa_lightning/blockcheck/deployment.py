@@ -1,5 +1,5 @@
 """Deployment checks of a block: what happens when it leaves eager PyTorch. Every shortfall here is a
-:class:`~csa_lightning.blockcheck.correctness.Finding` (a limit worth knowing), never a fault.
+`csa_lightning.blockcheck.correctness.Finding` (a limit worth knowing), never a fault.
 
 - torch.export with a dynamic batch, run at another batch size than the export's;
 - ONNX through the dynamo exporter, run by onnxruntime (the largest difference to PyTorch);

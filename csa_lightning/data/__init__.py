@@ -1,12 +1,17 @@
 """Lightning data modules and the beton writer. Imports no model code; ffcv only when used.
 
-- :class:`FFCVDataModule`: ``.beton`` files through ffcv (the fast path);
-- :class:`ImageFolderDataModule`: the same arguments over an ImageFolder tree with torchvision;
-- :class:`LitDataModule`: LitData chunk folders (local, shared or in an object store), streamed;
-- :class:`DigitsDataModule`: scikit-learn's digits written to betons, through the FFCV path;
-- :class:`DigitsMemoryDataModule`: the same digits in memory (deterministic; for tests);
-- :class:`COCODataModule`: COCO-format detection / instance segmentation (pycocotools);
-- :class:`DigitsCOCODataModule`: digits pasted on canvases, written as a COCO-format set.
+- [`FFCVDataModule`][csa_lightning.data.FFCVDataModule]: ``.beton`` files through ffcv (the fast path);
+- [`ImageFolderDataModule`][csa_lightning.data.ImageFolderDataModule]: the same arguments over an ImageFolder tree with
+  torchvision;
+- [`LitDataModule`][csa_lightning.data.LitDataModule]: LitData chunk folders (local, shared or in an object store),
+  streamed;
+- [`DigitsDataModule`][csa_lightning.data.DigitsDataModule]: scikit-learn's digits written to betons, through the FFCV
+  path;
+- [`DigitsMemoryDataModule`][csa_lightning.data.DigitsMemoryDataModule]: the same digits in memory (deterministic; for
+  tests);
+- [`COCODataModule`][csa_lightning.data.COCODataModule]: COCO-format detection / instance segmentation (pycocotools);
+- [`DigitsCOCODataModule`][csa_lightning.data.DigitsCOCODataModule]: digits pasted on canvases, written as a COCO-format
+  set.
 """
 
 from .classification_data import IMAGENET_MEAN, IMAGENET_STD, ImageClassificationDataModule, stratified_order

@@ -1,9 +1,9 @@
 """The arguments every image-classification data module here shares, in one place.
 
-:class:`~csa_lightning.data.FFCVDataModule` and :class:`~csa_lightning.data.ImageFolderDataModule`
-take these, add their own and pass the rest on with ``**kwargs`` (jsonargparse follows
-``super().__init__(**kwargs)``, so ``--data.batch_size`` and ``--help`` work as before). The values
-live in ``self.hparams`` only and are read from there as attributes (``self.batch_size``): no copy
+[`FFCVDataModule`][csa_lightning.data.FFCVDataModule] and
+[`ImageFolderDataModule`][csa_lightning.data.ImageFolderDataModule] take these, add their own and pass the rest on with
+``**kwargs`` (jsonargparse follows ``super().__init__(**kwargs)``, so ``--data.batch_size`` and ``--help`` work as
+before). The values live in ``self.hparams`` only and are read from there as attributes (``self.batch_size``): no copy
 to keep equal. Setting an attribute (Lightning's batch-size finder does) overrides it on the instance.
 """
 

@@ -1,6 +1,6 @@
 """COCO-format detection and instance-segmentation data: a COCO JSON file plus an image folder.
 
-:class:`COCODataModule` reads COCO 2017 (``root/train2017``, ``root/val2017``,
+[`COCODataModule`][csa_lightning.data.COCODataModule] reads COCO 2017 (``root/train2017``, ``root/val2017``,
 ``root/annotations/instances_{train,val}2017.json``) or any data set in the same format, through
 pycocotools, and yields what torchvision's detection models take: a list of float images in 0..1
 and a list of target dicts with ``boxes`` (x1, y1, x2, y2, absolute pixels), ``labels``

@@ -4,12 +4,12 @@
 scikit-learn, so the demo and the tests need no download. The first use writes them as an
 ImageFolder tree of RGB PNGs (upscaled to ``image_size``) with a fixed, stratified held-out split,
 then converts each split to a ``.beton`` with the same writer a user runs on ImageNet, and
-trains through the very same FFCV path (:class:`DigitsDataModule`). Everything is cached under
-``data_dir`` and written atomically (a temporary folder renamed into place), so an interrupted
+trains through the very same FFCV path ([`DigitsDataModule`][csa_lightning.data.DigitsDataModule]). Everything is cached
+under ``data_dir`` and written atomically (a temporary folder renamed into place), so an interrupted
 first run leaves nothing half-written.
 
-:class:`DigitsMemoryDataModule` feeds the same split through a plain in-memory DataLoader with a
-deterministic pipeline: tests that are not about FFCV use it, since every ffcv Loader compiles
+[`DigitsMemoryDataModule`][csa_lightning.data.DigitsMemoryDataModule] feeds the same split through a plain in-memory
+DataLoader with a deterministic pipeline: tests that are not about FFCV use it, since every ffcv Loader compiles
 for 10-25 s.
 """
 
@@ -96,7 +96,7 @@ class DigitsDataModule(FFCVDataModule):
 
     ``data_dir`` caches the image folder and the betons (``digits_{image_size}px_{train,val}.beton``).
     ``image_size`` is the side the PNGs are written at; ``resolution`` the side of the crops the
-    loader decodes to. Every other argument is :class:`FFCVDataModule`'s, with digit
+    loader decodes to. Every other argument is [`FFCVDataModule`][csa_lightning.data.FFCVDataModule]'s, with digit
     defaults (no flips: they change the class; mild crops; the digits' own mean and std).
     """
 
@@ -164,8 +164,8 @@ class DigitsDataModule(FFCVDataModule):
 class DigitsMemoryDataModule(L.LightningDataModule):
     """The digits split in memory, through a torch DataLoader with a deterministic pipeline.
 
-    Same images, split and normalisation as :class:`DigitsDataModule`, without ffcv: resized
-    with bilinear interpolation to ``resolution``, no augmentation. The training order is a
+    Same images, split and normalisation as [`DigitsDataModule`][csa_lightning.data.DigitsDataModule], without ffcv:
+    resized with bilinear interpolation to ``resolution``, no augmentation. The training order is a
     seeded DistributedSampler that Lightning sets to the current epoch, so a resumed run sees
     exactly the batches an uninterrupted one does (and DDP shards it).
     """

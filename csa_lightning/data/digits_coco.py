@@ -6,7 +6,7 @@ dark, lightly noisy background; each digit gets its box (tight around its pixels
 digits and validation canvases its held-out digits, so a backbone trained by the classification
 demo has never seen a validation digit. Written once per setting (fixed seed) as
 ``{train,val}/*.png`` plus ``annotations/instances_{train,val}.json`` and read back by
-:class:`~csa_lightning.data.coco.COCODataModule` like COCO itself.
+[`COCODataModule`][csa_lightning.data.COCODataModule] like COCO itself.
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ def write_digits_coco(
 
 
 class DigitsCOCODataModule(COCODataModule):
-    """:class:`COCODataModule` over the digits detection set, written on first use.
+    """[`COCODataModule`][csa_lightning.data.COCODataModule] over the digits detection set, written on first use.
 
     ``data_dir`` caches one folder per setting. No flips by default (they change a digit's class);
     every canvas has the same shape, so there is nothing to group by aspect ratio.

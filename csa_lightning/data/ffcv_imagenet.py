@@ -190,10 +190,11 @@ class FFCVDataModule(ImageClassificationDataModule):
         os_cache: let the OS page cache hold the file (for data that fits in RAM).
         distributed: None (auto: True when the trainer runs several processes), True or False.
         seed: ffcv's ordering seed (orders are a function of seed and epoch).
-        **kwargs: the shared arguments (:class:`~csa_lightning.data.classification_data.ImageClassificationDataModule`):
-            train_path, val_path, test_path, predict_path (``.beton`` files; write them with
-            ``csa_lightning.data.write_beton``), batch_size, num_workers (ffcv decoding threads),
-            resolution, val_resolution, val_crop_ratio, train_crop_scale, flip, channels_last, mean, std.
+        **kwargs: the shared arguments
+            ([`ImageClassificationDataModule`][csa_lightning.data.ImageClassificationDataModule]): train_path, val_path,
+            test_path, predict_path (``.beton`` files; write them with ``csa_lightning.data.write_beton``), batch_size,
+            num_workers (ffcv decoding threads), resolution, val_resolution, val_crop_ratio, train_crop_scale, flip,
+            channels_last, mean, std.
     """
 
     def __init__(self, os_cache: bool = True, distributed: Optional[bool] = None, seed: int = 0, **kwargs: Any) -> None:

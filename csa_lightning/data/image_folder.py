@@ -1,6 +1,6 @@
 """ImageFolder trees through torchvision transforms and a torch DataLoader.
 
-The same arguments as :class:`FFCVDataModule`, for users without ffcv and as the baseline
+The same arguments as [`FFCVDataModule`][csa_lightning.data.FFCVDataModule], for users without ffcv and as the baseline
 of the loader benchmark: RandomResizedCrop (+ flip) for training, Resize to side / ratio then
 CenterCrop for validation (224 / 256 as in torchvision's reference). Images are converted to RGB.
 Under DDP, Lightning puts a DistributedSampler in front of these loaders.
@@ -38,14 +38,15 @@ def _class_names(path: Optional[str]) -> Optional[List[str]]:
 
 class TorchvisionImageData(ImageClassificationDataModule):
     """What the data modules that decode with PIL and transform with torchvision share (this
-    ImageFolder one and :class:`~csa_lightning.data.LitDataModule`): RandomResizedCrop (+ flip,
+    ImageFolder one and [`LitDataModule`][csa_lightning.data.LitDataModule]): RandomResizedCrop (+ flip,
     + TrivialAugmentWide with ``auto_augment="trivial"``) for training; Resize to side / ratio then
     CenterCrop for validation; channels_last batches on the device.
 
     Args:
         auto_augment: "trivial" adds TrivialAugmentWide to the training transforms (the strong
             recipe's per-image augmentation); None: none.
-        **kwargs: the shared arguments (:class:`~csa_lightning.data.classification_data.ImageClassificationDataModule`).
+        **kwargs: the shared arguments
+            ([`ImageClassificationDataModule`][csa_lightning.data.ImageClassificationDataModule]).
     """
 
     def __init__(self, auto_augment: Optional[str] = None, **kwargs: Any) -> None:
@@ -97,11 +98,11 @@ class ImageFolderDataModule(TorchvisionImageData):
     """``root/<class>/<image>`` trees for training and validation (test/predict default to val).
 
     Args:
-        auto_augment: see :class:`TorchvisionImageData`.
-        **kwargs: the shared arguments (:class:`~csa_lightning.data.classification_data.ImageClassificationDataModule`):
-            train_path, val_path, test_path, predict_path (image folders), batch_size,
-            num_workers, resolution, val_resolution, val_crop_ratio, train_crop_scale, flip,
-            channels_last, mean, std.
+        auto_augment: see `csa_lightning.data.image_folder.TorchvisionImageData`.
+        **kwargs: the shared arguments
+            ([`ImageClassificationDataModule`][csa_lightning.data.ImageClassificationDataModule]): train_path, val_path,
+            test_path, predict_path (image folders), batch_size, num_workers, resolution, val_resolution,
+            val_crop_ratio, train_crop_scale, flip, channels_last, mean, std.
     """
 
     def _folder(self, path: Optional[str], kind: str, train: bool):

@@ -1,7 +1,7 @@
 """Opening an image file as 8-bit RGB: the one function every reader here uses.
 
 ImageFolder, the beton writer, the COCO loader and the analysis tools all open images through
-:func:`open_rgb`. Modes, and what each becomes:
+`csa_lightning.data.image_io.open_rgb`. Modes, and what each becomes:
 
 - ``RGB`` and ``L`` as they are (``L`` repeated over three channels); ``1``, ``P`` (palette), ``PA``,
   ``LA``, ``RGBA``, ``CMYK``, ``YCbCr``, ``LAB``, ``HSV``: ``Image.convert("RGB")``, exactly what

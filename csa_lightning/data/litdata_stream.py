@@ -5,12 +5,12 @@ Write the chunks once with ``python -m csa_lightning.data.write_litdata`` (an Im
 the original image bytes out); then ``--data csa_lightning.data.LitDataModule --data.train_path
 s3://bucket/imagenet/train --data.val_path s3://bucket/imagenet/val`` (or local folders, or
 ``local:/path`` for LitData's local remote). The transforms are the ImageFolder module's
-(:class:`~csa_lightning.data.image_folder.TorchvisionImageData`), decoding with the project's one
+(`csa_lightning.data.image_folder.TorchvisionImageData`), decoding with the project's one
 image function; under DDP LitData gives each rank its own shard and the same number of batches.
 
 Resume: the training loader is a ``StreamingDataLoader``, whose state Lightning saves in its
 checkpoints; a run stopped by SIGTERM saves one at the stop
-(:class:`~csa_lightning.tasks.callbacks.SigtermWatchdog`), and the resumed run continues at the
+(`csa_lightning.tasks.callbacks.SigtermWatchdog`), and the resumed run continues at the
 next batch of the same epoch.
 """
 
@@ -138,8 +138,9 @@ class LitDataModule(TorchvisionImageData):
         max_cache_size: how much of it the stream may fill before evicting chunks (e.g. "50GB").
         storage_options: passed to LitData (e.g. ``{"endpoint_url": ...}`` for S3-compatible stores).
         seed: the shuffle seed (each epoch shuffles chunks and items anew from it).
-        **kwargs: ``auto_augment`` and the shared arguments, as :class:`~csa_lightning.data.ImageFolderDataModule`
-            (train_path, val_path, test_path, predict_path are chunk folders or URLs).
+        **kwargs: ``auto_augment`` and the shared arguments, as
+            [`ImageFolderDataModule`][csa_lightning.data.ImageFolderDataModule] (train_path, val_path, test_path,
+            predict_path are chunk folders or URLs).
     """
 
     def __init__(self, cache_dir: Optional[str] = None, max_cache_size: str = "50GB",

@@ -40,7 +40,7 @@ class RGBImageFolder:
 
     ffcv's writer waits forever for a worker that died, so an unreadable file must not raise in
     the worker: it is recorded in ``error_dir`` (one small file per failure, safe across worker
-    processes), a blank image stands in for it, and :func:`write_beton` refuses the result.
+    processes), a blank image stands in for it, and `csa_lightning.data.write_beton.write_beton` refuses the result.
     """
 
     def __init__(self, root: str, error_dir: Optional[str] = None) -> None:

@@ -5,7 +5,7 @@
 ``IMAGES/<split>/<class>/<image>`` -> ``OUT/<split>/`` (LitData's chunks and ``index.json``, plus
 ``classes.json``: the class names in label order and the item count). Each item holds the file's
 original bytes (JPEGs are not re-encoded), its label, its index and its path. Items are written
-in a stratified order (:func:`~csa_lightning.data.classification_data.stratified_order`), so every
+in a stratified order ([`stratified_order`][csa_lightning.data.stratified_order]), so every
 prefix of an unshuffled stream (the validation order) samples every class.
 
 Restartable: LitData's own checkpoints let a rerun after a kill continue where the workers were;

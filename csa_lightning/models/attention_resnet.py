@@ -189,10 +189,10 @@ class AttentionResNet(ResNet):
 
 
 class ResNetSpec(ClassifierSpec):
-    """An attention-ResNet classifier (:class:`AttentionResNet`) as a task's ``net``.
+    """An attention-ResNet classifier ([`AttentionResNet`][csa_lightning.models.AttentionResNet]) as a task's ``net``.
 
-    Args: as :class:`AttentionResNet`, plus ``zero_init_residual`` (torchvision's option: zero the
-    last BN of each residual branch).
+    Args: as [`AttentionResNet`][csa_lightning.models.AttentionResNet], plus ``zero_init_residual`` (torchvision's
+    option: zero the last BN of each residual branch).
     """
 
     def __init__(
@@ -230,7 +230,7 @@ def attention_resnet(
     num_classes: int = 1000,
     **resnet_kwargs: Any,
 ) -> AttentionResNet:
-    """Build an attention ResNet; see :class:`AttentionResNet` for the arguments."""
+    """Build an attention ResNet; see [`AttentionResNet`][csa_lightning.models.AttentionResNet] for the arguments."""
     return AttentionResNet(depth, attention, placement, attention_options, num_classes, **resnet_kwargs)
 
 
@@ -241,7 +241,8 @@ def attention_resnet(
 
 @dataclass
 class BackboneLoadReport:
-    """What :func:`load_backbone_weights` did: keys loaded, keys new to the model, keys ignored."""
+    """What [`load_backbone_weights`][csa_lightning.models.load_backbone_weights] did: keys loaded, keys new to the
+    model, keys ignored."""
 
     loaded: List[str] = field(default_factory=list)
     missing: List[str] = field(default_factory=list)

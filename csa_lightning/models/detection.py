@@ -68,7 +68,7 @@ class RCNNSpec(DetectorSpec):
     Args:
         architecture: "faster_rcnn" or "mask_rcnn".
         num_classes: object categories (COCO: 80; the background is added here).
-        depth: the backbone, as :class:`ResNetSpec`.
+        depth: the backbone, as [`ResNetSpec`][csa_lightning.models.ResNetSpec].
         attention: see ``depth``.
         placement: see ``depth``.
         attention_options: see ``depth``.

@@ -13,9 +13,9 @@ takes a spec as a typed sub-config, as lightning-hydra-template injects ``net``:
 and switches such as ``--model.net.attention se`` change it from the command line. The task stores
 ``spec.config()`` (class_path and init_args, plain values) in its hyperparameters, so
 ``Module.load_from_checkpoint(path)`` rebuilds the network without the config. A new backbone
-family is one new :class:`ClassifierSpec` (or :class:`DetectorSpec`) subclass: its ``__init__``
-takes plain values and stores each under the same attribute name, and ``build()`` returns the
-``nn.Module``.
+family is one new [`ClassifierSpec`][csa_lightning.models.ClassifierSpec] (or
+[`DetectorSpec`][csa_lightning.models.DetectorSpec]) subclass: its ``__init__`` takes plain values and stores each under
+the same attribute name, and ``build()`` returns the ``nn.Module``.
 """
 
 from __future__ import annotations

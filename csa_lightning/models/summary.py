@@ -130,7 +130,7 @@ def parse_variant(text: str) -> Tuple[str, str, Dict]:
 
 def build_variant(depth: int, attention: str, options: Dict) -> torch.nn.Module:
     """The network of a variant: options' "placement" goes to the model, "timm" names a timm model
-    to build instead of the attention ResNet of ``depth`` (:class:`~csa_lightning.models.TimmSpec`,
+    to build instead of the attention ResNet of ``depth`` ([`TimmSpec`][csa_lightning.models.TimmSpec],
     e.g. '{"timm": "resnet50"}'), the rest goes to the gates."""
     gate_options = {k: v for k, v in options.items() if k not in ("placement", "timm")}
     if options.get("timm"):

@@ -1,12 +1,12 @@
 """Channel gates in timm CNNs: at the end of every stage of any model with ``feature_info``, or in
-every block of the families that have an attention slot; :class:`TimmSpec` for the tasks.
+every block of the families that have an attention slot; [`TimmSpec`][csa_lightning.models.TimmSpec] for the tasks.
 
 timm is an optional extra (``pip install csa-lightning[timm]``; ``make`` installs it). Two ways in:
 
 - ``placement="stage_end"`` (default): a gate after the output of each stage that timm's
   ``feature_info`` lists (the stem excluded), or of the stages named in a list. The gate sits on
   the stage's *output*, after the last residual addition, not on the residual branch as in this
-  project's ResNets (:class:`~csa_lightning.models.AttentionResNet`), so it re-weights the whole
+  project's ResNets ([`AttentionResNet`][csa_lightning.models.AttentionResNet]), so it re-weights the whole
   stage output (identity path included). Works for every timm CNN with ``feature_info``
   (ResNet, ConvNeXt, EfficientNet, RegNet, MobileNetV3, ...). The gates are kept in
   ``model.attention_gates`` and applied by a forward hook on each stage module: none of timm's
@@ -74,7 +74,7 @@ def add_stage_gates(
     Args:
         model: a timm CNN (any module whose stages ``stages`` names).
         attention: a registered name ("csa", "se", ...) or a ChannelAttention class.
-        stages: module names (default: :func:`timm_stage_modules`).
+        stages: module names (default: `csa_lightning.models.timm_net.timm_stage_modules`).
         options: the gate's options (e.g. ``{"contiguity": "hybrid"}``).
 
     The gates live in ``model.attention_gates`` (an ``nn.ModuleDict`` keyed by the stage name
@@ -135,7 +135,7 @@ class TimmSpec(ClassifierSpec):
         model_name: any timm model name (``timm.list_models()``), e.g. "resnet50", "convnext_tiny".
         attention: a registered block name or dotted class path (None / "none": the plain model).
         placement: "stage_end" (after each stage's output; any CNN with ``feature_info``),
-            "blocks" (the block's own attention slot; see :data:`BLOCK_SLOTS`), or a list of
+            "blocks" (the block's own attention slot; see `csa_lightning.models.timm_net.BLOCK_SLOTS`), or a list of
             module names to gate at their output (e.g. ["stages.2", "stages.3"]).
         attention_options: the gate's options.
         num_classes: classifier outputs.

@@ -3,7 +3,7 @@ stopped and started again (a killed ablation runner, a requeued SLURM job).
 
 "start" (written by whoever starts the training: the checkpoint resumed, with its epoch and step),
 "stop" (written by the training when a signal stopped it: its epoch and step,
-:class:`~csa_lightning.tasks.callbacks.RecordResult`), "end" (the exit status). One process writes at
+`csa_lightning.tasks.callbacks.RecordResult`), "end" (the exit status). One process writes at
 a time: the starter before the training runs and after it ends, the training in between.
 """
 

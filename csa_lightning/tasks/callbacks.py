@@ -89,7 +89,7 @@ def checkpoint_files(trainer: "L.Trainer") -> Tuple[Optional[ModelCheckpoint], O
 class RunInfo(Callback):
     """Writes ``run_info.json`` into the log directory and stores it in every checkpoint: this
     repository's commit, package versions, and under "code" the provenance of every class the run
-    is built from (:func:`csa_lightning.provenance.code_provenance`: the user's own packages too)."""
+    is built from (`csa_lightning.provenance.code_provenance`: the user's own packages too)."""
 
     def __init__(self) -> None:
         self.info = run_info()
@@ -141,7 +141,7 @@ class RecordResult(Callback):
     the checkpoints monitor and its best value, every validation metric of the last epoch, epochs,
     params, GMAC at the data's resolution, train images/s (mean over the last epoch), inference
     images/s (eval mode, one batch, median of 5), and the checkpoints. A run a signal stops logs its
-    epoch and step in the folder's attempt log (:mod:`csa_lightning.tasks.attempts`).
+    epoch and step in the folder's attempt log (`csa_lightning.tasks.attempts`).
     """
 
     def __init__(self, result_path: Optional[str] = None) -> None:
@@ -333,9 +333,9 @@ class SigtermWatchdog(Callback):
     checkpoint to resume from: the newest ``last.ckpt`` (written at the end of every epoch), and
     the interrupted epoch, which a resumed run trains again from its first batch (ffcv's and
     torch's loaders cannot resume mid-epoch), or that none was written yet. With a loader that
-    resumes mid-epoch (LitData's) it first saves ``last.ckpt`` at the stop (:func:`save_at_stop`),
-    and the resumed run continues at the next batch; ``cli.py`` then exits
-    with status 143 (128 + SIGTERM), so a shell script or a scheduler sees an interrupted run.
+    resumes mid-epoch (LitData's) it first saves ``last.ckpt`` at the stop
+    (`csa_lightning.tasks.callbacks.save_at_stop`), and the resumed run continues at the next batch; ``cli.py`` then
+    exits with status 143 (128 + SIGTERM), so a shell script or a scheduler sees an interrupted run.
     If the process is still alive ``grace`` seconds after the signal (blocked in a data loader that
     never returns a batch, so no boundary comes) it exits with status 143 and one line saying why.
 

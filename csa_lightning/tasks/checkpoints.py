@@ -66,7 +66,8 @@ def newest_checkpoint(folder: str, last_only: bool = False) -> Optional[Path]:
 
 
 def resolve_checkpoint(path: str, what: str = "checkpoint") -> str:
-    """``path`` if it is a file; for a run folder, its newest checkpoint (see :func:`newest_checkpoint`).
+    """``path`` if it is a file; for a run folder, its newest checkpoint (see
+    `csa_lightning.tasks.checkpoints.newest_checkpoint`).
 
     The one place that turns "a checkpoint file, or a run folder" into a file: the CLI, the
     detection backbone, the ablation runner and the analysis tools all call it. A missing one is a

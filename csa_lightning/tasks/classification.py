@@ -1,7 +1,7 @@
 """Image classification with an attention ResNet: the LightningModule behind the paper's Table 1.
 
 The network (``net``), the optimiser (``optimizer``) and the lr schedule (``lr_schedule``) are
-injected pieces (:mod:`csa_lightning.tasks.recipe`); the defaults are the CSA paper's recipe: SGD,
+injected pieces (`csa_lightning.tasks.recipe`); the defaults are the CSA paper's recipe: SGD,
 Nesterov momentum 0.9, weight decay 1e-4, lr 0.1 for a global batch of 128 (scaled linearly to the
 actual global batch, logged as ``lr_scaled`` and printed when training starts), divided by 10 at
 epochs 30, 60 and 90, no warm-up.
@@ -38,7 +38,7 @@ class ClassificationModule(ScaledRecipe, L.LightningModule):
     """An image classifier (by default an attention ResNet) with the paper's recipe.
 
     Args:
-        net: the network, a :class:`~csa_lightning.models.ClassifierSpec` (default
+        net: the network, a [`ClassifierSpec`][csa_lightning.models.ClassifierSpec] (default
             ``ResNetSpec()``: ResNet-50, no gates, 1000 classes); in a config, ``class_path`` /
             ``init_args``, e.g. ``--model.net.attention csa``. Stored in the hyperparameters as
             plain values, so ``load_from_checkpoint`` rebuilds it.
@@ -48,20 +48,20 @@ class ClassificationModule(ScaledRecipe, L.LightningModule):
             batch of ``lr_reference_batch``. In Python also ``functools.partial(torch.optim.AdamW, lr=...)``.
         lr_scaling: "linear", "sqrt" or "none": how ``lr`` follows the actual global batch.
         lr_reference_batch: the global batch the configured ``lr`` is for.
-        lr_schedule: a :class:`~csa_lightning.tasks.schedules.Schedule` (default the paper's
+        lr_schedule: a [`Schedule`][csa_lightning.tasks.Schedule] (default the paper's
             ``StepDecay([30, 60, 90], 0.1)``; ``CosineDecay``, warm-ups), stepped per optimiser step.
         label_smoothing: cross-entropy label smoothing (0 in the paper).
         mixup_alpha: batch augmentation while training (0: off; see
         cutmix_alpha: see ``mixup_alpha``.
         random_erasing: see ``mixup_alpha``.
-            :class:`~csa_lightning.tasks.batch_augment.BatchAugment`). Mixed batches train on soft
+            `csa_lightning.tasks.batch_augment.BatchAugment`). Mixed batches train on soft
             targets; train/top1 then counts the larger of the two mixed labels.
         ema_decay: an exponential moving average of the weights (None: off),
         ema_every_n_steps: see ``ema_decay``.
             updated every ``ema_every_n_steps`` optimiser steps by Lightning's
-            ``EMAWeightAveraging`` (added by :meth:`configure_callbacks`): the EMA weights are the
-            ones validated and saved as the checkpoint's ``state_dict`` (the raw ones beside them,
-            for resuming).
+            ``EMAWeightAveraging`` (added by
+            [`configure_callbacks`][csa_lightning.tasks.ClassificationModule.configure_callbacks]): the EMA weights are
+            the ones validated and saved as the checkpoint's ``state_dict`` (the raw ones beside them, for resuming).
         no_weight_decay_on: "norm" and/or "bias" parameters excluded from weight decay.
         channels_last: keep the network in channels_last memory format (matches ffcv's batches).
         backbone_weights: a torchvision ResNet state dict or a checkpoint of this module to start from.
@@ -192,7 +192,7 @@ class ClassificationModule(ScaledRecipe, L.LightningModule):
     def extra_losses(self, gates: GateRecord, batch, logits: Tensor) -> Dict[str, Tensor]:
         """Extra loss terms of a training step: override to add, e.g., a penalty on the gates.
 
-        ``gates`` holds this step's gate values (:func:`~csa_lightning.attention.record_gates`:
+        ``gates`` holds this step's gate values ([`record_gates`][csa_lightning.attention.record_gates]:
         ``gates.values("p")``, differentiable), ``batch`` the (images, targets) the network saw
         (after mixup / cutmix), ``logits`` its output. Each returned term is added to the loss and
         logged as ``train/<name>``; the classification loss alone is then ``train/loss_classification``

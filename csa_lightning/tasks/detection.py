@@ -1,8 +1,8 @@
 """Object detection and instance segmentation: the LightningModule behind the paper's Tables 2 and 3.
 
 torchvision's Faster R-CNN or Mask R-CNN on an attention-ResNet + FPN backbone
-(:mod:`csa_lightning.models.detection`). The optimiser and schedule are the same pieces as the
-classification task's (:mod:`csa_lightning.tasks.recipe`); their defaults are the paper's 2x
+(`csa_lightning.models.detection`). The optimiser and schedule are the same pieces as the
+classification task's (`csa_lightning.tasks.recipe`); their defaults are the paper's 2x
 schedule as in torchvision's references and mmdetection: SGD, lr 0.02 for a global batch of 16
 (scaled linearly), momentum 0.9, weight decay 1e-4, 24 epochs with lr / 10 at epochs 16 and 22,
 linear warm-up over the first 500 iterations from lr / 1000; backbone from ImageNet weights,
@@ -94,7 +94,7 @@ class DetectionModule(ScaledRecipe, L.LightningModule):
     """Faster R-CNN / Mask R-CNN with an attention ResNet-FPN backbone, with the paper's 2x recipe.
 
     Args:
-        net: the detector, a :class:`~csa_lightning.models.DetectorSpec` (default ``RCNNSpec()``:
+        net: the detector, a [`DetectorSpec`][csa_lightning.models.DetectorSpec] (default ``RCNNSpec()``:
             Faster R-CNN, plain ResNet-50-FPN, 80 categories); in a config, ``class_path`` /
             ``init_args``, e.g. ``--model.net.attention csa``. Stored in the hyperparameters as
             plain values, so ``load_from_checkpoint`` rebuilds it.
@@ -107,7 +107,7 @@ class DetectionModule(ScaledRecipe, L.LightningModule):
         lr_reference_batch: see ``optimizer``.
         lr_schedule: see ``optimizer``.
         no_weight_decay_on: see ``optimizer``.
-            pieces, as :class:`~csa_lightning.tasks.ClassificationModule`'s; the defaults are the
+            pieces, as [`ClassificationModule`][csa_lightning.tasks.ClassificationModule]'s; the defaults are the
             COCO 2x recipe (SGD lr 0.02 for 16 images, momentum 0.9, weight decay 1e-4;
             ``StepDecay([16, 22], warmup_iters=500)``).
     """

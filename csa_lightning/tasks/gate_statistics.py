@@ -3,7 +3,7 @@
 For every gated stage (the gates under ``layer1`` .. ``layer4`` of an attention ResNet; in other
 networks, the gates grouped by their top-level module) the callback logs the mean, standard
 deviation and 5th / 95th percentiles of the gate p over the batch's images and channels, and the
-same of CSA's descriptor q. It reads them through :func:`csa_lightning.attention.record_gates` (the
+same of CSA's descriptor q. It reads them through [`record_gates`][csa_lightning.attention.record_gates] (the
 public API for a forward pass's gate values): nothing is recomputed, and the hooks exist only
 during the steps it logs, so the other steps run exactly as without it.
 """

@@ -7,14 +7,14 @@
   the command line (``--model.optimizer AdamW``) keeps only the arguments the new class takes.
 - ``no_weight_decay_on``: "norm" and/or "bias" parameters in a group with ``weight_decay`` 0, for any
   optimiser with a ``weight_decay`` argument.
-- ``lr_schedule``: a :class:`~csa_lightning.tasks.schedules.Schedule` (step decay, warm-up + step,
+- ``lr_schedule``: a [`Schedule`][csa_lightning.tasks.Schedule] (step decay, warm-up + step,
   warm-up + cosine, or a user's), stepped per optimiser step; the module supplies the steps per
   epoch and in the run.
 
 The module stores the optimiser and the schedule as plain ``{class_path, init_args}`` values in its
 hyperparameters, so ``load_from_checkpoint`` rebuilds them. Checkpoints written before these were
 pieces (flat ``lr``, ``momentum``, ``milestones``, ``schedule`` ...) are read through
-:func:`upgrade_recipe_hparams`.
+`csa_lightning.tasks.recipe.upgrade_recipe_hparams`.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def sgd(**init_args) -> Dict[str, Any]:
 
 
 def step_decay(**init_args) -> Dict[str, Any]:
-    """A :class:`~csa_lightning.tasks.schedules.StepDecay` piece as plain values (the tasks' defaults)."""
+    """A [`StepDecay`][csa_lightning.tasks.StepDecay] piece as plain values (the tasks' defaults)."""
     return {"class_path": "csa_lightning.tasks.StepDecay", "init_args": init_args}
 
 
@@ -231,7 +231,8 @@ class ScaledRecipe:
 
     def init_recipe(self, optimizer: Any, lr_schedule: Any, lr_scaling: str, lr_reference_batch: int,
                     no_weight_decay_on: Sequence[str]) -> None:  # fmt: skip
-        """Check and keep the pieces (call before ``save_hyperparameters``; :meth:`store_recipe` after)."""
+        """Check and keep the pieces (call before ``save_hyperparameters``;
+        `csa_lightning.tasks.recipe.ScaledRecipe.store_recipe` after)."""
         self.optimizer_piece = optimizer_config(optimizer)
         check_recipe(self.optimizer_piece, lr_scaling, lr_reference_batch, no_weight_decay_on)
         self.schedule = spec_from_config(lr_schedule, Schedule, "model.lr_schedule")
@@ -299,8 +300,9 @@ class ScaledRecipe:
         return self.schedule.lr_lambda(per_epoch, total)
 
     def configure_optimizers(self):
-        """The optimiser piece at the scaled lr over :meth:`optimizer_parameter_groups`, with the
-        schedule piece stepped per optimiser step."""
+        """The optimiser piece at the scaled lr over
+        `csa_lightning.tasks.recipe.ScaledRecipe.optimizer_parameter_groups`, with the schedule piece stepped per
+        optimiser step."""
         rank_zero_info(self.lr_message())
         init_args = dict(self.optimizer_piece["init_args"])
         init_args["lr"] = self.scaled_lr()

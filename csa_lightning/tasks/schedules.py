@@ -1,9 +1,9 @@
 """Learning-rate schedules as config pieces: a task's ``lr_schedule``, stepped per optimiser step.
 
-A schedule is a :class:`~csa_lightning.spec.Spec` (plain values, ``class_path`` / ``init_args`` in a
+A schedule is a `csa_lightning.spec.Spec` (plain values, ``class_path`` / ``init_args`` in a
 config, stored as such in a checkpoint). The task supplies what only the trainer knows, the optimiser
-steps per epoch and in the whole run, to :meth:`Schedule.lr_lambda`, which returns the factor of
-the configured lr at each step (a ``LambdaLR`` lambda)::
+steps per epoch and in the whole run, to [`Schedule.lr_lambda`][csa_lightning.tasks.Schedule.lr_lambda], which returns
+the factor of the configured lr at each step (a ``LambdaLR`` lambda)::
 
     lr_schedule:
       class_path: csa_lightning.tasks.StepDecay        # the paper's ImageNet recipe
@@ -17,7 +17,7 @@ the configured lr at each step (a ``LambdaLR`` lambda)::
       class_path: csa_lightning.tasks.CosineDecay      # torchvision's strong recipe
       init_args: {warmup_epochs: 5, warmup_factor: 0.01}
 
-A schedule of your own is a :class:`Schedule` subclass whose ``lr_lambda`` returns a callable
+A schedule of your own is a [`Schedule`][csa_lightning.tasks.Schedule] subclass whose ``lr_lambda`` returns a callable
 object (its fields are saved with the scheduler's state, so a resumed run continues it exactly).
 """
 

@@ -1,8 +1,8 @@
 """Where an ablation's runs happen: behind one small interface, one file per executor.
 
-:class:`~.local.LocalExecutor` (each run a process on this machine) and
-:class:`~.slurm.SlurmExecutor` (each run a SLURM job through submitit). A third (another scheduler,
-Ray) is one new file with a class like these, named in :data:`EXECUTORS`.
+`csa_lightning.ablate.executors.local.LocalExecutor` (each run a process on this machine) and
+`csa_lightning.ablate.executors.slurm.SlurmExecutor` (each run a SLURM job through submitit). A third (another
+scheduler, Ray) is one new file with a class like these, named in `csa_lightning.ablate.executors.EXECUTORS`.
 """
 
 from __future__ import annotations

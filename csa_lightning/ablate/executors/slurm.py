@@ -11,8 +11,8 @@ at a batch boundary and exits 143; its newest epoch-end ``last.ckpt`` is what a 
 
 - **time limit**: ``signal_delay_s`` before it, SLURM sends SIGUSR2 (``#SBATCH --signal``) to the
   job's tasks. The trainings ignore it; submitit, in the task that starts rank 0, calls
-  :meth:`VariantJob.checkpoint`, which sends SIGTERM to the job's processes (``scancel --signal``),
-  waits for rank 0's training to stop and hands submitit the same job to requeue
+  `csa_lightning.ablate.executors.slurm.VariantJob.checkpoint`, which sends SIGTERM to the job's processes (``scancel
+  --signal``), waits for rank 0's training to stop and hands submitit the same job to requeue
   (``scontrol requeue``), at most ``max_requeues`` times.
 - **preemption** (``PreemptMode=REQUEUE``): SLURM sends SIGTERM itself, waits the partition's
   ``GraceTime`` and requeues the job; the trainings stop as above.

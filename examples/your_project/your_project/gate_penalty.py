@@ -18,7 +18,7 @@ from csa_lightning.tasks import ClassificationModule
 class GatePenaltyModule(ClassificationModule):
     def __init__(self, *args, gate_l1: float = 1e-3, **kwargs) -> None:
         """``gate_l1``: the penalty's weight on the mean |p| over every gate, image and channel;
-        every other argument is :class:`ClassificationModule`'s."""
+        every other argument is [`ClassificationModule`][csa_lightning.tasks.ClassificationModule]'s."""
         super().__init__(*args, **kwargs)
         self.gate_l1 = gate_l1
 

@@ -1,0 +1,85 @@
+"""Every reference to a csa_lightning name, in the docstrings and the manual, names an object that exists.
+
+An MkDocs hook (mkdocs.yml ``hooks:``), so ``make docs --strict`` fails on a stale reference. mkdocstrings
+and autorefs check the cross-references ``[title][csa_lightning.x.Y]`` of the docstrings they render
+(the target must be a rendered object); this covers what they do not see:
+
+- a cross-reference in a docstring that is not rendered (a submodule's docstring, a private helper);
+- a code span naming a dotted path (`` `csa_lightning.ablate.plan` ``), the form for targets the API
+  reference does not render (submodules, module constants, private helpers);
+- a reST role (``:class:`X```), which neither tool resolves or checks: write a cross-reference.
+
+It reads the sources as text and imports only to resolve a path, so a reference in a comment counts too.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import re
+from pathlib import Path
+from typing import Iterable, List
+
+ROOT = Path(__file__).resolve().parent.parent
+#: what is scanned: the package, the example project and the benchmarks' sources; the manual's pages
+SOURCES = ("csa_lightning", "examples", "benchmarks")
+PAGES = ("docs", "README.md")
+
+REST_ROLE = re.compile(r":(?:py:)?(?:class|func|mod|meth|attr|data|obj|exc|const):`[^`\s]+`")
+CROSS_REFERENCE = re.compile(r"\]\[(csa_lightning(?:\.\w+)+)\]")
+CODE_PATH = re.compile(r"(?<![`\w])``?(csa_lightning(?:\.\w+)+)``?(?![`\w])")
+
+log = logging.getLogger("mkdocs.hooks.docs_references")
+
+
+def resolves(path: str) -> bool:
+    """Whether a dotted path names a module or an attribute reachable from one."""
+    parts = path.split(".")
+    for split in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:split]))
+        except ModuleNotFoundError as error:
+            # a module of the path that does not exist: try a shorter one; a missing dependency is a
+            # real failure, not a stale reference
+            if error.name is not None and ".".join(parts[:split]).startswith(error.name):
+                continue
+            raise
+        for name in parts[split:]:
+            if not hasattr(obj, name):
+                return False
+            obj = getattr(obj, name)
+        return True
+    return False
+
+
+def problems_in(path: Path, text: str) -> List[str]:
+    """One line per stale reference or reST role in one file's text."""
+    found = []
+    for number, line in enumerate(text.splitlines(), 1):
+        where = f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}:{number}"
+        for role in REST_ROLE.findall(line):
+            fix = "write [`Name`][csa_lightning.package.Name] (a checked cross-reference)"
+            found.append(f"{where}: reST role {role}: {fix}")
+        targets = CROSS_REFERENCE.findall(line) + CODE_PATH.findall(line)
+        for target in dict.fromkeys(targets):
+            if not resolves(target):
+                found.append(f"{where}: {target} names no object (renamed or removed?): update the reference")
+    return found
+
+
+def files(root: Path = ROOT) -> Iterable[Path]:
+    for name in SOURCES:
+        yield from sorted((root / name).rglob("*.py"))
+    for name in PAGES:
+        path = root / name
+        yield from sorted(path.rglob("*.md")) if path.is_dir() else [path]
+
+
+def find_problems(paths: Iterable[Path]) -> List[str]:
+    return [problem for path in paths for problem in problems_in(path, path.read_text(encoding="utf-8"))]
+
+
+def on_pre_build(config) -> None:
+    """MkDocs hook: each problem is a warning, which --strict turns into a failed build."""
+    for problem in find_problems(files()):
+        log.warning(problem)

@@ -1,0 +1,54 @@
+"""The docs build's reference check (scripts/docs_references.py, an MkDocs hook): stale references
+and reST roles are found, and the repository has none (so make test catches them before make docs)."""
+
+import importlib.util
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+spec = importlib.util.spec_from_file_location("docs_references", ROOT / "scripts" / "docs_references.py")
+docs_references = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(docs_references)
+
+
+def test_stale_references_and_rest_roles_are_found(tmp_path):
+    page = tmp_path / "page.py"
+    text = (
+        '"""A [`CSA`][csa_lightning.attention.CSA] gate, see `csa_lightning.attention.csa.KERNELS`.\n'
+        "Gone: [`Old`][csa_lightning.attention.OldGate] and `csa_lightning.nowhere.thing`.\n"
+        "A role :class:`CSA` and :func:`~csa_lightning.attention.record_gates`.\n"
+        "Not a reference: `python -m csa_lightning.ablate`, csa_lightning/attention/csa.py.\n"
+        '"""\n'
+    )
+    page.write_text(text)
+    problems = docs_references.find_problems([page])
+    assert [p.split(": ", 1)[1].split(":")[0] for p in problems] == [
+        "csa_lightning.attention.OldGate names no object (renamed or removed?)",
+        "csa_lightning.nowhere.thing names no object (renamed or removed?)",
+        "reST role ",
+        "reST role ",
+    ]
+    assert all(p.startswith(f"{page}:") for p in problems)
+    assert problems[0].startswith(f"{page}:2:") and problems[2].startswith(f"{page}:3:")
+
+
+def test_a_missing_dependency_is_an_error_not_a_stale_reference(monkeypatch):
+    import importlib
+
+    real = importlib.import_module
+
+    def no_torch(name, *args):
+        if name == "csa_lightning.attention":
+            raise ModuleNotFoundError("No module named 'torch'", name="torch")
+        return real(name, *args)
+
+    monkeypatch.setattr(docs_references.importlib, "import_module", no_torch)
+    try:
+        docs_references.resolves("csa_lightning.attention.CSA")
+    except ModuleNotFoundError as error:
+        assert error.name == "torch"
+    else:
+        raise AssertionError("a missing dependency was taken for a stale reference")
+
+
+def test_the_repository_has_no_stale_reference_or_rest_role():
+    assert docs_references.find_problems(docs_references.files()) == []
