@@ -20,6 +20,7 @@ __all__ = [
     "require_fraction_range",
     "oversubscription_warning",
     "process_alive",
+    "process_rank",
     "hold_run_lock",
     "run_lock_holder",
     "remove_dead_leftovers",
@@ -101,6 +102,13 @@ def process_alive(pid: int) -> bool:
 
 #: file descriptors of the run locks this process holds (kept open until it exits)
 _HELD_LOCKS: dict = {}
+
+
+def process_rank() -> int:
+    """This process's global rank as its launcher set it: torchrun's ``RANK``, else a SLURM task's
+    ``SLURM_PROCID``, else 0 (a single process). Lightning's subprocess launcher sets neither in the
+    processes it starts, only ``LOCAL_RANK``: check that too where it matters."""
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
 
 
 def hold_run_lock(path: str) -> None:

@@ -426,12 +426,11 @@ def main(args: Optional[Sequence[str]] = None, run: bool = True) -> CSALightning
     from lightning.fabric.utilities.exceptions import MisconfigurationException
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+    from .checks import hold_run_lock, process_rank
+
     lock = os.environ.get("CSA_RUN_LOCK")
-    # rank 0 only: under torchrun RANK says which, in a SLURM job's tasks SLURM_PROCID does
-    rank = os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))
-    if lock and run and os.environ.get("LOCAL_RANK", "0") == "0" and rank == "0":
+    if lock and run and os.environ.get("LOCAL_RANK", "0") == "0" and process_rank() == 0:
         # the ablation runner's runs: this process (not only its runner) holds its run folder
-        from .checks import hold_run_lock
 
         try:
             hold_run_lock(lock)

@@ -448,3 +448,16 @@ def test_runner_arguments_are_one_line_errors(args, message, tmp_path, monkeypat
     with pytest.raises(SystemExit) as exit_info:
         main(["--config", str(DEMO_CONFIG), "--attentions", "none", *args])
     assert str(exit_info.value).startswith(message)
+
+
+def test_process_rank_reads_torchrun_then_slurm(monkeypatch):
+    from csa_lightning.checks import process_rank
+
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("SLURM_PROCID", raising=False)
+    assert process_rank() == 0
+    monkeypatch.setenv("SLURM_PROCID", "3")
+    assert process_rank() == 3
+    # torchrun inside a SLURM allocation: RANK is the training's rank, SLURM_PROCID the task's
+    monkeypatch.setenv("RANK", "5")
+    assert process_rank() == 5

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Sequence
 
+from ..checks import process_rank
 from ..tasks.attempts import log_attempt
 from ..tasks.checkpoints import newest_checkpoint
 
@@ -43,10 +44,6 @@ def _checkpoint_position(path: Path) -> Dict[str, int]:
     return {"epoch": int(saved.get("epoch", -1)), "step": int(saved.get("global_step", -1))}
 
 
-def _rank() -> int:
-    return int(os.environ.get("SLURM_PROCID", os.environ.get("RANK", "0")))
-
-
 def start_training(run_dir: Path, command: Sequence[str], env: Dict[str, str], log_name: str = "stdout.log",
                    ignore_signals: Sequence[int] = ()) -> subprocess.Popen:  # fmt: skip
     """Start the training process, resuming from the run folder's newest ``last.ckpt`` if there is one.
@@ -59,7 +56,7 @@ def start_training(run_dir: Path, command: Sequence[str], env: Dict[str, str], l
     if last is not None:
         command += ["--ckpt_path", str(last)]
         resumed = {"checkpoint": Path(last).name, **_checkpoint_position(Path(last))}
-    if _rank() == 0:
+    if process_rank() == 0:
         log_attempt(run_dir, "start", host=socket.gethostname(), job=os.environ.get("SLURM_JOB_ID"),
                     restart=int(os.environ.get("SLURM_RESTART_COUNT", 0)), resumed=resumed)  # fmt: skip
 

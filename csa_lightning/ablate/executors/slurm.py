@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from ...checks import process_rank
 from ...tasks.attempts import log_attempt, read_attempts
 from ..job import start_training
 from ..plan import Variant
@@ -126,7 +127,7 @@ class VariantJob:
         self._proc: Optional[subprocess.Popen] = None
 
     def __call__(self) -> str:
-        rank = int(os.environ.get("SLURM_PROCID", 0))
+        rank = process_rank()
         run_dir = Path(self.run_dir)
         started = time.time()
         log_name = "stdout.log" if rank == 0 else f"stdout.rank{rank}.log"
