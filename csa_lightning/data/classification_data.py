@@ -9,7 +9,7 @@ to keep equal. Setting an attribute (Lightning's batch-size finder does) overrid
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import lightning as L
 import numpy as np
@@ -21,6 +21,8 @@ __all__ = ["ImageClassificationDataModule", "IMAGENET_MEAN", "IMAGENET_STD", "st
 #: ImageNet's channel mean and std (0..1 units), torchvision's and ffcv-imagenet's normalisation
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: the splits each Lightning stage reads
+STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
 
 
 def stratified_order(labels: Sequence[int]) -> np.ndarray:
@@ -106,6 +108,16 @@ class ImageClassificationDataModule(L.LightningDataModule):
         if hparams is not None and name in hparams:
             return hparams[name]
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def split_path(self, kind: str) -> Optional[str]:
+        """The file or folder a split ("train", "val", "test", "predict") reads: test and predict fall
+        back to ``val_path``."""
+        path = getattr(self, f"{kind}_path")
+        return path if path or kind in ("train", "val") else self.val_path
+
+    def stage_paths(self, stage: Optional[str]) -> List[Tuple[str, Optional[str], bool]]:
+        """(kind, path, train?) of each split a Lightning stage reads (None, a plain ``setup()``: fit's)."""
+        return [(kind, self.split_path(kind), kind == "train") for kind in STAGE_SPLITS[stage or "fit"]]
 
     @property
     def val_resolution(self) -> int:

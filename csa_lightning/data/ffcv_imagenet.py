@@ -203,21 +203,9 @@ class FFCVDataModule(ImageClassificationDataModule):
 
     # ------------------------------------------------------------------ checks
 
-    def _paths_for(self, stage: Optional[str]) -> dict:
-        val = self.val_path
-        wanted = {
-            "fit": {"train": self.train_path, "val": val},
-            "validate": {"val": val},
-            "test": {"test": self.test_path or val},
-            "predict": {"predict": self.predict_path or val},
-        }
-        if stage is None:
-            return {k: v for d in wanted.values() for k, v in d.items()}
-        return wanted[stage]
-
     def setup(self, stage: Optional[str] = None) -> None:
         classes = 0
-        for kind, path in self._paths_for(stage).items():
+        for kind, path, _ in self.stage_paths(stage):
             if not path or not Path(path).is_file():
                 raise FileNotFoundError(_missing_beton_message(kind, path))
             labels = self._labels(path)
@@ -335,10 +323,10 @@ class FFCVDataModule(ImageClassificationDataModule):
         return self._loader(self.val_path, "val", train=False)
 
     def test_dataloader(self):
-        return self._loader(self.test_path or self.val_path, "test", train=False)
+        return self._loader(self.split_path("test"), "test", train=False)
 
     def predict_dataloader(self):
-        return self._loader(self.predict_path or self.val_path, "predict", train=False)
+        return self._loader(self.split_path("predict"), "predict", train=False)
 
 
 #: the earlier name (the module reads any ``.beton`` classification set, ImageNet or not); configs and

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Optional
 
 import torch
 from torch.utils.data import DataLoader
@@ -71,16 +71,6 @@ class TorchvisionImageData(ImageClassificationDataModule):
         return T.Compose(
             [T.Resize(resize), T.CenterCrop(self.val_resolution), T.ToTensor(), T.Normalize(self.mean, self.std)]
         )
-
-    def stage_paths(self, stage: Optional[str]) -> List[Tuple[str, Optional[str], bool]]:
-        """(kind, path, train?) of what each stage reads; test and predict fall back to val_path."""
-        if stage in (None, "fit"):
-            return [("train", self.train_path, True), ("val", self.val_path, False)]
-        if stage == "validate":
-            return [("val", self.val_path, False)]
-        if stage == "test":
-            return [("test", self.test_path or self.val_path, False)]
-        return [("predict", self.predict_path or self.val_path, False)]
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         # channels_last: the batch in NHWC strides (as ffcv's loader returns it), on its device
@@ -157,7 +147,7 @@ class ImageFolderDataModule(TorchvisionImageData):
         return self._loader("val", self.val_path, False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", self.test_path or self.val_path, False)
+        return self._loader("test", self.split_path("test"), False)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader("predict", self.predict_path or self.val_path, False)
+        return self._loader("predict", self.split_path("predict"), False)

@@ -226,7 +226,7 @@ class LitDataModule(TorchvisionImageData):
         return self._loader("val", self.val_path, False)
 
     def test_dataloader(self):
-        return self._loader("test", self.test_path or self.val_path, False)
+        return self._loader("test", self.split_path("test"), False)
 
     def predict_dataloader(self):
-        return self._loader("predict", self.predict_path or self.val_path, False)
+        return self._loader("predict", self.split_path("predict"), False)
