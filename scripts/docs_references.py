@@ -7,6 +7,7 @@ and autorefs check the cross-references ``[title][csa_lightning.x.Y]`` of the do
 - a cross-reference in a docstring that is not rendered (a submodule's docstring, a private helper);
 - a code span naming a dotted path (`` `csa_lightning.ablate.plan` ``), the form for targets the API
   reference does not render (submodules, module constants, private helpers);
+- a code span naming a repository path (`` `configs/r50.yaml` ``) that does not exist;
 - a reST role (``:class:`X```), which neither tool resolves or checks: write a cross-reference.
 
 It reads the sources as text and imports only to resolve a path, so a reference in a comment counts too.
@@ -28,6 +29,9 @@ PAGES = ("docs", "README.md")
 REST_ROLE = re.compile(r":(?:py:)?(?:class|func|mod|meth|attr|data|obj|exc|const):`[^`\s]+`")
 CROSS_REFERENCE = re.compile(r"\]\[(csa_lightning(?:\.\w+)+)\]")
 CODE_PATH = re.compile(r"(?<![`\w])``?(csa_lightning(?:\.\w+)+)``?(?![`\w])")
+#: a code span naming a file or folder of the repository (placeholders such as <name> or * are skipped)
+TOP_FOLDERS = "csa_lightning|configs|tests|scripts|benchmarks|examples|docs"
+FILE_PATH = re.compile(rf"(?<![`\w])``?((?:{TOP_FOLDERS})/[\w./-]*)``?(?![`\w])")
 
 log = logging.getLogger("mkdocs.hooks.docs_references")
 
@@ -52,6 +56,11 @@ def resolves(path: str) -> bool:
     return False
 
 
+def file_exists(path: str) -> bool:
+    """A path from the repository's root, or from the example project's (its own pages name its files)."""
+    return any((root / path).exists() for root in (ROOT, *sorted((ROOT / "examples").glob("*/"))))
+
+
 def problems_in(path: Path, text: str) -> List[str]:
     """One line per stale reference or reST role in one file's text."""
     found = []
@@ -64,6 +73,9 @@ def problems_in(path: Path, text: str) -> List[str]:
         for target in dict.fromkeys(targets):
             if not resolves(target):
                 found.append(f"{where}: {target} names no object (renamed or removed?): update the reference")
+        for target in dict.fromkeys(FILE_PATH.findall(line)):
+            if not file_exists(target):
+                found.append(f"{where}: {target} is no file or folder of the repository: update the path")
     return found
 
 

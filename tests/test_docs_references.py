@@ -16,7 +16,8 @@ def test_stale_references_and_rest_roles_are_found(tmp_path):
         '"""A [`CSA`][csa_lightning.attention.CSA] gate, see `csa_lightning.attention.csa.KERNELS`.\n'
         "Gone: [`Old`][csa_lightning.attention.OldGate] and `csa_lightning.nowhere.thing`.\n"
         "A role :class:`CSA` and :func:`~csa_lightning.attention.record_gates`.\n"
-        "Not a reference: `python -m csa_lightning.ablate`, csa_lightning/attention/csa.py.\n"
+        "Not a reference: `python -m csa_lightning.ablate`, csa_lightning/attention/csa.py, `runs/<name>/`.\n"
+        "Files: `configs/csa_r50.yaml`, `configs/csa_r5000.yaml`, `tests/test_your_project.py`, `configs/srm_digits.yaml`.\n"
         '"""\n'
     )
     page.write_text(text)
@@ -26,6 +27,7 @@ def test_stale_references_and_rest_roles_are_found(tmp_path):
         "csa_lightning.nowhere.thing names no object (renamed or removed?)",
         "reST role ",
         "reST role ",
+        "configs/csa_r5000.yaml is no file or folder of the repository",
     ]
     assert all(p.startswith(f"{page}:") for p in problems)
     assert problems[0].startswith(f"{page}:2:") and problems[2].startswith(f"{page}:3:")
