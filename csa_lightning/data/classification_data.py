@@ -25,6 +25,17 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
 
 
+def require_same_classes(kind: str, names: Sequence[str], reference: Sequence[str], what: str, fix: str) -> None:
+    """One line when a split's class names differ from the training split's: ``what`` names the two
+    splits, then which classes only one of them has, then ``fix``."""
+    if list(names) != list(reference):
+        only_here = sorted(set(names) - set(reference))
+        missing = sorted(set(reference) - set(names))
+        raise ValueError(
+            f"{what}: only in {kind}: {only_here or 'none'}, missing from {kind}: {missing or 'none'}; {fix}"
+        )
+
+
 def stratified_order(labels: Sequence[int]) -> np.ndarray:
     """An evaluation order whose every prefix is a stratified sample of the classes.
 

@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..checks import require
-from .classification_data import ImageClassificationDataModule, stratified_order
+from .classification_data import ImageClassificationDataModule, require_same_classes, stratified_order
 from .image_io import open_rgb
 
 __all__ = ["ImageFolderDataModule", "TorchvisionImageData"]
@@ -105,15 +105,13 @@ class ImageFolderDataModule(TorchvisionImageData):
         # every split is labelled by the training folder's classes: a validation folder without
         # class "1" would otherwise give its folder "2" label 1
         reference = _class_names(self.train_path) or _class_names(path)
-        own = _class_names(path)
-        if own != reference:
-            only_here = sorted(set(own) - set(reference))
-            missing = sorted(set(reference) - set(own))
-            raise ValueError(
-                f"the {kind} folder {path} has other classes than the training folder {self.train_path}: "
-                f"only in {kind}: {only_here or 'none'}, missing from {kind}: {missing or 'none'}; "
-                "every split needs the same class folders"
-            )
+        require_same_classes(
+            kind,
+            _class_names(path),
+            reference,
+            f"the {kind} folder {path} has other classes than the training folder {self.train_path}",
+            "every split needs the same class folders",
+        )
         return ImageFolder(
             path, transform=self.train_transform() if train else self.val_transform(), loader=_rgb_loader
         )

@@ -22,6 +22,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
+from .classification_data import require_same_classes
 from .image_folder import TorchvisionImageData
 from .image_io import open_rgb
 
@@ -191,14 +192,13 @@ class LitDataModule(TorchvisionImageData):
             classes[kind] = check_stream(str(path), kind, self.storage_options)["classes"]
         reference = classes.get("train") or next(iter(classes.values()))
         for kind, names in classes.items():
-            if names != reference:
-                only_here = sorted(set(names) - set(reference))
-                missing = sorted(set(reference) - set(names))
-                raise ValueError(
-                    f"the {kind} stream has other classes than the training stream: only in {kind}: "
-                    f"{only_here or 'none'}, missing from {kind}: {missing or 'none'}; convert every split "
-                    "from folders with the same class folders"
-                )
+            require_same_classes(
+                kind,
+                names,
+                reference,
+                f"the {kind} stream has other classes than the training stream",
+                "convert every split from folders with the same class folders",
+            )
         self.num_classes = len(reference)
         self._streams = {kind: self._stream(kind, path, train) for kind, path, train in self.stage_paths(stage)}
 
