@@ -308,6 +308,7 @@ def test_stages_and_last_bn_are_the_models_own():
         ),
         (["--alpha", "2"], "error: --alpha must be in (0, 1] (1: no smoothing), got 2.0"),
         (["--batch-size", "0"], "error: --batch-size must be a positive integer, got 0"),
+        (["--limit", "0"], "error: --limit must be a positive number of images, got 0"),
     ],
 )
 def test_bad_analysis_options_are_one_line_before_any_checkpoint_is_read(extra, message, tmp_path, capsys):

@@ -21,6 +21,7 @@ RUN_LOCK = ".training.lock"
 
 
 def load_results(out: Path) -> List[Dict[str, Any]]:
+    """The ablation's merged records (``OUT/results.json``), or [] before the first run finishes."""
     path = out / RESULT_FILE
     if not path.exists():
         return []

@@ -146,6 +146,7 @@ def _interval(pair) -> str:
 def write_report(
     out: Path, records: List[Dict[str, Any]], title: str = "", metric: Optional[str] = None, baseline: str = "none"
 ) -> List[Dict[str, Any]]:
+    """Write ``report.md``, ``report.csv`` and ``report.png`` from the records; returns the summary rows."""
     metric = metric or default_metric(records)
     rows = summarise(records, metric, baseline)
     if not rows:

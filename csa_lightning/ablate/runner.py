@@ -79,6 +79,7 @@ def _parse(argv: Optional[Sequence[str]]) -> Tuple[argparse.Namespace, List[str]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
+    """``python -m csa_lightning.ablate``: plan, check, run (or submit) what is missing, report; returns the records."""
     args, extra = _parse(argv)
     from ..attention import attention_names
 

@@ -65,6 +65,7 @@ def load_checkpoint_model(path: str, label: Optional[str] = None) -> AnalysedMod
 
 
 def load_models(paths: Sequence[str], labels: Optional[Sequence[str]] = None) -> List[AnalysedModel]:
+    """Load each checkpoint's network for analysis; labels default to the attention, made unique by file."""
     if labels and len(labels) != len(paths):
         raise ValueError(f"got {len(labels)} --label for {len(paths)} --ckpt; give one label per checkpoint or none")
     models = [load_checkpoint_model(p, labels[i] if labels else None) for i, p in enumerate(paths)]

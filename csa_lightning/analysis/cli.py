@@ -41,6 +41,7 @@ def _batches(args, models, limit, batch_size) -> Tuple[Iterator[ImageBatch], Lis
 
 
 def run_descriptors(args) -> List[Path]:
+    """The ``descriptors`` command: one figure and one ``.npz`` per stage; returns the files written."""
     models = load_models(args.ckpt, args.label)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -51,6 +52,7 @@ def run_descriptors(args) -> List[Path]:
 
 
 def run_gradcam(args) -> List[Path]:
+    """The ``gradcam`` command: one grid of every model's Grad-CAM maps; returns the files written."""
     models = load_models(args.ckpt, args.label)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -86,6 +88,7 @@ def run_gradcam(args) -> List[Path]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m csa_lightning.analyze`` (sub-commands descriptors and gradcam)."""
     parser = argparse.ArgumentParser(prog="python -m csa_lightning.analyze", description=_DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, helptext in (
@@ -145,15 +148,16 @@ def _bad_option(args) -> Optional[str]:
         return f"--alpha must be in (0, 1] (1: no smoothing), got {args.alpha}"
     if getattr(args, "batch_size", None) is not None and args.batch_size < 1:
         return f"--batch-size must be a positive integer, got {args.batch_size}"
+    if args.limit is not None and args.limit < 1:
+        return f"--limit must be a positive number of images, got {args.limit}"
     if getattr(args, "stage", None) is not None and args.stage not in (1, 2, 3, 4):
         return f"--stage must be 1, 2, 3 or 4, got {args.stage}"
     return None
 
 
 def main(argv: Optional[Sequence[str]] = None) -> List[Path]:
+    """``python -m csa_lightning.analyze``: bad options are one line and exit status 2; returns the files written."""
     args = build_parser().parse_args(argv)
-    if args.limit is not None and args.limit < 1:
-        raise SystemExit("error: --limit must be at least 1")
     problem = _bad_option(args)
     if problem:
         print(f"error: {problem}", file=sys.stderr)

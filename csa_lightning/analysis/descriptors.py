@@ -123,6 +123,7 @@ def _safe(label: str) -> str:
 
 
 def sort_order(values: Dict[str, np.ndarray], sort_key: str) -> np.ndarray:
+    """The channel order of the plots: ascending by ``sort_key`` ("q", "z", "p"), or as is for "none"."""
     channels = len(values["z"])
     if sort_key == "none":
         return np.arange(channels)

@@ -125,6 +125,7 @@ def gradcam_figure(
 
 
 def plot_gradcam(batch, targets, maps, probs, class_names, path: Path, title: str = "") -> Path:
+    """Save the Grad-CAM grid (rows images, columns input and each model) as ``path``."""
     import matplotlib.pyplot as plt
 
     fig = gradcam_figure(batch, targets, maps, probs, class_names, title)

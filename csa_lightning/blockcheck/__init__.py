@@ -187,6 +187,7 @@ def _cost_table(reports: Sequence[BlockReport]) -> str:
 
 
 def write_report(reports: Sequence[BlockReport], out: Path, quick: bool) -> None:
+    """Write ``report.json`` and ``report.md`` of the reports into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     data = {"quick": quick, "blocks": [asdict(r) for r in reports]}
     (out / "report.json").write_text(json.dumps(data, indent=1) + "\n")
