@@ -6,9 +6,10 @@ each source file the run uses.
 network, gates included, the data module, the callbacks) and each base class in its MRO: the file
 that defines it and, transitively, every module of the same top-level package that file refers to
 at module level (``from .base import X``, ``import pkg.mod``). A file's hash is that of its syntax
-tree, so comments and formatting do not count; a README, or a module no such file refers to, is not
-part of it. The packages this project depends on (torch, lightning, torchmetrics, ...) are recorded
-by distribution and version only: their code changes when they are upgraded, which the record shows.
+tree less its docstrings, so comments, docstrings and formatting do not count; a README, or a
+module no such file refers to, is not part of it. The packages this project depends on (torch,
+lightning, torchmetrics, ...) are recorded by distribution and version only: their code changes
+when they are upgraded, which the record shows.
 
 Standard library only, like `csa_lightning.checks`, so every layer may import it.
 """
@@ -106,11 +107,24 @@ def _module_closure(start: Set[str]) -> Set[str]:
     return seen
 
 
+def _without_docstrings(tree: ast.Module) -> ast.Module:
+    """The tree less the docstrings of its module, classes and functions (a body of only a docstring
+    keeps a ``pass`` in its place, so ``def f(): "doc"`` and ``def f(): pass`` hash alike)."""
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant):
+                if isinstance(body[0].value.value, str):
+                    node.body = body[1:] or [ast.Pass()]
+    return tree
+
+
 @functools.lru_cache(maxsize=None)
 def _code_hash(path: str, mtime_ns: int, size: int) -> str:
     source = Path(path).read_bytes()
     try:
-        text = ast.dump(ast.parse(source))  # comments and layout do not change a run
+        # comments, layout and docstrings do not change a run
+        text = ast.dump(_without_docstrings(ast.parse(source)))
     except (SyntaxError, ValueError):
         text = source.decode("utf-8", "replace")
     return hashlib.sha256(text.encode()).hexdigest()[:12]

@@ -8,7 +8,8 @@ and autorefs check the cross-references ``[title][csa_lightning.x.Y]`` of the do
 - a code span naming a dotted path (`` `csa_lightning.ablate.plan` ``), the form for targets the API
   reference does not render (submodules, module constants, private helpers);
 - a code span naming a repository path (`` `configs/r50.yaml` ``) that does not exist;
-- a reST role (``:class:`X```), which neither tool resolves or checks: write a cross-reference.
+- a reST role (``:class:`X```), which neither tool resolves or checks: write a cross-reference;
+- a class or function of the API reference without a docstring of its own.
 
 It reads the sources as text and imports only to resolve a path, so a reference in a comment counts too.
 """
@@ -91,7 +92,24 @@ def find_problems(paths: Iterable[Path]) -> List[str]:
     return [problem for path in paths for problem in problems_in(path, path.read_text(encoding="utf-8"))]
 
 
+def undocumented(api_pages: Path = ROOT / "docs" / "api") -> List[str]:
+    """One line per class or function the API reference renders (each ``::: package`` page shows
+    what the package's ``__all__`` lists) that has no docstring of its own."""
+    import inspect
+
+    found = []
+    for page in sorted(api_pages.glob("*.md")):
+        for package in re.findall(r"^::: (\S+)", page.read_text(encoding="utf-8"), flags=re.M):
+            module = importlib.import_module(package)
+            for name in getattr(module, "__all__", []):
+                obj = getattr(module, name)
+                own = vars(obj).get("__doc__") if inspect.isclass(obj) else getattr(obj, "__doc__", None)
+                if (inspect.isclass(obj) or inspect.isfunction(obj)) and not (own or "").strip():
+                    found.append(f"{package}.{name} has no docstring: the API reference shows it bare; say what it is")
+    return found
+
+
 def on_pre_build(config) -> None:
     """MkDocs hook: each problem is a warning, which --strict turns into a failed build."""
-    for problem in find_problems(files()):
+    for problem in find_problems(files()) + undocumented():
         log.warning(problem)

@@ -461,3 +461,23 @@ def test_process_rank_reads_torchrun_then_slurm(monkeypatch):
     # torchrun inside a SLURM allocation: RANK is the training's rank, SLURM_PROCID the task's
     monkeypatch.setenv("RANK", "5")
     assert process_rank() == 5
+
+
+def test_code_hash_ignores_docstrings_comments_and_layout_but_not_code(tmp_path):
+    """A docstring edit changes no run, so it must not make an ablation's results stale."""
+    from csa_lightning.provenance import _file_hash
+
+    def hash_of(name, text):
+        path = tmp_path / name
+        path.write_text(text)
+        return _file_hash(path)
+
+    code = 'class Gate:\n    """{doc}"""\n\n    def gate(self, x):\n        """{doc}"""\n        return x{op}\n'
+    base = hash_of("a.py", '"""Module."""\n' + code.format(doc="Old words.", op=" * 2"))
+    assert hash_of("b.py", '"""Module, reworded."""\n' + code.format(doc="New words.", op=" * 2")) == base
+    assert hash_of("c.py", "# a comment\n\n" + code.format(doc="Old words.", op="  *  2")) == base
+    assert hash_of("d.py", '"""Module."""\n' + code.format(doc="Old words.", op=" * 3")) != base
+    # a string that is not a docstring is code
+    assert hash_of("e.py", code.format(doc="Old words.", op=" * 2") + 'NAME = "a"\n') != hash_of(
+        "f.py", code.format(doc="Old words.", op=" * 2") + 'NAME = "b"\n'
+    )

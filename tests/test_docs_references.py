@@ -54,3 +54,24 @@ def test_a_missing_dependency_is_an_error_not_a_stale_reference(monkeypatch):
 
 def test_the_repository_has_no_stale_reference_or_rest_role():
     assert docs_references.find_problems(docs_references.files()) == []
+
+
+def test_every_class_and_function_of_the_api_reference_has_a_docstring(tmp_path, monkeypatch):
+    assert docs_references.undocumented() == []
+    # a bare public function and class are found; a documented one, a private one and a constant are not
+    (tmp_path / "bare_package.py").write_text(
+        "__all__ = ['bare', 'Bare', 'documented', 'LIMIT']\n"
+        "def bare(): pass\n"
+        "class Bare: pass\n"
+        "def documented():\n    'What it is.'\n"
+        "def _private(): pass\n"
+        "LIMIT = 3\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    pages = tmp_path / "api"
+    pages.mkdir()
+    (pages / "bare.md").write_text("# bare\n\n::: bare_package\n")
+    assert [line.split(" has")[0] for line in docs_references.undocumented(pages)] == [
+        "bare_package.bare",
+        "bare_package.Bare",
+    ]

@@ -1,15 +1,5 @@
-"""Efficient Channel Attention.
-
-Wang, Wu, Zhu, Li, Zuo, Hu. "ECA-Net: Efficient Channel Attention for Deep Convolutional Neural
-Networks". CVPR 2020. https://arxiv.org/abs/1910.03151
-
-GAP -> Conv1d(1, 1, k, padding (k - 1) // 2, no bias) along the channel axis -> sigmoid.
-The kernel size adapts to C as the reference implementations read the paper's "nearest odd":
-t = int(|log2(C) + b| / gamma), k = t if t is odd else t + 1, at least 3 (gamma = 2, b = 1), so
-C = 64, 128, 256, 512, 1024, 2048 give k = 3, 5, 5, 5, 5, 7. This adaptive rule is what this
-project uses by default; the officially released ECA models hand-set k per stage instead
-(R50: 3, 5, 5, 7; R101: 3, 3, 5, 7): pass ``k_size`` to reproduce them. Placed in every block.
-"""
+"""Efficient Channel Attention: [`EfficientChannelAttention`][csa_lightning.attention.EfficientChannelAttention]
+(the paper and the formula are in its docstring)."""
 
 import math
 from typing import Optional
@@ -30,6 +20,25 @@ def eca_kernel_size(channels: int, gamma: float = 2.0, b: float = 1.0) -> int:
 
 @register_attention("eca")
 class EfficientChannelAttention(ChannelAttention):
+    """Efficient Channel Attention.
+
+    Wang, Wu, Zhu, Li, Zuo, Hu. "ECA-Net: Efficient Channel Attention for Deep Convolutional Neural
+    Networks". CVPR 2020. https://arxiv.org/abs/1910.03151
+
+    GAP -> Conv1d(1, 1, k, padding (k - 1) // 2, no bias) along the channel axis -> sigmoid.
+    The kernel size adapts to C as the reference implementations read the paper's "nearest odd":
+    t = int(|log2(C) + b| / gamma), k = t if t is odd else t + 1, at least 3 (gamma = 2, b = 1), so
+    C = 64, 128, 256, 512, 1024, 2048 give k = 3, 5, 5, 5, 5, 7. This adaptive rule is what this
+    project uses by default; the officially released ECA models hand-set k per stage instead
+    (R50: 3, 5, 5, 7; R101: 3, 3, 5, 7): pass ``k_size`` to reproduce them. Placed in every block.
+
+    Args:
+        channels: input channels.
+        k_size: the Conv1d's kernel size (odd); None: the adaptive size of ``eca_kernel_size``.
+        gamma: the adaptive rule's gamma.
+        b: the adaptive rule's b.
+    """
+
     default_placement = "every_block"
 
     def __init__(self, channels: int, k_size: Optional[int] = None, gamma: float = 2.0, b: float = 1.0) -> None:
