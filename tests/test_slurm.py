@@ -2,7 +2,7 @@
 (scripts/slurm_up.sh). ``make test-slurm`` brings it up and runs these; elsewhere they are skipped.
 
 Runs are tiny (the in-memory digits at 16 px); SLURM holds a requeued job back 120 s before it is
-eligible again, which the requeue tests skip with ``scontrol update StartTime=now`` (the only thing
+eligible again, which the requeue tests shorten to 3 s with ``scontrol update StartTime=now+3`` (the only thing
 they do that a cluster would not).
 """
 
@@ -79,10 +79,13 @@ def _until(condition, what, timeout=TIMEOUT):
 
 
 def _release_requeued(job):
-    """A requeued job is eligible only 120 s after it was requeued: skip that hold."""
+    """A requeued job is eligible only 120 s after it was requeued: shorten that hold to 3 s. Not to
+    0: the node revokes the previous run's credential at its end, with one-second resolution, and a
+    restart within that second is killed ("Killing non-startable batch job: Job credential
+    revoked"), which is what the 120 s hold exists to prevent."""
     _until(lambda: "PENDING" in subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True,
                                                text=True).stdout, f"job {job} pending again")  # fmt: skip
-    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now+3"], check=True)
 
 
 def test_two_variants_run_as_jobs_with_status_and_resubmitting_submits_nothing(tmp_path):
