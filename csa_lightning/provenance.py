@@ -112,10 +112,10 @@ def _without_docstrings(tree: ast.Module) -> ast.Module:
     keeps a ``pass`` in its place, so ``def f(): "doc"`` and ``def f(): pass`` hash alike)."""
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-            body = node.body
-            if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant):
-                if isinstance(body[0].value.value, str):
-                    node.body = body[1:] or [ast.Pass()]
+            first = node.body[0] if node.body else None
+            docstring = isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
+            if docstring and isinstance(first.value.value, str):
+                node.body = node.body[1:] or [ast.Pass()]
     return tree
 
 

@@ -10,10 +10,18 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: tomli, which pytest (the dev extra) brings there
+    import tomli as tomllib
+
 ROOT = Path(__file__).resolve().parent.parent
 MARKER = "<!-- tests by file -->"
-#: the pytest marks that decide which make target runs a test (pyproject.toml [tool.pytest.ini_options])
-TARGET_MARKS = ("system", "slurm", "slow")
+#: the project's pytest marks (they decide which make target runs a test), as pyproject.toml declares them
+TARGET_MARKS = {
+    line.split(":")[0]
+    for line in tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]["markers"]
+}
 
 
 def rows(tests: Path = ROOT / "tests") -> list[str]:

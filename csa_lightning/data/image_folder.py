@@ -104,11 +104,11 @@ class ImageFolderDataModule(TorchvisionImageData):
             )
         # every split is labelled by the training folder's classes: a validation folder without
         # class "1" would otherwise give its folder "2" label 1
-        reference = _class_names(self.train_path) or _class_names(path)
+        own = _class_names(path)
         require_same_classes(
             kind,
-            _class_names(path),
-            reference,
+            own,
+            _class_names(self.train_path) or own,
             f"the {kind} folder {path} has other classes than the training folder {self.train_path}",
             "every split needs the same class folders",
         )
