@@ -28,6 +28,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from .errors import ToolParser, command
 from .models.summary import build_variant, count_cost, parse_variant
 
 __all__ = ["saved_tensor_bytes", "benchmark", "projection_agreement", "main"]
@@ -291,8 +292,9 @@ def to_markdown(rows: List[Dict[str, Any]], title: str) -> str:
     return "\n".join(lines)
 
 
+@command
 def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
-    parser = argparse.ArgumentParser(prog="python -m csa_lightning.benchmark", description=__doc__.split("\n\n")[0])
+    parser = ToolParser(prog="python -m csa_lightning.benchmark", description=__doc__.split("\n\n")[0])
     parser.add_argument("--depth", type=int, default=50)
     parser.add_argument("--attentions", default="none,se,cbam,eca,gct,csa")
     parser.add_argument("--batch", type=_positive, default=8)

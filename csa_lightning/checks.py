@@ -12,6 +12,8 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterable, List, Optional, Sequence
 
+from .errors import UsageError
+
 __all__ = [
     "require",
     "require_positive",
@@ -24,13 +26,14 @@ __all__ = [
     "hold_run_lock",
     "run_lock_holder",
     "remove_dead_leftovers",
+    "require_writable_folder",
 ]
 
 
 def require(condition: bool, option: str, value: Any, rule: str) -> None:
-    """Raise ``ValueError("<option> must be <rule>, got <value>")`` unless ``condition``."""
+    """Raise ``UsageError("<option> must be <rule>, got <value>")`` unless ``condition``."""
     if not condition:
-        raise ValueError(f"{option} must be {rule}, got {value!r}")
+        raise UsageError(f"{option} must be {rule}, got {value!r}")
 
 
 def require_positive(option: str, value: Any, integer: bool = False) -> None:
@@ -74,6 +77,29 @@ def require_fraction_range(option: str, values: Sequence[float]) -> None:
         and 0 < values[0] <= values[1] <= 1
     )
     require(ok, option, values, "[low, high] with 0 < low <= high <= 1")
+
+
+def require_writable_folder(option: str, path: str | os.PathLike) -> None:
+    """A folder that a tool will create or write into: refused up front, in one line, when it is a
+    file, lies under a file, or its nearest existing folder cannot be written (nothing is created)."""
+    import tempfile
+
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise UsageError(f"{option} {path} is a file; give a folder (it is created if missing)")
+    existing = target.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"{option} {path} cannot be created: {existing} is a file; choose another folder")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise UsageError(
+            f"{option} {path} cannot be written ({existing}: {reason}); choose a folder you can write"
+        ) from None
 
 
 def oversubscription_warning(

@@ -364,6 +364,16 @@ def _one_line(err: BaseException) -> str:
 
 
 def build_cli(args: Optional[Sequence[str]] = None, run: bool = True) -> CSALightningCLI:
+    import warnings
+
+    with warnings.catch_warnings():
+        # the tools (the ablation's plan check, analyze) call the CLI with args from within a command of
+        # their own; LightningCLI would warn that the process also has command-line arguments
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+        return _build_cli(args, run)
+
+
+def _build_cli(args: Optional[Sequence[str]], run: bool) -> CSALightningCLI:
     return CSALightningCLI(
         L.LightningModule,
         L.LightningDataModule,

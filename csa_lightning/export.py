@@ -19,13 +19,14 @@ these exporters; export their classification backbone's checkpoint instead.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
 import torch
 from torch import nn
+
+from .errors import ToolParser, UsageError, command, first_line
 
 __all__ = ["export_model", "check_export", "load_classifier", "main", "TOLERANCE"]
 
@@ -121,8 +122,9 @@ def check_export(model: nn.Module, path: Path, fmt: str, size: int = 224, batch:
     return difference, TOLERANCE * max(1.0, float(expected.abs().max()))
 
 
+@command
 def main(argv: Optional[Sequence[str]] = None) -> float:
-    parser = argparse.ArgumentParser(prog="python -m csa_lightning.export", description=__doc__.split("\n\n")[0])
+    parser = ToolParser(prog="python -m csa_lightning.export", description=__doc__.split("\n\n")[0])
     parser.add_argument("--ckpt", required=True, help="a ClassificationModule checkpoint or a run folder")
     parser.add_argument("--format", choices=("onnx", "pt2"), default="onnx")
     parser.add_argument("--out", required=True)
@@ -130,18 +132,18 @@ def main(argv: Optional[Sequence[str]] = None) -> float:
     parser.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 18)")
     args = parser.parse_args(argv)
     if args.opset < 18:
-        sys.exit(f"error: --opset must be >= 18 (the dynamo exporter's minimum), got {args.opset}")
+        raise UsageError(f"--opset must be >= 18 (the dynamo exporter's minimum), got {args.opset}")
     if args.size is not None and not 1 <= args.size <= MAX_SIZE:
-        sys.exit(f"error: --size must be an image side in pixels from 1 to {MAX_SIZE}, got {args.size}")
+        raise UsageError(f"--size must be an image side in pixels from 1 to {MAX_SIZE}, got {args.size}")
     if Path(args.out).is_dir():
-        sys.exit(f"error: --out {args.out} is a folder; give the file to write, e.g. {Path(args.out) / 'model.onnx'}")
+        raise UsageError(f"--out {args.out} is a folder; give the file to write, e.g. {Path(args.out) / 'model.onnx'}")
     try:
         model, data_size = load_classifier(args.ckpt)
         size = args.size or data_size or 224
         path = export_model(model, args.format, args.out, size, args.opset)
         difference, tolerance = check_export(model, path, args.format, size)
     except (FileNotFoundError, ValueError, ImportError) as err:
-        sys.exit(f"error: {err}")
+        raise UsageError(first_line(err)) from None
     verdict = "ok" if difference <= tolerance else f"FAILED (tolerance {tolerance:.2e})"
     print(
         f"wrote {path} ({args.format}, {size} px, dynamic batch); "

@@ -21,6 +21,8 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+from .errors import ToolParser, UsageError, command
+
 __all__ = ["sbatch_script", "main"]
 
 
@@ -63,29 +65,36 @@ def sbatch_script(resources, cli_args: Sequence[str], job_name: str = "csa-fit")
     return "\n".join(lines) + "\n"
 
 
+@command
 def main(argv: Optional[List[str]] = None) -> int:
-    import argparse
-
+    """``python -m csa_lightning.slurm [OPTIONS] -- fit ...``: print, write or submit the job script."""
     from .ablate.executors.slurm import parse_resources, split_slurm_args
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    if "--" not in argv:
-        print("error: give the cli.py arguments after --, e.g. -- fit --config configs/csa_r101.yaml", file=sys.stderr)
-        return 2
-    at = argv.index("--")
+    at = argv.index("--") if "--" in argv else len(argv)
     own, cli_args = argv[:at], argv[at + 1 :]
     own, slurm_argv = split_slurm_args(own)
-    parser = argparse.ArgumentParser(prog="python -m csa_lightning.slurm", description=__doc__.split("\n\n")[0])
+    parser = ToolParser(
+        prog="python -m csa_lightning.slurm",
+        description=__doc__.split("\n\n")[0],
+        epilog="the cli.py arguments follow --, e.g. -- fit --config configs/csa_r101.yaml",
+    )
     parser.add_argument("--script", default=None, help="write the job script here (default: standard output)")
     parser.add_argument("--submit", action="store_true", help="submit it with sbatch (needs --script)")
     parser.add_argument("--job-name", default="csa-fit")
+    parser.add_argument(
+        "--slurm",
+        metavar="FILE",
+        default=None,
+        help="the resources piece (configs/cluster/slurm.yaml); each key also as --slurm.KEY VALUE",
+    )
     args = parser.parse_args(own)
+    if at == len(argv):
+        raise UsageError("give the cli.py arguments after --, e.g. -- fit --config configs/csa_r101.yaml")
     if not cli_args or cli_args[0] != "fit":
-        print("error: the job runs cli.py fit: the arguments after -- start with fit", file=sys.stderr)
-        return 2
+        raise UsageError("the job runs cli.py fit: the arguments after -- start with fit")
     if args.submit and not args.script:
-        print("error: --submit needs --script FILE (the job script sbatch reads)", file=sys.stderr)
-        return 2
+        raise UsageError("--submit needs --script FILE (the job script sbatch reads)")
     resources = parse_resources(slurm_argv)
     script = sbatch_script(resources, cli_args, args.job_name)
     if not args.script:
@@ -96,9 +105,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         done = subprocess.run(["sbatch", "--parsable", args.script], capture_output=True, text=True)
         if done.returncode != 0:
             reason = (done.stderr.strip().splitlines() or ["sbatch failed"])[-1].removeprefix("sbatch: error: ")
-            print(f"error: SLURM refuses the job ({reason}); change the resources piece or --slurm.KEY",
-                  file=sys.stderr)  # fmt: skip
-            return 2
+            raise UsageError(f"SLURM refuses the job ({reason}); change the resources piece or --slurm.KEY")
         print(f"submitted job {done.stdout.strip()}: {args.script}; its output goes to {args.job_name}-<job id>.out")
     return 0
 

@@ -88,3 +88,15 @@ def clean_registry():
     yield
     attention_base._REGISTRY.clear()
     attention_base._REGISTRY.update(saved)
+
+
+def refusal(capsys, function, *args, **kwargs) -> str:
+    """Call a command's ``function``; it must refuse with exit status 2: returns its one ``error:`` line."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        function(*args, **kwargs)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2, err
+    lines = [line for line in err if line.startswith("error: ")]
+    assert len(lines) == 1, err
+    return lines[0]

@@ -11,7 +11,7 @@ import pytest
 
 from csa_lightning.ablate import Variant, load_results, plan_variants, write_report
 
-from .conftest import DEMO_CONFIG, ROOT, TIMEOUT
+from .conftest import DEMO_CONFIG, ROOT, TIMEOUT, refusal
 
 
 def test_plan_resets_options_and_applies_sweeps_only_where_they_fit():
@@ -211,10 +211,9 @@ def test_changed_overrides_never_reuse_stale_results(tmp_path, monkeypatch, caps
     out = tmp_path / "ablation"
     first = main(_tiny_ablation(out, "--trainer.max_epochs", "1"))
     assert first and json.loads((out / "results.json").read_text())[0]["epochs"] == 1
-    with pytest.raises(SystemExit) as exit_info:
-        main(_tiny_ablation(out, "--trainer.max_epochs", "2"))
-    assert "1 variant(s)" in str(exit_info.value) and "pass --rerun" in str(exit_info.value)
-    assert "\n" not in str(exit_info.value)
+    exit_info = refusal(capsys, main, _tiny_ablation(out, "--trainer.max_epochs", "2"))
+    assert "1 variant(s)" in exit_info and "pass --rerun" in exit_info
+    assert "\n" not in exit_info
     main(_tiny_ablation(out, "--trainer.max_epochs", "2", "--rerun"))
     records = json.loads((out / "results.json").read_text())
     assert len(records) == 1 and records[0]["epochs"] == 2
@@ -223,15 +222,14 @@ def test_changed_overrides_never_reuse_stale_results(tmp_path, monkeypatch, caps
     assert "1 already finished, 0 to run" in capsys.readouterr().out
 
 
-def test_a_second_runner_on_the_same_out_is_refused(tmp_path):
+def test_a_second_runner_on_the_same_out_is_refused(tmp_path, capsys):
     from csa_lightning.ablate import main
 
     out = tmp_path / "ablation"
     out.mkdir()
     (out / ".ablate.lock").write_text(str(os.getpid()))  # a live runner holds it
-    with pytest.raises(SystemExit) as exit_info:
-        main(_tiny_ablation(out))
-    assert str(exit_info.value).startswith(f"error: another ablation runner (pid {os.getpid()}) is using {out}")
+    exit_info = refusal(capsys, main, _tiny_ablation(out))
+    assert exit_info.startswith(f"error: another ablation runner (pid {os.getpid()}) is using {out}")
     assert not (out / "runs").exists()
 
 
@@ -250,28 +248,15 @@ def test_a_second_runner_on_the_same_out_is_refused(tmp_path):
         ("=1,2", "--sweep expects KEY=V1,V2 with a key and no empty value, got '=1,2'"),
     ],
 )
-def test_bad_sweeps_fail_before_any_run(sweep, message, tmp_path):
+def test_bad_sweeps_fail_before_any_run(sweep, message, tmp_path, capsys):
     """Before: a misspelt key was dropped silently, a bad value failed only after the other runs
     trained, and '=1,2' launched two doomed runs. Every variant is now built first."""
     from csa_lightning.ablate import main
 
     out = tmp_path / "ablation"
-    with pytest.raises(SystemExit) as exit_info:
-        main(
-            [
-                "--config",
-                str(DEMO_CONFIG),
-                "--attentions",
-                "none,CSA",
-                "--seeds",
-                "0",
-                "--out",
-                str(out),
-                "--sweep",
-                sweep,
-            ]
-        )
-    assert message in str(exit_info.value) and "\n" not in str(exit_info.value)
+    args = ["--config", str(DEMO_CONFIG), "--attentions", "none,CSA", "--seeds", "0", "--out", str(out)]
+    error = refusal(capsys, main, [*args, "--sweep", sweep])
+    assert message in error
     assert not out.exists()  # nothing started
 
 
@@ -355,22 +340,20 @@ def test_stale_results_name_what_changed_and_old_records_count_as_stale(tmp_path
     out.mkdir()
     record = {**_record("none", "none", 0, 0.9), "variant": "none_seed0", "config_hash": "0123456789ab"}
     (out / "results.json").write_text(json.dumps([record]))
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    assert "none_seed0: recorded by an earlier runner, which hashed the config file's text only" in str(exit_info.value)
-    assert "--keep-stale" in str(exit_info.value) and "\n" not in str(exit_info.value)
+    exit_info = refusal(capsys, main, args)
+    assert "none_seed0: recorded by an earlier runner, which hashed the config file's text only" in exit_info
+    assert "--keep-stale" in exit_info and "\n" not in exit_info
     rows = main([*args, "--keep-stale"])  # adopted as they are: nothing trains
     assert len(rows) == 1 and "0 to run" in capsys.readouterr().out
     kept = json.loads((out / "results.json").read_text())[0]
     assert kept["config_scheme"] == 2 and kept["config"]["trainer"]["max_epochs"] == 2
-    with pytest.raises(SystemExit) as exit_info:
-        main(_tiny_ablation(out, "--trainer.max_epochs", "3"))
-    assert "(none_seed0: trainer.max_epochs: 2 then, 3 now)" in str(exit_info.value)
+    exit_info = refusal(capsys, main, _tiny_ablation(out, "--trainer.max_epochs", "3"))
+    assert "(none_seed0: trainer.max_epochs: 2 then, 3 now)" in exit_info
 
 
 @pytest.mark.system
 @pytest.mark.slow
-def test_sigterm_to_the_runner_ends_its_runs_and_a_live_run_keeps_its_folder(tmp_path, monkeypatch):
+def test_sigterm_to_the_runner_ends_its_runs_and_a_live_run_keeps_its_folder(tmp_path, monkeypatch, capsys):
     """Before: SIGTERM to the runner left its child training; a restarted runner took the dead
     runner's lock as stale and could start a second training into the same folder. ~15-30 s."""
     import fcntl
@@ -400,16 +383,13 @@ def test_sigterm_to_the_runner_ends_its_runs_and_a_live_run_keeps_its_folder(tmp
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         os.pwrite(fd, b"4242   ", 0)
         monkeypatch.chdir(tmp_path)
-        with pytest.raises(SystemExit) as exit_info:
-            main(_tiny_ablation(out, "--trainer.max_epochs", "50"))
-        assert "are still being trained by another process (none_seed0: pid 4242)" in str(exit_info.value)
+        exit_info = refusal(capsys, main, _tiny_ablation(out, "--trainer.max_epochs", "50"))
+        assert "are still being trained by another process (none_seed0: pid 4242)" in exit_info
         # ... and a run started into its folder anyway refuses by itself
         monkeypatch.setenv("CSA_RUN_LOCK", str(lock))
         from csa_lightning.cli import main as cli_main
 
-        with pytest.raises(SystemExit) as exit_info:
-            cli_main(["fit", "--config", str(DEMO_CONFIG), "--trainer.fast_dev_run", "1"])
-        assert exit_info.value.code == 2
+        refusal(capsys, cli_main, ["fit", "--config", str(DEMO_CONFIG), "--trainer.fast_dev_run", "1"])
     finally:
         os.close(fd)
 
@@ -417,14 +397,13 @@ def test_sigterm_to_the_runner_ends_its_runs_and_a_live_run_keeps_its_folder(tmp
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--out", "afile"], "error: --out afile is a file; give a folder for the runs and the report (it is created)"),
+        (["--out", "afile"], "error: --out afile is a file; give a folder (it is created if missing)"),
+        (["--out", "afile/sub"], "error: --out afile/sub cannot be created: "),
+        (["--out", "/proc/csa-test/x"], "error: --out /proc/csa-test/x cannot be written (/proc: "),
         (["--out", "x", "--parallel", "0"], "error: --parallel must be a positive integer (runs at once), got 0"),
-        (
-            ["--out", "x", "--config", "nope.yaml"],
-            "error: base config not found: nope.yaml; pass a cli.py fit config with --config",
-        ),
-        (["--out", "x", "--seeds", "a"], "error: --seeds must be comma-separated integers, got 'a'"),
-        (["--out", "x", "--attentions", "foo"], "error: unknown attention 'foo': choose one of "),
+        (["--out", "x", "--config", "nope.yaml"], "error: --config is given twice ("),
+        (["--out", "x", "--seeds", "a"], "error: --seeds: seeds are integers, got 'a'"),
+        (["--out", "x", "--attentions", "foo"], "error: --attentions: unknown attention 'foo': choose one of "),
         (
             ["--out", "x", "--sweep", "model.lr_scalng=sqrt,none"],
             "error: variant none_lr_scalng-sqrt_seed0: ClassificationModule has no option 'lr_scalng'; "
@@ -438,16 +417,15 @@ def test_sigterm_to_the_runner_ends_its_runs_and_a_live_run_keeps_its_folder(tmp
         (["--out", "x", "--status"], "error: --out x does not exist; nothing was run there (check --out)"),
     ],
 )
-def test_runner_arguments_are_one_line_errors(args, message, tmp_path, monkeypatch):
+def test_runner_arguments_are_one_line_errors(args, message, tmp_path, monkeypatch, capsys):
     """Before: --out naming a file ended in FileExistsError's traceback, and a misspelt sweep key's
     message was the CLI's '--help' hint, without the key or the closest name."""
     from csa_lightning.ablate import main
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "afile").write_text("")
-    with pytest.raises(SystemExit) as exit_info:
-        main(["--config", str(DEMO_CONFIG), "--attentions", "none", *args])
-    assert str(exit_info.value).startswith(message)
+    exit_info = refusal(capsys, main, ["--config", str(DEMO_CONFIG), "--attentions", "none", *args])
+    assert exit_info.startswith(message)
 
 
 def test_process_rank_reads_torchrun_then_slurm(monkeypatch):
@@ -481,3 +459,102 @@ def test_code_hash_ignores_docstrings_comments_and_layout_but_not_code(tmp_path)
     assert hash_of("e.py", code.format(doc="Old words.", op=" * 2") + 'NAME = "a"\n') != hash_of(
         "f.py", code.format(doc="Old words.", op=" * 2") + 'NAME = "b"\n'
     )
+
+
+def test_a_missing_base_config_is_one_line(tmp_path, capsys):
+    from csa_lightning.ablate import main
+
+    error = refusal(capsys, main, ["--config", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "x")])
+    assert error == f"error: base config not found: {tmp_path / 'nope.yaml'}; pass a cli.py fit config with --config"
+
+
+def test_repeated_list_options_add_up_and_a_value_twice_is_refused(tmp_path, capsys):
+    """Before: --seeds 0,1 --seeds 2 planned seed 2 only, and the same --sweep key twice kept the last."""
+    from csa_lightning.ablate.runner import _parse
+
+    base = ["--config", str(DEMO_CONFIG), "--out", str(tmp_path / "x")]
+    args, _ = _parse([*base, "--seeds", "0,1", "--seeds", "2", "--attentions", "none", "--attentions", "se,CSA",
+                      "--sweep", "model.net.depth=18", "--sweep", "model.net.depth=34,50"])  # fmt: skip
+    assert args.seeds == [0, 1, 2] and args.attentions == ["none", "se", "csa"]
+    assert args.sweep == {"model.net.depth": ["18", "34", "50"]}
+    from csa_lightning.ablate import main
+
+    for extra, message in (
+        (["--seeds", "0,0"], "error: --seeds lists 0 twice; give each value once"),
+        (["--seeds", "-1,0"], "error: --seeds: seeds are integers from 0 to 4294967295, got -1"),
+        (["--seeds", ""], "error: --seeds is empty; give at least one value"),
+        (["--attentions", ""], "error: --attentions is empty; give at least one value"),
+        (["--attentions", "se,SE"], "error: --attentions lists SE twice; give each value once"),
+        (["--sweep", "model.net.depth=18", "--sweep", "model.net.depth=18"], "error: --sweep model.net.depth lists 18 twice"),
+        (["--parallel", "1", "--parallel", "2"], "error: --parallel is given twice (1, then 2); give it once"),
+        (["--poll", "nan"], "error: --poll must be a positive number of seconds, got nan"),
+    ):  # fmt: skip
+        assert refusal(capsys, main, [*base, *extra]).startswith(message)
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_sweep_written_with_the_configs_own_key_path_is_the_short_one(tmp_path):
+    """Before: --sweep model.net.attention_options.reduction=4,8 was passed to every variant as a plain
+    override, and the plan check failed blaming the none variant."""
+    from csa_lightning.ablate.plan import check_variants, plan_variants, sweep_key
+    from csa_lightning.ablate.runner import _parse
+
+    assert sweep_key("model.net.attention_options.reduction") == "model.attention_options.reduction"
+    assert sweep_key("model.net.init_args.placement") == "model.placement"
+    assert sweep_key("model.net.depth") == "model.net.depth"
+    args, extra = _parse(["--config", str(DEMO_CONFIG), "--out", str(tmp_path / "x"), "--attentions", "none,se",
+                          "--sweep", "model.net.attention_options.reduction=4,8"])  # fmt: skip
+    variants = plan_variants(args.attentions, args.seeds, args.sweep)
+    assert [v.name for v in variants] == ["none_seed0", "se_reduction-4_seed0", "se_reduction-8_seed0"]
+    resolved = check_variants(str(DEMO_CONFIG), variants, extra)
+    net = resolved["se_reduction-8_seed0"].config["model"]["init_args"]["net"]["init_args"]
+    assert net["attention_options"] == {"reduction": 8}
+
+
+def _state(pid: int) -> str:
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return "gone"
+
+
+def test_a_runner_killed_hard_takes_its_trainings_with_it(tmp_path):
+    """Before: SIGKILL to the runner left its training running as an orphan for minutes. The kernel now
+    sends the training SIGTERM when the runner dies (PR_SET_PDEATHSIG), and its stop says why."""
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from csa_lightning.ablate.job import start_training\n"
+        f"proc = start_training(Path({str(tmp_path)!r}), [sys.executable, '-c', "
+        "'import os, sys, time; print(os.environ[\"CSA_RUNNER_PID\"], flush=True); time.sleep(120)'], {}, "
+        "end_with_parent=True)\n"
+        "print(proc.pid, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    runner = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    child = int(runner.stdout.readline())
+    deadline = time.time() + 30
+    while "CSA_RUNNER_PID" not in open(f"/proc/{child}/environ").read() and time.time() < deadline:
+        time.sleep(0.05)  # the child has exec'd the training (PDEATHSIG survives exec)
+    assert _state(child) not in ("gone", "Z")
+    runner.kill()
+    runner.wait()
+    deadline = time.time() + 10
+    while _state(child) not in ("gone", "Z") and time.time() < deadline:
+        time.sleep(0.05)
+    assert _state(child) in ("gone", "Z")
+    assert json.loads((tmp_path / "attempts.jsonl").read_text().splitlines()[0])["event"] == "start"
+
+
+def test_a_training_whose_runner_is_gone_says_so_in_its_stop(tmp_path, monkeypatch):
+    from csa_lightning.ablate.executors.local import status_from_attempts
+    from csa_lightning.tasks.attempts import RUNNER_PID_ENV, log_attempt, stop_cause
+
+    monkeypatch.setenv(RUNNER_PID_ENV, str(os.getppid()))
+    assert stop_cause() == {}  # the runner that started it is still its parent
+    monkeypatch.setenv(RUNNER_PID_ENV, "999999")
+    assert stop_cause() == {"cause": "runner ended", "runner_pid": 999999}
+    log_attempt(tmp_path, "start")
+    log_attempt(tmp_path, "stop", epoch=1, step=9, **stop_cause())
+    status = status_from_attempts(tmp_path)
+    assert status.state == "stopped" and "stopped when its runner (pid 999999) ended" in status.detail

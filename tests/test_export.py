@@ -9,6 +9,8 @@ from csa_lightning.attention import available_attentions, resolve_attention
 from csa_lightning.attention.csa import CONTIGUITY_MODES
 from csa_lightning.models import attention_resnet
 
+from .conftest import refusal
+
 BATCH = torch.export.Dim("batch", min=1, max=1024)
 
 
@@ -96,14 +98,12 @@ def test_export_command_writes_and_checks_onnx(tmp_path, capsys):
 def test_export_command_refuses_what_it_cannot_export(tmp_path, capsys):
     from csa_lightning.export import main
 
-    with pytest.raises(SystemExit) as info:
-        main(["--ckpt", str(tmp_path / "missing"), "--out", str(tmp_path / "m.onnx")])
-    assert "no such file or folder" in str(info.value.code)
+    info = refusal(capsys, main, ["--ckpt", str(tmp_path / "missing"), "--out", str(tmp_path / "m.onnx")])
+    assert "no such file or folder" in info
     torch.save({"hyper_parameters": {"net": {"class_path": "csa_lightning.models.RCNNSpec", "init_args": {}}},
                 "state_dict": {}}, tmp_path / "det.ckpt")  # fmt: skip
-    with pytest.raises(SystemExit) as info:
-        main(["--ckpt", str(tmp_path / "det.ckpt"), "--out", str(tmp_path / "m.onnx")])
-    assert "is a detection checkpoint" in str(info.value.code)
+    info = refusal(capsys, main, ["--ckpt", str(tmp_path / "det.ckpt"), "--out", str(tmp_path / "m.onnx")])
+    assert "is a detection checkpoint" in info
     cut = tmp_path / "cut.ckpt"
     cut.write_bytes((tmp_path / "det.ckpt").read_bytes()[:200])
     (tmp_path / "folder").mkdir()
@@ -117,12 +117,10 @@ def test_export_command_refuses_what_it_cannot_export(tmp_path, capsys):
         (["--ckpt", str(cut), "--size", "0"], "error: --size must be an image side in pixels from 1 to 4096, got 0"),
         (["--ckpt", str(cut), "--size", "100000"], "error: --size must be an image side in pixels from 1 to 4096"),
     ):
-        with pytest.raises(SystemExit) as info:
-            main([*args, "--out", str(tmp_path / "m.onnx")])
-        assert str(info.value.code).startswith(message)
-    with pytest.raises(SystemExit) as info:
-        main(["--ckpt", str(cut), "--out", str(tmp_path / "folder")])
-    assert str(info.value.code).startswith(f"error: --out {tmp_path / 'folder'} is a folder; give the file to write")
+        info = refusal(capsys, main, [*args, "--out", str(tmp_path / "m.onnx")])
+        assert info.startswith(message)
+    info = refusal(capsys, main, ["--ckpt", str(cut), "--out", str(tmp_path / "folder")])
+    assert info.startswith(f"error: --out {tmp_path / 'folder'} is a folder; give the file to write")
 
 
 class TinyGatedNet(nn.Sequential):

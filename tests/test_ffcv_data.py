@@ -19,7 +19,7 @@ from csa_lightning.data.ffcv_imagenet import beton_labels, beton_num_samples_and
 from csa_lightning.data.write_beton import main as write_beton_main
 from csa_lightning.data.write_beton import write_beton
 
-from .conftest import DEMO_CONFIG, ROOT, TIMEOUT
+from .conftest import DEMO_CONFIG, ROOT, TIMEOUT, refusal
 
 
 @pytest.fixture(scope="module")
@@ -91,9 +91,10 @@ def test_write_beton_converts_whatever_pil_opens_to_rgb(tmp_path):
 
 
 def test_write_beton_errors_leave_no_partial_file(tmp_path, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        write_beton_main(["--root", str(tmp_path / "nope"), "--out", str(tmp_path / "x.beton")])
-    assert "image folder not found" in str(exit_info.value.code)
+    exit_info = refusal(
+        capsys, write_beton_main, ["--root", str(tmp_path / "nope"), "--out", str(tmp_path / "x.beton")]
+    )
+    assert "image folder not found" in exit_info
     root = tmp_path / "folder" / "a"
     root.mkdir(parents=True)
     Image.new("RGB", (8, 8)).save(root / "ok.png")
@@ -269,10 +270,11 @@ def test_a_beton_of_another_kind_is_named_before_any_loader(tmp_path):
         (["--num-workers", "-1"], "error: --num-workers must be >= 0, got -1"),
     ],
 )
-def test_writer_options_are_checked_before_any_work(args, message, tmp_path):
+def test_writer_options_are_checked_before_any_work(args, message, tmp_path, capsys):
     """Before: --max-resolution 0 left ffcv's writer hanging."""
     (tmp_path / "tree" / "0").mkdir(parents=True)
     Image.new("RGB", (8, 8)).save(tmp_path / "tree" / "0" / "a.png")
-    with pytest.raises(SystemExit) as exit_info:
-        write_beton_main(["--root", str(tmp_path / "tree"), "--out", str(tmp_path / "t.beton"), *args])
-    assert str(exit_info.value) == message and not list(tmp_path.glob("*beton*"))
+    exit_info = refusal(
+        capsys, write_beton_main, ["--root", str(tmp_path / "tree"), "--out", str(tmp_path / "t.beton"), *args]
+    )
+    assert exit_info == message and not list(tmp_path.glob("*beton*"))

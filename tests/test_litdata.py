@@ -10,7 +10,7 @@ import pytest
 from csa_lightning.data.digits import write_digits_image_folder
 from csa_lightning.data.write_litdata import main as write_litdata
 
-from .conftest import DEMO_CONFIG
+from .conftest import DEMO_CONFIG, refusal
 
 litdata = pytest.importorskip("litdata")
 
@@ -114,10 +114,10 @@ def test_an_object_store_without_credentials_is_one_line(monkeypatch):
 
 
 def test_the_converter_refuses_bad_input_in_one_line(tmp_path, capsys):
-    assert write_litdata([str(tmp_path), str(tmp_path / "out"), "--splits", "train"]) == 2
-    assert "no split folder" in capsys.readouterr().err
-    assert write_litdata([str(tmp_path), "s3://bucket/x"]) == 2
-    assert "OUT must be a local or shared folder" in capsys.readouterr().err
+    assert "no split folder" in refusal(
+        capsys, write_litdata, [str(tmp_path), str(tmp_path / "out"), "--splits", "train"]
+    )
+    assert "OUT must be a local or shared folder" in refusal(capsys, write_litdata, [str(tmp_path), "s3://bucket/x"])
 
 
 def _fit(chunks, root, *extra):

@@ -161,3 +161,60 @@ def test_a_schedule_of_your_own_and_any_optimizer_through_the_module():
     for _ in range(50):
         scheduler.step()
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.5e-3 * 0.5)
+
+
+@dataclass(frozen=True)
+class _Negative:
+    def __call__(self, step: int) -> float:
+        return 1.0 if step < 2 else -1.0
+
+
+class AscentSchedule(Schedule):
+    """A schedule whose factor turns negative at step 2: gradient ascent, which trained to the end with exit 0."""
+
+    def lr_lambda(self, steps_per_epoch: int, total_steps: int):
+        return _Negative()
+
+
+def _digits_trainer(**kwargs):
+    import lightning as L
+
+    return L.Trainer(limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                     enable_model_summary=False, accelerator="cpu", **kwargs)  # fmt: skip
+
+
+def test_an_applied_lr_that_is_negative_stops_the_run_naming_the_schedule_and_step():
+    from csa_lightning.data import DigitsMemoryDataModule
+    from csa_lightning.errors import UsageError
+    from csa_lightning.models import ResNetSpec
+    from csa_lightning.tasks import ClassificationModule
+
+    module = ClassificationModule(ResNetSpec(18, "none", num_classes=10), lr_schedule=AscentSchedule())
+    data = DigitsMemoryDataModule(batch_size=32, resolution=16, limit_train_samples=128)
+    with pytest.raises(UsageError, match=r"^model.lr_schedule AscentSchedule gives lr -0.025 at optimiser step 2: "):
+        _digits_trainer(max_epochs=1).fit(module, data)
+
+
+def test_a_warmup_longer_than_the_run_is_warned_about_with_the_fraction_reached():
+    from types import SimpleNamespace
+
+    from csa_lightning.models import ResNetSpec
+    from csa_lightning.tasks import ClassificationModule
+
+    module = ClassificationModule(ResNetSpec(18, "none", num_classes=10),
+                                  lr_schedule=StepDecay(warmup_iters=100, warmup_factor=0.001))  # fmt: skip
+    module._trainer = SimpleNamespace(datamodule=SimpleNamespace(batch_size=256), world_size=1,
+                                      accumulate_grad_batches=1, num_training_batches=4,
+                                      estimated_stepping_batches=16)  # fmt: skip
+    with pytest.warns(UserWarning, match=r"warm-up \(100 optimiser steps\) is longer than the run \(16 steps\): "
+                      r"the lr reaches only 15 % of the configured lr"):  # fmt: skip
+        module.lr_schedule()
+    module = ClassificationModule(ResNetSpec(18, "none", num_classes=10), lr_schedule=StepDecay(warmup_iters=8))
+    module._trainer = SimpleNamespace(datamodule=SimpleNamespace(batch_size=256), world_size=1,
+                                      accumulate_grad_batches=1, num_training_batches=4,
+                                      estimated_stepping_batches=16)  # fmt: skip
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        module.lr_schedule()

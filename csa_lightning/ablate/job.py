@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Dict, List, Sequence
 
 from ..checks import process_rank
-from ..tasks.attempts import log_attempt
+from ..tasks.attempts import RUNNER_PID_ENV, log_attempt
 from ..tasks.checkpoints import newest_checkpoint
 
 __all__ = ["fit_command", "start_training"]
@@ -44,11 +44,25 @@ def _checkpoint_position(path: Path) -> Dict[str, int]:
     return {"epoch": int(saved.get("epoch", -1)), "step": int(saved.get("global_step", -1))}
 
 
+def _end_with_parent() -> None:
+    """In the child, before exec: the kernel sends it SIGTERM when the thread that started it ends,
+    however that ends (SIGKILL included): a training never outlives its runner (Linux only)."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the run's own lock still keeps a restart out
+        pass
+
+
 def start_training(run_dir: Path, command: Sequence[str], env: Dict[str, str], log_name: str = "stdout.log",
-                   ignore_signals: Sequence[int] = ()) -> subprocess.Popen:  # fmt: skip
+                   ignore_signals: Sequence[int] = (), end_with_parent: bool = False) -> subprocess.Popen:  # fmt: skip
     """Start the training process, resuming from the run folder's newest ``last.ckpt`` if there is one.
     Rank 0 (or a single process) logs the start. ``ignore_signals`` are ignored by the training (a
-    scheduler's warning signal meant for the process that starts it)."""
+    scheduler's warning signal meant for the process that starts it). ``end_with_parent``: the
+    training is sent SIGTERM when this process dies (call from the main thread: the kernel watches
+    the thread that starts it); it stops as after any SIGTERM and its attempt log says why."""
     run_dir = Path(run_dir)
     command = list(command)
     last = newest_checkpoint(str(run_dir), last_only=True)
@@ -59,14 +73,19 @@ def start_training(run_dir: Path, command: Sequence[str], env: Dict[str, str], l
     if process_rank() == 0:
         log_attempt(run_dir, "start", host=socket.gethostname(), job=os.environ.get("SLURM_JOB_ID"),
                     restart=int(os.environ.get("SLURM_RESTART_COUNT", 0)), resumed=resumed)  # fmt: skip
+    env = dict(env)
+    if end_with_parent:
+        env[RUNNER_PID_ENV] = str(os.getpid())
 
-    def ignore():
+    def prepare():
         for signum in ignore_signals:
             signal.signal(signum, signal.SIG_IGN)
+        if end_with_parent:
+            _end_with_parent()
 
     log = open(run_dir / log_name, "a")
     try:
         return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, **env),
-                                preexec_fn=ignore if ignore_signals else None)  # fmt: skip
+                                preexec_fn=prepare if (ignore_signals or end_with_parent) else None)  # fmt: skip
     finally:
         log.close()  # the child has its own descriptor

@@ -7,13 +7,35 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
-__all__ = ["Variant", "plan_variants", "Resolved", "check_variants", "config_hash", "run_relevant_config",
-           "CONFIG_SCHEME"]  # fmt: skip
+from ..errors import UsageError
+
+__all__ = ["Variant", "plan_variants", "sweep_key", "DEFAULT_ATTENTIONS", "Resolved", "check_variants", "config_hash",
+           "run_relevant_config", "CONFIG_SCHEME"]  # fmt: skip
+
+
+#: what ``--attentions`` compares unless told otherwise: the paper's blocks and the plain network
+DEFAULT_ATTENTIONS = ("none", "se", "cbam", "eca", "gct", "csa")
+
+#: the config's own spellings of the block options a sweep may name, and the short form they mean
+_SWEEP_ALIASES = (
+    ("model.net.init_args.attention_options.", "model.attention_options."),
+    ("model.net.attention_options.", "model.attention_options."),
+    ("model.net.init_args.placement", "model.placement"),
+    ("model.net.placement", "model.placement"),
+)
+
+
+def sweep_key(key: str) -> str:
+    """A swept key in the one form the plan uses: ``model.net.attention_options.reduction`` (the
+    config's path) and ``model.attention_options.reduction`` mean the same block option."""
+    for long, short in _SWEEP_ALIASES:
+        if key == long or (long.endswith(".") and key.startswith(long)):
+            return short + key[len(long) :]
+    return key
 
 
 @dataclass
@@ -115,7 +137,7 @@ def plan_variants(attentions: Sequence[str], seeds: Sequence[int], sweeps: Dict[
         for v in variants:
             other = taken.setdefault(getattr(v, field_name) + ("" if field_name == "name" else f"#{v.seed}"), v)
             if other is not v:
-                raise ValueError(
+                raise UsageError(
                     f"variants {other.attention} {other.sweep} and {v.attention} {v.sweep} would share the "
                     f"{field_name} '{getattr(v, field_name)}'; give the sweep values distinct names"
                 )
@@ -166,8 +188,8 @@ def attach_backbones(variants: Sequence[Variant], runs: Path) -> None:
             missing.append(run.name)
         v.extra_args = ["--model.backbone_weights", str(run)]
     if missing:
-        sys.exit(
-            f"error: --backbone-runs {runs}: no checkpoint for {', '.join(missing[:4])}"
+        raise UsageError(
+            f"--backbone-runs {runs}: no checkpoint for {', '.join(missing[:4])}"
             f"{' ...' if len(missing) > 4 else ''}; run the classification ablation with the same attentions "
             "and seeds first (python -m csa_lightning.ablate --config configs/demo/digits_csa.yaml ...)"
         )
@@ -185,8 +207,8 @@ def check_sweep_keys(sweeps: Dict[str, List[str]], attentions: Sequence[str]) ->
             if option not in known:
                 close = difflib.get_close_matches(option, known, n=1)
                 hint = f"did you mean '{close[0]}'? " if close else ""
-                sys.exit(
-                    f"error: --sweep {key}: no block of {', '.join(attentions)} takes an option '{option}'; "
+                raise UsageError(
+                    f"--sweep {key}: no block of {', '.join(attentions)} takes an option '{option}'; "
                     f"{hint}options: {', '.join(known) or 'none'}"
                 )
 
@@ -230,7 +252,7 @@ def check_variants(base_config: str, variants: Sequence[Variant], extra: Sequenc
             except SystemExit:
                 lines = [line for line in captured.getvalue().splitlines() if line.startswith("error: ")]
                 reason = lines[-1].removeprefix("error: ") if lines else "its config does not build"
-                sys.exit(f"error: variant {variant.name}: {reason}")
+                raise UsageError(f"variant {variant.name}: {reason}") from None
             config = run_relevant_config(_comparable(cli.config))
             code = code_provenance(run_classes(cli.model, cli.datamodule, cli.trainer.callbacks))
             resolved[variant.name] = Resolved(config, config_hash(config), code)

@@ -6,33 +6,82 @@ results, hand what is missing to an executor (local processes or SLURM jobs), wr
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from ..attention import attention_name
+from ..checks import require_writable_folder
+from ..errors import ToolParser, UsageError, command, list_option
 from .executors import EXECUTORS, Executor, Run, Status, executor_class
 from .executors.slurm import parse_resources, split_slurm_args
 from .job import fit_command
-from .plan import Resolved, Variant, _option_keys, attach_backbones, check_sweep_keys, check_variants, plan_variants
+from .plan import (
+    DEFAULT_ATTENTIONS,
+    Resolved,
+    Variant,
+    _option_keys,
+    attach_backbones,
+    check_sweep_keys,
+    check_variants,
+    plan_variants,
+    sweep_key,
+)
 from .records import RUN_LOCK, folder_records, forget, keep_stale, load_results, merge_records, stale_variants, stamp
 from .report import write_report
 
 __all__ = ["main"]
 
 
+def _seed(text: str) -> int:
+    """One seed: an integer Lightning's seed_everything takes (0 .. 2**32 - 1)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"seeds are integers, got {text!r}") from None
+    if not 0 <= value <= 2**32 - 1:
+        raise ValueError(f"seeds are integers from 0 to 4294967295, got {value}")
+    return value
+
+
+def _sweeps(items: Sequence[str]) -> Dict[str, List[str]]:
+    """``--sweep KEY=V1,V2`` items as {key: values}; the same key twice adds its values in order,
+    a value listed twice is refused, and the config's own spelling of a block option
+    (``model.net.attention_options.X``, ``model.net.placement``) means the short one."""
+    sweeps: Dict[str, List[str]] = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        if not sep or not key.strip() or not values.strip() or not all(v.strip() for v in values.split(",")):
+            raise UsageError(f"--sweep expects KEY=V1,V2 with a key and no empty value, got '{item}'")
+        key = sweep_key(key.strip())
+        merged = sweeps.setdefault(key, [])
+        for value in (v.strip() for v in values.split(",")):
+            if value in merged:
+                raise UsageError(f"--sweep {key} lists {value} twice; give each value once")
+            merged.append(value)
+    return sweeps
+
+
 def _parse(argv: Optional[Sequence[str]]) -> Tuple[argparse.Namespace, List[str]]:
     from . import __doc__ as package_doc
 
-    parser = argparse.ArgumentParser(prog="python -m csa_lightning.ablate", description=package_doc.split("\n\n")[0])
+    parser = ToolParser(prog="python -m csa_lightning.ablate", description=package_doc.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="base config (any cli.py fit config)")
-    parser.add_argument("--attentions", default="none,se,cbam,eca,gct,csa")
-    parser.add_argument("--seeds", default="0")
+    list_option(parser, "--attentions", item_type=attention_name, default=DEFAULT_ATTENTIONS, metavar="A,B",
+                help="the blocks to compare, comma-separated (repeatable: the lists add up)")  # fmt: skip
+    list_option(parser, "--seeds", item_type=_seed, default=[0], metavar="S1,S2",
+                help="seeds, comma-separated (repeatable: the lists add up)")  # fmt: skip
     parser.add_argument("--out", required=True, help="folder for runs, results.json and the report")
-    parser.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2", help="an extra axis (repeatable)")
+    parser.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2",
+                        help="an extra axis (repeatable; the same key twice adds its values)")  # fmt: skip
     parser.add_argument("--parallel", type=int, default=1, help="runs at once (one GPU each when there are GPUs)")
     parser.add_argument("--executor", choices=sorted(EXECUTORS), default="local",
                         help="local: a process each, here; slurm: a SLURM job each (see --slurm)")  # fmt: skip
+    parser.add_argument("--slurm", metavar="FILE", default=None,
+                        help="--executor slurm: the resources piece (configs/cluster/slurm.yaml); each of its keys "
+                        "is also an option, --slurm.KEY VALUE")  # fmt: skip
     state = parser.add_mutually_exclusive_group()
     state.add_argument("--status", action="store_true",
                        help="list each variant (done / queued / running / requeued / failed ...) and exit")  # fmt: skip
@@ -64,46 +113,33 @@ def _parse(argv: Optional[Sequence[str]]) -> Tuple[argparse.Namespace, List[str]
         "an edited block) as they are",
     )
     argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in argv):
+        parser.parse_args(["--help"])
     argv, slurm_argv = split_slurm_args(argv)
     args, extra = parser.parse_known_args(argv)
     if slurm_argv and args.executor != "slurm":
-        sys.exit(f"error: {slurm_argv[0]} is an option of --executor slurm; add --executor slurm")
+        raise UsageError(f"{slurm_argv[0]} is an option of --executor slurm; add --executor slurm")
     args.slurm = parse_resources(slurm_argv) if args.executor == "slurm" else None
     if not Path(args.config).is_file():
-        sys.exit(f"error: base config not found: {args.config}; pass a cli.py fit config with --config")
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        sys.exit(f"error: --out {args.out} is a file; give a folder for the runs and the report (it is created)")
+        raise UsageError(f"base config not found: {args.config}; pass a cli.py fit config with --config")
+    require_writable_folder("--out", args.out)
     if args.parallel < 1:
-        sys.exit(f"error: --parallel must be a positive integer (runs at once), got {args.parallel}")
+        raise UsageError(f"--parallel must be a positive integer (runs at once), got {args.parallel}")
+    if not math.isfinite(args.poll) or args.poll <= 0:
+        raise UsageError(f"--poll must be a positive number of seconds, got {args.poll}")
+    args.sweep = _sweeps(args.sweep)
     return args, extra
 
 
+@command
 def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     """``python -m csa_lightning.ablate``: plan, check, run (or submit) what is missing, report; returns the records."""
     args, extra = _parse(argv)
-    from ..attention import attention_names
-
-    try:  # the one resolver cli.py uses: short names in any case, plugins' names, dotted paths
-        attentions = attention_names(args.attentions)
-    except (ValueError, TypeError) as err:
-        sys.exit(f"error: {err}")
-    try:
-        seeds = [int(s) for s in args.seeds.split(",")]
-    except ValueError:
-        sys.exit(f"error: --seeds must be comma-separated integers, got '{args.seeds}'")
-    sweeps: Dict[str, List[str]] = {}
-    for item in args.sweep:
-        key, sep, values = item.partition("=")
-        if not sep or not key.strip() or not values.strip() or not all(v.strip() for v in values.split(",")):
-            sys.exit(f"error: --sweep expects KEY=V1,V2 with a key and no empty value, got '{item}'")
-        sweeps[key.strip()] = [v.strip() for v in values.split(",")]
+    attentions, seeds, sweeps = args.attentions, args.seeds, args.sweep
     check_sweep_keys(sweeps, attentions)
 
     out = Path(args.out)
-    try:
-        variants = plan_variants(attentions, seeds, sweeps)
-    except ValueError as err:
-        sys.exit(f"error: {err}")
+    variants = plan_variants(attentions, seeds, sweeps)
     if args.backbone_runs:
         attach_backbones(variants, Path(args.backbone_runs))
     executor = executor_class(args.executor)(args)
@@ -132,16 +168,16 @@ class _runner_lock:
 
                 holder = self.path.read_text().strip() if self.path.exists() else ""
                 if holder.isdigit() and process_alive(int(holder)):
-                    sys.exit(
-                        f"error: another ablation runner (pid {holder}) is using {self.path.parent}; "
+                    raise UsageError(
+                        f"another ablation runner (pid {holder}) is using {self.path.parent}; "
                         f"wait for it to finish or choose another --out"
-                    )
+                    ) from None
                 self.path.unlink(missing_ok=True)  # its runner is gone: a stale lock
                 continue
             with os.fdopen(fd, "w") as handle:
                 handle.write(str(os.getpid()))
             return self
-        sys.exit(f"error: cannot take the lock {self.path}; remove it if no runner is using {self.path.parent}")
+        raise UsageError(f"cannot take the lock {self.path}; remove it if no runner is using {self.path.parent}")
 
     def __exit__(self, *exc) -> None:
         self.path.unlink(missing_ok=True)
@@ -157,19 +193,19 @@ def _run_plan(args, extra: List[str], out: Path, variants: List[Variant], resolv
         name = busy[0]
         if args.executor == "local":
             pid = live[name].job.split()[1]
-            sys.exit(
-                f"error: {len(busy)} variant(s) in {out} are still being trained by another process ({name}: "
+            raise UsageError(
+                f"{len(busy)} variant(s) in {out} are still being trained by another process ({name}: "
                 f"pid {pid}), left by a runner that was stopped; wait for them or stop them (kill {pid}), then run "
                 "this again"
             )
-        sys.exit(
-            f"error: {len(busy)} variant(s) in {out} ran with another configuration or code and still have a job "
+        raise UsageError(
+            f"{len(busy)} variant(s) in {out} ran with another configuration or code and still have a job "
             f"({name}: job {live[name].job}); cancel them first (--cancel) or wait for them"
         )
     if stale and not (args.rerun or args.keep_stale):
         first = next(iter(stale))
-        sys.exit(
-            f"error: {len(stale)} variant(s) in {out} ran with another configuration or code ({first}: {stale[first]}"
+        raise UsageError(
+            f"{len(stale)} variant(s) in {out} ran with another configuration or code ({first}: {stale[first]}"
             f"{'; ...' if len(stale) > 1 else ''}); pass --rerun to train them again, --keep-stale to keep "
             "their results, or choose another --out"
         )
@@ -208,7 +244,9 @@ def _run_plan(args, extra: List[str], out: Path, variants: List[Variant], resolv
     if rows:
         print((out / "report.md").read_text())
     if failures:
-        sys.exit(f"error: {len(failures)} run(s) failed: {', '.join(failures)}; rerun the same command to retry them")
+        print(f"error: {len(failures)} run(s) failed: {', '.join(failures)}; rerun the same command to retry them",
+              file=sys.stderr, flush=True)  # fmt: skip
+        raise SystemExit(1)
     if args.executor != "local" and not args.wait and (runs or live):
         print("ablation: the jobs run on their own; add --status to see them, run the same command later to "
               "merge their results into the report (or pass --wait)", flush=True)  # fmt: skip
@@ -256,7 +294,7 @@ def variant_statuses(out: Path, variants: Sequence[Variant], executor: Executor)
 
 def _status_or_cancel(args, out: Path, variants: Sequence[Variant], executor: Executor) -> List[Dict[str, Any]]:
     if not out.is_dir():
-        sys.exit(f"error: --out {out} does not exist; nothing was run there (check --out)")
+        raise UsageError(f"--out {out} does not exist; nothing was run there (check --out)")
     if args.cancel:
         stopped = executor.cancel(out, variants)
         print(f"ablation: cancelled {len(stopped)} run(s){': ' + ', '.join(stopped) if stopped else ''}", flush=True)

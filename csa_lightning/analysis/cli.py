@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Tuple
@@ -11,6 +10,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from ..errors import ToolParser, UsageError, command
 from .checkpoints import AnalysedModel, load_models, parse_blocks, stage_blocks
 from .descriptors import _safe, collect_descriptors_of, plot_descriptors, save_descriptors
 from .gradcam import choose_cam_stage, gradcam_maps, plot_gradcam
@@ -89,7 +89,7 @@ def run_gradcam(args) -> List[Path]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``python -m csa_lightning.analyze`` (sub-commands descriptors and gradcam)."""
-    parser = argparse.ArgumentParser(prog="python -m csa_lightning.analyze", description=_DESCRIPTION)
+    parser = ToolParser(prog="python -m csa_lightning.analyze", description=_DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, helptext in (
         ("descriptors", "z, q and p per channel at the last block of each stage (paper Figs. 3, 5)"),
@@ -155,13 +155,13 @@ def _bad_option(args) -> Optional[str]:
     return None
 
 
+@command
 def main(argv: Optional[Sequence[str]] = None) -> List[Path]:
     """``python -m csa_lightning.analyze``: bad options are one line and exit status 2; returns the files written."""
     args = build_parser().parse_args(argv)
     problem = _bad_option(args)
     if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        raise SystemExit(2)
+        raise UsageError(problem)
     out_existed = Path(args.out).exists()
     try:
         written = run_descriptors(args) if args.command == "descriptors" else run_gradcam(args)
@@ -169,10 +169,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Path]:
         out = Path(args.out)
         if not out_existed and out.is_dir() and not any(out.iterdir()):
             out.rmdir()  # leave no empty output folder behind a failed call
-        if os.environ.get("CSA_LIGHTNING_TRACEBACK"):
-            raise
-        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise UsageError(" ".join(str(err).split())) from err
     for path in written:
         print(path)
     return written

@@ -12,11 +12,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import List, Optional
 
+from ..errors import ToolParser, UsageError, command
 from . import REFERENCE, blocks_under_test, builtin_names, check_blocks, reference_reports, write_report
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = ToolParser(
         prog="python -m csa_lightning.blockcheck",
         description="Check channel-attention blocks for correctness; writes report.md and report.json.",
     )
@@ -35,6 +36,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@command
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     try:
@@ -42,14 +44,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         if not isinstance(options, dict):
             raise ValueError
     except ValueError:
-        print(f"error: --options must be a JSON object such as '{{\"reduction\": 8}}', got {args.options!r}",
-              file=sys.stderr)  # fmt: skip
-        return 2
+        raise UsageError(
+            f"--options must be a JSON object such as '{{\"reduction\": 8}}', got {args.options!r}"
+        ) from None
     if args.write_reference:
         args.blocks, args.builtins, args.quick, args.no_cost = builtin_names(), False, False, False
     if not args.blocks and not args.builtins:
-        print("error: name at least one block (e.g. your_pkg.YourGate) or pass --builtins", file=sys.stderr)
-        return 2
+        raise UsageError("name at least one block (e.g. your_pkg.YourGate) or pass --builtins")
     try:
         blocks = blocks_under_test(args.blocks, options)
         for block in blocks:  # a constructor the options do not satisfy: one line before any check runs
@@ -58,8 +59,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (ValueError, TypeError, FileNotFoundError) as err:
         message = str(err).strip().splitlines()[0]
         hint = "; pass its constructor arguments with --options JSON" if "cannot build" in message else ""
-        print(f"error: {message}{hint}", file=sys.stderr)
-        return 2
+        raise UsageError(f"{message}{hint}") from None
 
     def progress(report) -> None:
         cells = (

@@ -14,16 +14,15 @@ no partial ``.beton`` behind. Labels are the class indices torchvision's ImageFo
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
-import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
 from PIL import Image
 
 from ..checks import remove_dead_leftovers, require, require_non_negative, require_positive
+from ..errors import ToolParser, UsageError, command, first_line
 from .image_io import open_rgb
 
 __all__ = ["write_beton", "RGBImageFolder"]
@@ -122,10 +121,9 @@ def write_beton(
     return str(out_path)
 
 
+@command
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m csa_lightning.data.write_beton", description=__doc__.split("\n\n")[0]
-    )
+    parser = ToolParser(prog="python -m csa_lightning.data.write_beton", description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", required=True, help="ImageFolder tree: root/<class>/<image>")
     parser.add_argument("--out", required=True, help="destination .beton file")
     parser.add_argument("--max-resolution", type=int, default=512)
@@ -138,7 +136,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             args.root, args.out, args.max_resolution, args.jpeg_quality, args.compress_probability, args.num_workers
         )
     except (FileNotFoundError, ValueError) as err:
-        sys.exit(f"error: {err}")
+        raise UsageError(first_line(err)) from None
     print(f"wrote {path}")
 
 

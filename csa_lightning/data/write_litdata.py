@@ -16,13 +16,14 @@ object store afterwards (``aws s3 sync OUT s3://bucket/prefix``) and stream from
 
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing
 import os
 import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
+
+from ..errors import ToolParser, UsageError, command, first_line, list_option
 
 __all__ = ["write_split", "main"]
 
@@ -88,30 +89,30 @@ def _has_partial(out: str) -> bool:
     return (Path(out) / "index.json").exists()
 
 
+@command
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m csa_lightning.data.write_litdata", description=__doc__.split("\n\n")[0]
-    )
+    parser = ToolParser(prog="python -m csa_lightning.data.write_litdata", description=__doc__.split("\n\n")[0])
     parser.add_argument("images", help="an ImageFolder root holding one folder per split")
     parser.add_argument("out", help="output root folder (copy it to an object store afterwards)")
-    parser.add_argument("--splits", default="train,val")
+    list_option(parser, "--splits", default=["train", "val"], help="the split folders to convert (default: train,val)")
     parser.add_argument("--chunk-bytes", default="64MB", help="target size of each chunk file")
     parser.add_argument("--workers", type=int, default=None, help="conversion processes (default: up to 8)")
     args = parser.parse_args(argv)
     images = Path(args.images)
     if "://" in args.out:
-        print(f"error: OUT must be a local or shared folder, got {args.out}; convert there, then copy it to the "
-              "object store (e.g. aws s3 sync OUT s3://bucket/prefix)", file=sys.stderr)  # fmt: skip
-        return 2
-    splits = [s.strip() for s in args.splits.split(",") if s.strip()]
+        raise UsageError(
+            f"OUT must be a local or shared folder, got {args.out}; convert there, then copy it to the "
+            "object store (e.g. aws s3 sync OUT s3://bucket/prefix)"
+        )
+    splits = args.splits
     missing = [s for s in splits if not (images / s).is_dir()]
     if missing:
-        print(f"error: no split folder {images / missing[0]} (expected {images}/<split>/<class>/<images>); "
-              "check IMAGES and --splits", file=sys.stderr)  # fmt: skip
-        return 2
+        raise UsageError(
+            f"no split folder {images / missing[0]} (expected {images}/<split>/<class>/<images>); "
+            "check IMAGES and --splits"
+        )
     if args.workers is not None and args.workers < 1:
-        print(f"error: --workers must be a positive integer, got {args.workers}", file=sys.stderr)
-        return 2
+        raise UsageError(f"--workers must be a positive integer, got {args.workers}")
     classes = None
     try:
         for split in splits:
@@ -119,8 +120,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                 classes)  # fmt: skip
             classes = classes or about["classes"]
     except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        raise UsageError(first_line(err)) from None
     return 0
 
 

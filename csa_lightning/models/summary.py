@@ -22,6 +22,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..attention import ChannelAttention, attention_names
+from ..errors import ToolParser, command
 from .attention_resnet import RESNET_LAYOUTS, attention_resnet
 
 __all__ = ["ModelCost", "count_cost", "summary_table", "PAPER_TABLE1", "display_name"]
@@ -209,10 +210,9 @@ def _positive_int(text: str) -> int:
     return value
 
 
+@command
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], prog="python -m csa_lightning.models.summary"
-    )
+    parser = ToolParser(description=__doc__.split("\n\n")[0], prog="python -m csa_lightning.models.summary")
     parser.add_argument("--depths", default="18,34,50,101,152", help="comma-separated ResNet depths")
     parser.add_argument("--attentions", default="none,se,cbam,eca,gct,csa", help="comma-separated attention names")
     parser.add_argument("--placement", default=None, help="stage_end or every_block (default: each block's own)")

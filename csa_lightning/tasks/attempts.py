@@ -14,15 +14,30 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
-__all__ = ["ATTEMPTS_FILE", "log_attempt", "read_attempts", "redone_steps"]
+__all__ = ["ATTEMPTS_FILE", "RUNNER_PID_ENV", "log_attempt", "read_attempts", "redone_steps", "stop_cause"]
 
 ATTEMPTS_FILE = "attempts.jsonl"
+
+#: set by a local runner in each training it starts: its own pid, so the training can tell that a
+#: SIGTERM came because the runner died (the kernel's parent-death signal) rather than from a user
+RUNNER_PID_ENV = "CSA_RUNNER_PID"
 
 
 def log_attempt(run_dir, event: str, **fields: Any) -> None:
     line = json.dumps({"event": event, "time": round(time.time(), 1), **fields})
     with open(Path(run_dir) / ATTEMPTS_FILE, "a") as handle:
         handle.write(line + "\n")
+
+
+def stop_cause() -> Dict[str, Any]:
+    """Why this training is being stopped, for its "stop" event: ``{"cause": "runner ended"}`` when
+    the local runner that started it is gone (this process now has another parent), else nothing."""
+    import os
+
+    runner = os.environ.get(RUNNER_PID_ENV)
+    if runner and runner.isdigit() and os.getppid() != int(runner):
+        return {"cause": "runner ended", "runner_pid": int(runner)}
+    return {}
 
 
 def read_attempts(run_dir) -> List[Dict[str, Any]]:

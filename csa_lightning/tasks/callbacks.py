@@ -203,10 +203,11 @@ class RecordResult(Callback):
         record of the run that finishes it says what was trained twice."""
         from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-        from .attempts import log_attempt
+        from .attempts import log_attempt, stop_cause
 
         if isinstance(exception, SIGTERMException) and trainer.global_rank == 0 and self.result_path:
-            log_attempt(Path(self.result_path).parent, "stop", epoch=trainer.current_epoch, step=trainer.global_step)
+            log_attempt(Path(self.result_path).parent, "stop", epoch=trainer.current_epoch, step=trainer.global_step,
+                        **stop_cause())  # fmt: skip
 
 
 def _validated_fraction(trainer: "L.Trainer") -> Optional[float]:

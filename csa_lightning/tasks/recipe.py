@@ -35,6 +35,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
 from ..checks import oversubscription_warning, require, require_positive
+from ..errors import UsageError
 from ..spec import plain, public_path, spec_from_config
 from .schedules import Schedule, WarmupDecay
 
@@ -293,11 +294,36 @@ class ScaledRecipe:
         return max(1, -(-int(batches) // trainer.accumulate_grad_batches))
 
     def lr_schedule(self):
-        """The run's lr factor per optimiser step, from the schedule piece and the trainer's step counts."""
+        """The run's lr factor per optimiser step, from the schedule piece and the trainer's step counts
+        (warns when the warm-up is longer than the run: the lr never reaches its configured value)."""
         per_epoch = self.steps_per_epoch() or 1
         total = self._trainer.estimated_stepping_batches if self._trainer is not None else per_epoch
         total = int(total) if total not in (None, float("inf")) else per_epoch
-        return self.schedule.lr_lambda(per_epoch, total)
+        factor = self.schedule.lr_lambda(per_epoch, total)
+        warmup = self.schedule.warmup_steps(per_epoch)
+        if warmup > total:
+            reached = max(float(factor(total - 1)), float(factor(0)))
+            rank_zero_warn(
+                f"model.lr_schedule: the warm-up ({warmup} optimiser steps) is longer than the run ({total} steps): "
+                f"the lr reaches only {100 * reached:.0f} % of the configured lr; shorten the warm-up "
+                "(warmup_epochs / warmup_iters) or train longer"
+            )
+        return factor
+
+    def check_applied_lr(self) -> None:
+        """The lr each parameter group is about to be stepped with must be finite and >= 0: a schedule
+        whose factor is negative trains by gradient ascent (it ran to the end with exit 0)."""
+        trainer = self._trainer
+        if trainer is None or not trainer.optimizers:
+            return
+        for group in trainer.optimizers[0].param_groups:
+            lr = group["lr"]
+            if not (math.isfinite(lr) and lr >= 0):
+                raise UsageError(
+                    f"model.lr_schedule {type(self.schedule).__name__} gives lr {lr:g} at optimiser step "
+                    f"{trainer.global_step}: an applied lr must be finite and >= 0; fix its lr_lambda "
+                    "(the factor of the configured lr at each step)"
+                )
 
     def configure_optimizers(self):
         """The optimiser piece at the scaled lr over
@@ -337,6 +363,7 @@ class ScaledRecipe:
         super().on_fit_start()
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        self.check_applied_lr()
         # images/s of the optimisation step (forward, backward, update); data loading is not included
         self._batch_started = time.perf_counter()
 

@@ -56,7 +56,11 @@ class LocalExecutor(Executor):
 def status_from_attempts(run_dir: Path) -> Status:
     """A run without a record and no live process, from its attempt log and its output."""
     log = run_dir / "stdout.log"
-    ends = [e for e in read_attempts(run_dir) if e.get("event") == "end"]
+    events = read_attempts(run_dir)
+    ends = [e for e in events if e.get("event") == "end"]
+    if events and events[-1].get("event") == "stop" and events[-1].get("cause") == "runner ended":
+        return Status("stopped", log=str(log), detail=f"stopped when its runner (pid {events[-1].get('runner_pid')}) "
+                      "ended; run again to resume")  # fmt: skip
     if not ends:
         return Status("not started" if not run_dir.is_dir() else "failed", log=str(log) if log.exists() else None,
                       detail="" if not run_dir.is_dir() else "ended without a record")  # fmt: skip
@@ -149,7 +153,8 @@ def _run_queue(todo: List[Run], devices, running, slots, failures: List[str], fi
             env = dict(run.env)
             if device is not None:
                 env["CUDA_VISIBLE_DEVICES"] = str(device)
-            running[slot] = (run, start_training(run.run_dir, run.command, env), time.time())
+            # the training ends if this runner dies, however it dies (this loop runs in the main thread)
+            running[slot] = (run, start_training(run.run_dir, run.command, env, end_with_parent=True), time.time())
         time.sleep(0.5)
         for slot, (run, proc, started) in list(running.items()):
             if proc.poll() is None:

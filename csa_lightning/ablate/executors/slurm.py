@@ -30,13 +30,13 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ...checks import process_rank
+from ...errors import UsageError
 from ...tasks.attempts import log_attempt, read_attempts
 from ..job import start_training
 from ..plan import Variant
@@ -221,7 +221,7 @@ def parse_resources(slurm_argv: List[str]):
         parsed = parser.parse_args(slurm_argv)
     except Exception as err:  # noqa: BLE001 - jsonargparse's errors vary; each is a bad key or value here
         first = (str(err).strip().splitlines() or [""])[0]
-        sys.exit(f"error: --slurm: {first} (keys: see configs/cluster/slurm.yaml)")
+        raise UsageError(f"--slurm: {first} (keys: see configs/cluster/slurm.yaml)") from None
     return parser.instantiate_classes(parsed).slurm
 
 
@@ -244,14 +244,14 @@ class SlurmExecutor(Executor):
     def check(self, out: Path) -> None:
         for tool in ("sbatch", "squeue", "scancel"):
             if shutil.which(tool) is None:
-                sys.exit(
-                    f"error: --executor slurm needs SLURM's {tool} on the PATH; run the runner on the cluster's "
+                raise UsageError(
+                    f"--executor slurm needs SLURM's {tool} on the PATH; run the runner on the cluster's "
                     "login node (make slurm starts a one-node SLURM on this machine)"
                 )
         try:
             import submitit  # noqa: F401
         except ImportError:
-            sys.exit("error: --executor slurm needs submitit; pip install 'csa-lightning[slurm]'")
+            raise UsageError("--executor slurm needs submitit; pip install 'csa-lightning[slurm]'") from None
         from submitit.slurm.slurm import _make_sbatch_string
 
         script = _make_sbatch_string(command="true", folder=str(out / "slurm" / "%j"), job_name="csa-check",
@@ -260,8 +260,8 @@ class SlurmExecutor(Executor):
         if test.returncode != 0:
             reason = (test.stderr.strip().splitlines() or ["sbatch refused the request"])[-1]
             reason = reason.removeprefix("sbatch: error: ")
-            sys.exit(
-                f"error: SLURM refuses this job's resources ({reason}); change them in the resources piece "
+            raise UsageError(
+                f"SLURM refuses this job's resources ({reason}); change them in the resources piece "
                 "or with --slurm.KEY (sinfo lists partitions and nodes; nothing was submitted)"
             )
 
