@@ -26,6 +26,7 @@ import lightning as L
 from jsonargparse import ArgumentError
 from lightning.pytorch.cli import LightningCLI
 
+from .config_errors import one_line, parse_error_line
 from .tasks.checkpoints import check_checkpoint_file
 
 __all__ = ["CSALightningCLI", "main", "check_checkpoint_file"]
@@ -348,21 +349,6 @@ def _first_missing_ancestor(path: Path) -> Optional[Path]:
     return missing
 
 
-def _one_line(err: BaseException) -> str:
-    """The useful line of an error: jsonargparse wraps errors raised while instantiating classes
-    in a list of what each Union member said; keep the one that is not 'Expected a NoneType'."""
-    text = str(err)
-    if "Does not validate against any of the Union subtypes" in text:
-        reasons = [
-            line.strip()[2:]
-            for line in text.splitlines()
-            if line.strip().startswith("- ") and "Expected a <class 'NoneType'>" not in line
-        ]
-        if reasons:
-            text = reasons[0]
-    return " ".join(text.split())
-
-
 def build_cli(args: Optional[Sequence[str]] = None, run: bool = True) -> CSALightningCLI:
     import warnings
 
@@ -390,45 +376,8 @@ def _build_cli(args: Optional[Sequence[str]], run: bool) -> CSALightningCLI:
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
-
-def _parse_error_line(err: BaseException) -> str:
-    """One line for a jsonargparse parse error (its message nests every Union alternative over
-    many lines): the innermost key and what was wrong, with the closest valid option for a
-    misspelt one."""
-    import difflib
-    import importlib
-    import inspect
-    import re
-
-    text = str(err)
-    owners = re.findall(r"Problem with given class_path '([^']+)'", text)
-    unknown = re.search(r"Option '([^']+)' is not accepted", text)
-    if unknown and owners:
-        name = unknown.group(1).split(".")[-1]
-        module_name, _, cls_name = owners[-1].rpartition(".")
-        try:
-            params = list(inspect.signature(getattr(importlib.import_module(module_name), cls_name)).parameters)
-        except Exception:  # noqa: BLE001 - a suggestion is optional
-            params = []
-        close = difflib.get_close_matches(name, params, n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        from .tasks.recipe import LEGACY_OPTIONS
-
-        if name in LEGACY_OPTIONS and {"optimizer", "lr_schedule"} <= set(params):
-            hint = f": the optimiser and the lr schedule are pieces now; use model.{LEGACY_OPTIONS[name]}"
-        return f"{cls_name} has no option '{unknown.group(1)}'{hint}"
-    keys = re.findall(r'Parser key "([^"]+)"', text)
-    choices = re.findall(r"Expected a typing\.Literal\[(.*?)\]\s*$", text, flags=re.MULTILINE)
-    if keys and choices:
-        given = re.findall(r"Given value: (.*)", text)
-        return f"option '{keys[-1]}' expects one of {', '.join(choices)}; got {given[-1] if given else '?'}"
-    expected = re.findall(r"Expected a <class '([^']+)'>(?:\. Got value: (.*))?", text)
-    given = re.findall(r"Given value: (.*)", text)
-    wanted = [e for e in expected if e[0] != "NoneType"]
-    if keys and wanted:
-        value = wanted[0][1] or (given[-1] if given else "")
-        return f"option '{keys[-1]}' expects {wanted[0][0]}, got {value!r}"
-    return _one_line(err)
+#: what a bad key or value's line ends with
+HELP_HINT = " (python cli.py fit --help lists every option)"
 
 
 def main(args: Optional[Sequence[str]] = None, run: bool = True) -> CSALightningCLI:
@@ -457,11 +406,10 @@ def main(args: Optional[Sequence[str]] = None, run: bool = True) -> CSALightning
             # did not finish (SigtermWatchdog printed the checkpoint to resume from)
             raise SystemExit(143) from None
         except (FileNotFoundError, ValueError, TypeError, ImportError, MisconfigurationException) as err:
-            print(f"error: {_one_line(err)}", file=sys.stderr)
+            print(f"error: {one_line(err)}", file=sys.stderr)
             raise SystemExit(2) from None
         except ArgumentError as err:  # a bad key or value on the command line or in a config
-            print(f"error: {_parse_error_line(err)}", file=sys.stderr)
-            print("(python cli.py fit --help lists every option)", file=sys.stderr)
+            print(f"error: {parse_error_line(err)}{HELP_HINT}", file=sys.stderr)
             raise SystemExit(2) from None
     finally:
         _release_process_group()

@@ -191,7 +191,7 @@ def test_a_literal_option_lists_its_choices(in_tmp_cwd, capsys):
         main(["fit", "--config", str(DEMO_CONFIG), "--trainer.precision", "17"])
     first = capsys.readouterr().err.strip().splitlines()[0]
     assert first.startswith("error: option 'trainer.precision' expects one of 64, 32, 16, ") and "'bf16-mixed'" in first
-    assert first.endswith("; got 17")
+    assert first.endswith("; got 17 (python cli.py fit --help lists every option)")
 
 
 def test_a_one_class_data_set_is_warned_about(tmp_path, monkeypatch):
@@ -219,3 +219,31 @@ def test_evaluating_with_other_image_settings_than_training_is_warned_about(tmp_
     warning = evaluation_data_warning(ckpt, other)
     assert warning.startswith(f"checkpoint {ckpt} was trained with other image settings (")
     assert "resolution 32 then, 16 now" in warning and "std [0.324, 0.324, 0.324] then, [0.5, 0.5, 0.5] now" in warning
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model.optimizer", "torch.optim.Nope"], "model.optimizer: class torch.optim.Nope not found; "),
+        (["--model.optimizer", "torch.optim.adamw"], "model.optimizer: class torch.optim.adamw not found; did you mean torch.optim.AdamW?"),
+        (["--model.optimizer", "torch.nn.Linear"], "model.optimizer: torch.nn.Linear is not an optimiser (a torch.optim.Optimizer subclass)"),
+        (["--model.lr_schedule", "torch.optim.lr_scheduler.StepLR"],
+         "model.lr_schedule: torch.optim.lr_scheduler.StepLR is not a csa_lightning.tasks.Schedule (the module steps its own "
+         "schedule piece, so torch's lr schedulers do not fit here); use csa_lightning.tasks.StepDecay or "),
+        (["--model.lr_schedule", "csa_lightning.tasks.Nope"], "model.lr_schedule: class csa_lightning.tasks.Nope not found"),
+        (["--model.optimizer", "Adam", "--model.optimizer.momentum", "0.9"],
+         "model.optimizer: torch.optim.Adam takes no option 'momentum'; it takes lr, betas, eps, weight_decay"),
+        (["--model.optimizer.betas", "[0.9,0.99]"], "model.optimizer: torch.optim.SGD takes no option 'betas'; it takes lr, momentum"),
+        (["--model.optimizer.nesterof", "true"], "model.optimizer: torch.optim.SGD takes no option 'nesterof' (did you mean 'nesterov'?)"),
+        (["--model.optimizer.init_args.lr", "nan"], "option 'model.optimizer.lr' expects a finite number, got nan"),
+        (["--trainer.gradient_clip_val", "inf"], "option 'trainer.gradient_clip_val' expects a finite number, got inf"),
+    ],
+)  # fmt: skip
+def test_class_paths_and_piece_arguments_name_the_class_and_what_is_wrong(args, message, in_tmp_cwd, capsys):
+    """Before: the whole message of the first five was "Problem with given class_path
+    'csa_lightning.tasks.ClassificationModule':", and momentum under Adam blamed ClassificationModule."""
+    from .conftest import refusal
+
+    error = refusal(capsys, main, ["fit", "--config", str(DEMO_CONFIG), *MEMORY, *args])
+    assert error.startswith(f"error: {message}"), error
+    assert "NestedArg" not in error and error.endswith("(python cli.py fit --help lists every option)")
