@@ -73,3 +73,14 @@ class UndeclaredProduct(ChannelAttention):
         flat = x.flatten(2)
         gram = flat @ flat.transpose(1, 2) / flat.shape[-1]  # (N, C, C)
         return torch.sigmoid(gram.mean(2)).view(x.shape[0], -1, 1, 1)
+
+
+class BrokenInit(ChannelAttention):
+    """Its constructor fails (a bug of the block, not a bad option): a report row, not a traceback."""
+
+    def __init__(self, channels):
+        super().__init__(channels)
+        raise RuntimeError("weights file for the gate is missing")
+
+    def gate(self, x):
+        return x

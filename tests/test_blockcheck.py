@@ -120,3 +120,16 @@ def test_the_reference_report_covers_every_builtin_block_and_every_check():
     for report in reports.values():
         assert [(r.section, r.check) for r in report.results] == expected, "run make blockcheck-reference"
         assert report.cost["setting"] == cost_section.SETTINGS[False]
+
+
+def test_a_block_whose_constructor_fails_gets_one_line_and_a_report_row(tmp_path, capsys):
+    """Before: a 20-line traceback and no report."""
+    assert main(["tests.faulty_blocks.BrokenInit", "--no-cost", "--quick", "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "tests.faulty_blocks.BrokenInit: could not be built (__init__ raised RuntimeError: weights file for the gate "
+        "is missing); its row says so"
+    ]
+    report = (tmp_path / "report.md").read_text()
+    assert "| tests.faulty_blocks.BrokenInit | **FAIL** |" in report
+    assert "correctness / build: fail: __init__ raised RuntimeError" in report

@@ -368,3 +368,21 @@ def test_coco_module_options_are_checked_when_built(option, value, message):
     with pytest.raises(ValueError) as err:
         COCODataModule(**{option: value})
     assert str(err.value) == message
+
+
+def test_a_bool_in_a_bbox_or_an_image_size_is_not_a_number(tmp_path):
+    """Before: [true, 5, 20, 20] passed the number check (a JSON true is a Python bool, an int)."""
+    (tmp_path / "images").mkdir()
+    base = {
+        "images": [{"id": 1, "width": 32, "height": 32, "file_name": "a.png"}],
+        "categories": [{"id": 1, "name": "x"}],
+    }
+    for annotations, images, message in (
+        ([{"id": 7, "image_id": 1, "category_id": 1, "bbox": [True, 5, 20, 20], "area": 1, "iscrowd": 0}], None,
+         "annotation 7 has a bbox that is not a list of numbers"),
+        ([], [{"id": 1, "width": True, "height": 32, "file_name": "a.png"}], "image 1 has a width or height that is not a positive number"),
+    ):  # fmt: skip
+        data = {**base, "annotations": annotations, **({"images": images} if images else {})}
+        (tmp_path / "ann.json").write_text(json.dumps(data))
+        with pytest.raises(ValueError, match=message):
+            COCODetection(str(tmp_path / "images"), str(tmp_path / "ann.json"))

@@ -195,3 +195,19 @@ def test_ddp_two_cpu_processes_each_stream_their_own_shard(digit_chunks, tmp_pat
         ids = [{i for b in rank for i in b["ids"]} for rank in batches]
         assert not ids[0] & ids[1]  # disjoint shards
         assert len(ids[0] | ids[1]) >= 1437 - 2 * 32 * 2  # together the epoch, but for the dropped last batches
+
+
+def test_the_converter_refuses_empty_class_folders_and_non_images_naming_them(tmp_path, capsys):
+    """Before: an empty class folder gave torchvision's traceback, and a text file named .jpg was stored
+    as an image item without a word (it failed only when read)."""
+    from PIL import Image
+
+    (tmp_path / "train" / "a").mkdir(parents=True)
+    (tmp_path / "train" / "b").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "train" / "a" / "x.png")
+    error = refusal(capsys, write_litdata, [str(tmp_path), str(tmp_path / "out"), "--splits", "train"])
+    assert error.startswith(f"error: class folder {tmp_path / 'train' / 'b'} holds no image files (.jpg, ")
+    (tmp_path / "train" / "b" / "y.jpg").write_text("not an image")
+    error = refusal(capsys, write_litdata, [str(tmp_path), str(tmp_path / "out"), "--splits", "train"])
+    assert error.startswith(f"error: 1 file(s) under {tmp_path / 'train'} are not images PIL can read, e.g. ")
+    assert "y.jpg (UnidentifiedImageError" in error and not (tmp_path / "out").exists()

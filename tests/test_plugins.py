@@ -159,3 +159,18 @@ def test_every_tool_takes_a_dotted_path_with_its_case(capsys):
     with pytest.raises(SystemExit):
         benchmark(["--attentions", "csa_lightning.attention.se.Nope"])
     assert "has no attribute 'Nope'" in capsys.readouterr().err
+
+
+def test_an_entry_point_named_like_an_import_path_is_not_listed_and_said_once(site):
+    """Before: an entry point named `my.gate` was listed but unusable (the name reads as an import path)."""
+    site(
+        "dotted-pkg",
+        {"my.gate": "dotted_mod:Gate", "fine": "dotted_mod:Gate"},
+        {"dotted_mod": GATE.format(name="Gate")},
+    )
+    with pytest.warns(
+        UserWarning,
+        match=r"ignoring entry point\(s\) .* dotted_mod.Gate \(entry point 'my.gate' of dotted-pkg 0.3\); rename",
+    ):
+        names = available_attentions()
+    assert "fine" in names and "my.gate" not in names

@@ -103,14 +103,9 @@ def _yaml_scalar(value: str) -> Any:
 
 def _option_keys(attention: str) -> List[str]:
     """Constructor options a block accepts, so a sweep over e.g. contiguity reaches CSA only."""
-    import inspect
+    from ..models.summary import gate_option_names
 
-    from ..attention import resolve_attention
-
-    cls = resolve_attention(attention)
-    if cls is None:
-        return []
-    return [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "channels")]
+    return gate_option_names(attention) or []
 
 
 def plan_variants(attentions: Sequence[str], seeds: Sequence[int], sweeps: Dict[str, List[str]]) -> List[Variant]:

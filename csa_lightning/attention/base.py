@@ -282,13 +282,37 @@ def _plugins() -> Dict[str, list]:
     key = tuple(sys.path)
     if key not in _PLUGIN_CACHE:
         found: Dict[str, list] = {}
+        _UNUSABLE.clear()
         for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+            if "." in ep.name or ":" in ep.name or not ep.name.strip():
+                # a name with a dot reads as an import path and could never be looked up: left out, and
+                # said once when the names are listed (`csa_lightning.attention.base.unusable_plugin_names`)
+                _UNUSABLE.add(_entry_point_origin(ep))
+                continue
             same = found.setdefault(attention_key(ep.name), [])
             if all(other.value != ep.value for other in same):  # one package seen twice on the path
                 same.append(ep)
         _PLUGIN_CACHE.clear()
         _PLUGIN_CACHE[key] = found
+        if _UNUSABLE:
+            import warnings
+
+            warnings.warn(
+                f"ignoring entry point(s) of group {ENTRY_POINT_GROUP} whose name contains '.' or ':' (it reads "
+                f"as an import path): {', '.join(sorted(_UNUSABLE))}; rename them in their package's pyproject.toml",
+                stacklevel=2,
+            )
     return _PLUGIN_CACHE[key]
+
+
+#: entry points whose names no tool can look up (a dot or colon reads as an import path)
+_UNUSABLE: set = set()
+
+
+def unusable_plugin_names() -> list[str]:
+    """The installed entry points whose names cannot be used as block names, each with its package."""
+    _plugins()
+    return sorted(_UNUSABLE)
 
 
 def _entry_point_origin(ep) -> str:

@@ -22,13 +22,15 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from ..attention import available_attentions, resolve_attention
+from ..errors import first_line
 from .correctness import CORRECTNESS_CHECKS, BlockUnderTest, Fault, Finding
 from .deployment import DEPLOYMENT_CHECKS
 
 REFERENCE = Path(__file__).with_name("reference.json")
 SECTIONS = {"correctness": CORRECTNESS_CHECKS, "deployment": DEPLOYMENT_CHECKS}
 
-__all__ = ["CheckResult", "BlockReport", "check_block", "check_blocks", "write_report", "blocks_under_test"]
+__all__ = ["CheckResult", "BlockReport", "check_block", "check_blocks", "write_report", "blocks_under_test",
+           "build_report"]  # fmt: skip
 
 PASS, FAIL, FINDING = "pass", "fail", "finding"
 
@@ -69,6 +71,22 @@ def blocks_under_test(names: Sequence[str], options: Optional[Dict[str, Any]] = 
             raise ValueError(f"'{name}' is no block (it means no attention); name a block to check")
         blocks.append(BlockUnderTest(name, cls, dict(options or {})))
     return blocks
+
+
+def build_report(block: BlockUnderTest) -> Optional[BlockReport]:
+    """None when ``block`` builds; else its report: one failed "build" check naming what ``__init__``
+    raised. Options it does not take (TypeError) and bad option values (ValueError) are the user's
+    to fix and propagate."""
+    try:
+        block.build(8)
+    except (ValueError, TypeError):
+        raise
+    except Exception as err:  # noqa: BLE001 - the block's own constructor failed: that is the block's row
+        detail = f"__init__ raised {type(err).__name__}: {first_line(err)[:200]}"
+        cls = block.cls
+        result = CheckResult("correctness", "build", FAIL, detail, 0.0)
+        return BlockReport(block.label, f"{cls.__module__}.{cls.__qualname__}", block.options, [result])
+    return None
 
 
 def builtin_names() -> List[str]:
@@ -135,7 +153,7 @@ def _cell(result: CheckResult) -> str:
 
 
 def to_markdown(reports: Sequence[BlockReport], quick: bool) -> str:
-    checks = [r.check for r in reports[0].results] if reports else []
+    checks = list(dict.fromkeys(r.check for report in reports for r in report.results))
     lines = [
         "# Block check report",
         "",

@@ -12,8 +12,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import List, Optional
 
-from ..errors import ToolParser, UsageError, command
-from . import REFERENCE, blocks_under_test, builtin_names, check_blocks, reference_reports, write_report
+from ..errors import ToolParser, UsageError, command, first_line
+from . import REFERENCE, blocks_under_test, build_report, builtin_names, check_blocks, reference_reports, write_report
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
@@ -53,13 +53,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         raise UsageError("name at least one block (e.g. your_pkg.YourGate) or pass --builtins")
     try:
         blocks = blocks_under_test(args.blocks, options)
-        for block in blocks:  # a constructor the options do not satisfy: one line before any check runs
-            block.build(8)
+        unbuilt = [report for report in map(build_report, blocks) if report is not None]
         reference = reference_reports() if args.builtins else []
     except (ValueError, TypeError, FileNotFoundError) as err:
-        message = str(err).strip().splitlines()[0]
+        message = first_line(err)
         hint = "; pass its constructor arguments with --options JSON" if "cannot build" in message else ""
         raise UsageError(f"{message}{hint}") from None
+    for report in unbuilt:
+        print(f"{report.block}: could not be built ({report.results[0].detail}); its row says so", file=sys.stderr)
+    blocks = [b for b in blocks if b.label not in {r.block for r in unbuilt}]
 
     def progress(report) -> None:
         cells = (
@@ -67,7 +69,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         )
         print(f"{report.block}: {cells}", flush=True)
 
-    reports = check_blocks(blocks, quick=args.quick, cost=not args.no_cost, progress=progress)
+    reports = check_blocks(blocks, quick=args.quick, cost=not args.no_cost, progress=progress) + unbuilt
     if args.write_reference:
         REFERENCE.write_text(json.dumps({"quick": False, "blocks": [asdict(r) for r in reports]}, indent=1) + "\n")
         print(f"reference: {REFERENCE}")

@@ -28,7 +28,7 @@ from typing import Optional
 
 import numpy as np
 
-__all__ = ["open_rgb", "to_rgb", "HIGH_DEPTH_MODES"]
+__all__ = ["open_rgb", "to_rgb", "HIGH_DEPTH_MODES", "image_tree", "unidentified_images"]
 
 #: modes scaled by their bit depth or range instead of ``convert("RGB")``
 HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
@@ -102,3 +102,56 @@ def open_rgb(path, name: Optional[str] = None) -> "Image.Image":  # noqa: F821
         raise OSError(f"image {path} is corrupt ({err})") from None
     except OSError as err:  # truncated data, unreadable file: PIL's message does not name it
         raise OSError(f"cannot read image {path} ({err})") from None
+
+
+def image_tree(root, loader=None):
+    """torchvision's ``ImageFolder`` over ``root/<class>/<image>`` (paths only unless ``loader``), with
+    one line for what torchvision reports as a traceback: a missing root, a class folder without
+    image files (named, with the extensions it looks for), no class folders at all."""
+    from pathlib import Path
+
+    from torchvision.datasets import ImageFolder
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder not found: {root} (expected {root}/<class>/<image files>)")
+    classes = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
+    if not classes:
+        raise ValueError(f"{root} has no class folders (expected {root}/<class>/<image files>)")
+    for name in classes:
+        folder = root / name
+        if not any(
+            Path(p).suffix.lower() in IMG_EXTENSIONS for _, _, files in os.walk(folder, followlinks=True) for p in files
+        ):
+            raise ValueError(
+                f"class folder {folder} holds no image files ({', '.join(IMG_EXTENSIONS)}); add its images or "
+                "remove the folder"
+            )
+    return ImageFolder(str(root), loader=loader or _path_only)
+
+
+def _path_only(path: str) -> str:
+    # a module-level function, not a lambda: the dataset is pickled to workers when processes are spawned
+    return path
+
+
+def _unidentified(path: str) -> Optional[str]:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except Exception as err:  # noqa: BLE001 - any failure is a reason to refuse the file
+        return f"{path} ({type(err).__name__}: {' '.join(str(err).split())[:120]})"
+    return None
+
+
+def unidentified_images(paths, threads: int = 8) -> list:
+    """The files of ``paths`` PIL cannot identify as an image from their header, each with the reason
+    (a text file named .jpg, an empty file). Reads headers only (about 0.1 ms a file): a truncated
+    JPEG with a sound header passes and is refused by `csa_lightning.data.image_io.open_rgb` when read."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        return [reason for reason in pool.map(_unidentified, list(paths), chunksize=256) if reason]

@@ -23,15 +23,9 @@ from PIL import Image
 
 from ..checks import remove_dead_leftovers, require, require_non_negative, require_positive
 from ..errors import ToolParser, UsageError, command, first_line
-from .image_io import open_rgb
+from .image_io import image_tree, open_rgb
 
 __all__ = ["write_beton", "RGBImageFolder"]
-
-
-def _path_only(path: str) -> str:
-    # a module-level function, not a lambda: the dataset is pickled to the writer's workers when
-    # processes are spawned (macOS, or after LitData set the start method to spawn)
-    return path
 
 
 class RGBImageFolder:
@@ -43,11 +37,7 @@ class RGBImageFolder:
     """
 
     def __init__(self, root: str, error_dir: Optional[str] = None) -> None:
-        from torchvision.datasets import ImageFolder
-
-        if not Path(root).is_dir():
-            raise FileNotFoundError(f"image folder not found: {root} (expected root/<class>/<image files>)")
-        self.folder = ImageFolder(root, loader=_path_only)  # paths only; decoding happens in __getitem__
+        self.folder = image_tree(root)  # paths only; decoding happens in __getitem__
         self.classes = self.folder.classes
         self.error_dir = error_dir
 

@@ -45,15 +45,15 @@ def write_split(folder: Path, out: str, chunk_bytes: str = "64MB", workers: Opti
     """One split; returns its classes.json. ``classes``: the training split's (every split is
     labelled by them, as the ImageFolder module does)."""
     import litdata
-    from torchvision.datasets import ImageFolder
 
     from .classification_data import stratified_order
+    from .image_io import image_tree, unidentified_images
 
     marker = Path(out) / "classes.json"
     if marker.is_file():
         print(f"{out}: already written ({json.loads(marker.read_text())['count']} items)", flush=True)
         return json.loads(marker.read_text())
-    tree = ImageFolder(str(folder), loader=lambda p: p)
+    tree = image_tree(folder)
     if classes is not None and tree.classes != classes:
         only_here = sorted(set(tree.classes) - set(classes)) or "none"
         missing = sorted(set(classes) - set(tree.classes)) or "none"
@@ -62,6 +62,12 @@ def write_split(folder: Path, out: str, chunk_bytes: str = "64MB", workers: Opti
         )
     if not tree.samples:
         raise ValueError(f"{folder} holds no images (expected {folder}/<class>/<image files>)")
+    bad = unidentified_images(path for path, _ in tree.samples)
+    if bad:
+        raise ValueError(
+            f"{len(bad)} file(s) under {folder} are not images PIL can read, e.g. {bad[0]}; fix or remove them and "
+            "convert again"
+        )
     order = stratified_order(tree.targets)
     entries = [(int(i), tree.samples[i][0], int(tree.samples[i][1])) for i in order]
     # keep_data_ordered: each worker writes a contiguous slice in order, so the stream's order is
@@ -119,7 +125,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             about = write_split(images / split, f"{args.out.rstrip('/')}/{split}", args.chunk_bytes, args.workers,
                                 classes)  # fmt: skip
             classes = classes or about["classes"]
-    except ValueError as err:
+    except (ValueError, FileNotFoundError) as err:
         raise UsageError(first_line(err)) from None
     return 0
 

@@ -14,6 +14,7 @@ and its CSA rows leave out the distance matrix (about 0.82 GMAC per image at 224
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 from dataclasses import asdict, dataclass
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
@@ -22,7 +23,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..attention import ChannelAttention, attention_names
-from ..errors import ToolParser, command
+from ..errors import ToolParser, UsageError, command
 from .attention_resnet import RESNET_LAYOUTS, attention_resnet
 
 __all__ = ["ModelCost", "count_cost", "summary_table", "PAPER_TABLE1", "display_name"]
@@ -113,20 +114,45 @@ def parse_variant(text: str) -> Tuple[str, str, Dict]:
     'authors|csa|{"placement": "every_block", "contiguity": "hybrid", "distance": "pooled"}'."""
     parts = text.split("|", 2)
     if len(parts) < 2 or not parts[0].strip() or not parts[1].strip():
-        raise ValueError(f"variant {text!r}: expected LABEL|ATTENTION or LABEL|ATTENTION|JSON-OPTIONS")
+        raise UsageError(f"variant {text!r}: expected LABEL|ATTENTION or LABEL|ATTENTION|JSON-OPTIONS")
     try:
         options = json.loads(parts[2]) if len(parts) == 3 and parts[2].strip() else {}
     except json.JSONDecodeError as err:
-        raise ValueError(f"variant {text!r}: options are not JSON ({err.msg})") from None
+        raise UsageError(f"variant {text!r}: options are not JSON ({err.msg})") from None
     if not isinstance(options, dict):
-        raise ValueError(f"variant {text!r}: options must be a JSON object")
+        raise UsageError(f"variant {text!r}: options must be a JSON object")
     from ..attention import attention_name
 
     try:
         attention = attention_name(parts[1])
     except (ValueError, TypeError) as err:
-        raise ValueError(f"variant {text!r}: {err}") from None
+        raise UsageError(f"variant {text!r}: {err}") from None
+    gate_options = [k for k in options if k not in ("placement", "timm")]
+    takes = gate_option_names(attention)
+    for key in gate_options:
+        if takes is not None and key not in takes:
+            close = difflib.get_close_matches(key, takes, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise UsageError(
+                f"variant {text!r}: {attention} takes no option '{key}'{hint}; it takes "
+                f"{', '.join([*takes, 'placement', 'timm'])}"
+            )
     return parts[0].strip(), attention, options
+
+
+def gate_option_names(attention: str) -> Optional[List[str]]:
+    """The constructor options of a block (None when it takes any keyword: nothing to check)."""
+    import inspect
+
+    from ..attention import resolve_attention
+
+    cls = resolve_attention(attention)
+    if cls is None:
+        return []
+    parameters = inspect.signature(cls.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return None
+    return [p for p in parameters if p not in ("self", "channels")]
 
 
 def build_variant(depth: int, attention: str, options: Dict) -> torch.nn.Module:
