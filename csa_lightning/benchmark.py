@@ -30,6 +30,7 @@ from torch import nn
 
 from .errors import ToolParser, command
 from .models.summary import build_variant, count_cost, parse_variant
+from .timing import STABLE_SPREAD, Ratio, paired_ratio
 
 __all__ = ["saved_tensor_bytes", "benchmark", "projection_agreement", "main"]
 
@@ -122,12 +123,17 @@ def benchmark(
     bf16: bool = False,
     channels_last: bool = False,
     extra_variants: Sequence[Tuple[str, str, dict]] = (),
+    max_repeats: Optional[int] = None,
 ) -> List[Dict[str, Any]]:
     """Rows of measurements, one per variant; ratios are to the "none" row of the same run.
 
-    ``bf16``: forward under bf16 autocast; ``channels_last``: model and input in that memory
-    format (what a GPU run uses). ``extra_variants``: more (label, attention, options) rows, where
-    options may hold "placement" (e.g. CSA in every block) besides the gate's own options."""
+    Each time ratio is the median of the rounds' paired ratios (variant / plain of the same round,
+    `csa_lightning.timing.paired_ratio`), with its lowest and highest round; after ``repeats``
+    rounds, more are run while any ratio is unstable, up to ``max_repeats`` (default 3 x
+    ``repeats``, at least 5). ``bf16``: forward under bf16 autocast; ``channels_last``: model and
+    input in that memory format (what a GPU run uses). ``extra_variants``: more (label, attention,
+    options) rows, where options may hold "placement" (e.g. CSA in every block) besides the gate's
+    own options."""
     dev = torch.device(device)
     if dev.type == "cuda":  # an earlier run's models must not count here
         import gc
@@ -160,8 +166,19 @@ def benchmark(
     def infer(s):
         inference(s["model"], x, bf16)
 
-    for round_ in range(repeats + 1):  # round 0 warms up (allocator, kernels, caches)
-        for s in setups:
+    limit = max(repeats, max_repeats if max_repeats is not None else max(5, 3 * repeats))
+    base = next((s for s in setups if s["name"] == "none"), setups[0])
+
+    def unstable() -> bool:
+        return any(
+            not paired_ratio(s[kind], base[kind]).stable for s in setups if s is not base for kind in ("train", "infer")
+        )
+
+    round_ = 0
+    while round_ <= repeats or (round_ <= limit and unstable()):  # round 0 warms up (allocator, kernels, caches)
+        # every other round in reverse order: a variant's place in the round (first after the previous
+        # round's last, say) must not favour it
+        for s in setups if round_ % 2 == 0 else setups[::-1]:
             # the first step after another variant pays for its memory being freed and re-allocated:
             # time the second of two consecutive steps
             train_step(s)
@@ -178,6 +195,7 @@ def benchmark(
             if round_ > 0:
                 s["train"].append(t_train)
                 s["infer"].append(t_infer)
+        round_ += 1
     rows = []
     for s in setups:
         s["model"].train()
@@ -194,15 +212,24 @@ def benchmark(
                 "infer_s": statistics.median(s["infer"]),
                 "saved_mb": saved / 2**20,
                 "peak_mb": s.get("peak_mb"),
+                "rounds": len(s["train"]),
             }
         )
-    base = next((r for r in rows if r["variant"] == "none"), rows[0])
+        for kind in ("train", "infer"):
+            ratio = paired_ratio(s[kind], base[kind])
+            rows[-1].update({f"{kind}_ratio": ratio.median, f"{kind}_ratio_range": [ratio.low, ratio.high],
+                             f"{kind}_ratio_stable": ratio.stable})  # fmt: skip
+    plain = rows[setups.index(base)]
     for r in rows:
-        r["train_ratio"] = r["train_s"] / base["train_s"]
-        r["infer_ratio"] = r["infer_s"] / base["infer_s"]
-        r["saved_ratio"] = r["saved_mb"] / base["saved_mb"]
-        r["peak_ratio"] = r["peak_mb"] / base["peak_mb"] if r["peak_mb"] and base["peak_mb"] else None
+        r["saved_ratio"] = r["saved_mb"] / plain["saved_mb"]
+        r["peak_ratio"] = r["peak_mb"] / plain["peak_mb"] if r["peak_mb"] and plain["peak_mb"] else None
     return rows
+
+
+def ratio_text(row: Dict[str, Any], kind: str) -> str:
+    """A row's time ratio with its range over the rounds, marked unstable where the range is too wide."""
+    low, high = row[f"{kind}_ratio_range"]
+    return Ratio(row[f"{kind}_ratio"], low, high, row["rounds"]).text()
 
 
 def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -280,13 +307,16 @@ def projection_agreement(
 
 def to_markdown(rows: List[Dict[str, Any]], title: str) -> str:
     peak = any(r["peak_mb"] is not None for r in rows)
-    head = "| variant | params | GMAC | train step s | x none | inference s | x none | saved for backward MB | x none |"
+    head = (
+        "| variant | params | GMAC | train step s | x none (range over rounds) | inference s | x none (range) | "
+        "saved for backward MB | x none |"
+    )
     head += " step peak MB | x none |" if peak else ""
     lines = [title, "", head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if peak else "")]
     for r in rows:
         line = (
-            f"| {r['variant']} | {r['params']:,} | {r['gmac']:.3f} | {r['train_s']:.3f} | {r['train_ratio']:.2f} | "
-            f"{r['infer_s']:.3f} | {r['infer_ratio']:.2f} | {r['saved_mb']:.0f} | {r['saved_ratio']:.2f} |"
+            f"| {r['variant']} | {r['params']:,} | {r['gmac']:.3f} | {r['train_s']:.3f} | {ratio_text(r, 'train')} | "
+            f"{r['infer_s']:.3f} | {ratio_text(r, 'infer')} | {r['saved_mb']:.0f} | {r['saved_ratio']:.2f} |"
         )
         lines.append(line + (f" {r['peak_mb']:.0f} | {r['peak_ratio']:.2f} |" if peak else ""))
     return "\n".join(lines)
@@ -299,7 +329,13 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     parser.add_argument("--attentions", default="none,se,cbam,eca,gct,csa")
     parser.add_argument("--batch", type=_positive, default=8)
     parser.add_argument("--size", type=_positive, default=224)
-    parser.add_argument("--repeats", type=_positive, default=3)
+    parser.add_argument("--repeats", type=_positive, default=3, help="timed rounds (after one warm-up round)")
+    parser.add_argument(
+        "--max-repeats",
+        type=_positive,
+        default=None,
+        help="rounds at most while a ratio is unstable (default: 3 x --repeats, at least 5)",
+    )
     parser.add_argument(
         "--device",
         choices=("cpu", "cuda"),
@@ -353,6 +389,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
             bf16=args.bf16,
             channels_last=args.channels_last,
             extra_variants=extra,
+            max_repeats=args.max_repeats,
             **options,
         )
     }
@@ -362,7 +399,9 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
         for key, rows in results.items():
             title = (
                 f"ResNet-{args.depth}, batch {args.batch} at {args.size} px, {key}, "
-                f"median of {args.repeats} ({machine})"
+                f"median of {rows[0]['rounds']} interleaved rounds; ratios: median of the rounds' paired ratios "
+                f"(quartiles; lowest-highest under 4 rounds), 'unstable' where that range exceeds {STABLE_SPREAD:.0%} "
+                f"of the median ({machine})"
             )
             print(to_markdown(rows, title) + "\n")
     if args.out:

@@ -27,6 +27,7 @@ from jsonargparse import ArgumentError
 from lightning.pytorch.cli import LightningCLI
 
 from .config_errors import one_line, parse_error_line
+from .errors import first_line
 from .tasks.checkpoints import check_checkpoint_file
 
 __all__ = ["CSALightningCLI", "main", "check_checkpoint_file"]
@@ -77,7 +78,7 @@ class CSALightningCLI(LightningCLI):
         try:
             self._merge_checkpoint_hparams(subcommand, ckpt_path)
         except (RuntimeError, EOFError, OSError, KeyError) as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            first = first_line(err)
             raise ValueError(
                 f"cannot read checkpoint {ckpt_path} ({first}); resume from another one, e.g. --ckpt_path last"
             ) from None
@@ -349,9 +350,33 @@ def _first_missing_ancestor(path: Path) -> Optional[Path]:
     return missing
 
 
+class _DropTips:
+    """A logging filter dropping Lightning's advertisements (the litlogger tip) from a run's output."""
+
+    def filter(self, record) -> bool:  # noqa: D102
+        return "💡 Tip:" not in str(record.msg)
+
+
+def quiet_lightning() -> None:
+    """Leave out of every run's output what tells a user nothing about their run: Lightning's litlogger
+    tip, its hint that srun exists when a single process runs on a machine with SLURM installed (the
+    project's SLURM paths start runs through srun), and the deprecation inside Lightning's own pytree
+    helper that torch 2.14 triggers. Idempotent."""
+    import logging
+    import warnings
+
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropTips) for f in logger.filters):
+            logger.addFilter(_DropTips())
+    warnings.filterwarnings("ignore", message="The `srun` command is available on your system but is not used")
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+
+
 def build_cli(args: Optional[Sequence[str]] = None, run: bool = True) -> CSALightningCLI:
     import warnings
 
+    quiet_lightning()
     with warnings.catch_warnings():
         # the tools (the ablation's plan check, analyze) call the CLI with args from within a command of
         # their own; LightningCLI would warn that the process also has command-line arguments

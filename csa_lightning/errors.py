@@ -20,7 +20,7 @@ import os
 import sys
 from typing import Any, Callable, List, Optional, Sequence, TypeVar
 
-__all__ = ["UsageError", "first_line", "command", "ToolParser", "list_option"]
+__all__ = ["UsageError", "first_line", "describe", "command", "ToolParser", "list_option"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -33,11 +33,19 @@ class UsageError(ValueError):
 
 
 def first_line(err: BaseException) -> str:
-    """An error's message as one line: its first non-empty line, else the exception's type name."""
-    for line in str(err).splitlines():
+    """An error's message as one line: its first non-empty line, without terminal colours (the ONNX
+    exporter colours its messages), else the exception's type name."""
+    import re
+
+    for line in re.sub(r"\x1b\[[0-9;]*m", "", str(err)).splitlines():
         if line.strip():
             return " ".join(line.split())
     return type(err).__name__
+
+
+def describe(err: BaseException, limit: int = 200) -> str:
+    """``TypeName: first line`` of an error (its first line cut at ``limit`` characters)."""
+    return f"{type(err).__name__}: {first_line(err)[:limit]}"
 
 
 def command(main: F) -> F:

@@ -27,7 +27,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Dict, Iterable, List, Optional, Set
 
-__all__ = ["code_provenance", "changed_files", "run_classes"]
+__all__ = ["code_provenance", "changed_files", "run_classes", "named_files", "changed_named_files"]
 
 #: this project's distribution: its declared requirements are recorded by version, not hashed
 PROJECT_DISTRIBUTION = "csa-lightning"
@@ -221,3 +221,61 @@ def changed_files(then: Optional[Dict[str, str]], now: Dict[str, str]) -> List[s
     """The files whose code differs between two provenance "files" maps (added and removed included)."""
     then = then or {}
     return sorted(f for f in set(then) | set(now) if then.get(f) != now.get(f))
+
+
+@functools.lru_cache(maxsize=256)
+def _content_hash(path: str, mtime_ns: int, size: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def _hash_file(path: Path) -> str:
+    stat = path.stat()
+    return _content_hash(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+#: files a folder named in a model config contributes: the checkpoints and weights it holds
+_WEIGHT_SUFFIXES = (".ckpt", ".pt", ".pth", ".safetensors", ".bin")
+
+
+def named_files(config: Any, prefix: str = "model") -> Dict[str, Dict[str, str]]:
+    """The files a model configuration names by path (a backbone's weights, a distillation
+    teacher's checkpoint, ...), each by content hash: ``{key: {"path": ..., "sha256": ...}}``. A
+    folder contributes every checkpoint or weights file under it (a run folder: its ``.ckpt`` files).
+    So a file retrained at the same path is a changed input of every run that names it. Hashes are
+    cached per (path, modification time, size) in the process."""
+    found: Dict[str, Dict[str, str]] = {}
+
+    def walk(value: Any, key: str) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, key if k == "init_args" else f"{key}.{k}")
+        elif isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                walk(v, f"{key}[{i}]")
+        elif isinstance(value, str) and value and len(value) < 4096 and ("/" in value or "." in value):
+            path = Path(value).expanduser()
+            try:
+                if path.is_file():
+                    found[key] = {"path": str(path), "sha256": _hash_file(path)}
+                elif path.is_dir():
+                    for file in sorted(p for p in path.rglob("*") if p.suffix in _WEIGHT_SUFFIXES and p.is_file()):
+                        found[f"{key}:{file.relative_to(path).as_posix()}"] = {
+                            "path": str(file), "sha256": _hash_file(file),
+                        }  # fmt: skip
+            except OSError:
+                return
+
+    walk(config, prefix)
+    return found
+
+
+def changed_named_files(then: Optional[Dict[str, Dict[str, str]]], now: Dict[str, Dict[str, str]]) -> List[str]:
+    """The named files whose content (or presence) differs between two `named_files` maps."""
+    then = then or {}
+    return sorted(
+        k for k in set(then) | set(now) if (then.get(k) or {}).get("sha256") != (now.get(k) or {}).get("sha256")
+    )

@@ -558,3 +558,54 @@ def test_a_training_whose_runner_is_gone_says_so_in_its_stop(tmp_path, monkeypat
     log_attempt(tmp_path, "stop", epoch=1, step=9, **stop_cause())
     status = status_from_attempts(tmp_path)
     assert status.state == "stopped" and "stopped when its runner (pid 999999) ended" in status.detail
+
+
+def test_one_seed_says_n_1_and_speeds_come_with_their_range(tmp_path):
+    """Before: one seed showed '± 0.00', and images/s from 5 to 368 across seeds were averaged without a word."""
+    records = [
+        _record("none", "none", 0, 0.90, speed=368.0), _record("none", "none", 1, 0.92, speed=5.0),
+        _record("none", "none", 2, 0.91, speed=300.0),
+        {**_record("se", "se", 0, 0.95, speed=100.0), "inference_images_per_sec_range": [190.0, 210.0]},
+    ]  # fmt: skip
+    rows = {r["variant"]: r for r in write_report(tmp_path, records, "test")}
+    assert rows["se"]["std"] is None
+    assert rows["none"]["train_img_s"] == 300.0 and rows["none"]["train_img_s_range"] == [5.0, 368.0]
+    assert rows["none"]["train_img_s_stable"] is False
+    assert rows["se"]["infer_img_s_range"] == [190.0, 210.0] and rows["se"]["infer_img_s_stable"] is True
+    assert rows["se"]["train_img_s_stable"] is None  # one run without a recorded range: nothing to judge
+    report = (tmp_path / "report.md").read_text()
+    assert "| se | 1 | 5.00 (n = 1) |" in report and "± 0.00" not in report
+    assert "| 300 (5-368) unstable | 600 (10-736) unstable |" in report
+    assert "| 100 | 200 (190-210) |" in report
+
+
+def test_a_weights_file_retrained_at_the_same_path_makes_the_results_stale(tmp_path):
+    """Before: a backbone or teacher checkpoint named by path was part of no hash: retrained in place, the
+    old results were kept without a word."""
+    from csa_lightning.ablate.plan import CONFIG_SCHEME, Resolved
+    from csa_lightning.ablate.records import stale_variants
+    from csa_lightning.provenance import named_files
+
+    weights = tmp_path / "backbone.pt"
+    weights.write_bytes(b"first training")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "last.ckpt").write_bytes(b"teacher")
+    config = {"backbone_weights": str(weights), "teacher": str(tmp_path / "run"), "lr": 0.1, "name": "a.b"}
+    before = named_files(config)
+    assert sorted(before) == ["model.backbone_weights", "model.teacher:last.ckpt"]
+    variant = Variant("se", 0)
+    out = tmp_path / "ablation"
+    out.mkdir()
+    record = {"variant": variant.name, "config_scheme": CONFIG_SCHEME, "config_hash": "h",
+              "code": {"files": {}, "named_files": before}}  # fmt: skip
+    (out / "results.json").write_text(json.dumps([record]))
+
+    def now():
+        return {variant.name: Resolved({}, "h", {"files": {}, "named_files": named_files(config)})}
+
+    assert stale_variants(out, [variant], now()) == {}
+    weights.write_bytes(b"second training, same path")
+    stale = stale_variants(out, [variant], now())
+    assert stale == {
+        variant.name: f"the file model.backbone_weights names ({weights}) changed since it ran (content hash)"
+    }

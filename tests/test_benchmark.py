@@ -19,7 +19,8 @@ def test_saved_tensor_bytes_counts_distinct_storages_exactly():
 
 
 def test_benchmark_rows_ratios_and_the_cost_of_contiguity_grad():
-    rows = benchmark(depth=18, attentions=["none", "csa"], batch=2, size=32, repeats=1, csa_modes=["l2"], csa_grad=True)
+    rows = benchmark(depth=18, attentions=["none", "csa"], batch=2, size=32, repeats=1, csa_modes=["l2"], csa_grad=True,
+                     max_repeats=2)  # fmt: skip
     by_name = {r["variant"]: r for r in rows}
     assert list(by_name) == ["none", "csa (l2)", "csa (l2, contiguity_grad)"]
     assert by_name["none"]["train_ratio"] == 1.0 and by_name["none"]["saved_ratio"] == 1.0
@@ -28,6 +29,10 @@ def test_benchmark_rows_ratios_and_the_cost_of_contiguity_grad():
     assert by_name["csa (l2, contiguity_grad)"]["saved_mb"] > by_name["csa (l2)"]["saved_mb"]
     assert all(r["train_s"] > 0 and r["infer_s"] > 0 for r in rows)
     assert "| csa (l2) | 11,734,052 |" in to_markdown(rows, "t")
+    # every ratio comes with its range over the rounds; more rounds only while one is unstable, at most max_repeats
+    assert all(1 <= r["rounds"] <= 2 and len(r["train_ratio_range"]) == 2 for r in rows)
+    csa = by_name["csa (l2)"]
+    assert csa["train_ratio_range"][0] <= csa["train_ratio"] <= csa["train_ratio_range"][1]
 
 
 def test_projection_agreement_rows_per_gate_and_image():

@@ -127,3 +127,34 @@ def test_a_value_that_looks_like_an_option_is_the_options_value():
 def test_argparse_errors_are_usage_errors_naming_help():
     with pytest.raises(UsageError, match=r"unrecognized arguments: --nope \(tool --help lists every option\)"):
         _parser().parse_args(["--nope"])
+
+
+def test_lightning_noise_is_left_out_of_the_projects_commands(tmp_path, monkeypatch):
+    """Before: every run printed the litlogger tip, and Lightning's srun hint where SLURM is installed."""
+    import logging
+    import warnings
+
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    from csa_lightning.cli import build_cli, quiet_lightning
+
+    monkeypatch.chdir(tmp_path)
+    seen = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    handler = Keep()
+    logger.addHandler(handler)
+    try:
+        build_cli(["--config", DEMO, "--trainer.fast_dev_run", "1"], run=False)
+    finally:
+        logger.removeHandler(handler)
+    assert seen and not any("litlogger" in m for m in seen)  # Lightning's other messages still come through
+    quiet_lightning()
+    monkeypatch.setattr("lightning.fabric.plugins.environments.slurm.shutil.which", lambda name: "/usr/bin/srun")
+    with warnings.catch_warnings(record=True) as caught:
+        SLURMEnvironment._validate_srun_used()
+    assert not any("srun" in str(w.message) for w in caught)

@@ -230,7 +230,7 @@ def check_variants(base_config: str, variants: Sequence[Variant], extra: Sequenc
 
     from ..cli import _comparable
     from ..cli import main as cli_main
-    from ..provenance import code_provenance, run_classes
+    from ..provenance import code_provenance, named_files, run_classes
 
     resolved = {}
     with tempfile.TemporaryDirectory() as scratch:
@@ -250,5 +250,6 @@ def check_variants(base_config: str, variants: Sequence[Variant], extra: Sequenc
                 raise UsageError(f"variant {variant.name}: {reason}") from None
             config = run_relevant_config(_comparable(cli.config))
             code = code_provenance(run_classes(cli.model, cli.datamodule, cli.trainer.callbacks))
+            code["named_files"] = named_files(config.get("model"))  # weights and teachers, by content
             resolved[variant.name] = Resolved(config, config_hash(config), code)
     return resolved

@@ -107,7 +107,7 @@ def stale_variants(out: Path, variants: Sequence[Variant], resolved: Dict[str, R
     """Variants whose finished result or started run folder came from another resolved
     configuration: {name: what differs, in words}."""
     from ..cli import _differences
-    from ..provenance import changed_files
+    from ..provenance import changed_files, changed_named_files
 
     recorded = {r["variant"]: r for r in load_results(out)}
     stale = {}
@@ -137,8 +137,15 @@ def stale_variants(out: Path, variants: Sequence[Variant], resolved: Dict[str, R
             stale[v.name] = "recorded by an earlier runner, which did not record the code a run uses"
         else:
             changed = changed_files(then_code.get("files"), now.code["files"])
+            files = now.code.get("named_files") or {}
             if changed:
                 stale[v.name] = f"code changed in {', '.join(changed[:4])}{' ...' if len(changed) > 4 else ''}"
+            elif "named_files" not in then_code and files:
+                stale[v.name] = "recorded by an earlier runner, which did not hash the weights files the config names"
+            elif changed_named_files(then_code.get("named_files"), files):
+                keys = changed_named_files(then_code.get("named_files"), files)
+                path = (files.get(keys[0]) or (then_code.get("named_files") or {}).get(keys[0]) or {}).get("path")
+                stale[v.name] = f"the file {keys[0]} names ({path}) changed since it ran (content hash)"
     return stale
 
 

@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from ..timing import STABLE_SPREAD, spread_of
+
 __all__ = ["summarise", "write_report", "default_metric", "metric_label"]
 
 #: what a result's metric is called in the report, and whether it is shown as an error (100 - x %)
@@ -52,10 +54,38 @@ def reported(record: Dict[str, Any], metric: str) -> Optional[float]:
     return 100.0 * (1.0 - value) if _is_error_metric(metric) else 100.0 * value
 
 
-def _mean_std(values: List[float]) -> Tuple[float, float]:
+def _mean_std(values: List[float]) -> Tuple[float, Optional[float]]:
+    """Mean and sample std (None for one value: there is no spread to state)."""
     mean = sum(values) / len(values)
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else None
     return mean, std
+
+
+def _speed(items: Sequence[Dict[str, Any]], key: str) -> Dict[str, Any]:
+    """A speed over a group's runs: the median, its range (over seeds; for one run, the range of its own
+    timed batches where the record has it) and whether that range supports the figure."""
+    import statistics
+
+    values = [r.get(key) for r in items if r.get(key) is not None and math.isfinite(r.get(key))]
+    if not values:
+        return {"median": None, "range": None, "stable": None}
+    if len(values) > 1:
+        low, high = min(values), max(values)
+        stable = spread_of(values) <= STABLE_SPREAD
+    else:
+        low, high = items[0].get(f"{key}_range") or (None, None)
+        stable = None if low is None else (high - low) / values[0] <= STABLE_SPREAD
+    return {"median": statistics.median(values), "range": None if low is None else [low, high], "stable": stable}
+
+
+def _speed_text(row: Dict[str, Any], name: str) -> str:
+    if row[name] is None:
+        return "-"
+    text = f"{row[name]:.0f}"
+    if row[f"{name}_range"]:
+        low, high = row[f"{name}_range"]
+        text += f" ({low:.0f}-{high:.0f})"
+    return text + (" unstable" if row[f"{name}_stable"] is False else "")
 
 
 def _extra_metrics(records: Sequence[Dict[str, Any]], metric: str) -> List[str]:
@@ -131,10 +161,11 @@ def summarise(
             {
                 "params": items[0].get("params"),
                 "gmac": items[0].get("gmac"),
-                "train_img_s": _mean_std([r.get("train_images_per_sec", float("nan")) for r in items])[0],
-                "infer_img_s": _mean_std([r.get("inference_images_per_sec", float("nan")) for r in items])[0],
             }
         )
+        for name, key in (("train_img_s", "train_images_per_sec"), ("infer_img_s", "inference_images_per_sec")):
+            speed = _speed(items, key)
+            row.update({name: speed["median"], f"{name}_range": speed["range"], f"{name}_stable": speed["stable"]})
         rows.append(row)
     return sorted(rows, key=lambda r: (r["variant"] != baseline, r["variant"]))
 
@@ -174,15 +205,16 @@ def write_report(
     ]
     for r in rows:
         half = "-" if r["ci95_half_width"] is None else f"{r['ci95_half_width']:.2f}"
+        spread = "(n = 1)" if r["std"] is None else f"± {r['std']:.2f}"  # one seed: no spread to state
         extra_cells = "".join(" - |" if r[k] is None else f" {r[k]:.2f} |" for k in extra)
         diff = "-" if r["diff_mean"] is None else f"{r['diff_mean']:+.2f}"
         holm_p = "-" if r["holm_p"] is None else f"{r['holm_p']:.3g}"
         params = "-" if r["params"] is None else f"{r['params']:,}"
         gmac = "-" if r["gmac"] is None else f"{r['gmac']:.3f}"
         lines.append(
-            f"| {r['variant']} | {r['seeds']} | {r['mean']:.2f} ± {r['std']:.2f} | {half} |{extra_cells} {diff} | "
+            f"| {r['variant']} | {r['seeds']} | {r['mean']:.2f} {spread} | {half} |{extra_cells} {diff} | "
             f"{_interval(r['diff_ci95'])} | {_interval(r['diff_ci_holm'])} | {holm_p} | {params} | {gmac} | "
-            f"{r['train_img_s']:.0f} | {r['infer_img_s']:.0f} | {r['note']} |"
+            f"{_speed_text(r, 'train_img_s')} | {_speed_text(r, 'infer_img_s')} | {r['note']} |"
         )
     if any(r["partial_validation"] is not None for r in rows):
         lines += [
@@ -197,6 +229,12 @@ def write_report(
         "augmentations (crops, flips) are drawn in its loader threads and are not reproducible from the seed, "
         "so on the FFCV path a pair shares less than the same seed suggests (the pairing is conservative then, "
         "never flattering).",
+        "",
+        "Images/s: the median over seeds with the lowest and highest run (one run: its fastest and slowest timed "
+        f"batch), 'unstable' where that range exceeds {STABLE_SPREAD:.0%} of the median. They are measured while the "
+        "runs train "
+        "(in parallel runs they share the machine): compare speeds with `python -m csa_lightning.benchmark`, "
+        "which times the variants interleaved in one process.",
     ]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     _plot(out / "report.png", rows, label)

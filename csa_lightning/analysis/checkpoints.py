@@ -12,6 +12,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
+from ..errors import first_line
 from ..models.summary import display_name
 from ..tasks.checkpoints import resolve_checkpoint
 
@@ -45,7 +46,7 @@ def load_checkpoint_model(path: str, label: Optional[str] = None) -> AnalysedMod
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file for the user
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        first = first_line(err)
         raise ValueError(f"cannot read checkpoint {path} ({first}); pass a checkpoint written by cli.py fit") from None
     if not isinstance(raw, dict) or "state_dict" not in raw or "pytorch-lightning_version" not in raw:
         raise ValueError(

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from ..attention import available_attentions, resolve_attention
-from ..errors import first_line
+from ..errors import describe
 from .correctness import CORRECTNESS_CHECKS, BlockUnderTest, Fault, Finding
 from .deployment import DEPLOYMENT_CHECKS
 
@@ -51,7 +51,7 @@ class BlockReport:
     options: Dict[str, Any]
     results: List[CheckResult]
     cost: Optional[Dict[str, Any]] = None
-    source: str = "measured"  # or "reference" (a built-in's row from reference.json)
+    source: str = "measured"  # or "reference..." (a built-in's row from reference.json)
 
     @property
     def failed(self) -> List[CheckResult]:
@@ -82,7 +82,7 @@ def build_report(block: BlockUnderTest) -> Optional[BlockReport]:
     except (ValueError, TypeError):
         raise
     except Exception as err:  # noqa: BLE001 - the block's own constructor failed: that is the block's row
-        detail = f"__init__ raised {type(err).__name__}: {first_line(err)[:200]}"
+        detail = f"__init__ raised {describe(err)}"
         cls = block.cls
         result = CheckResult("correctness", "build", FAIL, detail, 0.0)
         return BlockReport(block.label, f"{cls.__module__}.{cls.__qualname__}", block.options, [result])
@@ -107,8 +107,7 @@ def check_block(block: BlockUnderTest, quick: bool = False, sections: Sequence[s
             except Fault as fault:
                 status, detail = FAIL, str(fault)
             except Exception as err:  # noqa: BLE001 - a check that breaks on this block is a failure of the block
-                first = (str(err).strip().splitlines() or [""])[0][:200]
-                status, detail = FAIL, f"{type(err).__name__}: {first}"
+                status, detail = FAIL, describe(err)
             results.append(CheckResult(section, name, status, detail, round(time.perf_counter() - started, 3)))
     cls = block.cls
     return BlockReport(block.label, f"{cls.__module__}.{cls.__qualname__}", block.options, results)
@@ -124,16 +123,25 @@ def check_blocks(blocks: Sequence[BlockUnderTest], quick: bool = False, cost: bo
             progress(report)
         reports.append(report)
     if cost and blocks:
-        from .cost import cost_findings, measure_cost
-
-        measured = measure_cost(blocks, quick)
-        for report in reports:
-            report.cost = measured[report.block]
-            found = cost_findings(report.cost)
-            report.results.append(
-                CheckResult("cost", "cost", FINDING if found else PASS, "; ".join(found) or "no finding", 0.0)
-            )
+        attach_cost(reports, blocks, quick)
     return reports
+
+
+def attach_cost(reports: Sequence[BlockReport], blocks: Sequence[BlockUnderTest], quick: bool) -> None:
+    """Measure the cost of ``blocks`` in one benchmark run (one plain baseline for all) and set each
+    report's cost and its "cost" check (replacing one it had, e.g. a reference row re-measured)."""
+    from .cost import cost_findings, measure_cost
+
+    measured = measure_cost(blocks, quick)
+    for report in reports:
+        if report.block not in measured:
+            continue
+        report.cost = measured[report.block]
+        found = cost_findings(report.cost)
+        report.results = [r for r in report.results if r.check != "cost"]
+        report.results.append(
+            CheckResult("cost", "cost", FINDING if found else PASS, "; ".join(found) or "no finding", 0.0)
+        )
 
 
 def reference_reports() -> List[BlockReport]:
@@ -165,7 +173,7 @@ def to_markdown(reports: Sequence[BlockReport], quick: bool) -> str:
         "|---|" + "---|" * len(checks),
     ]
     for report in reports:
-        mark = " (reference)" if report.source == "reference" else ""
+        mark = f" ({report.source})" if report.source.startswith("reference") else ""
         cells = {r.check: _cell(r) for r in report.results}
         lines.append(f"| {report.block}{mark} | " + " | ".join(cells.get(c, "-") for c in checks) + " |")
     costed = [r for r in reports if r.cost]
@@ -180,9 +188,11 @@ def to_markdown(reports: Sequence[BlockReport], quick: bool) -> str:
 
 def _cost_table(reports: Sequence[BlockReport]) -> str:
     lines = [
-        "Against the plain ResNet of the same run (one process, interleaved, median): parameters and "
+        "Against the plain ResNet of the same run (one process, interleaved rounds): parameters and "
         "millions of multiply-adds added, bytes saved for backward, CPU training-step and inference time "
-        "ratios; extra_macs as declared / as torch's flop counter sees them (64 channels, 14 x 14).",
+        "ratios (median of the rounds' paired ratios, with their quartiles; 'unstable' where that range is "
+        "too wide to support the figure); extra_macs as declared / as torch's flop counter sees them "
+        "(64 channels, 14 x 14). Rows are comparable only at the same network, batch and size.",
         "",
         "| block | network, batch x size | placement | + params | + MMAC | saved for backward | train | infer | "
         "extra_macs declared / seen |",
@@ -198,10 +208,17 @@ def _cost_table(reports: Sequence[BlockReport]) -> str:
             mmac = (row["gmac"] - c["plain"]["gmac"]) * 1e3
             lines.append(
                 f"| {report.block} | {net} | {p} | {row['params'] - c['plain']['params']:,} | "
-                f"{mmac:.0f} | {row['saved_ratio']:.2f}x | {row['train_ratio']:.2f}x | "
-                f"{row['infer_ratio']:.2f}x | {macs['declared']:,} / {macs['flop_counter']:,} |"
+                f"{mmac:.0f} | {row['saved_ratio']:.2f}x | {_ratio(row, 'train')} | "
+                f"{_ratio(row, 'infer')} | {macs['declared']:,} / {macs['flop_counter']:,} |"
             )
     return "\n".join(lines)
+
+
+def _ratio(row: Dict[str, Any], kind: str) -> str:
+    from ..timing import Ratio
+
+    low, high = row[f"{kind}_ratio_range"]
+    return Ratio(row[f"{kind}_ratio"], low, high, row["rounds"]).text()
 
 
 def write_report(reports: Sequence[BlockReport], out: Path, quick: bool) -> None:

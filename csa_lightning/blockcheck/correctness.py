@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from ..attention import ChannelAttention, construct_attention
+from ..errors import describe
 
 __all__ = [
     "Fault",
@@ -131,7 +132,7 @@ def check_float64_gradients(b: BlockUnderTest, quick: bool) -> str:
         x = correlated_map((2, c, 4, 4), seed=3, dtype=torch.float64)
         y = block(x)
     except Exception as err:  # noqa: BLE001 - whatever stops a float64 forward is the finding
-        raise Finding(f"does not run in float64 ({type(err).__name__}: {_first_line(err)})") from None
+        raise Finding(f"does not run in float64 ({describe(err)})") from None
     with torch.no_grad():
         gate_dtype = block.gate(x).dtype
     _require(y.dtype == torch.float64 and gate_dtype == torch.float64,
@@ -147,8 +148,14 @@ def check_float64_gradients(b: BlockUnderTest, quick: bool) -> str:
         ok = torch.autograd.gradcheck(run, (x.requires_grad_(True), *params), eps=1e-6, atol=1e-6, rtol=1e-4,
                                       raise_exception=False, fast_mode=quick)  # fmt: skip
     except Exception as err:  # noqa: BLE001
-        raise Fault(f"float64 gradcheck could not run ({type(err).__name__}: {_first_line(err)})") from None
-    _require(ok, "float64 gradcheck: the analytic gradient differs from the numerical one")
+        raise Fault(f"float64 gradcheck could not run ({describe(err)})") from None
+    _require(
+        ok,
+        "float64 gradcheck: the analytic gradient differs from the numerical one; likely causes: a cast to a fixed "
+        "dtype inside the block (x.float() loses float64's precision), a non-differentiable step (argmax, rounding, "
+        "a threshold, .detach() on the path), or a custom autograd Function whose backward is approximate (declare "
+        "exact_gradient_options for the check)",
+    )
     extra = f" (with {b.cls.exact_gradient_options})" if getattr(b.cls, "exact_gradient_options", None) else ""
     return f"float64 gradcheck of the input and {len(params)} parameters passes{extra}"
 
@@ -230,7 +237,7 @@ def check_batch_of_one_training(b: BlockUnderTest, quick: bool) -> str:
     try:
         y, gx, _ = _forward_backward(block, correlated_map((1, 16, 5, 5), seed=7))
     except Exception as err:  # noqa: BLE001
-        raise Fault(f"batch of 1 in training mode fails ({type(err).__name__}: {_first_line(err)})") from None
+        raise Fault(f"batch of 1 in training mode fails ({describe(err)})") from None
     _require(bool(torch.isfinite(y).all() and torch.isfinite(gx).all()), "batch of 1 in training mode: non-finite")
     return "batch of 1 in training mode: finite output and gradients"
 
@@ -265,7 +272,7 @@ def check_no_shared_state(b: BlockUnderTest, quick: bool) -> str:
                 same = all(torch.equal(module(x), want) for _ in range(rounds))
             results[index] = (same, "")
         except Exception as err:  # noqa: BLE001
-            results[index] = (False, f"{type(err).__name__}: {_first_line(err)}")
+            results[index] = (False, f"{describe(err)}")
 
     threads = [threading.Thread(target=worker, args=(0, block, x1, expected[0])),
                threading.Thread(target=worker, args=(1, twin, x2, expected[1]))]  # fmt: skip
@@ -316,10 +323,6 @@ def check_in_a_resnet(b: BlockUnderTest, quick: bool) -> str:
                 _require(bool(finite), f"ResNet-18 ({placement}) under {str(dtype)[6:]} autocast: non-finite")
             done.append("bf16 and fp16 autocast")
     return f"ResNet-18 with zero-initialised last BN trains finite: {', '.join(done)}"
-
-
-def _first_line(err: BaseException) -> str:
-    return (str(err).strip().splitlines() or [""])[0][:200]
 
 
 #: (name, check) in report order

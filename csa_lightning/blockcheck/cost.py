@@ -22,9 +22,12 @@ __all__ = ["SETTINGS", "measure_cost", "extra_macs_agreement", "cost_findings"]
 #: the network and timing of a full run, and of --quick
 SETTINGS = {
     False: dict(depth=50, batch=8, size=224, repeats=3),
-    True: dict(depth=18, batch=4, size=64, repeats=1),
+    True: dict(depth=18, batch=4, size=64, repeats=3),
 }
 PLACEMENTS = ("stage_end", "every_block")
+#: what the report keeps of each benchmark row
+ROW_KEYS = ("params", "gmac", "saved_mb", "train_s", "infer_s", "saved_ratio", "rounds",
+            *(f"{kind}_ratio{part}" for kind in ("train", "infer") for part in ("", "_range", "_stable")))  # fmt: skip
 #: a training step slower than this many times the plain ResNet's is a finding ("slow")
 SLOW_RATIO = 1.5
 
@@ -46,8 +49,7 @@ def measure_cost(blocks: Sequence[BlockUnderTest], quick: bool) -> Dict[str, Dic
         }
         for p in PLACEMENTS:
             row = rows[f"{i}|{p}"]
-            entry[p] = {k: row[k] for k in ("params", "gmac", "saved_mb", "train_s", "infer_s", "train_ratio",
-                                            "infer_ratio", "saved_ratio")}  # fmt: skip
+            entry[p] = {k: row[k] for k in ROW_KEYS}
         entry["extra_macs"] = extra_macs_agreement(b)
         out[b.label] = entry
     return out
@@ -75,12 +77,20 @@ def extra_macs_agreement(b: BlockUnderTest) -> Dict[str, Any]:
 
 
 def cost_findings(cost: Dict[str, Any]) -> List[str]:
-    """What is worth knowing about a block's cost: slow training steps, undeclared multiply-adds."""
+    """What is worth knowing about a block's cost: slow training steps (only from a stable ratio: an
+    unstable one is said to be unstable, not slow), undeclared multiply-adds."""
     found = []
     for p in PLACEMENTS:
-        ratio = cost[p]["train_ratio"]
-        if ratio > SLOW_RATIO:
-            found.append(f"slow: a training step takes {ratio:.2f}x the plain ResNet's ({p})")
+        row = cost[p]
+        ratio = row["train_ratio"]
+        low, high = row.get("train_ratio_range") or (ratio, ratio)
+        if not row.get("train_ratio_stable", True):
+            found.append(
+                f"unstable timing: training-step ratio {ratio:.2f}x ranged {low:.2f}-{high:.2f} over "
+                f"{row.get('rounds', '?')} rounds ({p}); no speed conclusion (re-run on an idle machine)"
+            )
+        elif ratio > SLOW_RATIO:
+            found.append(f"slow: a training step takes {ratio:.2f}x ({low:.2f}-{high:.2f}) the plain ResNet's ({p})")
     macs = cost["extra_macs"]
     if macs["flop_counter"] > 1.1 * macs["declared"] + 1000:
         found.append(

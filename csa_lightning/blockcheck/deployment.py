@@ -10,13 +10,13 @@
 from __future__ import annotations
 
 import functools
-import re
 import tempfile
 from pathlib import Path
 from typing import Callable, List, Tuple
 
 import torch
 
+from ..errors import describe
 from .correctness import BlockUnderTest, Finding, correlated_map
 
 __all__ = ["DEPLOYMENT_CHECKS"]
@@ -33,14 +33,6 @@ def _compare(got: torch.Tensor, expected: torch.Tensor, what: str) -> str:
             f"{what} differs from PyTorch by {difference:.1e} ({difference / scale:.1e} of its largest value)"
         )
     return f"{what} runs; largest difference to PyTorch {difference:.1e}"
-
-
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-def _first_line(err: BaseException) -> str:
-    # the ONNX exporter colours its messages: a report is plain text
-    return (_ANSI.sub("", str(err)).strip().splitlines() or [""])[0][:200]
 
 
 def _eval_block(b: BlockUnderTest):
@@ -63,7 +55,7 @@ def check_torch_export(b: BlockUnderTest, quick: bool) -> str:
         with torch.no_grad():
             got = program.module()(other)
     except Exception as err:  # noqa: BLE001 - any failure to export is the finding
-        raise Finding(f"torch.export with a dynamic batch fails ({type(err).__name__}: {_first_line(err)})") from None
+        raise Finding(f"torch.export with a dynamic batch fails ({describe(err)})") from None
     return _compare(got, expected, "torch.export (dynamic batch)")
 
 
@@ -82,7 +74,7 @@ def check_onnx(b: BlockUnderTest, quick: bool) -> str:
             session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
             got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: other.numpy()})[0])
         except Exception as err:  # noqa: BLE001
-            raise Finding(f"ONNX export or onnxruntime fails ({type(err).__name__}: {_first_line(err)})") from None
+            raise Finding(f"ONNX export or onnxruntime fails ({describe(err)})") from None
     return _compare(got, expected, "ONNX (opset 18) in onnxruntime")
 
 
@@ -108,7 +100,7 @@ def check_timm(b: BlockUnderTest, quick: bool) -> str:
         _sane_logits(out)
         done.append("timm resnet18 attn_layer")
     except Exception as err:  # noqa: BLE001
-        raise Finding(f"timm's attn_layer slot fails ({type(err).__name__}: {_first_line(err)})") from None
+        raise Finding(f"timm's attn_layer slot fails ({describe(err)})") from None
     try:
         model = add_stage_gates(timm.create_model("convnext_atto", pretrained=False, num_classes=10), b.cls,
                                 options=b.options or None)  # fmt: skip
@@ -117,7 +109,7 @@ def check_timm(b: BlockUnderTest, quick: bool) -> str:
         _sane_logits(out)
         done.append(f"convnext_atto stage gates ({len(model.attention_gates)})")
     except Exception as err:  # noqa: BLE001
-        raise Finding(f"stage gates on timm's convnext_atto fail ({type(err).__name__}: {_first_line(err)})") from None
+        raise Finding(f"stage gates on timm's convnext_atto fail ({describe(err)})") from None
     return ", ".join(done)
 
 
@@ -134,9 +126,7 @@ def check_jit_trace(b: BlockUnderTest, quick: bool) -> str:
             # a trace records one path: the negated map takes another branch of a data-dependent if
             got_negated, expected_negated = traced(-other), block(-other)
     except Exception as err:  # noqa: BLE001
-        raise Finding(
-            f"torch.jit.trace fails ({type(err).__name__}: {_first_line(err)}); deprecated upstream"
-        ) from None
+        raise Finding(f"torch.jit.trace fails ({describe(err)}); deprecated upstream") from None
     _compare(got_negated, expected_negated, "torch.jit.trace on the negated map (a traced branch?)")
     return _compare(got, expected, "torch.jit.trace (deprecated upstream)")
 

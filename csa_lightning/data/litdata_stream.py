@@ -22,6 +22,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
+from ..errors import first_line
 from .classification_data import require_same_classes
 from .image_folder import TorchvisionImageData
 from .image_io import open_rgb
@@ -86,7 +87,7 @@ def read_classes(path: str, storage_options: Optional[Dict[str, Any]] = None) ->
                 f"{str(path).rstrip('/')}/{CLASSES_FILE}", str(target)
             )
         except Exception as err:  # noqa: BLE001 - boto/obstore/gcs errors vary: one line either way
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            first = first_line(err)[:200]
             raise ValueError(
                 f"cannot read {path}/{CLASSES_FILE} ({type(err).__name__}: {first}); check the URL and the "
                 "object store's credentials (docs/data-loading.md), and that the conversion finished"

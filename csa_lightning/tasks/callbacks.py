@@ -89,15 +89,18 @@ def checkpoint_files(trainer: "L.Trainer") -> Tuple[Optional[ModelCheckpoint], O
 class RunInfo(Callback):
     """Writes ``run_info.json`` into the log directory and stores it in every checkpoint: this
     repository's commit, package versions, and under "code" the provenance of every class the run
-    is built from (`csa_lightning.provenance.code_provenance`: the user's own packages too)."""
+    is built from (`csa_lightning.provenance.code_provenance`: the user's own packages too) and the
+    files its model arguments name, by content (`csa_lightning.provenance.named_files`)."""
 
     def __init__(self) -> None:
         self.info = run_info()
 
     def on_fit_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
-        from ..provenance import code_provenance, run_classes
+        from ..provenance import code_provenance, named_files, run_classes
 
         self.info["code"] = code_provenance(run_classes(pl_module, trainer.datamodule, trainer.callbacks))
+        # the files the model's arguments name (pretrained weights, a teacher), by content
+        self.info["code"]["named_files"] = named_files(dict(getattr(pl_module, "hparams", {}) or {}))
         # trainer.log_dir is a collective under DDP: every rank asks, rank 0 writes
         log_dir = trainer.log_dir or trainer.default_root_dir
         if trainer.global_rank != 0:
@@ -187,6 +190,8 @@ class RecordResult(Callback):
             "gmac_resolution": size,
             "train_images_per_sec": float(metrics.get("train/images_per_sec_epoch", float("nan"))),
             "inference_images_per_sec": batch / statistics.median(times[1:]),
+            # the fastest and slowest of the timed batches: how far the figure can be trusted here
+            "inference_images_per_sec_range": [batch / max(times[1:]), batch / min(times[1:])],
             # below 1: validation stopped early (limit_val_batches), on a stratified prefix of the data
             "val_fraction": _validated_fraction(trainer),
             "best_checkpoint": getattr(ckpt, "best_model_path", None),

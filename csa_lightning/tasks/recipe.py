@@ -35,7 +35,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
 from ..checks import oversubscription_warning, require, require_positive
-from ..errors import UsageError
+from ..errors import UsageError, first_line
 from ..spec import plain, public_path, spec_from_config
 from .schedules import Schedule, WarmupDecay
 
@@ -138,7 +138,7 @@ def check_recipe(optimizer: Mapping[str, Any], lr_scaling: str, lr_reference_bat
     try:
         cls([torch.zeros(1, device="cpu", requires_grad=True)], **dict(optimizer.get("init_args") or {}))
     except (ValueError, TypeError, RuntimeError) as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        first = first_line(err)
         raise ValueError(f"model.optimizer: {public_path(cls)} refuses its arguments ({first})") from None
 
 

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ...checks import process_rank
-from ...errors import UsageError
+from ...errors import UsageError, first_line
 from ...tasks.attempts import log_attempt, read_attempts
 from ..job import start_training
 from ..plan import Variant
@@ -220,7 +220,7 @@ def parse_resources(slurm_argv: List[str]):
     try:
         parsed = parser.parse_args(slurm_argv)
     except Exception as err:  # noqa: BLE001 - jsonargparse's errors vary; each is a bad key or value here
-        first = (str(err).strip().splitlines() or [""])[0]
+        first = first_line(err)
         raise UsageError(f"--slurm: {first} (keys: see configs/cluster/slurm.yaml)") from None
     return parser.instantiate_classes(parsed).slurm
 
