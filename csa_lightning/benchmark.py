@@ -18,7 +18,6 @@ ratio; ``--variant 'LABEL|ATTENTION|{"placement": ..., option: ...}'`` adds rows
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import statistics
@@ -28,7 +27,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from .errors import ToolParser, command
+from .attention import PAPER_ATTENTIONS, attention_name
+from .attention.csa import CONTIGUITY_MODES
+from .checks import MAX_IMAGE_SIDE, require_writable_file
+from .errors import ToolParser, command, int_in, list_option, positive_int
+from .models.attention_resnet import RESNET_LAYOUTS
 from .models.summary import build_variant, count_cost, parse_variant
 from .timing import STABLE_SPREAD, Ratio, paired_ratio
 
@@ -112,7 +115,7 @@ def inference(model: nn.Module, x: torch.Tensor, bf16: bool) -> None:
 
 def benchmark(
     depth: int = 50,
-    attentions: Sequence[str] = ("none", "se", "cbam", "eca", "gct", "csa"),
+    attentions: Sequence[str] = PAPER_ATTENTIONS,
     batch: int = 8,
     size: int = 224,
     repeats: int = 3,
@@ -325,14 +328,17 @@ def to_markdown(rows: List[Dict[str, Any]], title: str) -> str:
 @command
 def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     parser = ToolParser(prog="python -m csa_lightning.benchmark", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--depth", type=int, default=50)
-    parser.add_argument("--attentions", default="none,se,cbam,eca,gct,csa")
-    parser.add_argument("--batch", type=_positive, default=8)
-    parser.add_argument("--size", type=_positive, default=224)
-    parser.add_argument("--repeats", type=_positive, default=3, help="timed rounds (after one warm-up round)")
+    parser.add_argument("--depth", type=int, default=50, choices=sorted(RESNET_LAYOUTS))
+    list_option(parser, "--attentions", item_type=attention_name, default=PAPER_ATTENTIONS, metavar="A,B",
+                help="the blocks to time, comma-separated (repeatable)")  # fmt: skip
+    parser.add_argument("--batch", type=positive_int, default=8)
+    parser.add_argument(
+        "--size", type=int_in(1, MAX_IMAGE_SIDE), default=224, help=f"image side, 1 to {MAX_IMAGE_SIDE} px"
+    )
+    parser.add_argument("--repeats", type=positive_int, default=3, help="timed rounds (after one warm-up round)")
     parser.add_argument(
         "--max-repeats",
-        type=_positive,
+        type=positive_int,
         default=None,
         help="rounds at most while a ratio is unstable (default: 3 x --repeats, at least 5)",
     )
@@ -344,7 +350,8 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     )
     parser.add_argument("--bf16", action="store_true", help="forward under bf16 autocast")
     parser.add_argument("--channels-last", action="store_true", help="model and input in channels_last")
-    parser.add_argument("--csa-modes", default="l2", help="contiguity modes to time CSA in (l2,hybrid,cosine)")
+    list_option(parser, "--csa-modes", item_type=_contiguity, default=["l2"], metavar="M1,M2",
+                help=f"contiguity modes to time CSA in ({','.join(CONTIGUITY_MODES)})")  # fmt: skip
     parser.add_argument("--csa-grad", action="store_true", help="also time CSA with contiguity_grad=True")
     parser.add_argument("--csa-projected", action="store_true", help='also time CSA with distance="projected" (k=64)')
     parser.add_argument(
@@ -357,18 +364,12 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     parser.add_argument("--format", choices=("markdown", "json"), default="markdown")
     parser.add_argument("--out", default=None, help="also write the JSON rows here")
     args = parser.parse_args(argv)
-    from .attention import attention_names
-    from .models.attention_resnet import RESNET_LAYOUTS
-
-    try:
-        attentions = attention_names(args.attentions)
-    except (ValueError, TypeError) as err:
-        parser.error(str(err))
-    if args.depth not in RESNET_LAYOUTS:
-        parser.error(f"unsupported depth {args.depth}: choose from {sorted(RESNET_LAYOUTS)}")
+    attentions = args.attentions
+    if args.out:
+        require_writable_file("--out", args.out)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is visible here (run on a GPU machine, or use --device cpu)")
-    modes = [m.strip() for m in args.csa_modes.split(",") if m.strip()]
+    modes = args.csa_modes
     try:
         extra = [parse_variant(text) for text in args.variant]
     except ValueError as err:
@@ -410,11 +411,10 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     return results[key]
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
+def _contiguity(text: str) -> str:
+    if text not in CONTIGUITY_MODES:
+        raise ValueError(f"unknown contiguity mode {text!r}: choose from {', '.join(CONTIGUITY_MODES)}")
+    return text
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from typing import Any, Iterable, List, Optional, Sequence
 from .errors import UsageError
 
 __all__ = [
+    "MAX_IMAGE_SIDE",
     "require",
     "require_positive",
     "require_non_negative",
@@ -27,7 +28,12 @@ __all__ = [
     "run_lock_holder",
     "remove_dead_leftovers",
     "require_writable_folder",
+    "require_writable_file",
 ]
+
+
+#: the largest image side the tools accept (an --size of 100000 tried to allocate 960 GB)
+MAX_IMAGE_SIDE = 4096
 
 
 def require(condition: bool, option: str, value: Any, rule: str) -> None:
@@ -79,27 +85,39 @@ def require_fraction_range(option: str, values: Sequence[float]) -> None:
     require(ok, option, values, "[low, high] with 0 < low <= high <= 1")
 
 
-def require_writable_folder(option: str, path: str | os.PathLike) -> None:
+def require_writable_folder(option: str, path: str | os.PathLike, _shown: Optional[str] = None) -> None:
     """A folder that a tool will create or write into: refused up front, in one line, when it is a
     file, lies under a file, or its nearest existing folder cannot be written (nothing is created)."""
     import tempfile
 
+    shown = _shown if _shown is not None else str(path)
     target = Path(path)
     if target.exists() and not target.is_dir():
-        raise UsageError(f"{option} {path} is a file; give a folder (it is created if missing)")
+        raise UsageError(f"{option} {shown} is a file; give a folder (it is created if missing)")
     existing = target.absolute()
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir():
-        raise UsageError(f"{option} {path} cannot be created: {existing} is a file; choose another folder")
+        raise UsageError(f"{option} {shown} cannot be created: {existing} is a file; choose another place")
     try:
         with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as err:
         reason = err.strerror or type(err).__name__
         raise UsageError(
-            f"{option} {path} cannot be written ({existing}: {reason}); choose a folder you can write"
+            f"{option} {shown} cannot be written ({existing}: {reason}); choose a place you can write"
         ) from None
+
+
+def require_writable_file(option: str, path: str | os.PathLike) -> None:
+    """A file a tool will write at the end of its work: refused up front, in one line, when it is a
+    folder or its folder cannot be created or written (nothing is created)."""
+    target = Path(path)
+    if str(path).strip() == "":
+        raise UsageError(f"{option} is empty; give the file to write")
+    if target.is_dir():
+        raise UsageError(f"{option} {path} is a folder; give the file to write inside it")
+    require_writable_folder(option, target.parent, _shown=str(path))
 
 
 def oversubscription_warning(

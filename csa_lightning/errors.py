@@ -20,7 +20,8 @@ import os
 import sys
 from typing import Any, Callable, List, Optional, Sequence, TypeVar
 
-__all__ = ["UsageError", "first_line", "describe", "command", "ToolParser", "list_option"]
+__all__ = ["UsageError", "first_line", "describe", "command", "ToolParser", "list_option", "positive_int",
+           "int_in", "non_empty"]  # fmt: skip
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -156,3 +157,32 @@ class ToolParser(argparse.ArgumentParser):
             joined.append(token)
             i += 1
         return joined
+
+
+def positive_int(text: str) -> int:
+    """An argparse ``type``: an integer >= 1."""
+    return int_in(1, None)(text)
+
+
+def int_in(low: int, high: Optional[int]) -> Callable[[str], int]:
+    """An argparse ``type``: an integer from ``low`` to ``high`` (None: no upper bound)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            rule = f"from {low} to {high}" if high is not None else ("a positive integer" if low == 1 else f">= {low}")
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {value}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def non_empty(text: str) -> str:
+    """An argparse ``type``: a string with something in it."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text

@@ -26,14 +26,13 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from .errors import ToolParser, UsageError, command, first_line
+from .checks import MAX_IMAGE_SIDE, require_writable_file
+from .errors import ToolParser, UsageError, command, first_line, non_empty
 
 __all__ = ["export_model", "check_export", "load_classifier", "main", "TOLERANCE"]
 
 #: largest accepted difference between the exported model and PyTorch, relative to max(1, max|y|)
 TOLERANCE = 1e-4
-#: the largest --size accepted (the check runs a batch of 3 at that size on the CPU)
-MAX_SIZE = 4096
 
 
 def load_classifier(ckpt: str) -> Tuple[nn.Module, Optional[int]]:
@@ -125,7 +124,9 @@ def check_export(model: nn.Module, path: Path, fmt: str, size: int = 224, batch:
 @command
 def main(argv: Optional[Sequence[str]] = None) -> float:
     parser = ToolParser(prog="python -m csa_lightning.export", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ckpt", required=True, help="a ClassificationModule checkpoint or a run folder")
+    parser.add_argument(
+        "--ckpt", required=True, type=non_empty, help="a ClassificationModule checkpoint or a run folder"
+    )
     parser.add_argument("--format", choices=("onnx", "pt2"), default="onnx")
     parser.add_argument("--out", required=True)
     parser.add_argument("--size", type=int, default=None, help="image size (default: the checkpoint's data, else 224)")
@@ -133,10 +134,11 @@ def main(argv: Optional[Sequence[str]] = None) -> float:
     args = parser.parse_args(argv)
     if args.opset < 18:
         raise UsageError(f"--opset must be >= 18 (the dynamo exporter's minimum), got {args.opset}")
-    if args.size is not None and not 1 <= args.size <= MAX_SIZE:
-        raise UsageError(f"--size must be an image side in pixels from 1 to {MAX_SIZE}, got {args.size}")
+    if args.size is not None and not 1 <= args.size <= MAX_IMAGE_SIDE:
+        raise UsageError(f"--size must be an image side in pixels from 1 to {MAX_IMAGE_SIDE}, got {args.size}")
     if Path(args.out).is_dir():
         raise UsageError(f"--out {args.out} is a folder; give the file to write, e.g. {Path(args.out) / 'model.onnx'}")
+    require_writable_file("--out", args.out)
     try:
         model, data_size = load_classifier(args.ckpt)
         size = args.size or data_size or 224

@@ -21,7 +21,8 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from .errors import ToolParser, UsageError, command
+from .checks import require_writable_file
+from .errors import ToolParser, UsageError, command, non_empty
 
 __all__ = ["sbatch_script", "main"]
 
@@ -81,7 +82,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     )
     parser.add_argument("--script", default=None, help="write the job script here (default: standard output)")
     parser.add_argument("--submit", action="store_true", help="submit it with sbatch (needs --script)")
-    parser.add_argument("--job-name", default="csa-fit")
+    parser.add_argument("--job-name", default="csa-fit", type=non_empty)
     parser.add_argument(
         "--slurm",
         metavar="FILE",
@@ -95,6 +96,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         raise UsageError("the job runs cli.py fit: the arguments after -- start with fit")
     if args.submit and not args.script:
         raise UsageError("--submit needs --script FILE (the job script sbatch reads)")
+    if args.script:
+        require_writable_file("--script", args.script)
     resources = parse_resources(slurm_argv)
     script = sbatch_script(resources, cli_args, args.job_name)
     if not args.script:

@@ -247,3 +247,52 @@ def test_class_paths_and_piece_arguments_name_the_class_and_what_is_wrong(args, 
     error = refusal(capsys, main, ["fit", "--config", str(DEMO_CONFIG), *MEMORY, *args])
     assert error.startswith(f"error: {message}"), error
     assert "NestedArg" not in error and error.endswith("(python cli.py fit --help lists every option)")
+
+
+BLOCK_CASES = [
+    ("se", 0, {}, "channels must be a positive integer, got 0"),
+    ("se", 2.5, {}, "channels must be a positive integer, got 2.5"),
+    ("se", True, {}, "channels must be a positive integer, got True"),
+    ("se", 16, {"reduction": True}, "reduction must be a positive integer, got True"),
+    ("cbam", 16, {"reduction": 2.5}, "reduction must be a positive integer, got 2.5"),
+    ("eca", 16, {"gamma": 0.0}, "gamma must be a positive number, got 0.0"),
+    ("eca", 16, {"b": float("inf")}, "b must be a finite number, got inf"),
+    ("eca", 16, {"k_size": 4}, "ECA k_size must be a positive odd integer, got 4"),
+    ("gct", 16, {"c": float("nan")}, "c must be a positive number, got nan"),
+    ("gct", 16, {"learn_c": "yes"}, "learn_c must be true or false, got 'yes'"),
+    ("csa", 16, {"eps": 0.0}, "eps must be a positive number, got 0.0"),
+    ("csa", 16, {"eps": float("nan")}, "eps must be a positive number, got nan"),
+    ("csa", 16, {"contiguity_grad": "yes"}, "contiguity_grad must be true or false, got 'yes'"),
+    ("csa", 16, {"projection_dim": 2.5}, "projection_dim must be a positive integer, got 2.5"),
+    ("csa", 16, {"projection_seed": -1}, "projection_seed must be an integer >= 0, got -1"),
+    ("csa", 16, {"compile": 2}, "compile must be true or false, got 2"),
+]
+
+
+@pytest.mark.parametrize("name, channels, options, message", BLOCK_CASES)
+def test_block_arguments_of_the_wrong_type_or_range_are_one_line(name, channels, options, message):
+    """Before: GCT(16, c=nan) and CSA(16, eps=-1) were built and gave NaN gates; ECA(16, gamma=0) divided by zero;
+    a 2.5 or True passed as a count of channels."""
+    from csa_lightning.attention import resolve_attention
+
+    with pytest.raises(ValueError) as err:
+        resolve_attention(name)(channels, **options)
+    assert str(err.value) == message
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"num_classes": 2.5}, "num_classes must be a positive integer, got 2.5"),
+        ({"num_classes": True}, "num_classes must be a positive integer, got True"),
+        ({"zero_init_residual": "yes"}, "zero_init_residual must be true or false, got 'yes'"),
+        ({"depth": 17}, "unsupported ResNet depth 17: choose one of [18, 34, 50, 101, 152]"),
+    ],
+)
+def test_a_network_spec_checks_its_values_when_it_is_built_from_the_config(kwargs, message):
+    """Before: num_classes 2.5 failed in torch.empty() when the network was built; zero_init_residual 'yes' was true."""
+    from csa_lightning.models import ResNetSpec
+
+    with pytest.raises(ValueError) as err:
+        ResNetSpec(**{"depth": 18, **kwargs})
+    assert str(err.value) == message

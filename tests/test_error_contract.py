@@ -158,3 +158,38 @@ def test_lightning_noise_is_left_out_of_the_projects_commands(tmp_path, monkeypa
     with warnings.catch_warnings(record=True) as caught:
         SLURMEnvironment._validate_srun_used()
     assert not any("srun" in str(w.message) for w in caught)
+
+
+#: found by trying every option of every tool with a wrong type, an empty value, a value out of range and the
+#: same value twice: each was a traceback, a hang or a silent run before; each is one line now
+OPTION_CASES = [
+    ("csa_lightning.benchmark", ["--attentions", ""], "error: --attentions is empty"),
+    ("csa_lightning.benchmark", ["--csa-modes", ""], "error: --csa-modes is empty"),
+    ("csa_lightning.benchmark", ["--csa-modes", "foo"], "error: --csa-modes: unknown contiguity mode 'foo': choose from l2"),
+    ("csa_lightning.benchmark", ["--size", "100000"], "error: argument --size: must be from 1 to 4096, got 100000"),
+    ("csa_lightning.benchmark", ["--depth", "17"], "error: argument --depth: invalid choice: 17"),
+    ("csa_lightning.benchmark", ["--out", "/proc/csa/x.json"], "error: --out /proc/csa/x.json cannot be written"),
+    ("csa_lightning.benchmark", ["--batch", "2", "--batch", "4"], "error: --batch is given twice (2, then 4)"),
+    ("csa_lightning.models.summary", ["--depths", "18,18"], "error: --depths lists 18 twice"),
+    ("csa_lightning.models.summary", ["--depths", "17"], "error: --depths: unsupported depth '17': choose from 18, 34"),
+    ("csa_lightning.models.summary", ["--attentions", ""], "error: --attentions is empty"),
+    ("csa_lightning.models.summary", ["--placement", "foo"], "error: argument --placement: invalid choice: 'foo'"),
+    ("csa_lightning.blockcheck.__main__", ["se", "--out", "/proc/csa/x"], "error: --out /proc/csa/x cannot be written"),
+    ("csa_lightning.export", ["--ckpt", "", "--out", "m.onnx"], "error: argument --ckpt: must not be empty"),
+    ("csa_lightning.export", ["--ckpt", "x", "--out", "/proc/csa/m.onnx"], "error: --out /proc/csa/m.onnx cannot be written"),
+    ("csa_lightning.slurm", ["--job-name", "", "--", "fit"], "error: argument --job-name: must not be empty"),
+    ("csa_lightning.slurm", ["--script", "/proc/csa/x.sh", "--", "fit"], "error: --script /proc/csa/x.sh cannot be written"),
+    ("csa_lightning.data.write_beton", ["--root", "", "--out", "x.beton"], "error: argument --root: must not be empty"),
+    ("csa_lightning.data.write_beton", ["--root", "r", "--out", "/proc/csa/x.beton"], "error: --out /proc/csa/x.beton cannot be written"),
+    ("csa_lightning.data.write_litdata", ["i", "o", "--chunk-bytes", "abc"], "error: argument --chunk-bytes: must be a positive size"),
+    ("csa_lightning.data.write_litdata", ["i", "o", "--splits", "train,train"], "error: --splits lists train twice"),
+    ("csa_lightning.ablate.runner", ["--config", DEMO, "--out", "x", "--metric", ""], "error: argument --metric: must not be empty"),
+    ("csa_lightning.ablate.runner", ["--config", DEMO, "--out", "x", "--baseline", " "], "error: argument --baseline: must not be empty"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("module, args, message", OPTION_CASES, ids=[f"{m}:{' '.join(a)}" for m, a, _ in OPTION_CASES])
+def test_every_option_refuses_a_bad_value_in_one_line(module, args, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    error = refusal(capsys, importlib.import_module(module).main, args)
+    assert error.startswith(message), error

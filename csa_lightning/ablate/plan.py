@@ -13,12 +13,9 @@ from typing import Any, Dict, List, Sequence
 
 from ..errors import UsageError
 
-__all__ = ["Variant", "plan_variants", "sweep_key", "DEFAULT_ATTENTIONS", "Resolved", "check_variants", "config_hash",
+__all__ = ["Variant", "plan_variants", "sweep_key", "Resolved", "check_variants", "config_hash",
            "run_relevant_config", "CONFIG_SCHEME"]  # fmt: skip
 
-
-#: what ``--attentions`` compares unless told otherwise: the paper's blocks and the plain network
-DEFAULT_ATTENTIONS = ("none", "se", "cbam", "eca", "gct", "csa")
 
 #: the config's own spellings of the block options a sweep may name, and the short form they mean
 _SWEEP_ALIASES = (

@@ -12,14 +12,13 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from ..attention import attention_name
+from ..attention import PAPER_ATTENTIONS, attention_name
 from ..checks import require_writable_folder
-from ..errors import ToolParser, UsageError, command, list_option
+from ..errors import ToolParser, UsageError, command, list_option, non_empty
 from .executors import EXECUTORS, Executor, Run, Status, executor_class
 from .executors.slurm import parse_resources, split_slurm_args
 from .job import fit_command
 from .plan import (
-    DEFAULT_ATTENTIONS,
     Resolved,
     Variant,
     _option_keys,
@@ -69,7 +68,7 @@ def _parse(argv: Optional[Sequence[str]]) -> Tuple[argparse.Namespace, List[str]
 
     parser = ToolParser(prog="python -m csa_lightning.ablate", description=package_doc.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="base config (any cli.py fit config)")
-    list_option(parser, "--attentions", item_type=attention_name, default=DEFAULT_ATTENTIONS, metavar="A,B",
+    list_option(parser, "--attentions", item_type=attention_name, default=PAPER_ATTENTIONS, metavar="A,B",
                 help="the blocks to compare, comma-separated (repeatable: the lists add up)")  # fmt: skip
     list_option(parser, "--seeds", item_type=_seed, default=[0], metavar="S1,S2",
                 help="seeds, comma-separated (repeatable: the lists add up)")  # fmt: skip
@@ -92,10 +91,12 @@ def _parse(argv: Optional[Sequence[str]]) -> Tuple[argparse.Namespace, List[str]
     parser.add_argument(
         "--metric",
         default=None,
+        type=non_empty,
         help="the validation metric the report compares (default: what the checkpoints monitor: val/top1 for "
         "classification, val/box_AP for detection)",
     )
-    parser.add_argument("--baseline", default="none", help="the variant every other one is compared with, by seed")
+    parser.add_argument("--baseline", default="none", type=non_empty,
+                        help="the variant every other one is compared with, by seed")  # fmt: skip
     parser.add_argument(
         "--backbone-runs",
         default=None,

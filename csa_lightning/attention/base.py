@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 __all__ = [
+    "PAPER_ATTENTIONS",
     "ChannelAttention",
     "ReductionMLP",
     "MLPGate",
@@ -35,13 +36,48 @@ __all__ = [
     "PLACEMENTS",
     "autocast_disabled",
     "sqrt_zero_safe",
+    "check_int",
+    "check_number",
+    "check_flag",
 ]
+
+#: the comparison of the CSA paper (Table 1): no gate, then SE, CBAM's channel gate, ECA, GCT and CSA;
+#: what the ablation runner, the benchmark and the summary compare unless told otherwise
+PAPER_ATTENTIONS = ("none", "se", "cbam", "eca", "gct", "csa")
 
 #: The placements ``attention_resnet`` understands by name (a list of [stage, block] pairs also works).
 PLACEMENTS = ("stage_end", "every_block")
 
 _REGISTRY: Dict[str, Type["ChannelAttention"]] = {}
 _NONE_NAMES = ("none",)
+
+
+def check_int(name: str, value, low: int = 1) -> int:
+    """A block's integer argument: an int (not a bool, not 2.5) of at least ``low``, else one line."""
+    import numbers
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        rule = "a positive integer" if low == 1 else f"an integer >= {low}"
+        raise ValueError(f"{name} must be {rule}, got {value!r}")
+    return int(value)
+
+
+def check_number(name: str, value, positive: bool = False) -> float:
+    """A block's real argument: a finite number (positive if asked), else one line."""
+    import math
+    import numbers
+
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or (positive and value <= 0):
+        raise ValueError(f"{name} must be a {'positive' if positive else 'finite'} number, got {value!r}")
+    return float(value)
+
+
+def check_flag(name: str, value) -> bool:
+    """A block's switch: True or False (a "yes" or a 2 is refused, not read as true)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+    return value
 
 
 def global_avg_pool(x: Tensor) -> Tensor:
@@ -96,8 +132,7 @@ class ReductionMLP(nn.Module):
 
     def __init__(self, channels: int, reduction: int = 16) -> None:
         super().__init__()
-        if reduction < 1:
-            raise ValueError(f"reduction must be >= 1, got {reduction}")
+        check_int("reduction", reduction)
         hidden = max(1, channels // reduction)
         self.fc1 = nn.Linear(channels, hidden)
         self.relu = nn.ReLU(inplace=True)
@@ -164,9 +199,7 @@ class ChannelAttention(nn.Module):
 
     def __init__(self, channels: int) -> None:
         super().__init__()
-        if channels < 1:
-            raise ValueError(f"channels must be a positive integer, got {channels}")
-        self.channels = int(channels)
+        self.channels = check_int("channels", channels)
         # a hook point, not a layer: forward hooks on it see the gate p (N, C, 1, 1) as the block
         # uses it, without recomputing anything (GateStatistics does this); no parameters
         self.gate_output = nn.Identity()

@@ -52,7 +52,17 @@ import torch
 from torch import Tensor, nn
 
 from . import csa_triton
-from .base import ChannelAttention, ReductionMLP, autocast_disabled, register_attention, sqrt_zero_safe, standardize
+from .base import (
+    ChannelAttention,
+    ReductionMLP,
+    autocast_disabled,
+    check_flag,
+    check_int,
+    check_number,
+    register_attention,
+    sqrt_zero_safe,
+    standardize,
+)
 
 CONTIGUITY_MODES = ("l2", "hybrid", "cosine")
 DISTANCE_MODES = ("exact", "projected", "pooled")
@@ -552,8 +562,11 @@ class CSA(ChannelAttention):
             raise ValueError(f"unknown contiguity '{contiguity}': choose one of {', '.join(CONTIGUITY_MODES)}")
         if distance not in DISTANCE_MODES:
             raise ValueError(f"unknown distance '{distance}': choose one of {', '.join(DISTANCE_MODES)}")
-        if projection_dim < 1:
-            raise ValueError(f"projection_dim must be >= 1, got {projection_dim}")
+        check_int("projection_dim", projection_dim)
+        check_int("projection_seed", projection_seed, low=0)
+        check_number("eps", eps, positive=True)
+        check_flag("contiguity_grad", contiguity_grad)
+        check_flag("compile", compile)
         if channels < 2:
             raise ValueError(f"CSA needs at least 2 channels, got {channels}")
         if distance == "pooled":

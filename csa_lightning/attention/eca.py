@@ -6,7 +6,7 @@ from typing import Optional
 
 from torch import Tensor, nn
 
-from .base import ChannelAttention, global_avg_pool, register_attention
+from .base import ChannelAttention, check_int, check_number, global_avg_pool, register_attention
 
 __all__ = ["EfficientChannelAttention", "eca_kernel_size"]
 
@@ -43,8 +43,10 @@ class EfficientChannelAttention(ChannelAttention):
 
     def __init__(self, channels: int, k_size: Optional[int] = None, gamma: float = 2.0, b: float = 1.0) -> None:
         super().__init__(channels)
-        k = eca_kernel_size(channels, gamma, b) if k_size is None else int(k_size)
-        if k < 1 or k % 2 == 0:
+        check_number("gamma", gamma, positive=True)
+        check_number("b", b)
+        k = eca_kernel_size(channels, gamma, b) if k_size is None else check_int("k_size", k_size)
+        if k % 2 == 0:
             raise ValueError(f"ECA k_size must be a positive odd integer, got {k}")
         self.k_size = k
         self.conv = nn.Conv1d(1, 1, kernel_size=k, padding=(k - 1) // 2, bias=False)

@@ -4,7 +4,7 @@
 import torch
 from torch import Tensor, nn
 
-from .base import ChannelAttention, global_avg_pool, register_attention, standardize
+from .base import ChannelAttention, check_flag, check_number, global_avg_pool, register_attention, standardize
 
 __all__ = ["GaussianContextTransformer"]
 
@@ -34,9 +34,8 @@ class GaussianContextTransformer(ChannelAttention):
 
     def __init__(self, channels: int, c: float = 2.0, learn_c: bool = False) -> None:
         super().__init__(channels)
-        if c <= 0:
-            raise ValueError(f"GCT's c must be positive, got {c}")
-        self.learn_c = learn_c
+        check_number("c", c, positive=True)
+        self.learn_c = check_flag("learn_c", learn_c)
         if learn_c:
             self.c = nn.Parameter(torch.tensor(float(c)))
         else:

@@ -12,6 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import List, Optional
 
+from ..checks import require_writable_folder
 from ..errors import ToolParser, UsageError, command, first_line
 from . import (
     REFERENCE,
@@ -58,6 +59,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         ) from None
     if args.write_reference:
         args.blocks, args.builtins, args.quick, args.no_cost = builtin_names(), False, False, False
+    require_writable_folder("--out", args.out)  # written after minutes of checks: refused now if it cannot be
     if not args.blocks and not args.builtins:
         raise UsageError("name at least one block (e.g. your_pkg.YourGate) or pass --builtins")
     try:

@@ -21,8 +21,8 @@ from typing import Optional, Sequence
 
 from PIL import Image
 
-from ..checks import remove_dead_leftovers, require, require_non_negative, require_positive
-from ..errors import ToolParser, UsageError, command, first_line
+from ..checks import remove_dead_leftovers, require, require_non_negative, require_positive, require_writable_file
+from ..errors import ToolParser, UsageError, command, first_line, non_empty
 from .image_io import image_tree, open_rgb
 
 __all__ = ["write_beton", "RGBImageFolder"]
@@ -114,13 +114,14 @@ def write_beton(
 @command
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = ToolParser(prog="python -m csa_lightning.data.write_beton", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--root", required=True, help="ImageFolder tree: root/<class>/<image>")
+    parser.add_argument("--root", required=True, type=non_empty, help="ImageFolder tree: root/<class>/<image>")
     parser.add_argument("--out", required=True, help="destination .beton file")
     parser.add_argument("--max-resolution", type=int, default=512)
     parser.add_argument("--jpeg-quality", type=int, default=90)
     parser.add_argument("--compress-probability", type=float, default=0.5)
     parser.add_argument("--num-workers", type=int, default=0, help="writer processes (0: one per CPU)")
     args = parser.parse_args(argv)
+    require_writable_file("--out", args.out)
     try:
         path = write_beton(
             args.root, args.out, args.max_resolution, args.jpeg_quality, args.compress_probability, args.num_workers

@@ -90,6 +90,17 @@ def write_split(folder: Path, out: str, chunk_bytes: str = "64MB", workers: Opti
     return about
 
 
+def _chunk_bytes(text: str) -> str:
+    """LitData's chunk size: a positive number of bytes, or one with a unit (64MB, 1.5GB)."""
+    import argparse
+    import re
+
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?B)?\s*", text, flags=re.IGNORECASE)
+    if not match or float(match.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive size such as 64MB or 1000000, got {text!r}")
+    return text.strip().upper().replace(" ", "")
+
+
 def _has_partial(out: str) -> bool:
     """An index.json without our classes.json: an earlier run of optimize that did not finish."""
     return (Path(out) / "index.json").exists()
@@ -101,7 +112,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("images", help="an ImageFolder root holding one folder per split")
     parser.add_argument("out", help="output root folder (copy it to an object store afterwards)")
     list_option(parser, "--splits", default=["train", "val"], help="the split folders to convert (default: train,val)")
-    parser.add_argument("--chunk-bytes", default="64MB", help="target size of each chunk file")
+    parser.add_argument("--chunk-bytes", default="64MB", type=_chunk_bytes,
+                        help="target size of each chunk file: bytes, or a number with KB, MB or GB")  # fmt: skip
     parser.add_argument("--workers", type=int, default=None, help="conversion processes (default: up to 8)")
     args = parser.parse_args(argv)
     images = Path(args.images)

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from ..attention import PLACEMENTS, ChannelAttention, resolve_attention
+from ..attention import PLACEMENTS, ChannelAttention, check_flag, check_int, resolve_attention
 from ..attention.base import AttentionSpec, construct_attention
 from .networks import ClassifierSpec, default_placement
 
@@ -158,8 +158,7 @@ class AttentionResNet(ResNet):
     ) -> None:
         if depth not in RESNET_LAYOUTS:
             raise ValueError(f"unsupported ResNet depth {depth}: choose one of {sorted(RESNET_LAYOUTS)}")
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        check_int("num_classes", num_classes)
         block, layers = RESNET_LAYOUTS[depth]
         super().__init__(block, list(layers), num_classes=num_classes, **resnet_kwargs)
         self.depth = depth
@@ -204,6 +203,11 @@ class ResNetSpec(ClassifierSpec):
         num_classes: int = 1000,
         zero_init_residual: bool = False,
     ) -> None:
+        # the plain values are checked here, when a config builds the spec, not deep in the network's build
+        if depth not in RESNET_LAYOUTS:
+            raise ValueError(f"unsupported ResNet depth {depth}: choose one of {sorted(RESNET_LAYOUTS)}")
+        check_int("num_classes", num_classes)
+        check_flag("zero_init_residual", zero_init_residual)
         self.depth = depth
         self.attention = attention
         self.placement = default_placement(placement)

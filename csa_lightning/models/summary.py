@@ -13,7 +13,6 @@ and its CSA rows leave out the distance matrix (about 0.82 GMAC per image at 224
 
 from __future__ import annotations
 
-import argparse
 import difflib
 import json
 from dataclasses import asdict, dataclass
@@ -22,8 +21,9 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..attention import ChannelAttention, attention_names
-from ..errors import ToolParser, UsageError, command
+from ..attention import PAPER_ATTENTIONS, PLACEMENTS, ChannelAttention, attention_name
+from ..checks import MAX_IMAGE_SIDE
+from ..errors import ToolParser, UsageError, command, int_in, list_option
 from .attention_resnet import RESNET_LAYOUTS, attention_resnet
 
 __all__ = ["ModelCost", "count_cost", "summary_table", "PAPER_TABLE1", "display_name"]
@@ -172,7 +172,7 @@ def build_variant(depth: int, attention: str, options: Dict) -> torch.nn.Module:
 
 def summary_table(
     depths: Iterable[int] = (18, 34, 50, 101, 152),
-    attentions: Iterable[str] = ("none", "se", "cbam", "eca", "gct", "csa"),
+    attentions: Iterable[str] = PAPER_ATTENTIONS,
     size: int = 224,
     placement=None,
     variants: Sequence[Tuple[str, str, Dict]] = (),
@@ -229,20 +229,21 @@ def to_markdown(rows: Sequence[ModelCost], size: int = 224) -> str:
     return "\n".join(lines)
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
+def _depth(text: str) -> int:
+    if not text.isdigit() or int(text) not in RESNET_LAYOUTS:
+        raise ValueError(f"unsupported depth {text!r}: choose from {', '.join(map(str, sorted(RESNET_LAYOUTS)))}")
+    return int(text)
 
 
 @command
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = ToolParser(description=__doc__.split("\n\n")[0], prog="python -m csa_lightning.models.summary")
-    parser.add_argument("--depths", default="18,34,50,101,152", help="comma-separated ResNet depths")
-    parser.add_argument("--attentions", default="none,se,cbam,eca,gct,csa", help="comma-separated attention names")
-    parser.add_argument("--placement", default=None, help="stage_end or every_block (default: each block's own)")
-    parser.add_argument("--size", type=_positive_int, default=224, help="input side in pixels")
+    list_option(parser, "--depths", item_type=_depth, default=sorted(RESNET_LAYOUTS), metavar="D1,D2",
+                help="ResNet depths, comma-separated (repeatable)")  # fmt: skip
+    list_option(parser, "--attentions", item_type=attention_name, default=PAPER_ATTENTIONS, metavar="A,B",
+                help="attention names, comma-separated (repeatable)")  # fmt: skip
+    parser.add_argument("--placement", default=None, choices=PLACEMENTS, help="default: each block's own")
+    parser.add_argument("--size", type=int_in(1, MAX_IMAGE_SIDE), default=224, help="input side in pixels")
     parser.add_argument(
         "--variant",
         action="append",
@@ -256,17 +257,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         variants = [parse_variant(v) for v in args.variant]
     except ValueError as err:
         parser.error(str(err))
-    try:
-        depths = [int(d) for d in args.depths.split(",")]
-    except ValueError:
-        parser.error(f"--depths must be comma-separated integers from {sorted(RESNET_LAYOUTS)}, got '{args.depths}'")
-    try:
-        attentions = attention_names(args.attentions)
-    except (ValueError, TypeError) as err:
-        parser.error(str(err))
-    for d in depths:
-        if d not in RESNET_LAYOUTS:
-            parser.error(f"unsupported depth {d}: choose from {sorted(RESNET_LAYOUTS)}")
+    depths, attentions = args.depths, args.attentions
     rows = summary_table(depths, attentions, args.size, args.placement, variants)
     if args.format == "json":
         print(json.dumps([asdict(r) | {"name": r.name} for r in rows], indent=2))
