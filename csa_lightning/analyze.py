@@ -5,7 +5,7 @@ importable from here too."""
 from .analysis import *  # noqa: F401,F403
 from .analysis import __all__  # noqa: F401
 from .analysis.cli import main
-from .tasks.checkpoints import resolve_checkpoint  # noqa: F401  (analyze.resolve_checkpoint, as before)
+from .run_folder import resolve_checkpoint  # noqa: F401  (analyze.resolve_checkpoint, as before)
 
 if __name__ == "__main__":
     main()

@@ -26,9 +26,10 @@ import lightning as L
 from jsonargparse import ArgumentError
 from lightning.pytorch.cli import LightningCLI
 
+from .config_diff import comparable, differences, first_difference
 from .config_errors import one_line, parse_error_line
 from .errors import first_line
-from .tasks.checkpoints import check_checkpoint_file
+from .run_folder import check_checkpoint_file
 
 __all__ = ["CSALightningCLI", "main", "check_checkpoint_file"]
 
@@ -59,7 +60,7 @@ class CSALightningCLI(LightningCLI):
             # what a job that may be requeued starts with: resume this config's run if it has a
             # checkpoint, else start afresh (decided now, when the process starts)
             root = self.config[subcommand].trainer.get("default_root_dir") or "lightning_logs"
-            from .tasks.checkpoints import checkpoints_newest_first
+            from .run_folder import checkpoints_newest_first
 
             ckpt_path = "last" if checkpoints_newest_first(str(root)) else None
             self.config[subcommand].ckpt_path = ckpt_path
@@ -74,7 +75,7 @@ class CSALightningCLI(LightningCLI):
                 "pass --ckpt_path FILE (or last) to evaluate a trained model",
                 file=sys.stderr,
             )
-        asked = _comparable(self.config[subcommand].get("model"))
+        asked = comparable(self.config[subcommand].get("model"))
         try:
             self._merge_checkpoint_hparams(subcommand, ckpt_path)
         except (RuntimeError, EOFError, OSError, KeyError) as err:
@@ -86,10 +87,10 @@ class CSALightningCLI(LightningCLI):
             warning = evaluation_data_warning(ckpt_path, self.config[subcommand].get("data"))
             if warning:
                 print(f"warning: {warning}", file=sys.stderr)
-        differences = _differences(_comparable(self.config[subcommand].get("model")), asked, "model")
-        if differences and ckpt_path is not None:
-            listed = "; ".join(f"{key}: {saved!r} there, {now!r} here" for key, saved, now in differences[:3])
-            more = f" (and {len(differences) - 3} more)" if len(differences) > 3 else ""
+        changed = differences(comparable(self.config[subcommand].get("model")), asked, "model")
+        if changed and ckpt_path is not None:
+            listed = "; ".join(f"{key}: {saved!r} there, {now!r} here" for key, saved, now in changed[:3])
+            more = f" (and {len(changed) - 3} more)" if len(changed) > 3 else ""
             raise ValueError(
                 f"checkpoint {ckpt_path} was made with other hyperparameters than this command's ({listed}{more}): "
                 "a checkpoint keeps its own; drop the overrides, or use the config it was trained with"
@@ -152,11 +153,11 @@ def evaluation_data_warning(ckpt_path: str, data_config) -> Optional[str]:
     except Exception:  # noqa: BLE001 - a warning is optional; the checkpoint itself is checked elsewhere
         return None
     trained = saved.get("datamodule_hyper_parameters") or {}
-    now = (_comparable(data_config) or {}).get("init_args") or {}
+    now = (comparable(data_config) or {}).get("init_args") or {}
     differing = []
     for key in _PIXEL_OPTIONS:
         if key in trained and key in now:
-            then_value, now_value = _comparable(trained[key]), now[key]
+            then_value, now_value = comparable(trained[key]), now[key]
             if then_value != now_value:
                 differing.append(f"{key} {then_value!r} then, {now_value!r} now")
     if not differing:
@@ -273,7 +274,7 @@ def find_last_checkpoint(config) -> Path:
     """
     import yaml
 
-    from .tasks.checkpoints import checkpoints_newest_first, saved_config
+    from .run_folder import checkpoints_newest_first, saved_config
 
     root = Path(config.trainer.get("default_root_dir") or "lightning_logs")
     found = checkpoints_newest_first(str(root))
@@ -281,7 +282,7 @@ def find_last_checkpoint(config) -> Path:
         raise FileNotFoundError(
             f"--ckpt_path last: no last.ckpt under {root}; train first, or pass the checkpoint's path"
         )
-    current = _comparable({"model": config.get("model"), "data": config.get("data")})
+    current = comparable({"model": config.get("model"), "data": config.get("data")})
     other = None
     for ckpt in found:
         config_file = saved_config(ckpt)
@@ -289,7 +290,7 @@ def find_last_checkpoint(config) -> Path:
             continue  # a fast_dev_run (Lightning saves no config for it) or a file from elsewhere
         saved = yaml.safe_load(config_file.read_text()) or {}
         _upgrade_saved_model_config(saved)
-        difference = _first_difference(_comparable({"model": saved.get("model"), "data": saved.get("data")}), current)
+        difference = first_difference(comparable({"model": saved.get("model"), "data": saved.get("data")}), current)
         if difference is None:
             return ckpt
         other = other or (ckpt, difference)
@@ -303,41 +304,6 @@ def find_last_checkpoint(config) -> Path:
         f"--ckpt_path last: no run of this config under {root} (only fast_dev_run checkpoints); train first, "
         "or pass the checkpoint's path"
     )
-
-
-def _comparable(value):
-    """Plain, YAML-shaped values (Namespaces, tuples and paths made dicts, lists and strings)."""
-    import yaml
-
-    if hasattr(value, "as_dict"):
-        value = value.as_dict()
-    return yaml.safe_load(yaml.safe_dump(_plain_config(value)))
-
-
-def _plain_config(value):
-    if hasattr(value, "as_dict"):  # a jsonargparse Namespace
-        value = value.as_dict()
-    if isinstance(value, dict):
-        return {k: _plain_config(v) for k, v in value.items() if not str(k).startswith("__")}
-    if isinstance(value, (list, tuple)):
-        return [_plain_config(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)
-
-
-def _differences(then, now, key: str = "") -> list:
-    """(dotted key, value then, value now) of every difference, the network's first."""
-    if isinstance(then, dict) and isinstance(now, dict):
-        keys = sorted(set(then) | set(now), key=lambda k: (k not in ("net", "init_args", "class_path"), k))
-        return [d for k in keys for d in _differences(then.get(k), now.get(k), f"{key}.{k}" if key else str(k))]
-    return [] if then == now else [(key.replace(".init_args", ""), then, now)]
-
-
-def _first_difference(then, now, key: str = ""):
-    """(dotted key, value then, value now) of the first difference, or None."""
-    found = _differences(then, now, key)
-    return found[0] if found else None
 
 
 def _first_missing_ancestor(path: Path) -> Optional[Path]:
@@ -411,8 +377,9 @@ def main(args: Optional[Sequence[str]] = None, run: bool = True) -> CSALightning
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from .checks import hold_run_lock, process_rank
+    from .run_folder import run_lock_from_environment
 
-    lock = os.environ.get("CSA_RUN_LOCK")
+    lock = run_lock_from_environment()
     if lock and run and os.environ.get("LOCAL_RANK", "0") == "0" and process_rank() == 0:
         # the ablation runner's runs: this process (not only its runner) holds its run folder
 

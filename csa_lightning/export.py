@@ -38,7 +38,7 @@ TOLERANCE = 1e-4
 def load_classifier(ckpt: str) -> Tuple[nn.Module, Optional[int]]:
     """The eval-mode network of a ClassificationModule checkpoint (or run folder) and the image size
     its data module used (None if not recorded)."""
-    from .tasks.checkpoints import resolve_checkpoint
+    from .run_folder import resolve_checkpoint
 
     path = resolve_checkpoint(ckpt, what="--ckpt")
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)

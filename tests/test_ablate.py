@@ -322,7 +322,7 @@ def test_the_stale_check_hashes_the_resolved_config_not_the_files_text(tmp_path)
     base.write_text("config: piece.yaml\ntrainer.default_root_dir: runs/x\n")  # a Table 1 row's shape
 
     def hashed():
-        return check_variants(str(base), plan_variants(["se"], [0], {}), [])["se_seed0"]
+        return check_variants(str(base), plan_variants(["se"], [0], {}), []).resolved["se_seed0"]
 
     first = hashed()
     assert first.config["trainer"]["max_epochs"] == 3 and "default_root_dir" not in first.config["trainer"]
@@ -358,14 +358,15 @@ def test_sigterm_to_the_runner_ends_its_runs_and_a_live_run_keeps_its_folder(tmp
     runner's lock as stale and could start a second training into the same folder. ~15-30 s."""
     import fcntl
 
-    from csa_lightning.ablate import RUN_LOCK, main
+    from csa_lightning.ablate import main
     from csa_lightning.checks import process_alive
+    from csa_lightning.run_folder import AblationFolder
 
     out = tmp_path / "ablation"
     cmd = [sys.executable, "-m", "csa_lightning.ablate", *_tiny_ablation(out, "--trainer.max_epochs", "50")]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(ROOT)),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    lock = out / "runs" / "none_seed0" / RUN_LOCK
+    lock = AblationFolder(out).run("none_seed0").lock
     deadline = time.time() + TIMEOUT
     while not (lock.exists() and lock.read_text().strip().isdigit()):
         assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
@@ -506,8 +507,9 @@ def test_a_sweep_written_with_the_configs_own_key_path_is_the_short_one(tmp_path
                           "--sweep", "model.net.attention_options.reduction=4,8"])  # fmt: skip
     variants = plan_variants(args.attentions, args.seeds, args.sweep)
     assert [v.name for v in variants] == ["none_seed0", "se_reduction-4_seed0", "se_reduction-8_seed0"]
-    resolved = check_variants(str(DEMO_CONFIG), variants, extra)
-    net = resolved["se_reduction-8_seed0"].config["model"]["init_args"]["net"]["init_args"]
+    checked = check_variants(str(DEMO_CONFIG), variants, extra)
+    assert checked.errors == []
+    net = checked.resolved["se_reduction-8_seed0"].config["model"]["init_args"]["net"]["init_args"]
     assert net["attention_options"] == {"reduction": 8}
 
 
@@ -548,7 +550,8 @@ def test_a_runner_killed_hard_takes_its_trainings_with_it(tmp_path):
 
 def test_a_training_whose_runner_is_gone_says_so_in_its_stop(tmp_path, monkeypatch):
     from csa_lightning.ablate.executors.local import status_from_attempts
-    from csa_lightning.tasks.attempts import RUNNER_PID_ENV, log_attempt, stop_cause
+    from csa_lightning.run_folder import log_attempt, stop_cause
+    from csa_lightning.run_folder.files import RUNNER_PID_ENV
 
     monkeypatch.setenv(RUNNER_PID_ENV, str(os.getppid()))
     assert stop_cause() == {}  # the runner that started it is still its parent
@@ -596,8 +599,8 @@ def test_a_weights_file_retrained_at_the_same_path_makes_the_results_stale(tmp_p
     variant = Variant("se", 0)
     out = tmp_path / "ablation"
     out.mkdir()
-    record = {"variant": variant.name, "config_scheme": CONFIG_SCHEME, "config_hash": "h",
-              "code": {"files": {}, "named_files": before}}  # fmt: skip
+    record = {"variant": variant.name, "config_scheme": CONFIG_SCHEME, "config_hash": "h", "monitor": "val/top1",
+              "final": {"val/top1": 0.9}, "code": {"files": {}, "named_files": before}}  # fmt: skip
     (out / "results.json").write_text(json.dumps([record]))
 
     def now():
@@ -609,3 +612,27 @@ def test_a_weights_file_retrained_at_the_same_path_makes_the_results_stale(tmp_p
     assert stale == {
         variant.name: f"the file model.backbone_weights names ({weights}) changed since it ran (content hash)"
     }
+
+
+def test_a_gpu_ablation_is_planned_and_checked_on_a_machine_without_gpus(tmp_path):
+    """Before: the plan check built every variant with the job's --trainer.accelerator gpu on the submitting
+    machine: 'No supported gpu backend found!' on every GPU-less login node. The job's values are parsed and
+    hashed; the build runs on the CPU. The sbatch script carries the GPU request."""
+    from csa_lightning.ablate.executors.slurm import parse_resources
+    from csa_lightning.ablate.plan import check_variants, plan_variants
+
+    resources = parse_resources(["--slurm.gpus_per_node", "2", "--slurm.nodes", "2"])
+    run_args = resources.lightning_args()
+    assert run_args[run_args.index("--trainer.accelerator") + 1] == "gpu"
+    checked = check_variants(str(DEMO_CONFIG), plan_variants(["none", "csa"], [0], {}), run_args)
+    assert checked.errors == []
+    trainer = checked.resolved["csa_seed0"].config["trainer"]
+    assert (trainer["accelerator"], str(trainer["devices"]), trainer["num_nodes"]) == ("gpu", "2", 2)
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    script = _make_sbatch_string(command="true", folder=str(tmp_path / "%j"), job_name="x",
+                                 **resources.submitit_parameters())  # fmt: skip
+    assert "#SBATCH --gpus-per-node=2" in script and "#SBATCH --nodes=2" in script
+    # a bad value is still found, as a value: one line per variant
+    bad = check_variants(str(DEMO_CONFIG), plan_variants(["none"], [0], {}), [*run_args, "--model.lr_scalng", "x"])
+    assert bad.resolved == {} and bad.errors[0].startswith("variant none_seed0: ClassificationModule has no option")

@@ -140,7 +140,7 @@ def test_the_ablation_runner_builds_timm_variants(tmp_path):
 
     config = str(CONFIGS / "demo" / "digits_timm_convnext_csa.yaml")
     variants = plan_variants(["none", "se", "csa"], [0], {})
-    check_variants(config, variants, [])  # what the runner does before the first run
+    assert check_variants(config, variants, []).errors == []  # what the runner does before the first run
     for variant in variants:
         args = ["--config", config, *variant.cli_args(_option_keys(variant.attention)),
                 "--trainer.default_root_dir", str(tmp_path)]  # fmt: skip

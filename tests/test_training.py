@@ -84,7 +84,7 @@ def test_logs_top1_top5_errors_throughput_and_run_info(in_tmp_cwd):
                 "--trainer.log_every_n_steps", "1"])  # fmt: skip
     metrics = cli.trainer.callback_metrics
     for key in ("val/top1", "val/top5", "val/top1_err", "val/top5_err", "val/loss", "train/loss_epoch",
-                "train/images_per_sec_epoch", "lr_scaled"):  # fmt: skip
+                "train/images_per_sec", "lr_scaled"):  # fmt: skip
         assert key in metrics, key
     # the lr is logged once, by LearningRateMonitor (callbacks/classification.yaml), not by the module too
     assert "lr" not in metrics
@@ -237,7 +237,7 @@ def test_a_run_folder_means_its_configured_runs_not_a_fast_dev_run(tmp_path):
     """Detection's backbone from a run folder loaded a fast_dev_run's checkpoint (the newest file)."""
     import os
 
-    from csa_lightning.tasks.checkpoints import resolve_checkpoint
+    from csa_lightning.run_folder import resolve_checkpoint
 
     real = tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
     real.parent.mkdir(parents=True)

@@ -39,8 +39,8 @@ line).
 """
 
 from .plan import Variant, plan_variants
-from .records import RESULT_FILE, RUN_LOCK, load_results
+from .records import load_results
 from .report import summarise, write_report
 from .runner import main
 
-__all__ = ["Variant", "plan_variants", "load_results", "summarise", "write_report", "main", "RESULT_FILE", "RUN_LOCK"]
+__all__ = ["Variant", "plan_variants", "load_results", "summarise", "write_report", "main"]

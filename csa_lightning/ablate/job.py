@@ -2,7 +2,7 @@
 the base config, the checkpoint to resume from (chosen now, when the training starts: a requeued
 job never reuses a path fixed at submission) and the run folder's attempt log.
 
-Each start is logged in the run folder's attempt log (`csa_lightning.tasks.attempts`), whose
+Each start is logged in the run folder's attempt log (`csa_lightning.run_folder.attempts`), whose
 summary a finished run's record carries: how many starts, and the steps trained twice.
 """
 
@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import Dict, List, Sequence
 
 from ..checks import process_rank
-from ..tasks.attempts import RUNNER_PID_ENV, log_attempt
-from ..tasks.checkpoints import newest_checkpoint
+from ..run_folder import RunFolder, checkpoint_position, log_attempt, newest_checkpoint, training_environment
 
 __all__ = ["fit_command", "start_training"]
 
@@ -37,13 +36,6 @@ def fit_command(variant_args: Sequence[str], base_config: str, extra: Sequence[s
     ]  # fmt: skip
 
 
-def _checkpoint_position(path: Path) -> Dict[str, int]:
-    import torch
-
-    saved = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-    return {"epoch": int(saved.get("epoch", -1)), "step": int(saved.get("global_step", -1))}
-
-
 def _end_with_parent() -> None:
     """In the child, before exec: the kernel sends it SIGTERM when the thread that started it ends,
     however that ends (SIGKILL included): a training never outlives its runner (Linux only)."""
@@ -56,11 +48,13 @@ def _end_with_parent() -> None:
         pass
 
 
-def start_training(run_dir: Path, command: Sequence[str], env: Dict[str, str], log_name: str = "stdout.log",
+def start_training(run_dir: Path, command: Sequence[str], env: Dict[str, str], rank: int = 0,
                    ignore_signals: Sequence[int] = (), end_with_parent: bool = False) -> subprocess.Popen:  # fmt: skip
     """Start the training process, resuming from the run folder's newest ``last.ckpt`` if there is one.
-    Rank 0 (or a single process) logs the start. ``ignore_signals`` are ignored by the training (a
-    scheduler's warning signal meant for the process that starts it). ``end_with_parent``: the
+    Rank 0 (or a single process) logs the start; ``rank`` picks the output file
+    (`csa_lightning.run_folder.RunFolder.log`), and the run folder's environment is set
+    (`csa_lightning.run_folder.training_environment`). ``ignore_signals`` are ignored by the training
+    (a scheduler's warning signal meant for the process that starts it). ``end_with_parent``: the
     training is sent SIGTERM when this process dies (call from the main thread: the kernel watches
     the thread that starts it); it stops as after any SIGTERM and its attempt log says why."""
     run_dir = Path(run_dir)
@@ -69,13 +63,12 @@ def start_training(run_dir: Path, command: Sequence[str], env: Dict[str, str], l
     resumed = None
     if last is not None:
         command += ["--ckpt_path", str(last)]
-        resumed = {"checkpoint": Path(last).name, **_checkpoint_position(Path(last))}
+        resumed = {"checkpoint": Path(last).name, **checkpoint_position(last)}
     if process_rank() == 0:
         log_attempt(run_dir, "start", host=socket.gethostname(), job=os.environ.get("SLURM_JOB_ID"),
                     restart=int(os.environ.get("SLURM_RESTART_COUNT", 0)), resumed=resumed)  # fmt: skip
-    env = dict(env)
-    if end_with_parent:
-        env[RUNNER_PID_ENV] = str(os.getpid())
+    run = RunFolder(run_dir)
+    env = {**env, **training_environment(run, os.getpid() if end_with_parent else None)}
 
     def prepare():
         for signum in ignore_signals:
@@ -83,7 +76,7 @@ def start_training(run_dir: Path, command: Sequence[str], env: Dict[str, str], l
         if end_with_parent:
             _end_with_parent()
 
-    log = open(run_dir / log_name, "a")
+    log = open(run.log(rank), "a")
     try:
         return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, **env),
                                 preexec_fn=prepare if (ignore_signals or end_with_parent) else None)  # fmt: skip

@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Sequence
 
 from ..errors import UsageError
 
-__all__ = ["Variant", "plan_variants", "sweep_key", "Resolved", "check_variants", "config_hash",
+__all__ = ["Variant", "plan_variants", "sweep_key", "Resolved", "PlanCheck", "check_variants", "config_hash",
            "run_relevant_config", "CONFIG_SCHEME"]  # fmt: skip
 
 
@@ -170,9 +170,9 @@ def config_hash(config: Dict[str, Any]) -> str:
 def attach_backbones(variants: Sequence[Variant], runs: Path) -> None:
     """Give each variant the classification run of the same attention and seed as its backbone
     (``--model.backbone_weights RUN_FOLDER``: its newest checkpoint); one line lists what is missing."""
-    from ..tasks.checkpoints import newest_checkpoint
+    from ..run_folder import AblationFolder, newest_checkpoint
 
-    folder = runs / "runs" if (runs / "runs").is_dir() else runs
+    folder = AblationFolder(runs).runs if AblationFolder(runs).runs.is_dir() else runs
     missing = []
     for v in variants:
         run = folder / f"{v.attention}_seed{v.seed}"
@@ -215,38 +215,59 @@ class Resolved:
     code: Dict[str, Any]
 
 
-def check_variants(base_config: str, variants: Sequence[Variant], extra: Sequence[str]) -> Dict[str, Resolved]:
-    """Build every variant's config and network (on the meta device: no memory, no data read) so
-    that a bad key or value fails in one line before any run trains; returns each variant's
-    resolved configuration, what the stale check compares."""
+#: what a variant is built with for its check, whatever its job will have: the plan is checked on the
+#: machine that submits it (a login node without GPUs), while the job's own values (parsed, not built)
+#: are what its resolved configuration and hash record
+CHECK_HARDWARE = ("--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.num_nodes", "1",
+                  "--trainer.strategy", "auto", "--trainer.precision", "32-true")  # fmt: skip
+
+
+@dataclass
+class PlanCheck:
+    """What checking a plan found: each variant's resolved configuration, and one line per variant
+    that does not build (``variant <name>: <what is wrong>``)."""
+
+    resolved: Dict[str, Resolved]
+    errors: List[str]
+
+
+def check_variants(base_config: str, variants: Sequence[Variant], extra: Sequence[str]) -> PlanCheck:
+    """Build every variant's config and network (on the meta device and the CPU: no memory, no data
+    read, no GPU needed) so that a bad key or value is found before any run trains; returns each
+    variant's resolved configuration (what the stale check compares) and the errors, as values."""
     import contextlib
     import io
     import tempfile
 
     import torch
+    from jsonargparse import ArgumentError
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-    from ..cli import _comparable
-    from ..cli import main as cli_main
+    from ..cli import build_cli
+    from ..config_diff import comparable
+    from ..config_errors import one_line, parse_error_line
     from ..provenance import code_provenance, named_files, run_classes
 
-    resolved = {}
+    resolved, errors = {}, []
     with tempfile.TemporaryDirectory() as scratch:
         for variant in variants:
             args = [
                 "--config", base_config, *variant.cli_args(_option_keys(variant.attention)), *extra,
                 "--trainer.default_root_dir", scratch,
             ]  # fmt: skip
-            captured = io.StringIO()
             try:
-                with contextlib.redirect_stderr(captured), contextlib.redirect_stdout(io.StringIO()):
+                with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
                     with torch.device("meta"):
-                        cli = cli_main(args, run=False)
-            except SystemExit:
-                lines = [line for line in captured.getvalue().splitlines() if line.startswith("error: ")]
-                reason = lines[-1].removeprefix("error: ") if lines else "its config does not build"
-                raise UsageError(f"variant {variant.name}: {reason}") from None
-            config = run_relevant_config(_comparable(cli.config))
+                        cli = build_cli([*args, *CHECK_HARDWARE], run=False)
+                    job_config = cli.parser.parse_args(args)  # the job's own trainer values: parsed, not built
+            except ArgumentError as err:
+                errors.append(f"variant {variant.name}: {parse_error_line(err)}")
+                continue
+            except (FileNotFoundError, ValueError, TypeError, ImportError, MisconfigurationException) as err:
+                errors.append(f"variant {variant.name}: {one_line(err)}")
+                continue
+            config = run_relevant_config(comparable(job_config))
             code = code_provenance(run_classes(cli.model, cli.datamodule, cli.trainer.callbacks))
             code["named_files"] = named_files(config.get("model"))  # weights and teachers, by content
             resolved[variant.name] = Resolved(config, config_hash(config), code)
-    return resolved
+    return PlanCheck(resolved, errors)

@@ -10,84 +10,91 @@ import os
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
+from ..run_folder import AblationFolder, RunFolder, is_done, missing_metric
 from .plan import CONFIG_SCHEME, Resolved, Variant
 
-__all__ = ["RESULT_FILE", "RUN_LOCK", "RECORD_FILE", "load_results", "stamp", "finish_record", "folder_records",
-           "merge_records", "stale_variants", "keep_stale", "forget"]  # fmt: skip
-
-RESULT_FILE = "results.json"
-#: held by each training run (not its runner) while it trains into its folder: see checks.hold_run_lock
-RUN_LOCK = ".training.lock"
+__all__ = ["load_results", "stamp", "finish_record", "folder_records", "merge_records", "stale_variants",
+           "keep_stale", "forget"]  # fmt: skip
 
 
 def load_results(out: Path) -> List[Dict[str, Any]]:
-    """The ablation's merged records (``OUT/results.json``), or [] before the first run finishes."""
-    path = out / RESULT_FILE
+    """The ablation's merged records (``OUT/results.json``) of the runs that are done, or [] before the
+    first run finishes. A record without its metric (an earlier runner merged one) is left out: its
+    variant is not done and runs again."""
+    path = AblationFolder(out).results
     if not path.exists():
         return []
     try:
-        return json.loads(path.read_text())
+        records = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise ValueError(
             f"{path} is corrupt ({err}); restore it or move it away to start the ablation afresh"
         ) from None
+    return [r for r in records if is_done(r)]
 
 
 def _write_results(out: Path, records: List[Dict[str, Any]]) -> None:
-    tmp = out / f".{RESULT_FILE}.tmp"
+    path = AblationFolder(out).results
+    tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(records, indent=2))
-    os.replace(tmp, out / RESULT_FILE)  # atomic: a kill leaves the old file or the new one
-
-
-RECORD_FILE = "record.json"
+    os.replace(tmp, path)  # atomic: a kill leaves the old file or the new one
 
 
 def stamp(run_dir: Path, variant: Variant, resolved: Resolved) -> None:
     """What a run folder's checkpoints are trained with (a later runner resumes them only if it
     matches), and what its record needs, so that a run on another machine writes the record itself."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config_hash").write_text(f"{CONFIG_SCHEME}:{resolved.hash}")
-    (run_dir / "config_resolved.json").write_text(json.dumps(resolved.config, indent=1, sort_keys=True))
-    (run_dir / "code.json").write_text(json.dumps(resolved.code, indent=1, sort_keys=True))
+    run = RunFolder(run_dir)
+    run.config_hash.write_text(f"{CONFIG_SCHEME}:{resolved.hash}")
+    run.config_resolved.write_text(json.dumps(resolved.config, indent=1, sort_keys=True))
+    run.code.write_text(json.dumps(resolved.code, indent=1, sort_keys=True))
     about = {"variant": variant.name, "group": variant.group, "attention": variant.attention,
              "sweep": variant.sweep, "seed": variant.seed}  # fmt: skip
-    (run_dir / "variant.json").write_text(json.dumps(about, indent=1))
+    run.variant.write_text(json.dumps(about, indent=1))
 
 
 def finish_record(run_dir: Path, wall: float) -> Dict[str, Any]:
     """The record of a finished run, from its folder alone, written to its ``record.json``
-    (atomically): the variant, its resolved configuration and code, the result, the attempts."""
-    from ..tasks.attempts import read_attempts, redone_steps
+    (atomically): the variant, its resolved configuration and code, the result, the attempts.
+    A result that is not done (`csa_lightning.run_folder.result.is_done`) makes no record: a
+    ValueError says why, and the run counts as failed (a re-run trains or evaluates it again)."""
+    from ..run_folder import read_attempts, redone_steps
     from ..tasks.callbacks import run_info
 
-    run_dir = Path(run_dir)
-    about = json.loads((run_dir / "variant.json").read_text())
-    scheme, _, config_hash = (run_dir / "config_hash").read_text().strip().rpartition(":")
+    run = RunFolder(Path(run_dir))
+    result = json.loads(run.result.read_text()) if run.result.exists() else None
+    if not is_done(result):
+        raise ValueError(f"{run.name} ended without its result: {missing_metric(result)}")
+    about = json.loads(run.variant.read_text())
+    scheme, _, config_hash = run.config_hash.read_text().strip().rpartition(":")
     record = {
         **about,
         "config_scheme": int(scheme),
         "config_hash": config_hash,
-        "config": json.loads((run_dir / "config_resolved.json").read_text()),
-        "code": json.loads((run_dir / "code.json").read_text()),
-        **json.loads((run_dir / "result.json").read_text()),
+        "config": json.loads(run.config_resolved.read_text()),
+        "code": json.loads(run.code.read_text()),
+        **result,
         "wall_s": round(wall, 1),
         "git_commit": run_info()["git_commit"],
-        "attempts": redone_steps(read_attempts(run_dir)),
+        "attempts": redone_steps(read_attempts(run.path)),
     }
-    tmp = run_dir / f".{RECORD_FILE}.tmp"
+    tmp = run.record.with_name(f".{run.record.name}.tmp")
     tmp.write_text(json.dumps(record, indent=2))
-    os.replace(tmp, run_dir / RECORD_FILE)
+    os.replace(tmp, run.record)
     return record
 
 
 def folder_records(out: Path) -> List[Dict[str, Any]]:
-    """The records the run folders hold (finished runs, merged into results.json or not yet)."""
+    """The records the run folders hold (finished runs, merged into results.json or not yet); a record
+    that is not done (written before "done" was checked: no metric) is not a finished run's."""
     records = []
-    for path in sorted((out / "runs").glob(f"*/{RECORD_FILE}")):
+    for path in AblationFolder(out).records():
         try:
-            records.append(json.loads(path.read_text()))
+            record = json.loads(path.read_text())
         except json.JSONDecodeError:
             continue  # written atomically: a broken one is not a finished run's
+        if is_done(record):
+            records.append(record)
     return records
 
 
@@ -106,7 +113,7 @@ def merge_records(out: Path) -> List[Dict[str, Any]]:
 def stale_variants(out: Path, variants: Sequence[Variant], resolved: Dict[str, Resolved]) -> Dict[str, str]:
     """Variants whose finished result or started run folder came from another resolved
     configuration: {name: what differs, in words}."""
-    from ..cli import _differences
+    from ..config_diff import differences
     from ..provenance import changed_files, changed_named_files
 
     recorded = {r["variant"]: r for r in load_results(out)}
@@ -114,23 +121,21 @@ def stale_variants(out: Path, variants: Sequence[Variant], resolved: Dict[str, R
     for v in variants:
         now = resolved[v.name]
         record = recorded.get(v.name)
-        started = out / "runs" / v.name / "config_hash"
+        run = AblationFolder(out).run(v.name)
         if record is not None:
             then_scheme, then_hash = record.get("config_scheme"), record.get("config_hash")
             then_config, then_code = record.get("config"), record.get("code")
-        elif started.exists():
-            scheme, _, then_hash = started.read_text().strip().rpartition(":")
+        elif run.config_hash.exists():
+            scheme, _, then_hash = run.config_hash.read_text().strip().rpartition(":")
             then_scheme = int(scheme) if scheme.isdigit() else None
-            saved = started.with_name("config_resolved.json")
-            then_config = json.loads(saved.read_text()) if saved.exists() else None
-            saved_code = started.with_name("code.json")
-            then_code = json.loads(saved_code.read_text()) if saved_code.exists() else None
+            then_config = json.loads(run.config_resolved.read_text()) if run.config_resolved.exists() else None
+            then_code = json.loads(run.code.read_text()) if run.code.exists() else None
         else:
             continue
         if then_scheme != CONFIG_SCHEME:
             stale[v.name] = "recorded by an earlier runner, which hashed the config file's text only"
         elif then_hash != now.hash:
-            differences = _differences(then_config, now.config) if then_config is not None else []
+            differences = differences(then_config, now.config) if then_config is not None else []
             listed = "; ".join(f"{key}: {a!r} then, {b!r} now" for key, a, b in differences[:2])
             stale[v.name] = listed or "another configuration"
         elif then_code is None:
@@ -158,8 +163,8 @@ def keep_stale(out: Path, variants: Dict[str, Variant], resolved: Dict[str, Reso
                      config=resolved[r["variant"]].config, code=resolved[r["variant"]].code)  # fmt: skip
     _write_results(out, records)
     for name in names:
-        if (out / "runs" / name).is_dir():  # its folder (a record there included) now counts as current
-            stamp(out / "runs" / name, variants[name], resolved[name])
+        if AblationFolder(out).run(name).path.is_dir():  # its folder (its record included) now counts as current
+            stamp(AblationFolder(out).run(name).path, variants[name], resolved[name])
 
 
 def forget(out: Path, names: Sequence[str]) -> None:
@@ -168,4 +173,4 @@ def forget(out: Path, names: Sequence[str]) -> None:
 
     _write_results(out, [r for r in load_results(out) if r["variant"] not in set(names)])
     for name in names:
-        shutil.rmtree(out / "runs" / name, ignore_errors=True)
+        shutil.rmtree(AblationFolder(out).run(name).path, ignore_errors=True)

@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from ..attention import PAPER_ATTENTIONS, attention_name
 from ..checks import require_writable_folder
 from ..errors import ToolParser, UsageError, command, list_option, non_empty
+from ..run_folder import AblationFolder, RunFolder, training_environment
 from .executors import EXECUTORS, Executor, Run, Status, executor_class
 from .executors.slurm import parse_resources, split_slurm_args
 from .job import fit_command
@@ -28,7 +29,7 @@ from .plan import (
     plan_variants,
     sweep_key,
 )
-from .records import RUN_LOCK, folder_records, forget, keep_stale, load_results, merge_records, stale_variants, stamp
+from .records import folder_records, forget, keep_stale, load_results, merge_records, stale_variants, stamp
 from .report import write_report
 
 __all__ = ["main"]
@@ -72,7 +73,7 @@ def _parse(argv: Optional[Sequence[str]]) -> Tuple[argparse.Namespace, List[str]
                 help="the blocks to compare, comma-separated (repeatable: the lists add up)")  # fmt: skip
     list_option(parser, "--seeds", item_type=_seed, default=[0], metavar="S1,S2",
                 help="seeds, comma-separated (repeatable: the lists add up)")  # fmt: skip
-    parser.add_argument("--out", required=True, help="folder for runs, results.json and the report")
+    parser.add_argument("--out", required=True, help="folder for the runs, their merged results and the report")
     parser.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2",
                         help="an extra axis (repeatable; the same key twice adds its values)")  # fmt: skip
     parser.add_argument("--parallel", type=int, default=1, help="runs at once (one GPU each when there are GPUs)")
@@ -147,7 +148,11 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     extra = [*executor.run_args(), *extra]  # nodes and devices on SLURM: part of each run's configuration
     if args.status or args.cancel:
         return _status_or_cancel(args, out, variants, executor)
-    resolved = check_variants(args.config, variants, extra)  # every variant builds, before the first one trains
+    checked = check_variants(args.config, variants, extra)  # every variant builds, before the first one trains
+    if checked.errors:
+        more = f" (and {len(checked.errors) - 1} more variant(s))" if len(checked.errors) > 1 else ""
+        raise UsageError(f"{checked.errors[0]}{more}")
+    resolved = checked.resolved
     out.mkdir(parents=True, exist_ok=True)
     executor.check(out)  # e.g. SLURM refusing the resources: before anything is submitted
     with _runner_lock(out):
@@ -158,7 +163,7 @@ class _runner_lock:
     """One runner per --out: a second one would train every variant again into the same folders."""
 
     def __init__(self, out: Path) -> None:
-        self.path = out / ".ablate.lock"
+        self.path = AblationFolder(out).lock
 
     def __enter__(self) -> "_runner_lock":
         for _ in range(2):
@@ -229,9 +234,9 @@ def _run_plan(args, extra: List[str], out: Path, variants: List[Variant], resolv
 
     runs = []
     for v in todo:
-        run_dir = out / "runs" / v.name
+        run_dir = AblationFolder(out).run(v.name).path
         stamp(run_dir, v, resolved[v.name])
-        env = {"CSA_RESULT_PATH": str(run_dir / "result.json"), "CSA_RUN_LOCK": str(run_dir / RUN_LOCK)}
+        env = training_environment(RunFolder(run_dir))
         command = fit_command(v.cli_args(_option_keys(v.attention)), args.config, extra, run_dir)
         runs.append(Run(v, run_dir, command, env))
 
@@ -284,7 +289,7 @@ def variant_statuses(out: Path, variants: Sequence[Variant], executor: Executor)
             attempts = done[v.name].get("attempts") or {}
             redone = attempts.get("redone_steps", 0)
             detail = f"{attempts.get('starts', 1)} start(s), {redone} step(s) redone" if attempts else ""
-            log = str(out / "runs" / v.name / "stdout.log")
+            log = str(AblationFolder(out).run(v.name).log())
             statuses[v.name] = Status("done", job=executor.status(out, v).job, log=log, detail=detail)
         elif v.name in live:
             statuses[v.name] = live[v.name]

@@ -14,7 +14,7 @@ from torch import nn
 
 from ..errors import first_line
 from ..models.summary import display_name
-from ..tasks.checkpoints import resolve_checkpoint
+from ..run_folder import resolve_checkpoint
 
 __all__ = ["AnalysedModel", "load_checkpoint_model", "load_models", "stage_blocks", "last_bn", "parse_blocks"]
 

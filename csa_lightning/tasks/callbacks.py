@@ -14,6 +14,9 @@ from typing import Any, Dict, Optional, Tuple
 import lightning as L
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelCheckpoint
 
+from ..run_folder import RunResult, checkpoint_position, result_path_from_environment
+from ..run_folder.result import TRAIN_IMAGES_PER_SEC
+
 __all__ = [
     "RunInfo",
     "RunSummary",
@@ -140,15 +143,16 @@ class RunSummary(Callback):
 class RecordResult(Callback):
     """Writes the outcome of a fit as JSON (the ablation runner's record of one run).
 
-    Path: ``result_path``, or the environment variable ``CSA_RESULT_PATH``. Contents: the metric
+    Path: ``result_path``, or the one the ablation runner sets (`csa_lightning.run_folder.files`); contents:
+    a `csa_lightning.run_folder.result.RunResult`: the metric
     the checkpoints monitor and its best value, every validation metric of the last epoch, epochs,
     params, GMAC at the data's resolution, train images/s (mean over the last epoch), inference
     images/s (eval mode, one batch, median of 5), and the checkpoints. A run a signal stops logs its
-    epoch and step in the folder's attempt log (`csa_lightning.tasks.attempts`).
+    epoch and step in the folder's attempt log (`csa_lightning.run_folder.attempts`).
     """
 
     def __init__(self, result_path: Optional[str] = None) -> None:
-        self.result_path = result_path or os.environ.get("CSA_RESULT_PATH")
+        self.result_path = result_path or result_path_from_environment()
 
     def on_fit_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
         import statistics
@@ -179,24 +183,21 @@ class RecordResult(Callback):
         ckpt, last = checkpoint_files(trainer)
         monitor = getattr(ckpt, "monitor", None) or "val/top1"
         best = ckpt.best_model_score if ckpt is not None and ckpt.best_model_score is not None else metrics.get(monitor)
-        record = {
-            "monitor": monitor,
-            "best": float(best) if best is not None else None,
-            # every validation scalar of the last epoch (top-1/top-5, or box and mask AP ...)
-            "final": {k: float(v) for k, v in metrics.items() if k.startswith("val/") and v.numel() == 1},
-            "epochs": trainer.current_epoch,
-            "params": params,
-            "gmac": round(gmac, 4),
-            "gmac_resolution": size,
-            "train_images_per_sec": float(metrics.get("train/images_per_sec_epoch", float("nan"))),
-            "inference_images_per_sec": batch / statistics.median(times[1:]),
-            # the fastest and slowest of the timed batches: how far the figure can be trusted here
-            "inference_images_per_sec_range": [batch / max(times[1:]), batch / min(times[1:])],
-            # below 1: validation stopped early (limit_val_batches), on a stratified prefix of the data
-            "val_fraction": _validated_fraction(trainer),
-            "best_checkpoint": getattr(ckpt, "best_model_path", None),
-            "last_checkpoint": last,
-        }
+        record = RunResult(
+            monitor=monitor,
+            best=float(best) if best is not None else None,
+            final={k: float(v) for k, v in metrics.items() if k.startswith("val/") and v.numel() == 1},
+            epochs=trainer.current_epoch,
+            params=params,
+            gmac=round(gmac, 4),
+            gmac_resolution=size,
+            train_images_per_sec=float(metrics.get(TRAIN_IMAGES_PER_SEC, float("nan"))),
+            inference_images_per_sec=batch / statistics.median(times[1:]),
+            inference_images_per_sec_range=[batch / max(times[1:]), batch / min(times[1:])],
+            val_fraction=_validated_fraction(trainer),
+            best_checkpoint=getattr(ckpt, "best_model_path", None),
+            last_checkpoint=last,
+        ).to_json()
         path = Path(self.result_path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
@@ -208,7 +209,7 @@ class RecordResult(Callback):
         record of the run that finishes it says what was trained twice."""
         from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-        from .attempts import log_attempt, stop_cause
+        from ..run_folder import log_attempt, stop_cause
 
         if isinstance(exception, SIGTERMException) and trainer.global_rank == 0 and self.result_path:
             log_attempt(Path(self.result_path).parent, "stop", epoch=trainer.current_epoch, step=trainer.global_step,
@@ -454,10 +455,8 @@ def sigterm_resume_line(trainer: "L.Trainer", saved_at_stop: Optional[str] = Non
             f"{where} before any checkpoint was written; run the same command again to start afresh "
             "(nothing is lost but this partial epoch)"
         )
-    import torch
-
-    saved = torch.load(last, map_location="cpu", mmap=True, weights_only=True)
-    epoch, step = int(saved.get("epoch", -1)), int(saved.get("global_step", -1))
+    position = checkpoint_position(last)
+    epoch, step = position["epoch"], position["step"]
     return (
         f"{where} (step {trainer.global_step}); resume with the same command and --ckpt_path last (= {last}, "
         f"saved at the end of epoch {epoch}, step {step}; epoch {epoch + 1} is trained again from its first batch)"

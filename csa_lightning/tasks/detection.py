@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from ..models import DetectorSpec, RCNNSpec, network_spec
 from ..models.attention_resnet import BackboneLoadReport, load_backbone_weights
-from .checkpoints import resolve_checkpoint
+from ..run_folder import resolve_checkpoint
 from .recipe import OptimizerCallable, ScaledRecipe, sgd, step_decay
 from .schedules import Schedule
 

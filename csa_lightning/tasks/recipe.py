@@ -36,6 +36,7 @@ from torch import nn
 
 from ..checks import oversubscription_warning, require, require_positive
 from ..errors import UsageError, first_line
+from ..run_folder.result import TRAIN_IMAGES_PER_SEC
 from ..spec import plain, public_path, spec_from_config
 from .schedules import Schedule, WarmupDecay
 
@@ -372,4 +373,4 @@ class ScaledRecipe:
             return
         elapsed = time.perf_counter() - self._batch_started
         images = self.images_in(batch) * self.trainer.world_size
-        self.log("train/images_per_sec", images / max(elapsed, 1e-9), on_step=True, on_epoch=True, batch_size=1)
+        self.log(TRAIN_IMAGES_PER_SEC, images / max(elapsed, 1e-9), on_step=False, on_epoch=True, batch_size=1)

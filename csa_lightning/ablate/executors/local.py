@@ -10,10 +10,10 @@ import time
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
-from ...tasks.attempts import log_attempt, read_attempts
+from ...run_folder import AblationFolder, RunFolder, log_attempt, read_attempts
 from ..job import start_training
 from ..plan import Variant
-from ..records import RUN_LOCK, finish_record
+from ..records import finish_record
 from . import Executor, Run, Status
 
 
@@ -25,13 +25,14 @@ class LocalExecutor(Executor):
 
         live = {}
         for v in variants:
-            pid = run_lock_holder(str(out / "runs" / v.name / RUN_LOCK))
+            run = AblationFolder(out).run(v.name)
+            pid = run_lock_holder(str(run.lock))
             if pid is not None:
-                live[v.name] = Status("running", job=f"pid {pid}", log=str(out / "runs" / v.name / "stdout.log"))
+                live[v.name] = Status("running", job=f"pid {pid}", log=str(run.log()))
         return live
 
     def status(self, out: Path, variant: Variant) -> Status:
-        return status_from_attempts(out / "runs" / variant.name)
+        return status_from_attempts(AblationFolder(out).run(variant.name).path)
 
     def submit(self, out: Path, runs: Sequence[Run], finished) -> List[str]:
         devices = _gpu_ids()
@@ -55,7 +56,7 @@ class LocalExecutor(Executor):
 
 def status_from_attempts(run_dir: Path) -> Status:
     """A run without a record and no live process, from its attempt log and its output."""
-    log = run_dir / "stdout.log"
+    log = RunFolder(Path(run_dir)).log()
     events = read_attempts(run_dir)
     ends = [e for e in events if e.get("event") == "end"]
     if events and events[-1].get("event") == "stop" and events[-1].get("cause") == "runner ended":
@@ -162,12 +163,17 @@ def _run_queue(todo: List[Run], devices, running, slots, failures: List[str], fi
             del running[slot]
             slots.append(slot)
             log_attempt(run.run_dir, "end", code=proc.returncode)
-            if proc.returncode != 0 or not (run.run_dir / "result.json").exists():
+            why = f"exit {proc.returncode}"
+            if proc.returncode == 0:
+                try:
+                    finish_record(run.run_dir, time.time() - started)
+                    why = ""
+                except ValueError as err:  # the run ended without its metric: not done
+                    why = str(err)
+            if why:
                 failures.append(run.variant.name)
-                print(f"    {run.variant.name} failed (exit {proc.returncode}); see {run.run_dir / 'stdout.log'}",
-                      flush=True)  # fmt: skip
+                print(f"    {run.variant.name} failed ({why}); see {RunFolder(run.run_dir).log()}", flush=True)
                 continue
-            finish_record(run.run_dir, time.time() - started)
             done += 1
             finished()
             print(f"    done {run.variant.name}: {done}/{total} of this run finished", flush=True)

@@ -37,17 +37,16 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ...checks import process_rank
 from ...errors import UsageError, first_line
-from ...tasks.attempts import log_attempt, read_attempts
+from ...run_folder import AblationFolder, RunFolder, log_attempt, read_attempts
 from ..job import start_training
 from ..plan import Variant
 from ..records import finish_record
 from . import Executor, Run, Status
 from .local import last_error_line, status_from_attempts
 
-__all__ = ["SlurmResources", "SlurmExecutor", "VariantJob", "JOB_FILE", "split_slurm_args", "parse_resources"]
+__all__ = ["SlurmResources", "SlurmExecutor", "VariantJob", "split_slurm_args", "parse_resources"]
 
 #: in each run folder: the job that trains it (id, log paths, when submitted)
-JOB_FILE = "slurm_job.json"
 
 
 @dataclass
@@ -130,13 +129,13 @@ class VariantJob:
         rank = process_rank()
         run_dir = Path(self.run_dir)
         started = time.time()
-        log_name = "stdout.log" if rank == 0 else f"stdout.rank{rank}.log"
+        log = RunFolder(run_dir).log(rank)
         # the time-limit warning is for this process (submitit's handler); the training ignores it
-        self._proc = start_training(run_dir, self.command, self.env, log_name, ignore_signals=(signal.SIGUSR2,))
+        self._proc = start_training(run_dir, self.command, self.env, rank, ignore_signals=(signal.SIGUSR2,))
         code = _wait(self._proc)
         if rank != 0:
             if code not in (0, 143):
-                raise RuntimeError(f"rank {rank}: {last_error_line(run_dir / log_name) or f'exit {code}'}")
+                raise RuntimeError(f"rank {rank}: {last_error_line(log) or f'exit {code}'}")
             return "done"
         log_attempt(run_dir, "end", code=code, job=os.environ.get("SLURM_JOB_ID"))
         if code == 143:
@@ -148,9 +147,9 @@ class VariantJob:
                   flush=True)  # fmt: skip
             time.sleep(float(os.environ.get("CSA_SLURM_STOP_WAIT", 3600)))
             raise RuntimeError("stopped by SIGTERM and not ended by SLURM within CSA_SLURM_STOP_WAIT seconds")
-        if code != 0 or not (run_dir / "result.json").exists():
-            raise RuntimeError(last_error_line(run_dir / log_name) or f"the training exited with status {code}")
-        finish_record(run_dir, time.time() - started)
+        if code != 0:
+            raise RuntimeError(last_error_line(log) or f"the training exited with status {code}")
+        finish_record(run_dir, time.time() - started)  # a ValueError when the run is not done: the job fails
         return "done"
 
     def checkpoint(self, *args, **kwargs):
@@ -270,7 +269,7 @@ class SlurmExecutor(Executor):
     def _jobs(self, out: Path, variants: Sequence[Variant]) -> Dict[str, Dict[str, Any]]:
         jobs = {}
         for v in variants:
-            path = out / "runs" / v.name / JOB_FILE
+            path = AblationFolder(out).run(v.name).slurm_job
             if path.exists():
                 jobs[v.name] = json.loads(path.read_text())
         return jobs
@@ -297,19 +296,19 @@ class SlurmExecutor(Executor):
             state = states.get(job["job_id"])
             if state is None or state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY"):
                 continue
-            starts = [e for e in read_attempts(out / "runs" / name) if e.get("event") == "start"]
+            starts = [e for e in read_attempts(AblationFolder(out).run(name).path) if e.get("event") == "start"]
             if state in ("RUNNING", "COMPLETING", "CONFIGURING"):
                 kind = "running"
             elif starts:
                 kind = "requeued"  # pending again after it ran: preempted or timed out
             else:
                 kind = "queued"
-            live[name] = Status(kind, job=job["job_id"], log=str(out / "runs" / name / "stdout.log"),
+            live[name] = Status(kind, job=job["job_id"], log=str(AblationFolder(out).run(name).log()),
                                 detail=f"squeue: {state}")  # fmt: skip
         return live
 
     def status(self, out: Path, variant: Variant) -> Status:
-        run_dir = out / "runs" / variant.name
+        run_dir = AblationFolder(out).run(variant.name).path
         job = self._jobs(out, [variant]).get(variant.name)
         status = status_from_attempts(run_dir)
         if job is None:
@@ -338,7 +337,7 @@ class SlurmExecutor(Executor):
         for run, job in zip(runs, jobs):
             about = {"job_id": job.job_id, "submitted": round(time.time(), 1), "stdout": str(job.paths.stdout),
                      "stderr": str(job.paths.stderr), "resources": asdict(self.resources)}  # fmt: skip
-            (run.run_dir / JOB_FILE).write_text(json.dumps(about, indent=1))
+            RunFolder(run.run_dir).slurm_job.write_text(json.dumps(about, indent=1))
         array = jobs[0].job_id.split("_")[0]
         print(f"ablation: submitted {len(jobs)} job(s) as SLURM array {array} "
               f"(at most {self.resources.array_parallelism} at once)", flush=True)  # fmt: skip

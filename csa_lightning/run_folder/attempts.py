@@ -14,18 +14,14 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
-__all__ = ["ATTEMPTS_FILE", "RUNNER_PID_ENV", "log_attempt", "read_attempts", "redone_steps", "stop_cause"]
+from .files import RunFolder, runner_pid_from_environment
 
-ATTEMPTS_FILE = "attempts.jsonl"
-
-#: set by a local runner in each training it starts: its own pid, so the training can tell that a
-#: SIGTERM came because the runner died (the kernel's parent-death signal) rather than from a user
-RUNNER_PID_ENV = "CSA_RUNNER_PID"
+__all__ = ["log_attempt", "read_attempts", "redone_steps", "stop_cause"]
 
 
 def log_attempt(run_dir, event: str, **fields: Any) -> None:
     line = json.dumps({"event": event, "time": round(time.time(), 1), **fields})
-    with open(Path(run_dir) / ATTEMPTS_FILE, "a") as handle:
+    with open(RunFolder(Path(run_dir)).attempts, "a") as handle:
         handle.write(line + "\n")
 
 
@@ -34,14 +30,14 @@ def stop_cause() -> Dict[str, Any]:
     the local runner that started it is gone (this process now has another parent), else nothing."""
     import os
 
-    runner = os.environ.get(RUNNER_PID_ENV)
-    if runner and runner.isdigit() and os.getppid() != int(runner):
-        return {"cause": "runner ended", "runner_pid": int(runner)}
+    runner = runner_pid_from_environment()
+    if runner is not None and os.getppid() != runner:
+        return {"cause": "runner ended", "runner_pid": runner}
     return {}
 
 
 def read_attempts(run_dir) -> List[Dict[str, Any]]:
-    path = Path(run_dir) / ATTEMPTS_FILE
+    path = RunFolder(Path(run_dir)).attempts
     if not path.exists():
         return []
     events = []

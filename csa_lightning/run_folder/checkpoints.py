@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import List, Optional
 
 __all__ = [
+    "checkpoint_position",
     "resolve_checkpoint",
     "newest_checkpoint",
     "checkpoints_newest_first",
@@ -67,7 +68,7 @@ def newest_checkpoint(folder: str, last_only: bool = False) -> Optional[Path]:
 
 def resolve_checkpoint(path: str, what: str = "checkpoint") -> str:
     """``path`` if it is a file; for a run folder, its newest checkpoint (see
-    `csa_lightning.tasks.checkpoints.newest_checkpoint`).
+    `csa_lightning.run_folder.checkpoints.newest_checkpoint`).
 
     The one place that turns "a checkpoint file, or a run folder" into a file: the CLI, the
     detection backbone, the ablation runner and the analysis tools all call it. A missing one is a
@@ -85,3 +86,12 @@ def resolve_checkpoint(path: str, what: str = "checkpoint") -> str:
         )
     check_checkpoint_file(str(found), fix=f"pass another {what} file or run folder")
     return str(found)
+
+
+def checkpoint_position(path) -> dict:
+    """``{"epoch": E, "step": S}`` a checkpoint was saved at (-1 where it does not say); reads the
+    file memory-mapped, without unpickling anything but plain values."""
+    import torch
+
+    saved = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    return {"epoch": int(saved.get("epoch", -1)), "step": int(saved.get("global_step", -1))}
