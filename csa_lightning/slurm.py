@@ -69,7 +69,7 @@ def sbatch_script(resources, cli_args: Sequence[str], job_name: str = "csa-fit")
 @command
 def main(argv: Optional[List[str]] = None) -> int:
     """``python -m csa_lightning.slurm [OPTIONS] -- fit ...``: print, write or submit the job script."""
-    from .ablate.executors.slurm import parse_resources, split_slurm_args
+    from .ablate.executors.slurm import parse_resources, sbatch_error, split_slurm_args
 
     argv = list(sys.argv[1:] if argv is None else argv)
     at = argv.index("--") if "--" in argv else len(argv)
@@ -107,7 +107,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.submit:
         done = subprocess.run(["sbatch", "--parsable", args.script], capture_output=True, text=True)
         if done.returncode != 0:
-            reason = (done.stderr.strip().splitlines() or ["sbatch failed"])[-1].removeprefix("sbatch: error: ")
+            reason = sbatch_error(done.stderr, "sbatch failed")
             raise UsageError(f"SLURM refuses the job ({reason}); change the resources piece or --slurm.KEY")
         print(f"submitted job {done.stdout.strip()}: {args.script}; its output goes to {args.job_name}-<job id>.out")
     return 0

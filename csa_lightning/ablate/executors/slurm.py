@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ...checks import process_rank
-from ...errors import UsageError, first_line
+from ...errors import UsageError
 from ...run_folder import AblationFolder, RunFolder, log_attempt, read_attempts
 from ..job import start_training
 from ..plan import Variant
@@ -44,7 +44,7 @@ from ..records import finish_record
 from . import Executor, Run, Status
 from .local import last_error_line, status_from_attempts
 
-__all__ = ["SlurmResources", "SlurmExecutor", "VariantJob", "split_slurm_args", "parse_resources"]
+__all__ = ["SlurmResources", "SlurmExecutor", "VariantJob", "split_slurm_args", "parse_resources", "sbatch_error"]
 
 #: in each run folder: the job that trains it (id, log paths, when submitted)
 
@@ -59,11 +59,21 @@ class SlurmResources:
     nodes: int = 1
     #: GPUs per node; 0 for CPU jobs. One task (one Lightning rank) per GPU.
     gpus_per_node: int = 1
+    #: GPUs by --gres instead (e.g. "gpu:a100:4", as some clusters require): then --gpus-per-node is not
+    #: passed, and gpus_per_node only says how many ranks a node runs
+    gres: Optional[str] = None
+    gpus_per_task: Optional[int] = None
     #: tasks (ranks) per node for CPU jobs; with GPUs it is gpus_per_node
     tasks_per_node: int = 1
     cpus_per_task: int = 8
-    #: memory per node in GB (None: the partition's default)
+    #: memory per node in GB (None: the partition's default); or per GPU / per CPU (e.g. "40G"): one of the three
     mem_gb: Optional[int] = None
+    mem_per_gpu: Optional[str] = None
+    mem_per_cpu: Optional[str] = None
+    #: node features (--constraint "a100&ib"), nodes to avoid (--exclude node07), a note (--comment)
+    constraint: Optional[str] = None
+    exclude: Optional[str] = None
+    comment: Optional[str] = None
     time_min: int = 24 * 60
     #: variants running at once (the job array's throttle, %N)
     array_parallelism: int = 16
@@ -75,6 +85,35 @@ class SlurmResources:
     setup: List[str] = field(default_factory=list)
     #: further #SBATCH options, e.g. {"constraint": "a100", "exclude": "node07"}
     sbatch: Dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        def positive(key: str, allow_zero: bool = False) -> None:
+            value = getattr(self, key)
+            ok = isinstance(value, int) and not isinstance(value, bool) and (value >= 0 if allow_zero else value >= 1)
+            if not ok:
+                rule = ">= 0" if allow_zero else "a positive integer"
+                raise UsageError(f"--slurm.{key} must be {rule}, got {value!r}")
+
+        for key in ("nodes", "tasks_per_node", "cpus_per_task", "time_min", "array_parallelism"):
+            positive(key)
+        for key in ("gpus_per_node", "signal_delay_s", "max_requeues"):
+            positive(key, allow_zero=True)
+        for key in ("mem_gb", "gpus_per_task"):
+            if getattr(self, key) is not None:
+                positive(key)
+        memory = [k for k in ("mem_gb", "mem_per_gpu", "mem_per_cpu") if getattr(self, k) is not None]
+        if len(memory) > 1:
+            raise UsageError(f"--slurm: {' and '.join(memory)} are both set; SLURM takes one of them (keep one)")
+        if self.signal_delay_s >= 60 * self.time_min:
+            raise UsageError(
+                f"--slurm.signal_delay_s ({self.signal_delay_s}) must be shorter than the time limit "
+                f"({self.time_min} min): the stop signal would come before the job starts"
+            )
+        if isinstance(self.setup, str):
+            raise UsageError(
+                f"--slurm.setup is a list of shell lines, got the string {self.setup!r}; write it as a list: "
+                f"--slurm.setup '[\"{self.setup}\"]' (or setup: [...] in the resources piece)"
+            )
 
     @property
     def tasks(self) -> int:
@@ -96,10 +135,15 @@ class SlurmResources:
         for key in ("partition", "account", "qos"):
             if getattr(self, key):
                 options[key] = getattr(self, key)
-        if self.gpus_per_node > 0:
+        if self.gres:
+            options["gres"] = self.gres
+        elif self.gpus_per_node > 0:
             options["gpus_per_node"] = self.gpus_per_node
         if self.mem_gb:
             options["mem"] = f"{self.mem_gb}GB"
+        for key in ("gpus_per_task", "mem_per_gpu", "mem_per_cpu", "constraint", "exclude", "comment"):
+            if getattr(self, key) is not None:
+                options[key] = getattr(self, key)
         return options
 
     def sbatch_options(self) -> Dict[str, Any]:
@@ -210,6 +254,14 @@ def split_slurm_args(argv: List[str]) -> Tuple[List[str], List[str]]:
     return rest, slurm
 
 
+def sbatch_error(stderr: str, default: str) -> str:
+    """sbatch's own reason from its output: the last line that is not its "(Try sbatch --help ...)" hint
+    (an unknown option printed only that hint before), without the "sbatch: error: " prefix."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    useful = [line for line in lines if not line.lstrip("(").startswith("Try ")]
+    return (useful or lines or [default])[-1].removeprefix("sbatch: error: ").removeprefix("sbatch: ")
+
+
 def parse_resources(slurm_argv: List[str]):
     """The resources piece and its command-line keys, through jsonargparse (one line on a bad key)."""
     from jsonargparse import ArgumentParser
@@ -219,8 +271,14 @@ def parse_resources(slurm_argv: List[str]):
     try:
         parsed = parser.parse_args(slurm_argv)
     except Exception as err:  # noqa: BLE001 - jsonargparse's errors vary; each is a bad key or value here
-        first = first_line(err)
-        raise UsageError(f"--slurm: {first} (keys: see configs/cluster/slurm.yaml)") from None
+        from ...config_errors import parse_error_line
+
+        if 'Parser key "slurm.setup"' in str(err):
+            raise UsageError(
+                '--slurm.setup is a list of shell lines: write --slurm.setup \'["module load cuda", "source '
+                ".venv/bin/activate\"]' (or setup: [...] in the resources piece)"
+            ) from None
+        raise UsageError(f"--slurm: {parse_error_line(err)} (keys: see configs/cluster/slurm.yaml)") from None
     return parser.instantiate_classes(parsed).slurm
 
 
@@ -257,8 +315,7 @@ class SlurmExecutor(Executor):
                                      **self.resources.submitit_parameters())  # fmt: skip
         test = subprocess.run(["sbatch", "--test-only"], input=script, capture_output=True, text=True)
         if test.returncode != 0:
-            reason = (test.stderr.strip().splitlines() or ["sbatch refused the request"])[-1]
-            reason = reason.removeprefix("sbatch: error: ")
+            reason = sbatch_error(test.stderr, "sbatch refused the request")
             raise UsageError(
                 f"SLURM refuses this job's resources ({reason}); change them in the resources piece "
                 "or with --slurm.KEY (sinfo lists partitions and nodes; nothing was submitted)"

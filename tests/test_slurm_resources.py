@@ -1,0 +1,40 @@
+"""The SLURM resources piece, checked before anything is submitted, and what reaches sbatch (no SLURM needed:
+`make test`); the jobs themselves are tests/test_slurm.py's, against the one-node SLURM."""
+
+import pytest
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--slurm.time_min", "0"], "--slurm.time_min must be a positive integer, got 0"),
+        (["--slurm.nodes", "-1"], "--slurm.nodes must be a positive integer, got -1"),
+        (["--slurm.mem_gb", "10", "--slurm.mem_per_cpu", "4G"], "--slurm: mem_gb and mem_per_cpu are both set"),
+        (["--slurm.time_min", "1", "--slurm.signal_delay_s", "120"], "--slurm.signal_delay_s (120) must be shorter"),
+        (["--slurm.setup", "module load cuda"], "--slurm.setup is a list of shell lines: write --slurm.setup '["),
+    ],
+)
+def test_resources_that_cannot_run_are_one_line(argv, message):
+    from csa_lightning.ablate.executors.slurm import parse_resources
+    from csa_lightning.errors import UsageError
+
+    with pytest.raises(UsageError) as err:
+        parse_resources(argv)
+    assert str(err.value).startswith(message)
+
+
+def test_first_class_keys_reach_the_job_and_gpus_by_gres_alone():
+    from csa_lightning.ablate.executors.slurm import parse_resources, sbatch_error
+
+    resources = parse_resources(["--slurm.gres", "gpu:a100:4", "--slurm.gpus_per_node", "4", "--slurm.constraint",
+                                 "a100", "--slurm.exclude", "node07", "--slurm.comment", "csa", "--slurm.mem_per_gpu",
+                                 "40G", "--slurm.gpus_per_task", "1"])  # fmt: skip
+    options = resources.sbatch_options()
+    assert options["gres"] == "gpu:a100:4" and "gpus-per-node" not in options  # GPUs by --gres alone
+    assert options["ntasks-per-node"] == 4 and options["mem-per-gpu"] == "40G" and options["gpus-per-task"] == 1
+    assert (options["constraint"], options["exclude"], options["comment"]) == ("a100", "node07", "csa")
+    parameters = resources.submitit_parameters()
+    assert parameters["gres"] == "gpu:a100:4" and parameters["constraint"] == "a100"
+    # sbatch's own error, not only its "(Try sbatch --help ...)" hint
+    stderr = "sbatch: unrecognized option '--gpus-per-nod=1'\nTry \"sbatch --help\" for more information\n"
+    assert sbatch_error(stderr, "x") == "unrecognized option '--gpus-per-nod=1'"
