@@ -96,3 +96,26 @@ def test_a_run_without_its_metric_makes_no_record_and_an_old_one_is_not_done(tmp
     run.record.write_text(json.dumps({"variant": "se_seed0", "final": {}}))
     AblationFolder(tmp_path).results.write_text(json.dumps([{"variant": "se_seed0", "final": {}}]))
     assert folder_records(tmp_path) == [] and load_results(tmp_path) == []
+
+
+def test_a_run_resumed_with_nothing_left_to_train_still_writes_its_result(tmp_path, monkeypatch):
+    """Before: a run stopped between the end of its last epoch and its record, then resumed from last.ckpt,
+    wrote "best": null, "final": {} (nothing was validated in the resumed process), and counted as done.
+    Now it validates the checkpoint it resumed and records the same numbers."""
+    from csa_lightning.cli import main
+
+    from .conftest import DEMO_CONFIG
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CSA_RESULT_PATH", str(tmp_path / "result.json"))
+    args = ["fit", "--config", str(DEMO_CONFIG), "--data", "csa_lightning.data.DigitsMemoryDataModule",
+            "--data.resolution", "16", "--data.batch_size", "32", "--data.limit_train_samples", "64",
+            "--model.net.init_args.depth", "18", "--trainer.limit_val_batches", "1", "--trainer.max_epochs", "1",
+            "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path / "run"),
+            "--trainer.callbacks+=csa_lightning.tasks.callbacks.RecordResult"]  # fmt: skip
+    main(args)
+    first = json.loads((tmp_path / "result.json").read_text())
+    (tmp_path / "result.json").unlink()
+    main([*args, "--ckpt_path", "last"])
+    again = json.loads((tmp_path / "result.json").read_text())
+    assert is_done(again) and again["final"] == first["final"] and again["epochs"] == first["epochs"]

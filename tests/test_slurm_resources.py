@@ -38,3 +38,19 @@ def test_first_class_keys_reach_the_job_and_gpus_by_gres_alone():
     # sbatch's own error, not only its "(Try sbatch --help ...)" hint
     stderr = "sbatch: unrecognized option '--gpus-per-nod=1'\nTry \"sbatch --help\" for more information\n"
     assert sbatch_error(stderr, "x") == "unrecognized option '--gpus-per-nod=1'"
+
+
+def test_status_says_when_the_requeues_after_time_limits_are_used_up():
+    """Before: the run's log said 'requeued: time limit' and --status said 'stopped ... run again to resume'."""
+    from csa_lightning.ablate.executors import Status
+    from csa_lightning.ablate.executors.slurm import requeues_used_up
+
+    events = [{"event": "start"}, {"event": "end", "code": 143, "requeued": "time limit"}] * 4
+    status = requeues_used_up(Status("stopped", detail="stopped by a signal (exit 143); run again to resume"),
+                              events, {"max_requeues": 3, "time_min": 60})  # fmt: skip
+    assert status.detail == (
+        "reached its time limit (60 min) 4 times: the 3 requeues are used up; give it a longer --slurm.time_min or "
+        "--slurm.max_requeues (or fewer epochs per start), then run again to resume"
+    )
+    fine = requeues_used_up(Status("queued"), events[:2], {"max_requeues": 3, "time_min": 60})
+    assert fine.state == "queued" and not fine.detail

@@ -5,6 +5,7 @@ An ablation's folder ``OUT``::
     OUT/results.json            the merged records of the finished runs (the runner writes it)
     OUT/.ablate.lock            the runner's lock: one runner per OUT
     OUT/report.{md,csv,png}     the report
+    OUT/slurm/<job id>/         submitit's files of each SLURM job (its stdout and stderr)
     OUT/runs/<variant>/         one run folder per variant:
         variant.json            the variant (attention, seed, swept values)
         config_hash             scheme:hash of its resolved configuration
@@ -81,6 +82,8 @@ class AblationFolder:
     results = property(lambda self: self.path / "results.json")
     lock = property(lambda self: self.path / ".ablate.lock")
     runs = property(lambda self: self.path / "runs")
+    #: submitit's job folders (its logs and pickles), one per SLURM job id
+    slurm_jobs = property(lambda self: self.path / "slurm")
 
     def run(self, name: str) -> RunFolder:
         """The run folder of variant ``name``."""

@@ -13,6 +13,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import lightning as L
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_info
 
 from ..run_folder import RunResult, checkpoint_position, result_path_from_environment
 from ..run_folder.result import TRAIN_IMAGES_PER_SEC
@@ -162,7 +163,19 @@ class RecordResult(Callback):
 
         from ..models.summary import count_cost
 
-        if trainer.global_rank != 0 or not self.result_path:
+        if not self.result_path:
+            return
+        ckpt, _ = checkpoint_files(trainer)
+        monitor = getattr(ckpt, "monitor", None) or "val/top1"
+        if monitor not in trainer.callback_metrics:
+            # nothing was trained or validated in this process: a run resumed from a checkpoint saved after
+            # its last epoch (a stop between the last epoch and this record). Its result is evaluated from
+            # that checkpoint now (every rank: validation is collective under DDP), so the run is done.
+            rank_zero_info(f"no {monitor} logged in this run (nothing left to train): validating the checkpoint")
+            trainer.validating = True
+            trainer.fit_loop.epoch_loop.val_loop.run()
+            trainer.validating = False
+        if trainer.global_rank != 0:
             return
         datamodule = trainer.datamodule
         size = int(getattr(datamodule, "resolution", 224))
@@ -181,7 +194,6 @@ class RecordResult(Callback):
         pl_module.train(was_training)
         metrics = trainer.callback_metrics
         ckpt, last = checkpoint_files(trainer)
-        monitor = getattr(ckpt, "monitor", None) or "val/top1"
         best = ckpt.best_model_score if ckpt is not None and ckpt.best_model_score is not None else metrics.get(monitor)
         record = RunResult(
             monitor=monitor,

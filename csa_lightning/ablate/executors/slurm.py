@@ -254,6 +254,25 @@ def split_slurm_args(argv: List[str]) -> Tuple[List[str], List[str]]:
     return rest, slurm
 
 
+def requeues_used_up(status: Status, events: Sequence[Dict[str, Any]], resources: Dict[str, Any]) -> Status:
+    """A job that is no longer queued or running, whose last start ended at its time limit: SLURM did not
+    requeue it because the requeues were used up (it said only "stopped ... run again to resume")."""
+    ends = [e for e in events if e.get("event") == "end"]
+    if not ends or ends[-1].get("requeued") != "time limit":
+        return status
+    limits = sum(1 for e in ends if e.get("requeued") == "time limit")
+    allowed = resources.get("max_requeues")
+    if allowed is None or limits <= allowed:
+        return status
+    minutes = resources.get("time_min")
+    status.state = "stopped"
+    status.detail = (
+        f"reached its time limit ({minutes} min) {limits} times: the {allowed} requeues are used up; give it a "
+        "longer --slurm.time_min or --slurm.max_requeues (or fewer epochs per start), then run again to resume"
+    )
+    return status
+
+
 def sbatch_error(stderr: str, default: str) -> str:
     """sbatch's own reason from its output: the last line that is not its "(Try sbatch --help ...)" hint
     (an unknown option printed only that hint before), without the "sbatch: error: " prefix."""
@@ -377,7 +396,7 @@ class SlurmExecutor(Executor):
         if not read_attempts(run_dir):
             status.log = job["stderr"]
             status.detail = last_error_line(Path(job["stderr"])) or "the job ended before the training started"
-        return status
+        return requeues_used_up(status, read_attempts(run_dir), job.get("resources") or {})
 
     # ---- submit and cancel
 
@@ -387,7 +406,8 @@ class SlurmExecutor(Executor):
         if not runs:
             return []
         self.check(out)
-        executor = submitit.SlurmExecutor(folder=str(out / "slurm" / "%j"), max_num_timeout=self.resources.max_requeues)
+        executor = submitit.SlurmExecutor(folder=str(AblationFolder(out).slurm_jobs / "%j"),
+                                          max_num_timeout=self.resources.max_requeues)  # fmt: skip
         executor.update_parameters(job_name=f"csa-{out.name}"[:60], **self.resources.submitit_parameters())
         with executor.batch():
             jobs = [executor.submit(VariantJob(str(r.run_dir), r.command, r.env)) for r in runs]
