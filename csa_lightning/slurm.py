@@ -36,11 +36,11 @@ def sbatch_script(resources, cli_args: Sequence[str], job_name: str = "csa-fit")
                "signal": f"B:USR2@{resources.signal_delay_s}", **resources.sbatch_options()}  # fmt: skip
     lines = ["#!/bin/bash"]
     lines += [f"#SBATCH --{key}" + ("" if value is None else f"={value}") for key, value in options.items()]
-    lines += ["", "# set-up (the resources piece's setup lines)", *resources.setup, ""]
-    # this Python (a cluster's login and compute nodes share the file system, so its venv too)
-    command = [
-        sys.executable, "-m", "csa_lightning.cli", *cli_args, *resources.lightning_args(), "--ckpt_path", "auto",
-    ]  # fmt: skip
+    lines += ["", "# set-up (the resources piece's setup lines; the first that fails ends the job)",
+              *resources.setup_lines(), ""]  # fmt: skip
+    # this Python (a cluster's login and compute nodes share the file system, so its venv too), or the
+    # python the setup lines make active
+    command = ["-m", "csa_lightning.cli", *cli_args, *resources.lightning_args(), "--ckpt_path", "auto"]
     lines += [
         "time_limit() {  # SIGUSR2, signal_delay_s before the time limit",
         '    scancel --signal=TERM "$SLURM_JOB_ID"   # every task: a batch boundary, exit 143',
@@ -58,7 +58,7 @@ def sbatch_script(resources, cli_args: Sequence[str], job_name: str = "csa-fit")
         "}",
         "trap time_limit USR2",
         "trap stopped TERM",
-        f"srun --kill-on-bad-exit=1 {shlex.join(command)} &",
+        f"srun --kill-on-bad-exit=1 {resources.job_python()} {shlex.join(command)} &",
         "TRAINING=$!",
         'wait "$TRAINING"',
         "exit $?",

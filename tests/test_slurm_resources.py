@@ -54,3 +54,28 @@ def test_status_says_when_the_requeues_after_time_limits_are_used_up():
     )
     fine = requeues_used_up(Status("queued"), events[:2], {"max_requeues": 3, "time_min": 60})
     assert fine.state == "queued" and not fine.detail
+
+
+def test_setup_lines_that_fail_stop_the_job_and_choose_its_python(tmp_path):
+    """Before: a failing `module load` went unnoticed, and the job ran the submitting machine's interpreter
+    path whatever `conda activate` chose."""
+    import sys
+
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    from csa_lightning.ablate.executors.slurm import parse_resources
+    from csa_lightning.slurm import sbatch_script
+
+    plain = parse_resources([])
+    assert plain.setup_lines() == [] and plain.job_python().strip("'") == sys.executable
+    resources = parse_resources(["--slurm.setup", '["module load cuda/12", "conda activate csa"]'])
+    assert resources.job_python() == "python"
+    script = _make_sbatch_string(command=f"{resources.job_python()} -u -m submitit.core._submit x",
+                                 folder=str(tmp_path / "%j"), job_name="x", **resources.submitit_parameters())  # fmt: skip
+    body = script[script.index("set -e") :]
+    assert body.index("set -e") < body.index("module load cuda/12") < body.index("conda activate csa")
+    assert body.index("conda activate csa") < body.index("set +e") < body.index("python -u -m submitit")
+    single = sbatch_script(resources, ["fit", "--config", "c.yaml"])
+    assert "set -e\nmodule load cuda/12\nconda activate csa\nset +e" in single
+    assert "srun --kill-on-bad-exit=1 python -m csa_lightning.cli fit --config c.yaml" in single
+    assert parse_resources(["--slurm.python", "/opt/env/bin/python"]).job_python() == "/opt/env/bin/python"

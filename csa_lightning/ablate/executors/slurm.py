@@ -27,9 +27,11 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -81,8 +83,12 @@ class SlurmResources:
     signal_delay_s: int = 120
     #: requeues after a time limit before the job is left failed
     max_requeues: int = 3
-    #: shell lines before the job starts (module load ..., source .venv/bin/activate)
+    #: shell lines before the job starts (module load ..., conda activate ..., source .venv/bin/activate);
+    #: a line that fails stops the job (its error reaches --status)
     setup: List[str] = field(default_factory=list)
+    #: the Python the job runs: None is this machine's interpreter path, or, when there are setup lines,
+    #: the ``python`` they make active (so that ``conda activate`` or a venv's activate chooses it)
+    python: Optional[str] = None
     #: further #SBATCH options, e.g. {"constraint": "a100", "exclude": "node07"}
     sbatch: Dict[str, Any] = field(default_factory=dict)
 
@@ -151,12 +157,22 @@ class SlurmResources:
         csa_lightning.slurm); the executor goes through submitit's parameters instead."""
         return {**{key.replace("_", "-"): value for key, value in self._job_options().items()}, **self.sbatch}
 
+    def setup_lines(self) -> List[str]:
+        """The setup lines, run so that the first one that fails ends the job (bash's ``set -e``)."""
+        return ["set -e", *self.setup, "set +e"] if self.setup else []
+
+    def job_python(self) -> str:
+        """The command that starts Python on the node (see ``python``)."""
+        if self.python:
+            return self.python
+        return "python" if self.setup else shlex.quote(sys.executable)
+
     def submitit_parameters(self) -> Dict[str, Any]:
         return {
             **self._job_options(),
             "array_parallelism": self.array_parallelism,
             "signal_delay_s": self.signal_delay_s,
-            "setup": list(self.setup),
+            "setup": self.setup_lines(),
             "additional_parameters": dict(self.sbatch),
         }
 
@@ -175,7 +191,10 @@ class VariantJob:
         started = time.time()
         log = RunFolder(run_dir).log(rank)
         # the time-limit warning is for this process (submitit's handler); the training ignores it
-        self._proc = start_training(run_dir, self.command, self.env, rank, ignore_signals=(signal.SIGUSR2,))
+        # the training runs on the job's own Python (the one its setup lines made active), not the path of
+        # the interpreter that submitted it
+        command = [sys.executable, *self.command[1:]]
+        self._proc = start_training(run_dir, command, self.env, rank, ignore_signals=(signal.SIGUSR2,))
         code = _wait(self._proc)
         if rank != 0:
             if code not in (0, 143):
@@ -407,7 +426,8 @@ class SlurmExecutor(Executor):
             return []
         self.check(out)
         executor = submitit.SlurmExecutor(folder=str(AblationFolder(out).slurm_jobs / "%j"),
-                                          max_num_timeout=self.resources.max_requeues)  # fmt: skip
+                                          max_num_timeout=self.resources.max_requeues,
+                                          python=self.resources.job_python())  # fmt: skip
         executor.update_parameters(job_name=f"csa-{out.name}"[:60], **self.resources.submitit_parameters())
         with executor.batch():
             jobs = [executor.submit(VariantJob(str(r.run_dir), r.command, r.env)) for r in runs]
