@@ -31,7 +31,7 @@ from .config_errors import one_line, parse_error_line
 from .errors import first_line
 from .run_folder import check_checkpoint_file
 
-__all__ = ["CSALightningCLI", "main", "check_checkpoint_file"]
+__all__ = ["CSALightningCLI", "main", "check_checkpoint_file", "repeated_option"]
 
 
 class CSALightningCLI(LightningCLI):
@@ -371,6 +371,28 @@ SUBCOMMANDS = ("fit", "validate", "test", "predict")
 HELP_HINT = " (python cli.py fit --help lists every option)"
 
 
+def repeated_option(argv: Sequence[str]) -> Optional[str]:
+    """The message for a key given twice on one command line (argparse's "the last one wins" would drop
+    the first without a word), or None. ``--config`` may repeat (configs layer, later over earlier), as
+    may ``--KEY+=VALUE`` (it appends); a key set in a config and again on the command line is layering too."""
+    seen: dict = {}
+    tokens = list(argv)
+    for i, token in enumerate(tokens):
+        if not token.startswith("--") or token == "--":
+            continue
+        key, _, inline = token[2:].partition("=")
+        if key == "config" or key.endswith("+") or not key:
+            continue
+        value = inline if inline or "=" in token else (tokens[i + 1] if i + 1 < len(tokens) else "")
+        if key in seen:
+            return (
+                f"--{key} is given twice ({seen[key]}, then {value}); give it once (a value in a --config file "
+                "may be overridden on the command line: that is how configs layer)"
+            )
+        seen[key] = value
+    return None
+
+
 def main(args: Optional[Sequence[str]] = None, run: bool = True) -> CSALightningCLI:
     """Run the CLI; input errors become ``error: ...`` on one line and exit status 2."""
     from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -379,6 +401,10 @@ def main(args: Optional[Sequence[str]] = None, run: bool = True) -> CSALightning
     from .checks import hold_run_lock, process_rank
     from .run_folder import run_lock_from_environment
 
+    repeated = repeated_option(sys.argv[1:] if args is None else args)
+    if repeated:
+        print(f"error: {repeated}", file=sys.stderr)
+        raise SystemExit(2)
     lock = run_lock_from_environment()
     if lock and run and os.environ.get("LOCAL_RANK", "0") == "0" and process_rank() == 0:
         # the ablation runner's runs: this process (not only its runner) holds its run folder

@@ -628,9 +628,9 @@ def test_a_gpu_ablation_is_planned_and_checked_on_a_machine_without_gpus(tmp_pat
     assert checked.errors == []
     trainer = checked.resolved["csa_seed0"].config["trainer"]
     assert (trainer["accelerator"], str(trainer["devices"]), trainer["num_nodes"]) == ("gpu", "2", 2)
-    from submitit.slurm.slurm import _make_sbatch_string
+    from csa_lightning.third_party import make_sbatch_string
 
-    script = _make_sbatch_string(command="true", folder=str(tmp_path / "%j"), job_name="x",
+    script = make_sbatch_string(command="true", folder=str(tmp_path / "%j"), job_name="x",
                                  **resources.submitit_parameters())  # fmt: skip
     assert "#SBATCH --gpus-per-node=2" in script and "#SBATCH --nodes=2" in script
     # a bad value is still found, as a value: one line per variant

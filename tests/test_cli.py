@@ -364,3 +364,17 @@ def test_sigterm_before_any_checkpoint_says_to_start_afresh(tmp_path):
         "interrupted by SIGTERM in epoch 0 before any checkpoint was written; run the same command again to "
         "start afresh (nothing is lost but this partial epoch)"
     )
+
+
+def test_a_key_given_twice_on_one_command_line_is_refused(in_tmp_cwd, capsys):
+    """Before: --trainer.max_epochs 1 --trainer.max_epochs 2 trained 2 epochs without a word. Configs still
+    layer (--config twice, a config's value overridden on the command line) and --KEY+=VALUE appends."""
+    from csa_lightning.cli import repeated_option
+
+    from .conftest import refusal
+
+    error = refusal(capsys, main, ["fit", "--config", str(DEMO_CONFIG), "--trainer.max_epochs", "1",
+                                   "--trainer.max_epochs=2"])  # fmt: skip
+    assert error.startswith("error: --trainer.max_epochs is given twice (1, then 2); give it once")
+    assert repeated_option(["fit", "--config", "a.yaml", "--config", "b.yaml", "--trainer.callbacks+=X",
+                            "--trainer.callbacks+=Y", "--data", "D", "--data.batch_size", "8"]) is None  # fmt: skip

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from csa_lightning.run_folder import AblationFolder, RunResult, is_done, missing_metric, training_environment
+from csa_lightning.run_folder import AblationFolder, RunFolder, RunResult, is_done, missing_metric, training_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "csa_lightning"
@@ -119,3 +119,19 @@ def test_a_run_resumed_with_nothing_left_to_train_still_writes_its_result(tmp_pa
     main([*args, "--ckpt_path", "last"])
     again = json.loads((tmp_path / "result.json").read_text())
     assert is_done(again) and again["final"] == first["final"] and again["epochs"] == first["epochs"]
+
+
+def test_the_error_shown_is_the_last_attempts_own(tmp_path):
+    """Before: stdout.log is appended across attempts, and a run killed in its second attempt was shown
+    failed with the first attempt's message."""
+    from csa_lightning.ablate.executors.local import last_error_line
+    from csa_lightning.ablate.job import start_training
+
+    run = RunFolder(tmp_path)
+    first = start_training(tmp_path, ["python3", "-c", "raise ValueError('the first attempt')"], {})
+    first.wait()
+    assert last_error_line(run.log()) == "ValueError: the first attempt"
+    second = start_training(tmp_path, ["python3", "-c", "print('killed without a word')"], {})
+    second.wait()
+    assert last_error_line(run.log()) == ""
+    assert "ValueError: the first attempt" in run.log().read_text()  # the log keeps every attempt's output

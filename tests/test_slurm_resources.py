@@ -61,16 +61,15 @@ def test_setup_lines_that_fail_stop_the_job_and_choose_its_python(tmp_path):
     path whatever `conda activate` chose."""
     import sys
 
-    from submitit.slurm.slurm import _make_sbatch_string
-
     from csa_lightning.ablate.executors.slurm import parse_resources
     from csa_lightning.slurm import sbatch_script
+    from csa_lightning.third_party import make_sbatch_string
 
     plain = parse_resources([])
     assert plain.setup_lines() == [] and plain.job_python().strip("'") == sys.executable
     resources = parse_resources(["--slurm.setup", '["module load cuda/12", "conda activate csa"]'])
     assert resources.job_python() == "python"
-    script = _make_sbatch_string(command=f"{resources.job_python()} -u -m submitit.core._submit x",
+    script = make_sbatch_string(command=f"{resources.job_python()} -u -m submitit.core._submit x",
                                  folder=str(tmp_path / "%j"), job_name="x", **resources.submitit_parameters())  # fmt: skip
     body = script[script.index("set -e") :]
     assert body.index("set -e") < body.index("module load cuda/12") < body.index("conda activate csa")

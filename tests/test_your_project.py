@@ -15,7 +15,7 @@ import pytest
 
 from csa_lightning.ablate import summarise
 
-from .conftest import ROOT, TIMEOUT
+from .conftest import ROOT, TIMEOUT, refusal
 
 EXAMPLE = ROOT / "examples" / "your_project"
 # one install, one worker: the tests below share it
@@ -127,9 +127,7 @@ def test_fit_ablate_stale_check_export_and_analysis_by_short_name(site, tmp_path
     assert len(ablate_here(args)) == 3 and "3 already finished, 0 to run" in capsys.readouterr().out
     installed.write_text(original.replace("[[1.0, 0.0]]", "[[1.0, 0.5]]"))
     try:
-        with pytest.raises(SystemExit) as stale:
-            ablate_here(args)
-        assert str(stale.value) == (
+        assert refusal(capsys, ablate_here, args) == (
             f"error: 1 variant(s) in {out} ran with another configuration or code (srm_seed0: code changed in "
             "your_project/srm.py); pass --rerun to train them again, --keep-stale to keep their results, or "
             "choose another --out"

@@ -13,11 +13,13 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Dict, List, Sequence
 
 from ..checks import process_rank
 from ..run_folder import RunFolder, checkpoint_position, log_attempt, newest_checkpoint, training_environment
+from ..run_folder.attempts import ATTEMPT_MARKER
 
 __all__ = ["fit_command", "start_training"]
 
@@ -77,6 +79,8 @@ def start_training(run_dir: Path, command: Sequence[str], env: Dict[str, str], r
             _end_with_parent()
 
     log = open(run.log(rank), "a")
+    log.write(f"{ATTEMPT_MARKER} {time.strftime('%Y-%m-%d %H:%M:%S')} (resumed: {resumed or 'no'})\n")
+    log.flush()
     try:
         return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, **env),
                                 preexec_fn=prepare if (ignore_signals or end_with_parent) else None)  # fmt: skip

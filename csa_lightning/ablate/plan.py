@@ -243,7 +243,7 @@ def check_variants(base_config: str, variants: Sequence[Variant], extra: Sequenc
     from jsonargparse import ArgumentError
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-    from ..cli import build_cli
+    from ..cli import build_cli, repeated_option
     from ..config_diff import comparable
     from ..config_errors import one_line, parse_error_line
     from ..provenance import code_provenance, named_files, run_classes
@@ -255,6 +255,10 @@ def check_variants(base_config: str, variants: Sequence[Variant], extra: Sequenc
                 "--config", base_config, *variant.cli_args(_option_keys(variant.attention)), *extra,
                 "--trainer.default_root_dir", scratch,
             ]  # fmt: skip
+            repeated = repeated_option(args)  # what the training's own command line would refuse
+            if repeated:
+                errors.append(f"variant {variant.name}: {repeated}")
+                continue
             try:
                 with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
                     with torch.device("meta"):

@@ -15,11 +15,12 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 from torch import nn
 from torchvision.models.detection import FasterRCNN, MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.backbone_utils import BackboneWithFPN, _resnet_fpn_extractor
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from ..attention.base import AttentionSpec
+from ..third_party import resnet_fpn_extractor
 from .attention_resnet import (
     AttentionResNet,
     BackboneLoadReport,
@@ -59,7 +60,7 @@ def attention_resnet_fpn(
     report = None
     if backbone_weights:
         report = load_backbone_weights(resnet, backbone_weights, exclude=("fc.",))
-    return _resnet_fpn_extractor(resnet, trainable_layers), report
+    return resnet_fpn_extractor(resnet, trainable_layers), report
 
 
 class RCNNSpec(DetectorSpec):

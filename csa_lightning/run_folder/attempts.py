@@ -16,7 +16,11 @@ from typing import Any, Dict, List, Sequence
 
 from .files import RunFolder, runner_pid_from_environment
 
-__all__ = ["log_attempt", "read_attempts", "redone_steps", "stop_cause"]
+__all__ = ["log_attempt", "read_attempts", "redone_steps", "stop_cause", "ATTEMPT_MARKER", "last_attempt_lines"]
+
+#: the line each start writes into the training's output (stdout.log, appended to by every attempt), so
+#: that what an attempt printed, its error above all, is told from the previous attempts'
+ATTEMPT_MARKER = "==== csa-lightning: training starts"
 
 
 def log_attempt(run_dir, event: str, **fields: Any) -> None:
@@ -34,6 +38,16 @@ def stop_cause() -> Dict[str, Any]:
     if runner is not None and os.getppid() != runner:
         return {"cause": "runner ended", "runner_pid": runner}
     return {}
+
+
+def last_attempt_lines(log, tail: int = 2000) -> List[str]:
+    """The lines the last attempt wrote to ``log`` (all of them when no attempt marked its start)."""
+    path = Path(log)
+    if not path.exists():
+        return []
+    lines = path.read_text(errors="replace").splitlines()[-tail:]
+    starts = [i for i, line in enumerate(lines) if line.startswith(ATTEMPT_MARKER)]
+    return lines[starts[-1] + 1 :] if starts else lines
 
 
 def read_attempts(run_dir) -> List[Dict[str, Any]]:

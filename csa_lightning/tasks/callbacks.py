@@ -17,6 +17,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from ..run_folder import RunResult, checkpoint_position, result_path_from_environment
 from ..run_folder.result import TRAIN_IMAGES_PER_SEC
+from ..third_party import run_validation
 
 __all__ = [
     "RunInfo",
@@ -172,9 +173,7 @@ class RecordResult(Callback):
             # its last epoch (a stop between the last epoch and this record). Its result is evaluated from
             # that checkpoint now (every rank: validation is collective under DDP), so the run is done.
             rank_zero_info(f"no {monitor} logged in this run (nothing left to train): validating the checkpoint")
-            trainer.validating = True
-            trainer.fit_loop.epoch_loop.val_loop.run()
-            trainer.validating = False
+            run_validation(trainer)
         if trainer.global_rank != 0:
             return
         datamodule = trainer.datamodule

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
 from ...run_folder import AblationFolder, RunFolder, log_attempt, read_attempts
+from ...run_folder.attempts import last_attempt_lines
 from ..job import start_training
 from ..plan import Variant
 from ..records import finish_record
@@ -72,10 +73,9 @@ def status_from_attempts(run_dir: Path) -> Status:
 
 
 def last_error_line(log: Path) -> str:
-    """The last line of a Python error (or the project's one-line error) in a log, if any."""
-    if not log.exists():
-        return ""
-    lines = [line.strip() for line in log.read_text(errors="replace").splitlines()[-200:] if line.strip()]
+    """The last line of a Python error (or the project's one-line error) the last attempt wrote to a log
+    (a log holds every attempt's output: an earlier attempt's error is not this one's), if any."""
+    lines = [line.strip() for line in last_attempt_lines(log)[-200:] if line.strip()]
     for line in reversed(lines):
         if line.startswith("error: ") or (":" in line and line.split(":", 1)[0].endswith(("Error", "Exception"))):
             return line[:300]

@@ -40,6 +40,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from ...checks import process_rank
 from ...errors import UsageError
 from ...run_folder import AblationFolder, RunFolder, log_attempt, read_attempts
+from ...third_party import make_sbatch_string
 from ..job import start_training
 from ..plan import Variant
 from ..records import finish_record
@@ -347,9 +348,7 @@ class SlurmExecutor(Executor):
             import submitit  # noqa: F401
         except ImportError:
             raise UsageError("--executor slurm needs submitit; pip install 'csa-lightning[slurm]'") from None
-        from submitit.slurm.slurm import _make_sbatch_string
-
-        script = _make_sbatch_string(command="true", folder=str(out / "slurm" / "%j"), job_name="csa-check",
+        script = make_sbatch_string(command="true", folder=str(out / "slurm" / "%j"), job_name="csa-check",
                                      **self.resources.submitit_parameters())  # fmt: skip
         test = subprocess.run(["sbatch", "--test-only"], input=script, capture_output=True, text=True)
         if test.returncode != 0:
