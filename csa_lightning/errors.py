@@ -125,9 +125,11 @@ class ToolParser(argparse.ArgumentParser):
         self.register("action", "store", _StoreOnce)
 
     def error(self, message: str):  # type: ignore[override]
+        """argparse's error: a `UsageError` naming ``--help`` (the command wrapper prints it, exit 2)."""
         raise UsageError(f"{message} ({self.prog} --help lists every option)")
 
     def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        """argparse's, remembering which options this command line gave (to refuse one given twice)."""
         self._given: dict = {}
         self._listed: set = set()
         args = list(sys.argv[1:] if args is None else args)

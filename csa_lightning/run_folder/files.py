@@ -48,6 +48,10 @@ RUN_LOCK_ENV = "CSA_RUN_LOCK"
 RUNNER_PID_ENV = "CSA_RUNNER_PID"
 
 
+def _file(name: str, doc: str) -> property:
+    return property(lambda self: self.path / name, doc=f"``{name}``: {doc}")
+
+
 @dataclass(frozen=True)
 class RunFolder:
     """One variant's run folder (``OUT/runs/<variant>``) and the files in it."""
@@ -56,17 +60,18 @@ class RunFolder:
 
     @property
     def name(self) -> str:
+        """The variant's name (the folder's)."""
         return self.path.name
 
-    result = property(lambda self: self.path / "result.json")
-    record = property(lambda self: self.path / "record.json")
-    attempts = property(lambda self: self.path / "attempts.jsonl")
-    lock = property(lambda self: self.path / ".training.lock")
-    variant = property(lambda self: self.path / "variant.json")
-    config_hash = property(lambda self: self.path / "config_hash")
-    config_resolved = property(lambda self: self.path / "config_resolved.json")
-    code = property(lambda self: self.path / "code.json")
-    slurm_job = property(lambda self: self.path / "slurm_job.json")
+    result = _file("result.json", "the training's result")
+    record = _file("record.json", "the run's record (variant, configuration, code, result, attempts)")
+    attempts = _file("attempts.jsonl", "the attempt log")
+    lock = _file(".training.lock", "held by the training while it runs")
+    variant = _file("variant.json", "the variant")
+    config_hash = _file("config_hash", "scheme:hash of the resolved configuration")
+    config_resolved = _file("config_resolved.json", "the resolved configuration")
+    code = _file("code.json", "the code provenance the run was planned with")
+    slurm_job = _file("slurm_job.json", "the SLURM job that trains it")
 
     def log(self, rank: int = 0) -> Path:
         """The training's output: ``stdout.log`` for rank 0, ``stdout.rank<N>.log`` for the others."""
@@ -79,11 +84,10 @@ class AblationFolder:
 
     path: Path
 
-    results = property(lambda self: self.path / "results.json")
-    lock = property(lambda self: self.path / ".ablate.lock")
-    runs = property(lambda self: self.path / "runs")
-    #: submitit's job folders (its logs and pickles), one per SLURM job id
-    slurm_jobs = property(lambda self: self.path / "slurm")
+    results = _file("results.json", "the merged records of the finished runs")
+    lock = _file(".ablate.lock", "the runner's lock")
+    runs = _file("runs", "the run folders")
+    slurm_jobs = _file("slurm", "submitit's job folders (logs and pickles), one per SLURM job id")
 
     def run(self, name: str) -> RunFolder:
         """The run folder of variant ``name``."""
