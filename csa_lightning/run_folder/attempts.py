@@ -24,6 +24,7 @@ ATTEMPT_MARKER = "==== csa-lightning: training starts"
 
 
 def log_attempt(run_dir, event: str, **fields: Any) -> None:
+    """Append one event ("start", "stop" or "end", with ``fields``) and its time to the run folder's attempt log."""
     line = json.dumps({"event": event, "time": round(time.time(), 1), **fields})
     with open(RunFolder(Path(run_dir)).attempts, "a") as handle:
         handle.write(line + "\n")
@@ -51,6 +52,7 @@ def last_attempt_lines(log, tail: int = 2000) -> List[str]:
 
 
 def read_attempts(run_dir) -> List[Dict[str, Any]]:
+    """The run folder's attempt events, oldest first (a line cut by a kill is skipped)."""
     path = RunFolder(Path(run_dir)).attempts
     if not path.exists():
         return []
