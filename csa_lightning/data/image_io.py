@@ -149,8 +149,9 @@ def _unidentified(path: str) -> Optional[str]:
 
 def unidentified_images(paths, threads: int = 8) -> list:
     """The files of ``paths`` PIL cannot identify as an image from their header, each with the reason
-    (a text file named .jpg, an empty file). Reads headers only (about 0.1 ms a file): a truncated
-    JPEG with a sound header passes and is refused by `csa_lightning.data.image_io.open_rgb` when read."""
+    (a text file named .jpg, an empty file). Reads headers only: 0.23 ms a file here (0.18-0.25 over
+    5 passes on 1,000 500 x 375 JPEGs, 8 threads on 2 cores); a truncated JPEG with a sound header
+    passes and is refused by `csa_lightning.data.image_io.open_rgb` when read."""
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=threads) as pool:
