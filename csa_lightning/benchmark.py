@@ -131,7 +131,7 @@ def benchmark(
     """Rows of measurements, one per variant; ratios are to the "none" row of the same run.
 
     Each time ratio is the median of the rounds' paired ratios (variant / plain of the same round,
-    `csa_lightning.timing.paired_ratio`), with its lowest and highest round; after ``repeats``
+    `csa_lightning.timing.paired_ratio`), with the range of its middle rounds; after ``repeats``
     rounds, more are run while any ratio is unstable, up to ``max_repeats`` (default 3 x
     ``repeats``, at least 5). ``bf16``: forward under bf16 autocast; ``channels_last``: model and
     input in that memory format (what a GPU run uses). ``extra_variants``: more (label, attention,

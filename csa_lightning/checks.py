@@ -16,6 +16,7 @@ from .errors import UsageError
 
 __all__ = [
     "MAX_IMAGE_SIDE",
+    "is_number",
     "require",
     "require_positive",
     "require_non_negative",
@@ -36,6 +37,11 @@ __all__ = [
 MAX_IMAGE_SIDE = 4096
 
 
+def is_number(value: Any) -> bool:
+    """An int or a float, not a bool (a JSON or YAML ``true`` is a Python bool, which is an int)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def require(condition: bool, option: str, value: Any, rule: str) -> None:
     """Raise ``UsageError("<option> must be <rule>, got <value>")`` unless ``condition``."""
     if not condition:
@@ -43,7 +49,7 @@ def require(condition: bool, option: str, value: Any, rule: str) -> None:
 
 
 def require_positive(option: str, value: Any, integer: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+    ok = is_number(value) and value > 0
     if integer:
         ok = ok and float(value).is_integer()
     require(ok, option, value, "a positive integer" if integer else "positive")
@@ -59,11 +65,7 @@ def require_normalisation(prefix: str, mean: Sequence[float], std: Sequence[floa
     import math
 
     def numbers(values):
-        return (
-            isinstance(values, (list, tuple))
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
-            and all(math.isfinite(v) for v in values)
-        )
+        return isinstance(values, (list, tuple)) and all(is_number(v) and math.isfinite(v) for v in values)
 
     require(numbers(mean) and len(mean) == 3, f"{prefix}.mean", mean, "three finite numbers (one per channel)")
     require(
@@ -79,7 +81,7 @@ def require_fraction_range(option: str, values: Sequence[float]) -> None:
     ok = (
         isinstance(values, (list, tuple))
         and len(values) == 2
-        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        and all(is_number(v) for v in values)
         and 0 < values[0] <= values[1] <= 1
     )
     require(ok, option, values, "[low, high] with 0 < low <= high <= 1")

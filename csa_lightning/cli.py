@@ -170,13 +170,10 @@ def evaluation_data_warning(ckpt_path: str, data_config) -> Optional[str]:
 
 def check_trainer_values(trainer) -> None:
     """One line naming a trainer option whose value cannot run (before any class is built)."""
-    from .checks import require
+    from .checks import is_number, require
 
     def integer(value) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
-
-    def number(value) -> bool:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
 
     get = trainer.get
     for key in ("max_epochs", "max_steps"):
@@ -194,10 +191,10 @@ def check_trainer_values(trainer) -> None:
     for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches", "limit_predict_batches",
                 "overfit_batches"):  # fmt: skip
         value = get(key)
-        ok = value is None or (integer(value) and value >= 0) or (number(value) and 0 <= value <= 1)
+        ok = value is None or (integer(value) and value >= 0) or (is_number(value) and 0 <= value <= 1)
         require(ok, f"trainer.{key}", value, "a number of batches (an integer >= 0) or a fraction in [0, 1]")
     value = get("gradient_clip_val")
-    require(value is None or (number(value) and value >= 0), "trainer.gradient_clip_val", value, "null or >= 0")
+    require(value is None or (is_number(value) and value >= 0), "trainer.gradient_clip_val", value, "null or >= 0")
     value = get("num_sanity_val_steps")
     require(value is None or (integer(value) and value >= -1), "trainer.num_sanity_val_steps", value,
             "-1 (all) or >= 0")  # fmt: skip
@@ -371,6 +368,21 @@ SUBCOMMANDS = ("fit", "validate", "test", "predict")
 HELP_HINT = " (python cli.py fit --help lists every option)"
 
 
+def input_errors() -> tuple:
+    """What a command line or a config can get wrong (a bad key or value, a missing file, a class that
+    does not import, Lightning refusing a trainer setting): printed as one line. Anything else is a bug
+    and keeps its traceback."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    return (ArgumentError, FileNotFoundError, ValueError, TypeError, ImportError, MisconfigurationException)
+
+
+def input_error_line(err: BaseException, hint: str = "") -> str:
+    """The one line for an input error: jsonargparse's nested message read by
+    `csa_lightning.config_errors.parse_error_line` (then ``hint``), anything else's first useful line."""
+    return f"{parse_error_line(err)}{hint}" if isinstance(err, ArgumentError) else one_line(err)
+
+
 def repeated_option(argv: Sequence[str]) -> Optional[str]:
     """The message for a key given twice on one command line (argparse's "the last one wins" would drop
     the first without a word), or None. ``--config`` may repeat (configs layer, later over earlier), as
@@ -395,7 +407,6 @@ def repeated_option(argv: Sequence[str]) -> Optional[str]:
 
 def main(args: Optional[Sequence[str]] = None, run: bool = True) -> CSALightningCLI:
     """Run the CLI; input errors become ``error: ...`` on one line and exit status 2."""
-    from lightning.fabric.utilities.exceptions import MisconfigurationException
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from .checks import hold_run_lock, process_rank
@@ -423,11 +434,8 @@ def main(args: Optional[Sequence[str]] = None, run: bool = True) -> CSALightning
             # Lightning ends a SIGTERM'd run with status 0; 128 + 15 tells a script or a scheduler it
             # did not finish (SigtermWatchdog printed the checkpoint to resume from)
             raise SystemExit(143) from None
-        except (FileNotFoundError, ValueError, TypeError, ImportError, MisconfigurationException) as err:
-            print(f"error: {one_line(err)}", file=sys.stderr)
-            raise SystemExit(2) from None
-        except ArgumentError as err:  # a bad key or value on the command line or in a config
-            print(f"error: {parse_error_line(err)}{HELP_HINT}", file=sys.stderr)
+        except input_errors() as err:
+            print(f"error: {input_error_line(err, HELP_HINT)}", file=sys.stderr)
             raise SystemExit(2) from None
     finally:
         _release_process_group()

@@ -130,9 +130,10 @@ def _code_hash(path: str, mtime_ns: int, size: int) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def _file_hash(path: Path) -> str:
+def _file_hash(path: Path, hasher=_code_hash) -> str:
+    """``hasher(path, mtime, size)``: a file's hash, cached until the file changes."""
     stat = path.stat()
-    return _code_hash(str(path), stat.st_mtime_ns, stat.st_size)
+    return hasher(str(path), stat.st_mtime_ns, stat.st_size)
 
 
 @functools.lru_cache(maxsize=None)
@@ -232,11 +233,6 @@ def _content_hash(path: str, mtime_ns: int, size: int) -> str:
     return digest.hexdigest()[:16]
 
 
-def _hash_file(path: Path) -> str:
-    stat = path.stat()
-    return _content_hash(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
-
-
 #: files a folder named in a model config contributes: the checkpoints and weights it holds
 _WEIGHT_SUFFIXES = (".ckpt", ".pt", ".pth", ".safetensors", ".bin")
 
@@ -260,11 +256,11 @@ def named_files(config: Any, prefix: str = "model") -> Dict[str, Dict[str, str]]
             path = Path(value).expanduser()
             try:
                 if path.is_file():
-                    found[key] = {"path": str(path), "sha256": _hash_file(path)}
+                    found[key] = {"path": str(path), "sha256": _file_hash(path.resolve(), _content_hash)}
                 elif path.is_dir():
                     for file in sorted(p for p in path.rglob("*") if p.suffix in _WEIGHT_SUFFIXES and p.is_file()):
                         found[f"{key}:{file.relative_to(path).as_posix()}"] = {
-                            "path": str(file), "sha256": _hash_file(file),
+                            "path": str(file), "sha256": _file_hash(file.resolve(), _content_hash),
                         }  # fmt: skip
             except OSError:
                 return

@@ -240,12 +240,9 @@ def check_variants(base_config: str, variants: Sequence[Variant], extra: Sequenc
     import tempfile
 
     import torch
-    from jsonargparse import ArgumentError
-    from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-    from ..cli import build_cli, repeated_option
+    from ..cli import build_cli, input_error_line, input_errors, repeated_option
     from ..config_diff import comparable
-    from ..config_errors import one_line, parse_error_line
     from ..provenance import code_provenance, named_files, run_classes
 
     resolved, errors = {}, []
@@ -264,11 +261,8 @@ def check_variants(base_config: str, variants: Sequence[Variant], extra: Sequenc
                     with torch.device("meta"):
                         cli = build_cli([*args, *CHECK_HARDWARE], run=False)
                     job_config = cli.parser.parse_args(args)  # the job's own trainer values: parsed, not built
-            except ArgumentError as err:
-                errors.append(f"variant {variant.name}: {parse_error_line(err)}")
-                continue
-            except (FileNotFoundError, ValueError, TypeError, ImportError, MisconfigurationException) as err:
-                errors.append(f"variant {variant.name}: {one_line(err)}")
+            except input_errors() as err:
+                errors.append(f"variant {variant.name}: {input_error_line(err)}")
                 continue
             config = run_relevant_config(comparable(job_config))
             code = code_provenance(run_classes(cli.model, cli.datamodule, cli.trainer.callbacks))

@@ -142,15 +142,16 @@ def stale_variants(out: Path, variants: Sequence[Variant], resolved: Dict[str, R
             stale[v.name] = "recorded by an earlier runner, which did not record the code a run uses"
         else:
             changed = changed_files(then_code.get("files"), now.code["files"])
-            files = now.code.get("named_files") or {}
+            then_files, files = then_code.get("named_files") or {}, now.code.get("named_files") or {}
+            changed_weights = changed_named_files(then_files, files)
             if changed:
                 stale[v.name] = f"code changed in {', '.join(changed[:4])}{' ...' if len(changed) > 4 else ''}"
             elif "named_files" not in then_code and files:
                 stale[v.name] = "recorded by an earlier runner, which did not hash the weights files the config names"
-            elif changed_named_files(then_code.get("named_files"), files):
-                keys = changed_named_files(then_code.get("named_files"), files)
-                path = (files.get(keys[0]) or (then_code.get("named_files") or {}).get(keys[0]) or {}).get("path")
-                stale[v.name] = f"the file {keys[0]} names ({path}) changed since it ran (content hash)"
+            elif changed_weights:
+                key = changed_weights[0]
+                path = (files.get(key) or then_files.get(key) or {}).get("path")
+                stale[v.name] = f"the file {key} names ({path}) changed since it ran (content hash)"
     return stale
 
 
@@ -163,8 +164,9 @@ def keep_stale(out: Path, variants: Dict[str, Variant], resolved: Dict[str, Reso
                      config=resolved[r["variant"]].config, code=resolved[r["variant"]].code)  # fmt: skip
     _write_results(out, records)
     for name in names:
-        if AblationFolder(out).run(name).path.is_dir():  # its folder (its record included) now counts as current
-            stamp(AblationFolder(out).run(name).path, variants[name], resolved[name])
+        run_dir = AblationFolder(out).run(name).path
+        if run_dir.is_dir():  # its folder (its record included) now counts as current
+            stamp(run_dir, variants[name], resolved[name])
 
 
 def forget(out: Path, names: Sequence[str]) -> None:

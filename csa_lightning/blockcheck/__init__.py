@@ -187,6 +187,8 @@ def to_markdown(reports: Sequence[BlockReport], quick: bool) -> str:
 
 
 def _cost_table(reports: Sequence[BlockReport]) -> str:
+    from ..benchmark import ratio_text
+
     lines = [
         "Against the plain ResNet of the same run (one process, interleaved rounds): parameters and "
         "millions of multiply-adds added, bytes saved for backward, CPU training-step and inference time "
@@ -208,17 +210,10 @@ def _cost_table(reports: Sequence[BlockReport]) -> str:
             mmac = (row["gmac"] - c["plain"]["gmac"]) * 1e3
             lines.append(
                 f"| {report.block} | {net} | {p} | {row['params'] - c['plain']['params']:,} | "
-                f"{mmac:.0f} | {row['saved_ratio']:.2f}x | {_ratio(row, 'train')} | "
-                f"{_ratio(row, 'infer')} | {macs['declared']:,} / {macs['flop_counter']:,} |"
+                f"{mmac:.0f} | {row['saved_ratio']:.2f}x | {ratio_text(row, 'train')} | "
+                f"{ratio_text(row, 'infer')} | {macs['declared']:,} / {macs['flop_counter']:,} |"
             )
     return "\n".join(lines)
-
-
-def _ratio(row: Dict[str, Any], kind: str) -> str:
-    from ..timing import Ratio
-
-    low, high = row[f"{kind}_ratio_range"]
-    return Ratio(row[f"{kind}_ratio"], low, high, row["rounds"]).text()
 
 
 def write_report(reports: Sequence[BlockReport], out: Path, quick: bool) -> None:

@@ -42,7 +42,7 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch import Tensor
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 
-from ..checks import require, require_non_negative, require_positive
+from ..checks import is_number, require, require_non_negative, require_positive
 from .image_io import open_rgb
 
 log = logging.getLogger(__name__)
@@ -118,11 +118,6 @@ def _decode_mask(segmentation: Any, height: int, width: int) -> np.ndarray:
     return mask_utils.decode(rle)
 
 
-def _number(value) -> bool:
-    """An int or float, not a bool (JSON's true is a Python bool, which is an int)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 class COCODetection(Dataset):
     """One split of a COCO-format data set as (image, target) pairs for torchvision's detectors.
 
@@ -178,7 +173,7 @@ class COCODetection(Dataset):
                     raise ValueError(
                         f"{where}: image {img_id} has no '{key}'; every image needs width, height, file_name"
                     )
-            if not all(_number(info[k]) and info[k] > 0 for k in ("width", "height")):
+            if not all(is_number(info[k]) and info[k] > 0 for k in ("width", "height")):
                 raise ValueError(f"{where}: image {img_id} has a width or height that is not a positive number")
         for ann in self.coco.dataset["annotations"]:
             ann_id = ann.get("id", "?")
@@ -187,7 +182,7 @@ class COCODetection(Dataset):
                     f"{where}: annotation {ann_id} refers to image {ann.get('image_id')}, which the file does not list"
                 )
             bbox = ann.get("bbox")
-            if bbox is not None and (not isinstance(bbox, (list, tuple)) or not all(_number(v) for v in bbox)):
+            if bbox is not None and (not isinstance(bbox, (list, tuple)) or not all(is_number(v) for v in bbox)):
                 raise ValueError(f"{where}: annotation {ann_id} has a bbox that is not a list of numbers: {bbox!r}")
 
     def _valid_segmentation(self, ann: Dict) -> Optional[Any]:

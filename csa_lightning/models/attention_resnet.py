@@ -132,6 +132,13 @@ def resolve_placement(placement: PlacementSpec, layers: Sequence[int]) -> List[T
     return sorted(pairs)
 
 
+def _check_depth_and_classes(depth: Any, num_classes: Any) -> None:
+    """A supported depth and a positive integer class count, each refused in one line."""
+    if depth not in RESNET_LAYOUTS:
+        raise ValueError(f"unsupported ResNet depth {depth}: choose one of {sorted(RESNET_LAYOUTS)}")
+    check_int("num_classes", num_classes)
+
+
 class AttentionResNet(ResNet):
     """torchvision ``ResNet`` with channel-attention gates at chosen blocks.
 
@@ -156,9 +163,7 @@ class AttentionResNet(ResNet):
         num_classes: int = 1000,
         **resnet_kwargs: Any,
     ) -> None:
-        if depth not in RESNET_LAYOUTS:
-            raise ValueError(f"unsupported ResNet depth {depth}: choose one of {sorted(RESNET_LAYOUTS)}")
-        check_int("num_classes", num_classes)
+        _check_depth_and_classes(depth, num_classes)
         block, layers = RESNET_LAYOUTS[depth]
         super().__init__(block, list(layers), num_classes=num_classes, **resnet_kwargs)
         self.depth = depth
@@ -204,9 +209,7 @@ class ResNetSpec(ClassifierSpec):
         zero_init_residual: bool = False,
     ) -> None:
         # the plain values are checked here, when a config builds the spec, not deep in the network's build
-        if depth not in RESNET_LAYOUTS:
-            raise ValueError(f"unsupported ResNet depth {depth}: choose one of {sorted(RESNET_LAYOUTS)}")
-        check_int("num_classes", num_classes)
+        _check_depth_and_classes(depth, num_classes)
         check_flag("zero_init_residual", zero_init_residual)
         self.depth = depth
         self.attention = attention

@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from ...checks import process_rank
+from ...checks import process_rank, require
 from ...errors import UsageError
 from ...run_folder import AblationFolder, RunFolder, log_attempt, read_attempts
 from ...third_party import make_sbatch_string
@@ -97,9 +97,7 @@ class SlurmResources:
         def positive(key: str, allow_zero: bool = False) -> None:
             value = getattr(self, key)
             ok = isinstance(value, int) and not isinstance(value, bool) and (value >= 0 if allow_zero else value >= 1)
-            if not ok:
-                rule = ">= 0" if allow_zero else "a positive integer"
-                raise UsageError(f"--slurm.{key} must be {rule}, got {value!r}")
+            require(ok, f"--slurm.{key}", value, ">= 0" if allow_zero else "a positive integer")
 
         for key in ("nodes", "tasks_per_node", "cpus_per_task", "time_min", "array_parallelism"):
             positive(key)
@@ -348,8 +346,9 @@ class SlurmExecutor(Executor):
             import submitit  # noqa: F401
         except ImportError:
             raise UsageError("--executor slurm needs submitit; pip install 'csa-lightning[slurm]'") from None
-        script = make_sbatch_string(command="true", folder=str(out / "slurm" / "%j"), job_name="csa-check",
-                                     **self.resources.submitit_parameters())  # fmt: skip
+        folder = str(AblationFolder(out).slurm_jobs / "%j")
+        script = make_sbatch_string(command="true", folder=folder, job_name="csa-check",
+                                    **self.resources.submitit_parameters())  # fmt: skip
         test = subprocess.run(["sbatch", "--test-only"], input=script, capture_output=True, text=True)
         if test.returncode != 0:
             reason = sbatch_error(test.stderr, "sbatch refused the request")
