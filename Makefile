@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml constraints.txt
 	fi
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[ffcv,detection,analysis,timm,export,slurm,litdata,docs,dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[ffcv,detection,analysis,timm,export,publish,slurm,litdata,docs,dev]'
 	@touch $(STAMP)
 
 # The suite on two pytest-xdist workers (--dist loadgroup: tests that must not overlap share a

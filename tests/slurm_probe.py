@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import time
 from pathlib import Path
 
 import torch
@@ -30,3 +31,19 @@ class FailsInTraining(ChannelAttention):
         if self.training:
             raise RuntimeError("FailsInTraining: a deliberate error in the first training step")
         return torch.sigmoid(x.mean((2, 3), keepdim=True))
+
+
+class HoldBeforeRecord(Callback):
+    """A run's first start stops between the end of its last epoch (its last.ckpt saved) and its record:
+    it writes ``held`` in the run folder and waits there, as a slow record on a loaded file system would,
+    until a signal ends it (SIGTERM: the project's watchdog exits 143 after ``CSA_SIGTERM_GRACE`` s).
+    Later starts pass through."""
+
+    def on_train_end(self, trainer, pl_module):
+        marker = Path(trainer.default_root_dir, "held")
+        if trainer.global_rank != 0 or marker.exists():
+            return
+        marker.write_text(str(trainer.current_epoch))
+        deadline = time.time() + 600
+        while time.time() < deadline:
+            time.sleep(0.2)

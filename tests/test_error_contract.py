@@ -26,6 +26,7 @@ COMMANDS = {
     "csa_lightning.models.summary": ["--depths", "17"],
     "csa_lightning.blockcheck.__main__": [],
     "csa_lightning.export": ["--ckpt", "x", "--out", "y.onnx", "--opset", "12"],
+    "csa_lightning.publish": ["--ckpt", "/no/such/run", "--out", "folder"],
     "csa_lightning.slurm": ["--", "validate"],
     "csa_lightning.data.write_beton": ["--root", "/no/such/folder", "--out", "x.beton"],
     "csa_lightning.data.write_litdata": ["/no/such/folder", "out"],

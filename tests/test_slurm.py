@@ -46,9 +46,9 @@ def _ablation(out, *extra, attentions="none", epochs=1, samples=32):
     ]  # fmt: skip
 
 
-def _run(cmd, check=True):
+def _run(cmd, check=True, **env):
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=TIMEOUT,
-                          env=dict(os.environ, PYTHONPATH=str(ROOT)))  # fmt: skip
+                          env=dict(os.environ, PYTHONPATH=str(ROOT), **env))  # fmt: skip
     if check:
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done
@@ -225,3 +225,39 @@ def test_plain_fit_as_an_sbatch_script_requeues_at_its_time_limit_and_resumes(tm
 
     (last,) = sorted(root.glob("**/last.ckpt"), key=lambda p: p.stat().st_mtime)[-1:]
     assert torch.load(last, map_location="cpu", weights_only=True)["epoch"] == 59
+
+
+def test_stops_between_the_last_epoch_and_the_record_lose_no_result(tmp_path):
+    """Before: a run stopped after its last epoch but before its record was requeued, resumed with nothing
+    left to train and recorded "final": {}, shown done and left out of the report. Two such stops here,
+    while each run is held after its last epoch: the time-limit warning (SIGUSR2, the job stops its
+    training and requeues itself) and preemption by the urgent partition (SLURM's SIGTERM and requeue).
+    Each run's second start evaluates the checkpoint and records; the report has both with their numbers."""
+    out = tmp_path / "held"
+    cmd = _ablation(out, "--trainer.callbacks+=tests.slurm_probe.HoldBeforeRecord", attentions="none,se", epochs=2)
+    _run(cmd, CSA_SIGTERM_GRACE="5")
+    runs = {name: out / "runs" / f"{name}_seed0" for name in ("none", "se")}
+    _until(lambda: all((run / "held").exists() for run in runs.values()), "both runs held after their last epoch")
+    jobs = {name: _job(run) for name, run in runs.items()}
+    subprocess.run(["scancel", "--signal=USR2", jobs["none"]], check=True)
+    _until(lambda: any(e["event"] == "end" and e.get("requeued") for e in _events(runs["none"])), "the requeue")
+    urgent = subprocess.run(["sbatch", "--parsable", "-p", "urgent", "-c", "2", "-o", str(tmp_path / "urgent.out"),
+                             "--wrap", "sleep 1"], capture_output=True, text=True, check=True)  # fmt: skip
+    _until(lambda: any(e["event"] == "end" for e in _events(runs["se"])), "the preempted run's end")
+    assert [e["code"] for e in _events(runs["se"]) if e["event"] == "end"] in ([143], [-15])
+    states = _status(out, cmd)
+    assert states["none_seed0"] == "requeued"
+    for job in jobs.values():
+        _release_requeued(job)
+    _until(lambda: (tmp_path / "urgent.out").exists(), f"the urgent job {urgent.stdout.strip()}")
+    _run([*cmd, "--wait", "--poll", "1"])
+    records = {r["variant"]: r for r in json.loads((out / "results.json").read_text())}
+    assert sorted(records) == ["none_seed0", "se_seed0"]
+    for name, record in records.items():
+        assert record["attempts"]["starts"] == 2 and record["epochs"] == 2, record
+        assert 0.0 <= record["final"]["val/top1"] <= 1.0 and record["best"] is not None, record
+        starts = [e for e in _events(runs[name.split("_")[0]]) if e["event"] == "start"]
+        assert starts[1]["job"] == jobs[name.split("_")[0]]  # the array task id, as --status shows it
+    report = (out / "report.md").read_text()
+    assert "| none | 1 |" in report and "| se | 1 |" in report, report
+    assert _status(out, cmd) == {"none_seed0": "done", "se_seed0": "done"}

@@ -78,3 +78,75 @@ def test_setup_lines_that_fail_stop_the_job_and_choose_its_python(tmp_path):
     assert "set -e\nmodule load cuda/12\nconda activate csa\nset +e" in single
     assert "srun --kill-on-bad-exit=1 python -m csa_lightning.cli fit --config c.yaml" in single
     assert parse_resources(["--slurm.python", "/opt/env/bin/python"]).job_python() == "/opt/env/bin/python"
+
+
+def test_attempts_record_the_array_task_id_that_status_shows(tmp_path, monkeypatch):
+    """Before: attempts.jsonl recorded the raw job id (107) while --status showed the array task (105_2)."""
+    from csa_lightning.ablate.job import start_training
+    from csa_lightning.run_folder import read_attempts, scheduler_job_id
+
+    monkeypatch.setenv("SLURM_JOB_ID", "107")
+    assert scheduler_job_id() == "107"
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "105")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "2")
+    assert scheduler_job_id() == "105_2"
+    start_training(tmp_path, ["python3", "-c", "pass"], {}).wait()
+    assert read_attempts(tmp_path)[0]["job"] == "105_2"
+    for name in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID"):
+        monkeypatch.delenv(name)
+    assert scheduler_job_id() is None
+
+
+def test_a_training_killed_by_sigterm_itself_is_stopped_not_failed(tmp_path):
+    """Before: a training SIGTERM killed outright (exit -15: the signal landed after its handler was gone)
+    was shown failed, with the previous attempt's error; it is a stop like exit 143."""
+    from csa_lightning.ablate.executors.local import status_from_attempts
+    from csa_lightning.run_folder import RunFolder, log_attempt, stopped_by_signal
+    from csa_lightning.run_folder.attempts import ATTEMPT_MARKER
+
+    assert stopped_by_signal(143) and stopped_by_signal(-15) and stopped_by_signal(130) and stopped_by_signal(-2)
+    assert not stopped_by_signal(1) and not stopped_by_signal(-9) and not stopped_by_signal(None)
+    RunFolder(tmp_path).log().write_text(f"{ATTEMPT_MARKER}\nValueError: the first attempt\n{ATTEMPT_MARKER}\n")
+    log_attempt(tmp_path, "start")
+    log_attempt(tmp_path, "end", code=-15)
+    status = status_from_attempts(tmp_path)
+    assert (status.state, status.detail) == ("stopped", "stopped by SIGTERM (killed by it); run again to resume")
+
+
+def _slurm_run(tmp_path, events, name="se_seed0"):
+    import json
+    import types
+
+    from csa_lightning.ablate.executors.slurm import SlurmExecutor
+    from csa_lightning.ablate.plan import Variant
+    from csa_lightning.run_folder import AblationFolder, log_attempt
+
+    run = AblationFolder(tmp_path).run(name)
+    run.path.mkdir(parents=True)
+    run.slurm_job.write_text(json.dumps({"job_id": "105_2", "stderr": str(tmp_path / "105_2.err"),
+                                         "resources": {"max_requeues": 3, "time_min": 60}}))  # fmt: skip
+    for event in events:
+        log_attempt(run.path, **event)
+    return SlurmExecutor(types.SimpleNamespace(slurm=None)), Variant("se", 0)
+
+
+@pytest.mark.parametrize(
+    "ends, squeue, state, detail",
+    [
+        ([{"code": 143, "requeued": "time limit"}], "PENDING", "requeued",
+         "requeued at its time limit, 1 of 3 requeues (squeue: PENDING)"),
+        ([{"code": 143}], "PENDING", "requeued", "requeued after SIGTERM: preempted, or scontrol requeue (squeue: PENDING)"),
+        ([{"code": -15}], None, "stopped",
+         "stopped by SIGTERM and not requeued: cancelled (scancel) or ended by SLURM; run again to resume"),
+        ([{"code": 1}], None, "failed", "exit 1"),
+    ],
+)  # fmt: skip
+def test_status_says_why_each_job_ended(tmp_path, monkeypatch, ends, squeue, state, detail):
+    from csa_lightning.ablate.executors.slurm import SlurmExecutor
+
+    events = [e for end in ends for e in ({"event": "start", "job": "105_2"}, {"event": "end", **end})]
+    executor, variant = _slurm_run(tmp_path, events)
+    monkeypatch.setattr(SlurmExecutor, "_squeue", staticmethod(lambda ids: {"105_2": squeue} if squeue else {}))
+    live = executor.live(tmp_path, [variant])
+    status = live[variant.name] if variant.name in live else executor.status(tmp_path, variant)
+    assert (status.state, status.detail, status.job) == (state, detail, "105_2")

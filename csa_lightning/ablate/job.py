@@ -18,7 +18,14 @@ from pathlib import Path
 from typing import Dict, List, Sequence
 
 from ..checks import process_rank
-from ..run_folder import RunFolder, checkpoint_position, log_attempt, newest_checkpoint, training_environment
+from ..run_folder import (
+    RunFolder,
+    checkpoint_position,
+    log_attempt,
+    newest_checkpoint,
+    scheduler_job_id,
+    training_environment,
+)
 from ..run_folder.attempts import ATTEMPT_MARKER
 
 __all__ = ["fit_command", "start_training"]
@@ -67,7 +74,7 @@ def start_training(run_dir: Path, command: Sequence[str], env: Dict[str, str], r
         command += ["--ckpt_path", str(last)]
         resumed = {"checkpoint": Path(last).name, **checkpoint_position(last)}
     if process_rank() == 0:
-        log_attempt(run_dir, "start", host=socket.gethostname(), job=os.environ.get("SLURM_JOB_ID"),
+        log_attempt(run_dir, "start", host=socket.gethostname(), job=scheduler_job_id(),
                     restart=int(os.environ.get("SLURM_RESTART_COUNT", 0)), resumed=resumed)  # fmt: skip
     run = RunFolder(run_dir)
     env = {**env, **training_environment(run, os.getpid() if end_with_parent else None)}

@@ -288,7 +288,9 @@ def variant_statuses(out: Path, variants: Sequence[Variant], executor: Executor)
         if v.name in done:
             attempts = done[v.name].get("attempts") or {}
             redone = attempts.get("redone_steps", 0)
-            detail = f"{attempts.get('starts', 1)} start(s), {redone} step(s) redone" if attempts else ""
+            detail = (
+                f"completed; {attempts.get('starts', 1)} start(s), {redone} step(s) redone" if attempts else "completed"
+            )
             log = str(AblationFolder(out).run(v.name).log())
             statuses[v.name] = Status("done", job=executor.status(out, v).job, log=log, detail=detail)
         elif v.name in live:

@@ -1,5 +1,6 @@
 """Attention ResNets on torchvision's ResNet, timm CNNs with channel gates, network specs for the
-tasks, weight loading, detectors and the model summary table."""
+tasks, weight loading, detectors, the model summary table, and the names and model folders a trained
+network leaves by (timm, torch.hub, safetensors with a model card)."""
 
 from .attention_resnet import (
     RESNET_LAYOUTS,
@@ -13,6 +14,8 @@ from .attention_resnet import (
     resolve_placement,
 )
 from .detection import RCNNSpec, attention_resnet_fpn
+from .model_folder import load_model_folder, save_model_folder
+from .names import hub_entrypoints, register_timm_names
 from .networks import ClassifierSpec, DetectorSpec, NetworkSpec, network_spec
 from .timm_net import TimmSpec, add_stage_gates
 
@@ -34,4 +37,8 @@ __all__ = [
     "attention_resnet",
     "load_backbone_weights",
     "resolve_placement",
+    "load_model_folder",
+    "save_model_folder",
+    "register_timm_names",
+    "hub_entrypoints",
 ]

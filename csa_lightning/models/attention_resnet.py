@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from ..attention import PLACEMENTS, ChannelAttention, check_flag, check_int, resolve_attention
+from ..attention import PLACEMENTS, ChannelAttention, attention_name, check_flag, check_int, resolve_attention
 from ..attention.base import AttentionSpec, construct_attention
 from .networks import ClassifierSpec, default_placement
 
@@ -139,6 +139,10 @@ def _check_depth_and_classes(depth: Any, num_classes: Any) -> None:
     check_int("num_classes", num_classes)
 
 
+#: torchvision ResNet arguments that change the network's shapes, kept in ``build_args``
+_REBUILD_KWARGS = ("groups", "width_per_group", "replace_stride_with_dilation")
+
+
 class AttentionResNet(ResNet):
     """torchvision ``ResNet`` with channel-attention gates at chosen blocks.
 
@@ -169,6 +173,13 @@ class AttentionResNet(ResNet):
         self.depth = depth
         options = dict(attention_options or {})
         cls = resolve_attention(attention)
+        # what rebuilds this network elsewhere (a model folder's config, timm's model_args); zero_init_residual
+        # only sets initial values, which loaded weights replace
+        kept = {k: v for k, v in resnet_kwargs.items() if k in _REBUILD_KWARGS}
+        self.build_args: Dict[str, Any] = dict(
+            depth=depth, attention=attention_name(attention), placement=placement,
+            attention_options=options or None, num_classes=num_classes, **kept,
+        )  # fmt: skip
         self.attention_name = "none" if cls is None else getattr(cls, "registered_name", cls.__name__)
         if cls is None:
             if options:

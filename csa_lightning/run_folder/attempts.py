@@ -12,11 +12,20 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from .files import RunFolder, runner_pid_from_environment
 
-__all__ = ["log_attempt", "read_attempts", "redone_steps", "stop_cause", "ATTEMPT_MARKER", "last_attempt_lines"]
+__all__ = [
+    "log_attempt",
+    "read_attempts",
+    "redone_steps",
+    "stop_cause",
+    "ATTEMPT_MARKER",
+    "last_attempt_lines",
+    "scheduler_job_id",
+    "stopped_by_signal",
+]
 
 #: the line each start writes into the training's output (stdout.log, appended to by every attempt), so
 #: that what an attempt printed, its error above all, is told from the previous attempts'
@@ -28,6 +37,27 @@ def log_attempt(run_dir, event: str, **fields: Any) -> None:
     line = json.dumps({"event": event, "time": round(time.time(), 1), **fields})
     with open(RunFolder(Path(run_dir)).attempts, "a") as handle:
         handle.write(line + "\n")
+
+
+def scheduler_job_id() -> Optional[str]:
+    """The SLURM job this process runs in, as squeue and ``--status`` name it: ``ARRAY_TASK`` (105_2) for a
+    task of a job array, else the job id; None outside SLURM."""
+    import os
+
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    if array and task:
+        return f"{array}_{task}"
+    return os.environ.get("SLURM_JOB_ID")
+
+
+def stopped_by_signal(code: Optional[int]) -> bool:
+    """Whether a training's exit status means a SIGTERM or SIGINT stopped it (a stop to resume, not a
+    failure): 143 or 130 when its handler ended it, -15 or -2 when the signal killed it outright (it landed
+    after the handler was gone, e.g. between the fit's end and the process's)."""
+    import signal
+
+    stops = {128 + signal.SIGTERM, 128 + signal.SIGINT, -signal.SIGTERM, -signal.SIGINT}
+    return code in stops
 
 
 def stop_cause() -> Dict[str, Any]:

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
-from ...run_folder import AblationFolder, RunFolder, log_attempt, read_attempts
+from ...run_folder import AblationFolder, RunFolder, log_attempt, read_attempts, stopped_by_signal
 from ...run_folder.attempts import last_attempt_lines
 from ..job import start_training
 from ..plan import Variant
@@ -67,8 +67,10 @@ def status_from_attempts(run_dir: Path) -> Status:
         return Status("not started" if not run_dir.is_dir() else "failed", log=str(log) if log.exists() else None,
                       detail="" if not run_dir.is_dir() else "ended without a record")  # fmt: skip
     code = ends[-1].get("code")
-    if code in (143, 130):
-        return Status("stopped", log=str(log), detail=f"stopped by a signal (exit {code}); run again to resume")
+    if stopped_by_signal(code):
+        how = "killed by it" if code < 0 else f"exit {code}"
+        name = "SIGTERM" if code in (143, -15) else "SIGINT"
+        return Status("stopped", log=str(log), detail=f"stopped by {name} ({how}); run again to resume")
     return Status("failed", log=str(log), detail=last_error_line(log) or f"exit {code}")
 
 

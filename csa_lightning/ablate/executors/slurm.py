@@ -39,7 +39,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ...checks import process_rank, require
 from ...errors import UsageError
-from ...run_folder import AblationFolder, RunFolder, log_attempt, read_attempts
+from ...run_folder import AblationFolder, RunFolder, log_attempt, read_attempts, scheduler_job_id, stopped_by_signal
 from ...third_party import make_sbatch_string
 from ..job import start_training
 from ..plan import Variant
@@ -199,11 +199,12 @@ class VariantJob:
             if code not in (0, 143):
                 raise RuntimeError(f"rank {rank}: {last_error_line(log) or f'exit {code}'}")
             return "done"
-        log_attempt(run_dir, "end", code=code, job=os.environ.get("SLURM_JOB_ID"))
-        if code == 143:
-            # SIGTERM from SLURM: preemption (SLURM requeues the job once its grace time is over, but only
-            # if the job has not ended by itself before) or scancel (it is being cancelled). Either way
-            # SLURM ends this job: wait for that instead of ending it as failed.
+        log_attempt(run_dir, "end", code=code, job=scheduler_job_id())
+        if stopped_by_signal(code):
+            # SIGTERM from SLURM (143 through the training's handler, -15 when it landed after the handler was
+            # gone, between the fit's end and the process's): preemption (SLURM requeues the job once its grace
+            # time is over, but only if the job has not ended by itself before) or scancel (it is being
+            # cancelled). Either way SLURM ends this job: wait for that instead of ending it as failed.
             state = _job_state(os.environ.get("SLURM_JOB_ID"))
             print(f"the training stopped on SIGTERM (job state {state}); waiting for SLURM to requeue or end the job",
                   flush=True)  # fmt: skip
@@ -227,7 +228,8 @@ class VariantJob:
             if _wait(self._proc, timeout=float(os.environ.get("CSA_SIGTERM_GRACE", 60)) + 10) is None:
                 self._proc.kill()
                 _wait(self._proc)
-            log_attempt(Path(self.run_dir), "end", code=self._proc.returncode, job=job, requeued="time limit")
+            log_attempt(Path(self.run_dir), "end", code=self._proc.returncode, job=scheduler_job_id(),
+                        requeued="time limit")  # fmt: skip
         fresh = VariantJob(self.run_dir, self.command, self.env)
         return submitit.helpers.DelayedSubmission(fresh)
 
@@ -254,6 +256,15 @@ def _wait(proc: subprocess.Popen, timeout: Optional[float] = None) -> Optional[i
             return None
         time.sleep(0.5)
     return proc.returncode
+
+
+def _requeue_reason(events: Sequence[Dict[str, Any]], resources: Dict[str, Any]) -> str:
+    """Why a job that ran is pending again, from its attempt log's last end."""
+    ends = [e for e in events if e.get("event") == "end"]
+    if ends and ends[-1].get("requeued") == "time limit":
+        used = sum(1 for e in ends if e.get("requeued") == "time limit")
+        return f"requeued at its time limit, {used} of {resources.get('max_requeues', '?')} requeues"
+    return "requeued after SIGTERM: preempted, or scontrol requeue"
 
 
 def split_slurm_args(argv: List[str]) -> Tuple[List[str], List[str]]:
@@ -389,15 +400,16 @@ class SlurmExecutor(Executor):
             state = states.get(job["job_id"])
             if state is None or state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY"):
                 continue
-            starts = [e for e in read_attempts(AblationFolder(out).run(name).path) if e.get("event") == "start"]
+            events = read_attempts(AblationFolder(out).run(name).path)
+            detail = f"squeue: {state}"
             if state in ("RUNNING", "COMPLETING", "CONFIGURING"):
                 kind = "running"
-            elif starts:
+            elif any(e.get("event") == "start" for e in events):
                 kind = "requeued"  # pending again after it ran: preempted or timed out
+                detail = f"{_requeue_reason(events, job.get('resources') or {})} ({detail})"
             else:
                 kind = "queued"
-            live[name] = Status(kind, job=job["job_id"], log=str(AblationFolder(out).run(name).log()),
-                                detail=f"squeue: {state}")  # fmt: skip
+            live[name] = Status(kind, job=job["job_id"], log=str(AblationFolder(out).run(name).log()), detail=detail)
         return live
 
     def status(self, out: Path, variant: Variant) -> Status:
@@ -410,6 +422,11 @@ class SlurmExecutor(Executor):
         if status.state == "failed" and not status.detail.startswith("error") and "Error" not in status.detail:
             # nothing in the training's output: the job's own log (setup lines, submitit) may say why
             status.detail = last_error_line(Path(job["stderr"])) or status.detail
+        if status.state == "stopped" and "SIGTERM" in status.detail:
+            # not live: SLURM did not requeue the job after the stop
+            status.detail = (
+                "stopped by SIGTERM and not requeued: cancelled (scancel) or ended by SLURM; run again to resume"
+            )
         if not read_attempts(run_dir):
             status.log = job["stderr"]
             status.detail = last_error_line(Path(job["stderr"])) or "the job ended before the training started"
