@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.csa-lightning-installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := libopencv-dev libturbojpeg0-dev pkg-config
 
-.PHONY: install test test-system test-slurm slurm docs docs-serve test-fast demo-litdata blockcheck blockcheck-reference lint format demo demo-strong demo-detection summary figures gpu-check clean
+.PHONY: install test test-system test-slurm slurm docs docs-serve test-fast demo-litdata blockcheck blockcheck-reference lint format demo demo-strong demo-finetune demo-detection summary figures gpu-check clean
 
 install: $(STAMP)
 
@@ -80,6 +80,11 @@ demo-litdata: $(STAMP)
 	$(PY) -m csa_lightning.data.write_litdata data/digits/images_32px data/digits/litdata --chunk-bytes 1MB
 	$(PY) cli.py fit --config configs/demo/digits_csa.yaml --data csa_lightning.data.LitDataModule \
 		--data.train_path data/digits/litdata/train --data.val_path data/digits/litdata/val
+
+# Gates added to a trained network at identity, then fine-tuned in stages (docs/finetuning.md): a plain
+# ResNet-18 trained on the digits, SE and CSA inserted into it, top-1 before the first step and after.
+demo-finetune: $(STAMP)
+	$(PY) examples/finetune_digits.py
 
 # Faster R-CNN (CSA-ResNet-18-FPN) on digits pasted on canvases, starting from make demo's checkpoint
 # (make demo runs first when there is none); configs/demo/digits_mask_rcnn_csa.yaml is the Mask R-CNN twin.

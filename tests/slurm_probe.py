@@ -47,3 +47,22 @@ class HoldBeforeRecord(Callback):
         deadline = time.time() + 600
         while time.time() < deadline:
             time.sleep(0.2)
+
+
+class HoldInEpoch(Callback):
+    """A run's first start holds at the first batch of epoch ``epoch`` (the epoch before it saved in
+    last.ckpt), writing ``held`` in the run folder, until a SIGTERM reaches the training; it then stops
+    at that batch boundary through Lightning's handler, as at any other. A test waits for ``held``
+    instead of sleeping into an epoch; later starts pass through."""
+
+    def __init__(self, epoch: int = 1) -> None:
+        self.epoch = epoch
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        marker = Path(trainer.default_root_dir, "held")
+        if trainer.current_epoch != self.epoch or batch_idx != 0 or marker.exists():
+            return
+        marker.write_text(str(trainer.global_step))
+        deadline = time.time() + 600
+        while not trainer.received_sigterm and time.time() < deadline:
+            time.sleep(0.2)

@@ -121,55 +121,44 @@ def test_a_job_of_two_tasks_runs_lightning_ddp_and_both_ranks_agree(tmp_path):
     assert (config["num_nodes"], str(config["devices"]), config["accelerator"]) == (1, "2", "cpu")
 
 
-def _train_until_a_checkpoint(out, *extra):
-    cmd = _ablation(out, *extra, epochs=60, samples=64)
-    _run(cmd)
-    run_dir = out / "runs" / "none_seed0"
-    _until(lambda: (run_dir / "checkpoints" / "last.ckpt").exists() or any(run_dir.glob("logs/*/checkpoints/last.ckpt")),
-           "the first epoch-end checkpoint")  # fmt: skip
-    time.sleep(2)  # into the next epoch
-    return cmd, run_dir
-
-
-def _check_resumed_record(out, run_dir):
-    records = json.loads((out / "results.json").read_text())
-    assert [r["variant"] for r in records] == ["none_seed0"]  # one record, not two
-    attempts = records[0]["attempts"]
+def _check_resumed_record(record, run_dir, epochs):
+    attempts = record["attempts"]
     starts = [e for e in _events(run_dir) if e["event"] == "start"]
     stop = next(e for e in _events(run_dir) if e["event"] == "stop")
     assert attempts["starts"] == 2 and starts[1]["resumed"]["checkpoint"] == "last.ckpt"
-    assert attempts["redone_steps"] == stop["step"] - starts[1]["resumed"]["step"] >= 0
-    assert records[0]["epochs"] == 60
-    return attempts
+    assert attempts["redone_steps"] == stop["step"] - starts[1]["resumed"]["step"] == 1
+    assert attempts["stops"][0]["epoch"] == 1 and record["epochs"] == epochs
+    assert starts[1]["job"] == _job(run_dir)  # the array task id, as --status shows it
 
 
-def test_a_job_told_of_its_time_limit_stops_requeues_and_resumes(tmp_path):
-    """SIGUSR2 is what the job gets signal_delay_s before its time limit (#SBATCH --signal)."""
-    out = tmp_path / "timelimit"
-    cmd, run_dir = _train_until_a_checkpoint(out)
-    job = _job(run_dir)
-    subprocess.run(["scancel", "--signal=USR2", job], check=True)
-    _until(lambda: any(e["event"] == "end" and e.get("requeued") for e in _events(run_dir)), "the requeue")
+def test_jobs_stopped_by_their_time_limit_or_by_preemption_requeue_and_resume(tmp_path):
+    """Each run's first start holds at the first batch of epoch 1 until it is stopped (the held file
+    says it got there: no sleeping into an epoch). none: SIGUSR2, what a job gets signal_delay_s before
+    its time limit (#SBATCH --signal): the job stops its training and requeues itself. se: a job of
+    the urgent partition preempts it (PreemptMode=REQUEUE): SLURM sends SIGTERM, the training stops
+    through the one mechanism, SLURM requeues after the grace time. Both resume from last.ckpt."""
+    out = tmp_path / "stopped"
+    cmd = _ablation(
+        out, "--trainer.callbacks+=tests.slurm_probe.HoldInEpoch", attentions="none,se", epochs=3, samples=64
+    )  # two steps an epoch: the stop lands inside epoch 1
+    _run(cmd)
+    runs = {name: out / "runs" / f"{name}_seed0" for name in ("none", "se")}
+    _until(lambda: all((run / "held").exists() for run in runs.values()), "both runs held in epoch 1")
+    jobs = {name: _job(run) for name, run in runs.items()}
+    subprocess.run(["scancel", "--signal=USR2", jobs["none"]], check=True)
+    _until(lambda: any(e["event"] == "end" and e.get("requeued") for e in _events(runs["none"])), "the requeue")
     assert _status(out, cmd)["none_seed0"] == "requeued"
-    _release_requeued(job)
-    _run([*cmd, "--wait", "--poll", "1"])
-    attempts = _check_resumed_record(out, run_dir)
-    assert attempts["stops"][0]["epoch"] >= 1
-
-
-def test_a_preempted_job_is_requeued_by_slurm_and_resumes(tmp_path):
-    """A job of the urgent partition preempts the debug one (PreemptMode=REQUEUE): SLURM sends
-    SIGTERM, the training stops through the one mechanism, SLURM requeues after the grace time."""
-    out = tmp_path / "preempted"
-    cmd, run_dir = _train_until_a_checkpoint(out, "--slurm.cpus_per_task", "2")
-    job = _job(run_dir)
     urgent = subprocess.run(["sbatch", "--parsable", "-p", "urgent", "-c", "2", "-o", str(tmp_path / "urgent.out"),
                              "--wrap", "sleep 1"], capture_output=True, text=True, check=True)  # fmt: skip
-    _until(lambda: any(e["event"] == "stop" for e in _events(run_dir)), "the training to stop on SIGTERM")
-    _release_requeued(job)
+    _until(lambda: any(e["event"] == "stop" for e in _events(runs["se"])), "the preempted training's stop")
+    for job in jobs.values():
+        _release_requeued(job)
     _until(lambda: (tmp_path / "urgent.out").exists(), f"the urgent job {urgent.stdout.strip()}")
     _run([*cmd, "--wait", "--poll", "1"])
-    _check_resumed_record(out, run_dir)
+    records = {r["variant"]: r for r in json.loads((out / "results.json").read_text())}
+    assert sorted(records) == ["none_seed0", "se_seed0"]  # one record each, not two
+    for name, run_dir in runs.items():
+        _check_resumed_record(records[f"{name}_seed0"], run_dir, epochs=3)
 
 
 def test_bad_resources_and_failing_jobs_are_one_line(tmp_path, monkeypatch):
@@ -204,15 +193,14 @@ def test_plain_fit_as_an_sbatch_script_requeues_at_its_time_limit_and_resumes(tm
         [sys.executable, "-m", "csa_lightning.slurm", "--slurm", str(CPU_PIECE), "--script", str(script), "--submit",
          "--", "fit", "--config", str(DEMO_CONFIG), "--data", "csa_lightning.data.DigitsMemoryDataModule",
          "--data.resolution", "16", "--data.batch_size", "32", "--data.limit_train_samples", "64",
-         "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false", "--trainer.max_epochs", "60",
-         "--trainer.default_root_dir", str(root)],
-        capture_output=True, text=True, cwd=tmp_path, timeout=TIMEOUT,
+         "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false", "--trainer.max_epochs", "3",
+         "--trainer.default_root_dir", str(root), "--trainer.callbacks+=tests.slurm_probe.HoldInEpoch"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=TIMEOUT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     job = done.stdout.split()[2].rstrip(":")
     assert "#SBATCH --signal=B:USR2@30" in script.read_text() and "--ckpt_path auto" in script.read_text()
-    _until(lambda: any(root.glob("**/last.ckpt")), "the first epoch-end checkpoint")
-    time.sleep(2)
+    _until(lambda: (root / "held").exists(), "the training held in epoch 1")
     subprocess.run(["scancel", "--batch", "--signal=USR2", job], check=True)
     _release_requeued(job)
     _until(lambda: not subprocess.run(["squeue", "-h", "-j", job], capture_output=True, text=True).stdout.strip(),
@@ -224,7 +212,7 @@ def test_plain_fit_as_an_sbatch_script_requeues_at_its_time_limit_and_resumes(tm
     import torch
 
     (last,) = sorted(root.glob("**/last.ckpt"), key=lambda p: p.stat().st_mtime)[-1:]
-    assert torch.load(last, map_location="cpu", weights_only=True)["epoch"] == 59
+    assert torch.load(last, map_location="cpu", weights_only=True)["epoch"] == 2
 
 
 def test_stops_between_the_last_epoch_and_the_record_lose_no_result(tmp_path):

@@ -185,7 +185,7 @@ def test_load_from_checkpoint_rebuilds_the_network_without_the_config(tmp_path):
     hparams = torch.load(path, map_location="cpu", weights_only=True)["hyper_parameters"]
     assert hparams["net"] == {"class_path": "csa_lightning.models.ResNetSpec",
                               "init_args": {"depth": 34, "attention": "se", "placement": None, "attention_options": None,
-                                            "num_classes": 10, "zero_init_residual": False}}  # fmt: skip
+                                            "num_classes": 10, "zero_init_residual": False, "gates_at_identity": False}}  # fmt: skip
     module = ClassificationModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
     assert module.net_spec == ResNetSpec(34, "se", num_classes=10)
     assert len(list(module.model.gates())) == 16

@@ -216,6 +216,7 @@ def write_report(
             f"{_interval(r['diff_ci95'])} | {_interval(r['diff_ci_holm'])} | {holm_p} | {params} | {gmac} | "
             f"{_speed_text(r, 'train_img_s')} | {_speed_text(r, 'infer_img_s')} | {r['note']} |"
         )
+    lines += ["", *_starting_points(records)]
     if any(r["partial_validation"] is not None for r in rows):
         lines += [
             "",
@@ -239,6 +240,40 @@ def write_report(
     (out / "report.md").write_text("\n".join(lines) + "\n")
     _plot(out / "report.png", rows, label)
     return rows
+
+
+def started_from(record: Dict[str, Any]) -> str:
+    """The weights a run started from, as its record's configuration names them (with the file's content
+    hash where the run's provenance has it): ``backbone_weights``, or a timm network's pretrained weights."""
+    model = (record.get("config") or {}).get("model") or {}
+    args = model.get("init_args", model) if isinstance(model, dict) else {}
+    net = (args.get("net") or {}) if isinstance(args.get("net"), dict) else {}
+    net_args = net.get("init_args", net)
+    files = (record.get("code") or {}).get("named_files") or {}
+    found = []
+    for key, value in (
+        ("backbone_weights", args.get("backbone_weights")),
+        ("net.pretrained_file", net_args.get("pretrained_file")),
+    ):
+        if value:
+            digest = (files.get(f"model.{key}") or {}).get("sha256")
+            found.append(f"`{value}`" + (f" (sha256 {digest[:12]})" if digest else ""))
+    if net_args.get("pretrained"):
+        found.append(f"timm's pretrained `{net_args.get('model_name')}`")
+    if found and net_args.get("gates_at_identity"):
+        found.append("gates at identity")
+    return ", ".join(found) or "a random initialisation"
+
+
+def _starting_points(records: Sequence[Dict[str, Any]]) -> List[str]:
+    """The report's line (or table) naming the weights every variant started from."""
+    by_variant: Dict[str, set] = {}
+    for record in records:
+        by_variant.setdefault(record.get("group") or record["variant"], set()).add(started_from(record))
+    points = {v: " / ".join(sorted(s)) for v, s in by_variant.items()}
+    if len(set(points.values())) == 1:
+        return [f"Every variant started from {next(iter(points.values()))}."]
+    return ["Started from:", "", "| variant | weights |", "|---|---|", *(f"| {v} | {w} |" for v, w in points.items())]
 
 
 def _plot(path: Path, rows: List[Dict[str, Any]], label: str) -> None:

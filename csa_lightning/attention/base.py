@@ -29,6 +29,7 @@ __all__ = [
     "available_attentions",
     "attention_key",
     "attention_name",
+    "start_gates_at_identity",
     "attention_names",
     "ENTRY_POINT_GROUP",
     "standardize",
@@ -183,6 +184,9 @@ class ChannelAttention(nn.Module):
     ``gate_output`` (an ``nn.Identity``) is what [`forward`][csa_lightning.attention.ChannelAttention.forward] passes
     the gate through: register a forward hook on it to observe p during training.
 
+    [`start_at_identity`][csa_lightning.attention.ChannelAttention.start_at_identity] makes any block (a user's too)
+    start as the identity, for inserting gates into a trained network without changing its output.
+
     Class attribute ``default_placement`` says where ``attention_resnet`` puts the block when the
     user does not choose: "every_block" (SE, CBAM, ECA, GCT, as in their papers) or "stage_end".
     """
@@ -203,6 +207,26 @@ class ChannelAttention(nn.Module):
         # a hook point, not a layer: forward hooks on it see the gate p (N, C, 1, 1) as the block
         # uses it, without recomputing anything (GateStatistics does this); no parameters
         self.gate_output = nn.Identity()
+        # None unless start_at_identity() was called: then a (C,) blend of the gate with 1
+        self.register_parameter("identity_blend", None)
+
+    def start_at_identity(self) -> "ChannelAttention":
+        """Start as the identity: the gate p is used as ``1 + a * (p - 1)`` with a learnable per-channel
+        ``identity_blend`` a that starts at 0, so the block's output equals its input exactly before the
+        first step (1 is exact in every float type), whatever p starts at (SE's ~0.5, GCT's ~0.89). The
+        gradient of a is not zero, so a leaves 0 at the first step, and the gate's own parameters get
+        gradients from the next (no block stays frozen at identity). Adds the state-dict key
+        ``identity_blend``; returns the block."""
+        weight = next(iter(self.parameters()), None)
+        factory = {"device": weight.device, "dtype": weight.dtype} if weight is not None else {}
+        self.identity_blend = nn.Parameter(torch.zeros(self.channels, **factory))
+        return self
+
+    def _blended(self, p: Tensor) -> Tensor:
+        if self.identity_blend is None:
+            return p
+        # p is (N, C, 1, 1) as forward uses it, or (N, C) as descriptors report it
+        return 1 + self.identity_blend.to(p.dtype).view(1, -1, *([1] * (p.dim() - 2))) * (p - 1)
 
     def gate(self, x: Tensor) -> Tensor:
         """Per-channel weights of shape (N, C, 1, 1) for a feature map of shape (N, C, H, W)."""
@@ -210,14 +234,14 @@ class ChannelAttention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
-        return x * self.gate_output(self.gate(x))
+        return x * self.gate_output(self._blended(self.gate(x)))
 
     def descriptors(self, x: Tensor) -> Dict[str, Tensor]:
         """Per-channel descriptors, each (N, C): "z" (standardised GAP) and "p" (the gate)."""
         self._check_input(x)
         return {
             "z": standardize(global_avg_pool(x)),
-            "p": self.gate(x).flatten(1),
+            "p": self._blended(self.gate(x)).flatten(1),
         }
 
     def extra_macs(self, input_shape: torch.Size) -> int:
@@ -237,6 +261,15 @@ class ChannelAttention(nn.Module):
 
 # the base's own __init__ too: a subclass that defines none inherits it, and timm passes it device / dtype
 ChannelAttention.__init__ = _accepting_factory_kwargs(ChannelAttention.__init__)
+
+
+def start_gates_at_identity(model: nn.Module) -> int:
+    """[`start_at_identity`][csa_lightning.attention.ChannelAttention.start_at_identity] on every block in ``model``;
+    returns how many."""
+    gates = [m for m in model.modules() if isinstance(m, ChannelAttention)]
+    for gate in gates:
+        gate.start_at_identity()
+    return len(gates)
 
 
 class MLPGate(ChannelAttention):

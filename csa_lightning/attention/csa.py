@@ -625,7 +625,7 @@ class CSA(ChannelAttention):
 
     def descriptors(self, x: Tensor) -> Dict[str, Tensor]:
         out = dict(self.autocorrelation(x))
-        out["p"] = self.excite(out["q"])
+        out["p"] = self._blended(self.excite(out["q"]))
         return out
 
     def extra_macs(self, input_shape: torch.Size) -> int:

@@ -295,6 +295,32 @@ def check_state_dict_round_trip(b: BlockUnderTest, quick: bool) -> str:
     return f"state_dict round trip ({len(source.state_dict())} tensors) gives the same outputs"
 
 
+def check_starts_at_identity(b: BlockUnderTest, quick: bool) -> str:
+    """``start_at_identity()`` (what ``gates_at_identity`` calls when gates go into a trained network):
+    the output equals the input exactly, and every parameter still learns within 3 SGD steps (64 channels:
+    at 16 a reduction-16 MLP has one hidden unit, which a random draw can leave dead)."""
+    c = 64
+    block = b.build(c, seed=0).train().start_at_identity()
+    x = correlated_map((3, c, 5, 5), seed=12)
+    with torch.no_grad():
+        y = block(x)
+    _require(
+        torch.equal(y, x),
+        f"after start_at_identity() the output differs from the input by {_relative(y, x):.1e} of its largest value: "
+        "a block that overrides forward must use the blended gate (ChannelAttention._blended)",
+    )
+    start = {n: p.detach().clone() for n, p in block.named_parameters()}
+    optimizer = torch.optim.SGD(block.parameters(), lr=0.1)
+    target = correlated_map((3, c, 5, 5), seed=13)
+    for _ in range(3):
+        optimizer.zero_grad()
+        ((block(x) - target) ** 2).mean().backward()
+        optimizer.step()
+    frozen = [n for n, p in block.named_parameters() if torch.equal(p.detach(), start[n])]
+    _require(not frozen, f"after start_at_identity() these parameters did not change in 3 SGD steps: {frozen}")
+    return f"output = input exactly; all {len(start)} parameter tensors change within 3 SGD steps"
+
+
 def check_in_a_resnet(b: BlockUnderTest, quick: bool) -> str:
     from ..models import attention_resnet
 
@@ -337,5 +363,6 @@ CORRECTNESS_CHECKS: List[Tuple[str, Callable[[BlockUnderTest, bool], str]]] = [
     ("eval determinism", check_eval_determinism),
     ("calls, copies, threads", check_no_shared_state),
     ("state_dict round trip", check_state_dict_round_trip),
+    ("starts at identity", check_starts_at_identity),
     ("in a ResNet", check_in_a_resnet),
 ]

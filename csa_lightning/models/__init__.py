@@ -7,12 +7,11 @@ from .attention_resnet import (
     AttentionBasicBlock,
     AttentionBottleneck,
     AttentionResNet,
-    BackboneLoadReport,
     ResNetSpec,
     attention_resnet,
-    load_backbone_weights,
     resolve_placement,
 )
+from .backbone_weights import BackboneLoadReport, load_backbone_weights, resolve_weights
 from .detection import RCNNSpec, attention_resnet_fpn
 from .model_folder import load_model_folder, save_model_folder
 from .names import hub_entrypoints, register_timm_names
@@ -36,6 +35,7 @@ __all__ = [
     "BackboneLoadReport",
     "attention_resnet",
     "load_backbone_weights",
+    "resolve_weights",
     "resolve_placement",
     "load_model_folder",
     "save_model_folder",

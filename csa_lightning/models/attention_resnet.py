@@ -4,22 +4,20 @@ The gate sits on the residual branch after the block's last BN (``bn3`` of a Bot
 a BasicBlock) and before the identity is added, as in SE and the CSA paper. Every torchvision
 attribute name and state-dict key is kept (``conv1``, ``bn1``, ``layer1``..``layer4``, ``fc``,
 ``inplanes``, ``layerK.N.bn3.weight``...); the gates add ``layerK.N.attention.*`` keys only, so a
-torchvision state dict loads with just those missing and torchvision's detection backbones (the
-FPN extractor) accept the model.
+torchvision state dict loads with just those missing (`csa_lightning.models.backbone_weights`) and
+torchvision's detection backbones (the FPN extractor) accept the model.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
-import torch
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from ..attention import PLACEMENTS, ChannelAttention, attention_name, check_flag, check_int, resolve_attention
-from ..attention.base import AttentionSpec, construct_attention
+from ..attention.base import AttentionSpec, construct_attention, start_gates_at_identity
 from .networks import ClassifierSpec, default_placement
 
 log = logging.getLogger(__name__)
@@ -31,8 +29,6 @@ __all__ = [
     "AttentionResNet",
     "attention_resnet",
     "resolve_placement",
-    "load_backbone_weights",
-    "BackboneLoadReport",
     "RESNET_LAYOUTS",
 ]
 
@@ -154,6 +150,9 @@ class AttentionResNet(ResNet):
             of [stage, block] pairs (0-based, negative block indices allowed).
         attention_options: keyword arguments for every gate (e.g. ``{"contiguity": "hybrid"}``).
         num_classes: size of ``fc``.
+        gates_at_identity: every gate starts as the identity
+            ([`start_at_identity`][csa_lightning.attention.ChannelAttention.start_at_identity]): inserted into a trained
+            network (``load_backbone_weights``), the network's output is unchanged before the first step.
         **resnet_kwargs: passed to torchvision's ResNet (``zero_init_residual``, ``norm_layer``,
             ``groups``, ``width_per_group``, ``replace_stride_with_dilation``).
     """
@@ -165,9 +164,11 @@ class AttentionResNet(ResNet):
         placement: PlacementSpec = None,
         attention_options: Optional[Mapping[str, Any]] = None,
         num_classes: int = 1000,
+        gates_at_identity: bool = False,
         **resnet_kwargs: Any,
     ) -> None:
         _check_depth_and_classes(depth, num_classes)
+        check_flag("gates_at_identity", gates_at_identity)
         block, layers = RESNET_LAYOUTS[depth]
         super().__init__(block, list(layers), num_classes=num_classes, **resnet_kwargs)
         self.depth = depth
@@ -178,7 +179,7 @@ class AttentionResNet(ResNet):
         kept = {k: v for k, v in resnet_kwargs.items() if k in _REBUILD_KWARGS}
         self.build_args: Dict[str, Any] = dict(
             depth=depth, attention=attention_name(attention), placement=placement,
-            attention_options=options or None, num_classes=num_classes, **kept,
+            attention_options=options or None, num_classes=num_classes, gates_at_identity=gates_at_identity, **kept,
         )  # fmt: skip
         self.attention_name = "none" if cls is None else getattr(cls, "registered_name", cls.__name__)
         if cls is None:
@@ -191,6 +192,8 @@ class AttentionResNet(ResNet):
         for stage, index in self.gate_positions:
             blk = getattr(self, f"layer{stage + 1}")[index]
             blk.attention = construct_attention(cls, blk.out_channels, options)  # resolved once, above
+        if gates_at_identity:
+            start_gates_at_identity(self)
 
     def gates(self) -> Iterator[Tuple[str, ChannelAttention]]:
         """(qualified name, gate) for every gate in the network, in forward order."""
@@ -206,8 +209,8 @@ class AttentionResNet(ResNet):
 class ResNetSpec(ClassifierSpec):
     """An attention-ResNet classifier ([`AttentionResNet`][csa_lightning.models.AttentionResNet]) as a task's ``net``.
 
-    Args: as [`AttentionResNet`][csa_lightning.models.AttentionResNet], plus ``zero_init_residual`` (torchvision's
-    option: zero the last BN of each residual branch).
+    Args: as [`AttentionResNet`][csa_lightning.models.AttentionResNet] (``gates_at_identity`` included), plus
+    ``zero_init_residual`` (torchvision's option: zero the last BN of each residual branch).
     """
 
     def __init__(
@@ -218,16 +221,19 @@ class ResNetSpec(ClassifierSpec):
         attention_options: Optional[Dict[str, Any]] = None,
         num_classes: int = 1000,
         zero_init_residual: bool = False,
+        gates_at_identity: bool = False,
     ) -> None:
         # the plain values are checked here, when a config builds the spec, not deep in the network's build
         _check_depth_and_classes(depth, num_classes)
         check_flag("zero_init_residual", zero_init_residual)
+        check_flag("gates_at_identity", gates_at_identity)
         self.depth = depth
         self.attention = attention
         self.placement = default_placement(placement)
         self.attention_options = dict(attention_options) if attention_options else None
         self.num_classes = num_classes
         self.zero_init_residual = zero_init_residual
+        self.gates_at_identity = gates_at_identity
 
     def build(self) -> "AttentionResNet":
         return AttentionResNet(
@@ -236,6 +242,7 @@ class ResNetSpec(ClassifierSpec):
             self.placement,
             self.attention_options,
             self.num_classes,
+            gates_at_identity=self.gates_at_identity,
             zero_init_residual=self.zero_init_residual,
         )
 
@@ -246,130 +253,9 @@ def attention_resnet(
     placement: PlacementSpec = None,
     attention_options: Optional[Mapping[str, Any]] = None,
     num_classes: int = 1000,
+    gates_at_identity: bool = False,
     **resnet_kwargs: Any,
 ) -> AttentionResNet:
     """Build an attention ResNet; see [`AttentionResNet`][csa_lightning.models.AttentionResNet] for the arguments."""
-    return AttentionResNet(depth, attention, placement, attention_options, num_classes, **resnet_kwargs)
-
-
-# --------------------------------------------------------------------------------------------
-# Loading backbone weights
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class BackboneLoadReport:
-    """What [`load_backbone_weights`][csa_lightning.models.load_backbone_weights] did: keys loaded, keys new to the
-    model, keys ignored."""
-
-    loaded: List[str] = field(default_factory=list)
-    missing: List[str] = field(default_factory=list)
-    ignored: List[str] = field(default_factory=list)
-    source_prefix: str = ""
-
-    def summary(self) -> str:
-        return (
-            f"loaded {len(self.loaded)} tensors, {len(self.missing)} new to the model (left as initialised)"
-            f", {len(self.ignored)} in the file ignored"
-        )
-
-
-def _find_state_dict(obj: Any, path: str) -> Tuple[Dict[str, Tensor], str]:
-    """Pick the ResNet state dict out of a torchvision state dict or a Lightning checkpoint."""
-    if not isinstance(obj, Mapping):
-        raise ValueError(f"{path} holds a {type(obj).__name__}, not a state dict or a checkpoint")
-    if isinstance(obj.get("state_dict"), Mapping):  # a Lightning checkpoint
-        sd = obj["state_dict"]
-    elif isinstance(obj.get("model"), Mapping):  # torchvision's reference scripts save {"model": ...}
-        sd = obj["model"]
-    else:
-        sd = obj
-    tensors = {k: v for k, v in sd.items() if isinstance(v, Tensor)}
-    if not tensors:
-        raise ValueError(f"{path} contains no tensors: not a ResNet state dict or checkpoint")
-    # the ResNet may sit under a prefix (e.g. "model." in a LightningModule checkpoint): find it
-    # from the stem, the one part every ResNet has
-    prefixes = sorted(
-        (
-            k[: -len("conv1.weight")]
-            for k in tensors
-            if k.endswith("conv1.weight") and f"{k[: -len('conv1.weight')]}bn1.weight" in tensors
-        ),
-        key=len,
-    )
-    prefixes = [p for p in prefixes if f"{p}layer1.0.conv1.weight" in tensors] or prefixes
-    if not prefixes:
-        raise ValueError(
-            f"{path} has no ResNet stem (no '*conv1.weight' beside '*bn1.weight'): not a ResNet checkpoint"
-        )
-    prefix = prefixes[0]
-    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}, prefix
-
-
-def load_backbone_weights(
-    model: nn.Module,
-    path: str,
-    exclude: Sequence[str] = (),
-    strict_shapes: bool = True,
-    allow_partial: bool = False,
-) -> BackboneLoadReport:
-    """Load ResNet weights from ``path`` into ``model`` and report what happened.
-
-    ``path`` is a torchvision-format ResNet state dict (``torch.save(resnet50().state_dict())``) or
-    a checkpoint of this project (a Lightning ``.ckpt`` whose ``state_dict`` holds the ResNet under
-    a prefix such as ``model.``). Files are read with ``torch.load(weights_only=True)``. Keys of the
-    file that start with one of ``exclude`` (e.g. ``("fc.",)`` for a new head) or that the model
-    lacks are ignored and reported; model keys the file lacks (the gates of a plain-ResNet file)
-    keep their initialisation and are reported. A shape mismatch raises a ValueError naming the
-    tensors, unless ``strict_shapes=False``, which skips them instead. Model tensors other than
-    the gates' that the file lacks (a ResNet-18 file for a ResNet-34) are an error naming how many,
-    unless ``allow_partial=True``.
-    """
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"backbone weights not found: {path}") from None
-    except Exception as err:  # a pickle error, a truncated zip, or a non-tensor object
-        # torch's own message advises weights_only=False, which would run the file's code: not shown
-        raise ValueError(
-            f"cannot read backbone weights {path} ({type(err).__name__}): not a state dict or checkpoint "
-            "saved with torch.save; pass a torchvision ResNet state dict or a checkpoint of this project"
-        ) from None
-    source, prefix = _find_state_dict(obj, path)
-    target = model.state_dict()
-    report = BackboneLoadReport(source_prefix=prefix)
-    to_load: Dict[str, Tensor] = {}
-    mismatched = []
-    for key, value in source.items():
-        if any(key.startswith(e) for e in exclude) or key not in target:
-            report.ignored.append(key)
-        elif target[key].shape != value.shape:
-            mismatched.append(f"{key}: file {tuple(value.shape)} vs model {tuple(target[key].shape)}")
-            report.ignored.append(key)
-        else:
-            to_load[key] = value
-    if mismatched and strict_shapes:
-        more = f" (and {len(mismatched) - 3} more)" if len(mismatched) > 3 else ""
-        raise ValueError(
-            f"shape mismatch loading {path}: {'; '.join(mismatched[:3])}{more}; check depth and attention, "
-            f"or exclude the head with exclude=('fc.',)"
-        )
-    missing = sorted(k for k in target if k not in to_load)
-    not_gates = [
-        k
-        for k in missing
-        if ".attention." not in k
-        and not k.endswith("num_batches_tracked")
-        and not any(k.startswith(e) for e in exclude)
-    ]
-    if not_gates and not allow_partial:
-        raise ValueError(
-            f"{path} leaves {len(not_gates)} of the model's tensors outside its gates unloaded (e.g. {not_gates[0]}): "
-            "another depth or architecture? pass the matching file, or allow partial loading "
-            "(--model.backbone_partial true)"
-        )
-    model.load_state_dict(to_load, strict=False)
-    report.loaded = sorted(to_load)
-    report.missing = missing
-    log.info("backbone weights from %s: %s", path, report.summary())
-    return report
+    return AttentionResNet(depth, attention, placement, attention_options, num_classes, gates_at_identity,
+                           **resnet_kwargs)  # fmt: skip

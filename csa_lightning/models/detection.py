@@ -21,12 +21,8 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from ..attention.base import AttentionSpec
 from ..third_party import resnet_fpn_extractor
-from .attention_resnet import (
-    AttentionResNet,
-    BackboneLoadReport,
-    PlacementSpec,
-    load_backbone_weights,
-)
+from .attention_resnet import AttentionResNet, PlacementSpec
+from .backbone_weights import BackboneLoadReport, load_backbone_weights
 from .networks import DetectorSpec, default_placement
 
 __all__ = ["ARCHITECTURES", "attention_resnet_fpn", "RCNNSpec"]

@@ -4,7 +4,7 @@ name without this repository's configs.
     model.safetensors   the weights (safetensors: no code runs when they are read)
     config.json         what rebuilds the network: timm's fields (architecture, num_classes, model_args,
                         pretrained_cfg with the input size and normalisation) and this package's own
-                        (``csa_lightning.build_args``: `AttentionResNet.build_args`)
+                        (the network's build_args under the key csa_lightning)
     README.md           the model card (written by ``python -m csa_lightning.publish``, which also pushes)
 
 Three loaders read the same folder, on disk or as a hub repository: `load_model_folder` (this package

@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 from torch import Tensor, nn
 
-from ..attention import resolve_attention
+from ..attention import ChannelAttention, resolve_attention, start_gates_at_identity
 from .networks import ClassifierSpec, default_placement
 
 __all__ = ["TimmSpec", "add_stage_gates", "timm_stage_modules", "BLOCK_SLOTS"]
@@ -128,6 +128,19 @@ def _stage_widths(model: nn.Module, names: Sequence[str]) -> Dict[str, int]:
     return widths
 
 
+def _load_pretrained_around_gates(model: nn.Module, state: Dict[str, Tensor], name: str) -> None:
+    """Load a plain network's weights into the same network with gates in its blocks' attention slots:
+    every tensor but the gates' must load (the gates, and an attention layer the plain network had
+    in that slot, are the only differences)."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    gate_names = {n for n, m in model.named_modules() if isinstance(m, ChannelAttention)}
+    head = {k for k in missing if k not in state and k.rsplit(".", 1)[0] in ("fc", "head.fc", "classifier")}
+    outside = [k for k in missing if k not in head and not any(k.startswith(f"{g}.") for g in gate_names)]
+    if outside:
+        raise ValueError(f"timm's pretrained {name} leaves {len(outside)} tensors outside the gates unloaded "
+                         f"(e.g. {outside[0]}); choose placement stage_end")  # fmt: skip
+
+
 class TimmSpec(ClassifierSpec):
     """A timm classifier with channel gates, as a task's ``net``.
 
@@ -139,8 +152,15 @@ class TimmSpec(ClassifierSpec):
             module names to gate at their output (e.g. ["stages.2", "stages.3"]).
         attention_options: the gate's options.
         num_classes: classifier outputs.
-        model_kwargs: further ``timm.create_model`` arguments (drop_path_rate, ...). Pretrained
-            weights are not downloaded (``pretrained=False``); load them with ``backbone_weights``.
+        model_kwargs: further ``timm.create_model`` arguments (drop_path_rate, ...).
+        pretrained: start from timm's pretrained weights of ``model_name`` (a tag chooses which:
+            "resnet50.a1_in1k"; downloaded and cached by timm, from the Hugging Face Hub), loaded before the gates
+            are added, so every pretrained tensor loads and only the gates are new.
+        pretrained_file: start from this file of timm weights instead (a state dict or safetensors; timm's
+            ``pretrained_cfg_overlay=dict(file=...)``).
+        gates_at_identity: every gate starts as the identity
+            ([`start_at_identity`][csa_lightning.attention.ChannelAttention.start_at_identity]): the pretrained
+            network's output is unchanged before the first step.
     """
 
     def __init__(
@@ -151,6 +171,9 @@ class TimmSpec(ClassifierSpec):
         attention_options: Optional[Dict[str, Any]] = None,
         num_classes: int = 1000,
         model_kwargs: Optional[Dict[str, Any]] = None,
+        pretrained: bool = False,
+        pretrained_file: Optional[str] = None,
+        gates_at_identity: bool = False,
     ) -> None:
         placement = default_placement(placement) or "stage_end"
         if isinstance(placement, str) and placement not in ("stage_end", "blocks"):
@@ -162,10 +185,13 @@ class TimmSpec(ClassifierSpec):
         self.attention_options = dict(attention_options) if attention_options else None
         self.num_classes = num_classes
         self.model_kwargs = dict(model_kwargs) if model_kwargs else None
+        self.pretrained = pretrained
+        self.pretrained_file = pretrained_file
+        self.gates_at_identity = gates_at_identity
 
     def build(self) -> nn.Module:
         timm = _timm()
-        if self.model_name not in timm.list_models():
+        if not timm.is_model(self.model_name):  # a pretrained tag ("resnet50.a1_in1k") is part of a valid name
             import difflib
 
             close = difflib.get_close_matches(self.model_name, timm.list_models(), n=1)
@@ -186,8 +212,33 @@ class TimmSpec(ClassifierSpec):
                 kwargs["block_args"] = {**kwargs.get("block_args", {}), "attn_layer": layer}
             else:
                 kwargs[slot] = layer
+        weights = self._pretrained_weights(timm)
         model = timm.create_model(self.model_name, pretrained=False, num_classes=self.num_classes, **kwargs)
+        if weights is not None:
+            _load_pretrained_around_gates(model, weights, self.model_name)
         if cls is not None and self.placement != "blocks":
             stages = None if self.placement == "stage_end" else list(self.placement)
             add_stage_gates(model, cls, stages, self.attention_options)
+        if self.gates_at_identity:
+            start_gates_at_identity(model)
         return model
+
+    def _pretrained_weights(self, timm) -> Optional[Dict[str, Tensor]]:
+        """The pretrained state dict: the file's (read by timm's reader: safetensors, or torch.load with
+        weights_only), or the plain network timm builds with its pretrained weights (its head replaced when
+        ``num_classes`` differs). A file's head of another class count is left out (a new head)."""
+        if self.pretrained_file:
+            from timm.models import load_state_dict
+
+            state = load_state_dict(self.pretrained_file)
+            classifier = timm.models.get_pretrained_cfg_value(self.model_name, "classifier") or "fc"
+            for suffix in (".weight", ".bias"):
+                value = state.get(classifier + suffix)
+                if value is not None and value.shape[0] != self.num_classes:
+                    del state[classifier + suffix]
+            return state
+        if not self.pretrained:
+            return None
+        plain = timm.create_model(self.model_name, pretrained=True, num_classes=self.num_classes,
+                                  **dict(self.model_kwargs or {}))  # fmt: skip
+        return plain.state_dict()

@@ -3,6 +3,7 @@ and the recipe pieces they share (optimiser by class path, lr schedules)."""
 
 from .classification import ClassificationModule
 from .detection import DetectionModule, detection_metric
+from .finetune import Finetune
 from .recipe import parameter_groups
 from .schedules import CosineDecay, Schedule, StepDecay
 
@@ -11,6 +12,7 @@ __all__ = [
     "DetectionModule",
     "detection_metric",
     "parameter_groups",
+    "Finetune",
     "Schedule",
     "StepDecay",
     "CosineDecay",

@@ -106,6 +106,10 @@ class RunInfo(Callback):
         self.info["code"] = code_provenance(run_classes(pl_module, trainer.datamodule, trainer.callbacks))
         # the files the model's arguments name (pretrained weights, a teacher), by content
         self.info["code"]["named_files"] = named_files(dict(getattr(pl_module, "hparams", {}) or {}))
+        source = getattr(pl_module, "weights_source", None)
+        if source:  # weights by name (IMAGENET1K_V2): the cached file it resolved to, by content
+            found = named_files({"backbone_weights": source["path"]}).get("model.backbone_weights", {})
+            self.info["code"]["named_files"]["model.backbone_weights"] = {**source, **found}
         # trainer.log_dir is a collective under DDP: every rank asks, rank 0 writes
         log_dir = trainer.log_dir or trainer.default_root_dir
         if trainer.global_rank != 0:

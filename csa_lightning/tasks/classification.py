@@ -23,7 +23,9 @@ from torchmetrics.classification import MulticlassAccuracy
 from ..attention import GateRecord, record_gates
 from ..checks import require, require_positive
 from ..models import ClassifierSpec, ResNetSpec, network_spec
+from ..spec import spec_from_config
 from .batch_augment import BatchAugment
+from .finetune import Finetune
 from .recipe import OptimizerCallable, ScaledRecipe, sgd, step_decay
 from .schedules import Schedule
 
@@ -64,8 +66,13 @@ class ClassificationModule(ScaledRecipe, L.LightningModule):
             the ones validated and saved as the checkpoint's ``state_dict`` (the raw ones beside them, for resuming).
         no_weight_decay_on: "norm" and/or "bias" parameters excluded from weight decay.
         channels_last: keep the network in channels_last memory format (matches ffcv's batches).
-        backbone_weights: a torchvision ResNet state dict or a checkpoint of this module to start from.
+        backbone_weights: the weights to start from: a torchvision weight name (``IMAGENET1K_V2``, from
+            torchvision's cache, downloaded there if missing), a torchvision ResNet state dict, or a checkpoint of
+            this module. Its name, path and content hash enter the run's provenance.
         backbone_partial: allow ``backbone_weights`` that leave tensors other than the gates' unloaded.
+        finetune: staged fine-tuning from ``backbone_weights``, a [`Finetune`][csa_lightning.tasks.Finetune]
+            (``configs/recipe/finetune.yaml``): the gates and the head alone first, then everything with the
+            pretrained parameters at a lower lr.
         compile: ``torch.compile`` the network (in place: the same state-dict keys). Pays on GPUs
             over long runs; the first steps wait for compilation (see the README's figures).
     """
@@ -87,18 +94,30 @@ class ClassificationModule(ScaledRecipe, L.LightningModule):
         channels_last: bool = True,
         backbone_weights: Optional[str] = None,
         backbone_partial: bool = False,
+        finetune: Optional[Finetune] = None,
         compile: bool = False,
     ) -> None:
         super().__init__()
         self.init_recipe(optimizer, lr_schedule, lr_scaling, lr_reference_batch, no_weight_decay_on)
+        self.finetune = None if finetune is None else spec_from_config(finetune, Finetune, "model.finetune")
+        if self.finetune is not None and not backbone_weights:
+            raise ValueError(
+                "model.finetune needs model.backbone_weights: staged fine-tuning starts from pretrained weights "
+                "(a torchvision weight name such as IMAGENET1K_V1, a state dict or a checkpoint)"
+            )
         require(0 <= label_smoothing < 1, "model.label_smoothing", label_smoothing, "in [0, 1)")
         require(ema_decay is None or 0 < ema_decay < 1, "model.ema_decay", ema_decay, "null or in (0, 1)")
         require_positive("model.ema_every_n_steps", ema_every_n_steps, integer=True)
         self.net_spec = network_spec(net if net is not None else ResNetSpec(), ClassifierSpec)
-        self.save_hyperparameters(ignore=["net", "optimizer", "lr_schedule"])
+        self.save_hyperparameters(ignore=["net", "optimizer", "lr_schedule", "finetune"])
         self.hparams["net"] = self.net_spec.config()  # plain values: load_from_checkpoint rebuilds the network
+        self.hparams["finetune"] = None if self.finetune is None else self.finetune.config()
         self.store_recipe()
         self.model = self.build_model()
+        #: the names of the parameters the backbone weights provided (staged fine-tuning's pretrained groups)
+        self.pretrained_parameters: frozenset = frozenset()
+        #: the weights this run started from, as given and as the file read (RunInfo adds its content hash)
+        self.weights_source: Dict[str, str] = {}
         if backbone_weights:
             from ..models import load_backbone_weights
 
@@ -106,6 +125,9 @@ class ClassificationModule(ScaledRecipe, L.LightningModule):
                 self.model, backbone_weights, exclude=("fc.",), allow_partial=backbone_partial
             )
             rank_zero_info(f"backbone weights {backbone_weights}: {report.summary()}")
+            parameters = {name for name, _ in self.model.named_parameters()}
+            self.pretrained_parameters = frozenset(k for k in report.loaded if k in parameters)
+            self.weights_source = {"model.backbone_weights": str(backbone_weights), "path": report.path}
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         if compile:
@@ -130,6 +152,29 @@ class ClassificationModule(ScaledRecipe, L.LightningModule):
     def build_model(self) -> nn.Module:
         """The network (``net.build()``); override to change it while keeping the recipe and logging."""
         return self.net_spec.build()
+
+    def optimizer_parameter_groups(self):
+        """The recipe's groups; with staged fine-tuning each is split into its pretrained and its new
+        parameters (``"pretrained": True / False``), so that the two get their own lr factors."""
+        groups = super().optimizer_parameter_groups()
+        if self.finetune is None:
+            return groups
+        pretrained = {id(p) for name, p in self.model.named_parameters() if name in self.pretrained_parameters}
+        split = []
+        for group in groups:
+            for flag in (False, True):
+                params = [p for p in group["params"] if (id(p) in pretrained) == flag]
+                if params:
+                    split.append({**group, "params": params, "pretrained": flag})
+        return split
+
+    def group_lr_lambdas(self, optimizer, factor):
+        if self.finetune is None:
+            return super().group_lr_lambdas(optimizer, factor)
+        per_epoch = self.steps_per_epoch() or 1
+        rank_zero_info(self.finetune.describe(per_epoch))
+        pretrained = self.finetune.pretrained_lr_lambda(factor, per_epoch)
+        return [pretrained if group.get("pretrained") else factor for group in optimizer.param_groups]
 
     def forward(self, x: Tensor) -> Tensor:
         if self.hparams.channels_last:

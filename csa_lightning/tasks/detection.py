@@ -24,7 +24,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from ..models import DetectorSpec, RCNNSpec, network_spec
-from ..models.attention_resnet import BackboneLoadReport, load_backbone_weights
+from ..models.backbone_weights import BackboneLoadReport, load_backbone_weights
 from ..run_folder import resolve_checkpoint
 from .recipe import OptimizerCallable, ScaledRecipe, sgd, step_decay
 from .schedules import Schedule

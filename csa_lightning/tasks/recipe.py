@@ -334,8 +334,14 @@ class ScaledRecipe:
         init_args = dict(self.optimizer_piece["init_args"])
         init_args["lr"] = self.scaled_lr()
         optimizer = optimizer_class(self.optimizer_piece)(self.optimizer_parameter_groups(), **init_args)
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_schedule())
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, self.group_lr_lambdas(optimizer, self.lr_schedule()))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def group_lr_lambdas(self, optimizer, factor: Callable[[int], float]) -> List[Callable[[int], float]]:
+        """Each parameter group's lr factor per optimiser step: the schedule's for every group (a module
+        with staged fine-tuning gives its pretrained groups their own). One LambdaLR over every group,
+        all created up front: a group added later would not be in it."""
+        return [factor for _ in optimizer.param_groups]
 
     def on_train_epoch_start(self) -> None:
         # the configured lr scaled to this run's global batch; the lr itself is LearningRateMonitor's
