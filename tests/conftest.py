@@ -82,7 +82,7 @@ def make_classification_checkpoint(path, attention: str, depth: int = 18, steps:
 @pytest.fixture
 def clean_registry():
     """The attention registry as it was before the test (tests register blocks of their own)."""
-    from csa_lightning.attention import base as attention_base
+    from csa_lightning.attention import registry as attention_base
 
     saved = dict(attention_base._REGISTRY)
     yield

@@ -294,3 +294,19 @@ def test_your_own_image_folder_fine_tunes_from_pretrained_weights_in_one_command
                      "--data.resolution", "16", "--data.num_workers", "0", "--data.flip", "false"])  # fmt: skip
     assert cli.model.model.fc.out_features == 3 and len(cli.model.pretrained_parameters) == 60
     assert float(cli.trainer.callback_metrics["val/top1"]) > 1 / 3  # better than chance after two short epochs
+
+
+def test_a_detection_checkpoint_gives_its_backbone_and_says_so(tmp_path):
+    """A detector's checkpoint (Faster R-CNN on an attention ResNet) holds a ResNet under
+    model.backbone.body.: it loads as the classifier's backbone, and the report names where it was."""
+    from csa_lightning.models import AttentionResNet, RCNNSpec, load_backbone_weights
+
+    detector = RCNNSpec(depth=18, attention="csa", num_classes=11).build()
+    torch.save({"state_dict": {f"model.{k}": v for k, v in detector.state_dict().items()}}, tmp_path / "det.ckpt")
+    model = AttentionResNet(18, "csa", num_classes=10)
+    report = load_backbone_weights(model, str(tmp_path / "det.ckpt"), exclude=("fc.",))
+    assert (
+        report.source_prefix == "model.backbone.body."
+        and "(the ResNet under 'model.backbone.body.'" in report.summary()
+    )
+    assert torch.equal(model.layer4[1].conv2.weight, detector.backbone.body.layer4[1].conv2.weight)

@@ -1,23 +1,28 @@
 """Channel-attention blocks behind one interface, [`ChannelAttention`][csa_lightning.attention.ChannelAttention].
 
-Blocks: "se", "cbam" (channel gate), "eca", "gct" (Gaussian Context Transformer), "csa".
-One registration mechanism: every module in this folder is imported here (a scan, no list to
-edit), its ``@register_attention("name")`` classes register themselves, and the names in its
-``__all__`` become this package's. A new block is one new file. Imports torch only.
+Blocks: "se", "cbam" (channel gate), "eca", "gct" (Gaussian Context Transformer), "csa", one file
+each; ``@register_attention("name")`` (`csa_lightning.attention.registry`) makes a class buildable by
+name. This package's names are its modules' ``__all__``: a new built-in block is one new file and its
+import line here. Imports torch only.
 """
 
-import importlib
-import pkgutil
+from . import base, cbam, csa, eca, gct, record, registry, se
+from .base import *  # noqa: F401,F403
+from .cbam import *  # noqa: F401,F403
+from .csa import *  # noqa: F401,F403
+from .eca import *  # noqa: F401,F403
+from .gct import *  # noqa: F401,F403
+from .record import *  # noqa: F401,F403
+from .registry import *  # noqa: F401,F403
+from .se import *  # noqa: F401,F403
 
-from . import base as _base
-
-__all__ = list(_base.__all__)
-globals().update({name: getattr(_base, name) for name in _base.__all__})
-
-for _info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-    if _info.name.startswith("_") or _info.name == "base":
-        continue
-    _module = importlib.import_module(f"{__name__}.{_info.name}")
-    for _name in getattr(_module, "__all__", ()):
-        globals()[_name] = getattr(_module, _name)
-        __all__.append(_name)
+__all__ = [
+    *base.__all__,
+    *registry.__all__,
+    *se.__all__,
+    *cbam.__all__,
+    *eca.__all__,
+    *gct.__all__,
+    *csa.__all__,
+    *record.__all__,
+]

@@ -3,7 +3,8 @@
 
 from torch import Tensor
 
-from .base import MLPGate, global_avg_pool, register_attention
+from .base import MLPGate, global_avg_pool
+from .registry import register_attention
 
 __all__ = ["CBAMChannelGate"]
 

@@ -59,10 +59,10 @@ from .base import (
     check_flag,
     check_int,
     check_number,
-    register_attention,
     sqrt_zero_safe,
     standardize,
 )
+from .registry import register_attention
 
 CONTIGUITY_MODES = ("l2", "hybrid", "cosine")
 DISTANCE_MODES = ("exact", "projected", "pooled")

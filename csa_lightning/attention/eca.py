@@ -6,7 +6,8 @@ from typing import Optional
 
 from torch import Tensor, nn
 
-from .base import ChannelAttention, check_int, check_number, global_avg_pool, register_attention
+from .base import ChannelAttention, check_int, check_number, global_avg_pool
+from .registry import register_attention
 
 __all__ = ["EfficientChannelAttention", "eca_kernel_size"]
 

@@ -4,7 +4,8 @@
 import torch
 from torch import Tensor, nn
 
-from .base import ChannelAttention, check_flag, check_number, global_avg_pool, register_attention, standardize
+from .base import ChannelAttention, check_flag, check_number, global_avg_pool, standardize
+from .registry import register_attention
 
 __all__ = ["GaussianContextTransformer"]
 

@@ -17,7 +17,8 @@ from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from ..attention import PLACEMENTS, ChannelAttention, attention_name, check_flag, check_int, resolve_attention
-from ..attention.base import AttentionSpec, construct_attention, start_gates_at_identity
+from ..attention.base import start_gates_at_identity
+from ..attention.registry import AttentionSpec, construct_attention
 from .networks import ClassifierSpec, default_placement
 
 log = logging.getLogger(__name__)

@@ -69,8 +69,10 @@ class BackboneLoadReport:
     path: str = ""
 
     def summary(self) -> str:
+        # a checkpoint's ResNet sits under a prefix: "model." (a classifier), "model.backbone.body." (a detector)
+        where = f" (the ResNet under '{self.source_prefix}' in the file)" if self.source_prefix else ""
         return (
-            f"loaded {len(self.loaded)} tensors, {len(self.missing)} new to the model (left as initialised)"
+            f"loaded {len(self.loaded)} tensors{where}, {len(self.missing)} new to the model (left as initialised)"
             f", {len(self.ignored)} in the file ignored"
         )
 

@@ -19,7 +19,7 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from ..attention.base import AttentionSpec
+from ..attention.registry import AttentionSpec
 from ..third_party import resnet_fpn_extractor
 from .attention_resnet import AttentionResNet, PlacementSpec
 from .backbone_weights import BackboneLoadReport, load_backbone_weights
