@@ -310,3 +310,21 @@ def test_a_detection_checkpoint_gives_its_backbone_and_says_so(tmp_path):
         and "(the ResNet under 'model.backbone.body.'" in report.summary()
     )
     assert torch.equal(model.layer4[1].conv2.weight, detector.backbone.body.layer4[1].conv2.weight)
+
+
+@pytest.mark.parametrize("attention", ["se", "csa"])
+def test_a_trained_classifier_with_gates_inserted_at_identity_gives_the_same_logits(plain_checkpoint, attention):
+    """Through the task module, as cli.py builds it: the same classes keep the file's head, so the gated
+    network's logits equal the plain checkpoint's before the first step (a new class count: a new head)."""
+    from csa_lightning.models import ResNetSpec
+    from csa_lightning.tasks import ClassificationModule
+
+    plain = ClassificationModule.load_from_checkpoint(plain_checkpoint, map_location="cpu").eval()
+    spec = ResNetSpec(18, attention, num_classes=10, gates_at_identity=True)
+    gated = ClassificationModule(spec, backbone_weights=str(plain_checkpoint)).eval()
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(gated(x), plain(x))
+    new_head = ClassificationModule(ResNetSpec(18, attention, num_classes=3, gates_at_identity=True),
+                                    backbone_weights=str(plain_checkpoint))  # fmt: skip
+    assert new_head.model.fc.out_features == 3 and "model.fc.weight" not in new_head.pretrained_parameters

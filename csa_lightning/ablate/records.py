@@ -59,7 +59,7 @@ def finish_record(run_dir: Path, wall: float) -> Dict[str, Any]:
     A result that is not done (`csa_lightning.run_folder.result.is_done`) makes no record: a
     ValueError says why, and the run counts as failed (a re-run trains or evaluates it again)."""
     from ..run_folder import read_attempts, redone_steps
-    from ..tasks.callbacks import run_info
+    from ..tasks.callbacks import describe_run
 
     run = RunFolder(Path(run_dir))
     result = json.loads(run.result.read_text()) if run.result.exists() else None
@@ -75,7 +75,7 @@ def finish_record(run_dir: Path, wall: float) -> Dict[str, Any]:
         "code": json.loads(run.code.read_text()),
         **result,
         "wall_s": round(wall, 1),
-        "git_commit": run_info()["git_commit"],
+        "git_commit": describe_run()["git_commit"],
         "attempts": redone_steps(read_attempts(run.path)),
     }
     tmp = run.record.with_name(f".{run.record.name}.tmp")

@@ -43,8 +43,8 @@ def register_attention(name: str) -> Callable[[Type[ChannelAttention]], Type[Cha
     ... class MyGate(ChannelAttention): ...
 
     A package outside this repository can instead (or as well) declare its blocks under the
-    entry-point group `csa_lightning.attention.registry.ENTRY_POINT_GROUP` in its ``pyproject.toml``; every tool then finds
-    them without importing the package first.
+    entry-point group `csa_lightning.attention.registry.ENTRY_POINT_GROUP` in its ``pyproject.toml``; every
+    tool then finds them without importing the package first.
     """
     key = attention_key(name)
     if key in _NONE_NAMES:

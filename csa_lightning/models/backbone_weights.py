@@ -115,6 +115,7 @@ def load_backbone_weights(
     exclude: Sequence[str] = (),
     strict_shapes: bool = True,
     allow_partial: bool = False,
+    head: Sequence[str] = (),
 ) -> BackboneLoadReport:
     """Load ResNet weights from ``path`` into ``model`` and report what happened.
 
@@ -127,7 +128,8 @@ def load_backbone_weights(
     keep their initialisation and are reported. A shape mismatch raises a ValueError naming the
     tensors, unless ``strict_shapes=False``, which skips them instead. Model tensors other than
     the gates' that the file lacks (a ResNet-18 file for a ResNet-34) are an error naming how many,
-    unless ``allow_partial=True``.
+    unless ``allow_partial=True``. Keys under a ``head`` prefix (``("fc.",)``) load when their shapes
+    match (the same classes: the network is unchanged) and are left new when not (another class count).
     """
     path = str(resolve_weights(path, depth=getattr(model, "depth", None)))
     try:
@@ -146,7 +148,8 @@ def load_backbone_weights(
     to_load: Dict[str, Tensor] = {}
     mismatched = []
     for key, value in source.items():
-        if any(key.startswith(e) for e in exclude) or key not in target:
+        new_head = any(key.startswith(h) for h in head) and key in target and target[key].shape != value.shape
+        if any(key.startswith(e) for e in exclude) or key not in target or new_head:
             report.ignored.append(key)
         elif target[key].shape != value.shape:
             mismatched.append(f"{key}: file {tuple(value.shape)} vs model {tuple(target[key].shape)}")
@@ -165,7 +168,7 @@ def load_backbone_weights(
         for k in missing
         if ".attention." not in k
         and not k.endswith("num_batches_tracked")
-        and not any(k.startswith(e) for e in exclude)
+        and not any(k.startswith(e) for e in (*exclude, *head))
     ]
     if not_gates and not allow_partial:
         raise ValueError(

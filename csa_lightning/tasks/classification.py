@@ -35,6 +35,9 @@ PAPER_STEPS = step_decay(milestones=[30, 60, 90], gamma=0.1)
 
 __all__ = ["ClassificationModule"]
 
+#: the classifier head's state-dict prefix in the networks (torchvision's ResNet and timm's ResNets: ``fc``)
+HEAD = "fc."
+
 
 class ClassificationModule(ScaledRecipe, L.LightningModule):
     """An image classifier (by default an attention ResNet) with the paper's recipe.
@@ -68,7 +71,9 @@ class ClassificationModule(ScaledRecipe, L.LightningModule):
         channels_last: keep the network in channels_last memory format (matches ffcv's batches).
         backbone_weights: the weights to start from: a torchvision weight name (``IMAGENET1K_V2``, from
             torchvision's cache, downloaded there if missing), a torchvision ResNet state dict, or a checkpoint of
-            this module. Its name, path and content hash enter the run's provenance.
+            this module. The head (``fc``) loads when the file has the same classes (so a network with gates at
+            identity starts exactly as the file's), else it is new. Its name, path and content hash enter the
+            run's provenance.
         backbone_partial: allow ``backbone_weights`` that leave tensors other than the gates' unloaded.
         finetune: staged fine-tuning from ``backbone_weights``, a [`Finetune`][csa_lightning.tasks.Finetune]
             (``configs/recipe/finetune.yaml``): the gates and the head alone first, then everything with the
@@ -121,11 +126,11 @@ class ClassificationModule(ScaledRecipe, L.LightningModule):
         if backbone_weights:
             from ..models import load_backbone_weights
 
-            report = load_backbone_weights(
-                self.model, backbone_weights, exclude=("fc.",), allow_partial=backbone_partial
-            )
+            # the head loads when the file has the same classes (the network unchanged), else it is new
+            report = load_backbone_weights(self.model, backbone_weights, head=(HEAD,), allow_partial=backbone_partial)
             rank_zero_info(f"backbone weights {backbone_weights}: {report.summary()}")
-            parameters = {name for name, _ in self.model.named_parameters()}
+            # the head trains with the gates (in staged fine-tuning's warm-up too), loaded or not
+            parameters = {name for name, _ in self.model.named_parameters() if not name.startswith(HEAD)}
             self.pretrained_parameters = frozenset(k for k in report.loaded if k in parameters)
             self.weights_source = {"model.backbone_weights": str(backbone_weights), "path": report.path}
         if channels_last:
