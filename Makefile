@@ -50,10 +50,12 @@ docs-serve: $(STAMP)
 test-slurm: $(STAMP) slurm
 	$(PY) -m pytest -m slurm tests/test_slurm.py
 
-# ruff: lint and formatting (configured in pyproject.toml); `make format` rewrites the files.
+# ruff (lint and formatting) and mypy (types, the package), configured in pyproject.toml; `make format` rewrites
+# the files. .pre-commit-config.yaml runs the same before each commit (pre-commit install).
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(PY) -m mypy
 
 format: $(STAMP)
 	$(PY) -m ruff check --fix .

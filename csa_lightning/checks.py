@@ -208,7 +208,7 @@ def remove_dead_leftovers(target: Path, kinds: Sequence[str] = ("partial", "erro
     one: tens of GB on ImageNet); the next writer of the same target does it. A live process's
     leftovers (a writer running beside this one) are kept.
     """
-    removed = []
+    removed: List[Any] = []
     if not target.parent.is_dir():
         return removed
     for kind in kinds:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from typing import Any, Dict, Mapping, Union
+from typing import Any, Dict, Mapping, Type, TypeVar, Union, cast
 
 __all__ = ["Spec", "spec_from_config", "public_path", "plain"]
 
@@ -34,7 +34,7 @@ class Spec:
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Spec) and self.config() == other.config()
 
-    __hash__ = None  # mutable, compared by value
+    __hash__ = None  # type: ignore[assignment]  # mutable, compared by value: not hashable
 
 
 def public_path(cls: type) -> str:
@@ -57,7 +57,10 @@ def plain(value: Any) -> Any:
     return value
 
 
-def spec_from_config(value: Union[Spec, Mapping[str, Any]], base: type, what: str) -> Spec:
+SpecT = TypeVar("SpecT", bound=Spec)
+
+
+def spec_from_config(value: Union[SpecT, Mapping[str, Any]], base: Type[SpecT], what: str) -> SpecT:
     """A spec as given, or one rebuilt from its ``config()`` (a checkpoint's hyperparameters).
 
     Only subclasses of ``base`` are accepted, so a checkpoint cannot name an arbitrary class;
@@ -76,4 +79,4 @@ def spec_from_config(value: Union[Spec, Mapping[str, Any]], base: type, what: st
         raise ValueError(f"cannot import {what} '{value['class_path']}': {err}") from None
     if not (isinstance(cls, type) and issubclass(cls, base)):
         raise TypeError(f"{what}: '{value['class_path']}' is not a {base.__name__} subclass")
-    return cls(**dict(value.get("init_args") or {}))
+    return cast(SpecT, cls(**dict(value.get("init_args") or {})))

@@ -176,6 +176,8 @@ class ChannelAttention(nn.Module):
     """
 
     default_placement: str = "every_block"
+    #: the name `csa_lightning.attention.register_attention` gave the class (absent if it has none)
+    registered_name: str
     #: options under which backward is the exact derivative of forward, for the block check kit's
     #: float64 gradcheck (a block that deliberately treats a quantity as a constant names the switch)
     exact_gradient_options: Dict[str, Any] = {}
@@ -183,7 +185,7 @@ class ChannelAttention(nn.Module):
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
         if "__init__" in cls.__dict__:
-            cls.__init__ = _accepting_factory_kwargs(cls.__dict__["__init__"])
+            cls.__init__ = _accepting_factory_kwargs(cls.__dict__["__init__"])  # type: ignore[method-assign]
 
     def __init__(self, channels: int) -> None:
         super().__init__()
@@ -202,8 +204,8 @@ class ChannelAttention(nn.Module):
         gradients from the next (no block stays frozen at identity). Adds the state-dict key
         ``identity_blend``; returns the block."""
         weight = next(iter(self.parameters()), None)
-        factory = {"device": weight.device, "dtype": weight.dtype} if weight is not None else {}
-        self.identity_blend = nn.Parameter(torch.zeros(self.channels, **factory))
+        device, dtype = (weight.device, weight.dtype) if weight is not None else (None, None)
+        self.identity_blend = nn.Parameter(torch.zeros(self.channels, device=device, dtype=dtype))
         return self
 
     def _blended(self, p: Tensor) -> Tensor:
@@ -244,7 +246,7 @@ class ChannelAttention(nn.Module):
 
 
 # the base's own __init__ too: a subclass that defines none inherits it, and timm passes it device / dtype
-ChannelAttention.__init__ = _accepting_factory_kwargs(ChannelAttention.__init__)
+ChannelAttention.__init__ = _accepting_factory_kwargs(ChannelAttention.__init__)  # type: ignore[method-assign]
 
 
 def start_gates_at_identity(model: nn.Module) -> int:

@@ -142,6 +142,7 @@ def contiguity_weights(
         norms = sqrt_zero_safe(sq_norms).clamp_min(eps)
         cosine = (gram / (norms[:, :, None] * norms[:, None, :])).clamp_min(0)
         v = cosine if v is None else v * cosine
+    assert v is not None, contiguity  # every mode above sets it
     v = v * off_diagonal
     total = v.sum(dim=(1, 2), keepdim=True)
     # all v_ij = 0 (cosine modes, no positively correlated pair): w = 0 rather than 0 / 0
@@ -382,7 +383,8 @@ def _weighted_sums(
     y_t = y.transpose(1, 2)
     out_t = y_t.new_zeros(y_t.shape)
     need_stats = stats is None
-    mean_dist, total = (None, None) if need_stats else stats
+    mean_dist: Optional[Tensor] = None if stats is None else stats[0]
+    total: Optional[Tensor] = None if stats is None else stats[1]
     dists: List[Tensor] = []
     if contiguity in ("l2", "hybrid"):
         dist_sum = torch.zeros(n, dtype=f.dtype, device=f.device)
@@ -406,6 +408,7 @@ def _weighted_sums(
             pairs = c * (c - 1) if contiguity == "l2" else c * c  # hybrid: the authors' mean over all C^2
             mean_dist = (dist_sum / pairs).clamp_min_(eps)
         # exp(-l / l_bar) = 2^(-l log2(e) / l_bar): exp2 is ~2.5x faster than exp on this CPU
+        assert mean_dist is not None
         scale = (-math.log2(math.e) / mean_dist)[:, None, None]
     v_sum = torch.zeros(n, dtype=f.dtype, device=f.device)
     for index, (r, col) in enumerate(pieces):
@@ -414,6 +417,7 @@ def _weighted_sums(
         else:
             v = dists[index].mul_(scale).exp2_()
         if contiguity != "l2":
+            assert norms is not None
             cosine = v if contiguity == "cosine" else torch.bmm(f[:, r], f[:, col].transpose(1, 2))
             cosine.div_(norms[:, r, None]).div_(norms[:, None, col]).clamp_min_(0)
             v = cosine if contiguity == "cosine" else v.mul_(cosine)
@@ -428,6 +432,7 @@ def _weighted_sums(
         total = v_sum
         if mean_dist is None:  # cosine: no distances
             mean_dist = torch.zeros_like(total)
+    assert mean_dist is not None and total is not None
     # all v_ij = 0 (cosine modes, no positively correlated pair): w = 0 rather than 0 / 0
     out_t /= torch.where(total > 0, total, torch.ones_like(total))[:, None, None]
     return out_t.transpose(1, 2), (mean_dist, total)
@@ -582,7 +587,8 @@ class CSA(ChannelAttention):
         self.distance = distance
         self.projection_dim = projection_dim
         self.projection_seed = projection_seed
-        self.compile = compile
+        # the option predates nn.Module.compile, which it shadows on the block (never called there)
+        self.compile = compile  # type: ignore[method-assign,assignment]
         self.mlp = ReductionMLP(channels, reduction)
         self.descriptor_output = nn.Identity()  # a hook point for q (N, C), like gate_output for p
         # opt-in: torch.compile fuses the small ops around w z (the mean, the two standardisations);

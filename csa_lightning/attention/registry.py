@@ -251,7 +251,7 @@ def attention_name(spec: AttentionSpec) -> str:
     [`resolve_attention`][csa_lightning.attention.resolve_attention]."""
     cls = resolve_attention(spec)
     if isinstance(spec, type):
-        return getattr(cls, "registered_name", None) or _origin(cls)
+        return getattr(cls, "registered_name", None) or _origin(spec)
     return attention_key(spec) if spec is not None else "none"
 
 

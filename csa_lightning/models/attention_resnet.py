@@ -114,6 +114,8 @@ def resolve_placement(placement: PlacementSpec, layers: Sequence[int]) -> List[T
             f"unknown placement '{placement}': use {' or '.join(repr(p) for p in PLACEMENTS)}, "
             "or a list of [stage, block] pairs"
         )
+    if placement is None:
+        raise ValueError("placement None means the block's default_placement: resolve it before calling this")
     pairs = set()
     for item in placement:
         try:

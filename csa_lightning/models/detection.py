@@ -10,7 +10,7 @@ backbones as torchvision does, and the head sizes a small demo needs to slim.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from torch import nn
 from torchvision.models.detection import FasterRCNN, MaskRCNN
@@ -103,7 +103,7 @@ class RCNNSpec(DetectorSpec):
         box_representation_size: int = 1024,
         box_detections_per_img: int = 100,
         box_score_thresh: float = 0.05,
-        mask_head_layers: List[int] = (256, 256, 256, 256),
+        mask_head_layers: Sequence[int] = (256, 256, 256, 256),
     ) -> None:
         if architecture not in ARCHITECTURES:
             raise ValueError(f"unknown architecture '{architecture}': choose one of {', '.join(ARCHITECTURES)}")
@@ -118,52 +118,55 @@ class RCNNSpec(DetectorSpec):
     @property
     def iou_types(self) -> Tuple[str, ...]:
         """What the detector is evaluated on: boxes, and masks for Mask R-CNN."""
-        return ("bbox", "segm") if self.architecture == "mask_rcnn" else ("bbox",)
+        spec: Any = self  # the arguments are attributes set in a loop (__init__): untyped for the checker
+        return ("bbox", "segm") if spec.architecture == "mask_rcnn" else ("bbox",)
 
     def build_backbone(self) -> BackboneWithFPN:
         """The attention ResNet-FPN, randomly initialised (weights are loaded by the task)."""
+        spec: Any = self  # the arguments are attributes set in a loop (__init__): untyped for the checker
         backbone, _ = attention_resnet_fpn(
-            self.depth,
-            self.attention,
-            self.placement,
-            self.attention_options,
-            trainable_layers=self.trainable_layers,
-            frozen_bn=self.frozen_bn,
+            spec.depth,
+            spec.attention,
+            spec.placement,
+            spec.attention_options,
+            trainable_layers=spec.trainable_layers,
+            frozen_bn=spec.frozen_bn,
         )
         return backbone
 
     def build(self) -> nn.Module:
+        spec: Any = self  # the arguments are attributes set in a loop (__init__): untyped for the checker
         backbone = self.build_backbone()
         levels = len(backbone.body.return_layers) + 1  # FPN levels + the max-pool level
         anchors = None
-        if self.anchor_sizes is not None:
-            if len(self.anchor_sizes) != levels:
-                raise ValueError(f"anchor_sizes needs one size per FPN level ({levels}), got {list(self.anchor_sizes)}")
-            anchors = AnchorGenerator(tuple((int(s),) for s in self.anchor_sizes), ((0.5, 1.0, 2.0),) * levels)
+        if spec.anchor_sizes is not None:
+            if len(spec.anchor_sizes) != levels:
+                raise ValueError(f"anchor_sizes needs one size per FPN level ({levels}), got {list(spec.anchor_sizes)}")
+            anchors = AnchorGenerator(tuple((int(s),) for s in spec.anchor_sizes), ((0.5, 1.0, 2.0),) * levels)
         resolution = 7  # torchvision's MultiScaleRoIAlign output for boxes
-        box_head = TwoMLPHead(backbone.out_channels * resolution**2, self.box_representation_size)
+        box_head = TwoMLPHead(backbone.out_channels * resolution**2, spec.box_representation_size)
         kwargs = dict(
-            min_size=self.min_size,
-            max_size=self.max_size,
+            min_size=spec.min_size,
+            max_size=spec.max_size,
             rpn_anchor_generator=anchors,
-            rpn_pre_nms_top_n_train=self.rpn_pre_nms_top_n_train,
-            rpn_post_nms_top_n_train=self.rpn_post_nms_top_n_train,
-            rpn_pre_nms_top_n_test=self.rpn_pre_nms_top_n_test,
-            rpn_post_nms_top_n_test=self.rpn_post_nms_top_n_test,
-            rpn_batch_size_per_image=self.rpn_batch_size_per_image,
-            box_batch_size_per_image=self.box_batch_size_per_image,
-            box_detections_per_img=self.box_detections_per_img,
-            box_score_thresh=self.box_score_thresh,
+            rpn_pre_nms_top_n_train=spec.rpn_pre_nms_top_n_train,
+            rpn_post_nms_top_n_train=spec.rpn_post_nms_top_n_train,
+            rpn_pre_nms_top_n_test=spec.rpn_pre_nms_top_n_test,
+            rpn_post_nms_top_n_test=spec.rpn_post_nms_top_n_test,
+            rpn_batch_size_per_image=spec.rpn_batch_size_per_image,
+            box_batch_size_per_image=spec.box_batch_size_per_image,
+            box_detections_per_img=spec.box_detections_per_img,
+            box_score_thresh=spec.box_score_thresh,
             box_head=box_head,
-            box_predictor=FastRCNNPredictor(self.box_representation_size, self.num_classes + 1),
+            box_predictor=FastRCNNPredictor(spec.box_representation_size, spec.num_classes + 1),
         )
-        if self.architecture == "faster_rcnn":
+        if spec.architecture == "faster_rcnn":
             return FasterRCNN(backbone, num_classes=None, **kwargs)
         from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 
         # MaskRCNN builds its predictor from num_classes unless given one; with a box predictor
         # given, num_classes must be None, so the mask head and predictor are given too
-        layers = [int(c) for c in self.mask_head_layers]
+        layers = [int(c) for c in spec.mask_head_layers]
         kwargs["mask_head"] = MaskRCNNHeads(backbone.out_channels, layers, dilation=1)
-        kwargs["mask_predictor"] = MaskRCNNPredictor(layers[-1], 256, self.num_classes + 1)
+        kwargs["mask_predictor"] = MaskRCNNPredictor(layers[-1], 256, spec.num_classes + 1)
         return MaskRCNN(backbone, num_classes=None, **kwargs)

@@ -20,7 +20,7 @@ the same attribute name, and ``build()`` returns the ``nn.Module``.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Union
+from typing import Any, Mapping, Type, Union
 
 from torch import nn
 
@@ -47,7 +47,7 @@ class DetectorSpec(NetworkSpec):
     """Spec of a torchvision-style detector: ``build()`` returns a module taking (images, targets)."""
 
 
-def network_spec(value: Union[NetworkSpec, Mapping[str, Any]], base: type = NetworkSpec) -> NetworkSpec:
+def network_spec(value: Union[NetworkSpec, Mapping[str, Any]], base: Type[NetworkSpec] = NetworkSpec) -> NetworkSpec:
     """A spec as given, or one rebuilt from its ``config()`` (a checkpoint's hyperparameters).
 
     Only subclasses of ``base`` are accepted, so a checkpoint cannot name an arbitrary class.

@@ -208,7 +208,8 @@ def summary_table(
 def _default_placement(attention: str) -> str:
     from ..attention import resolve_attention
 
-    return resolve_attention(attention).default_placement
+    cls = resolve_attention(attention)
+    return cls.default_placement if cls is not None else "stage_end"  # no gates: any placement places none
 
 
 def _fmt(value, spec: str) -> str:

@@ -13,7 +13,6 @@ import contextlib
 import os
 from typing import Dict, Optional, Sequence
 
-import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
@@ -39,7 +38,7 @@ __all__ = ["ClassificationModule"]
 HEAD = "fc."
 
 
-class ClassificationModule(ScaledRecipe, L.LightningModule):
+class ClassificationModule(ScaledRecipe):
     """An image classifier (by default an attention ResNet) with the paper's recipe.
 
     Args:
@@ -85,10 +84,10 @@ class ClassificationModule(ScaledRecipe, L.LightningModule):
     def __init__(
         self,
         net: Optional[ClassifierSpec] = None,
-        optimizer: OptimizerCallable = PAPER_SGD,
+        optimizer: OptimizerCallable = PAPER_SGD,  # type: ignore[assignment]  # a piece's config form
         lr_scaling: str = "linear",
         lr_reference_batch: int = 128,
-        lr_schedule: Schedule = PAPER_STEPS,
+        lr_schedule: Schedule = PAPER_STEPS,  # type: ignore[assignment]  # a piece's config form
         label_smoothing: float = 0.0,
         mixup_alpha: float = 0.0,
         cutmix_alpha: float = 0.0,
@@ -182,7 +181,7 @@ class ClassificationModule(ScaledRecipe, L.LightningModule):
         return [pretrained if group.get("pretrained") else factor for group in optimizer.param_groups]
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.hparams.channels_last:
+        if self.hparams["channels_last"]:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.model(x)
 
@@ -222,7 +221,7 @@ class ClassificationModule(ScaledRecipe, L.LightningModule):
         loss = self.criterion(logits.float(), targets)
         metrics.update(logits.detach().float(), targets.argmax(dim=1) if targets.dim() == 2 else targets)
         on_step = stage == "train"
-        if extra:
+        if extra and gates is not None:
             terms = self.extra_losses(gates, (images, targets), logits)
             for name, term in terms.items():
                 self.log(f"train/{name}", term, on_step=True, on_epoch=True, batch_size=len(labels))
@@ -301,4 +300,6 @@ class ClassificationModule(ScaledRecipe, L.LightningModule):
             return []
         from lightning.pytorch.callbacks import EMAWeightAveraging
 
-        return [EMAWeightAveraging(decay=self.hparams.ema_decay, update_every_n_steps=self.hparams.ema_every_n_steps)]
+        return [
+            EMAWeightAveraging(decay=self.hparams["ema_decay"], update_every_n_steps=self.hparams["ema_every_n_steps"])
+        ]

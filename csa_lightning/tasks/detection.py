@@ -16,9 +16,8 @@ ignored and the size split uses the annotation area, as COCO's own evaluation do
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
-import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
@@ -60,8 +59,8 @@ def detection_metric(iou_types: Sequence[str] = ("bbox",), backend: str = "faste
     # meta device (the ablation runner's up-front check of every variant) torchmetrics cannot build it
     with torch.device("cpu"):
         return MeanAveragePrecision(
-            iou_type=tuple(iou_types),
-            backend=backend,
+            iou_type=tuple(iou_types),  # type: ignore[arg-type]  # checked: "bbox" and/or "segm"
+            backend=backend,  # type: ignore[arg-type]  # checked: one of torchmetrics' two
             iou_thresholds=iou_thresholds,
             rec_thresholds=rec_thresholds,
             sync_on_compute=False,  # gathered by gather_list_states: ranks hold different numbers of images
@@ -84,13 +83,13 @@ def gather_list_states(metric) -> None:
         local = getattr(metric, name)
         if not isinstance(local, list):
             continue
-        gathered = [None] * world
+        gathered: List[Any] = [None] * world
         torch.distributed.all_gather_object(gathered, [t.cpu() if isinstance(t, Tensor) else t for t in local])
         device = metric.device
         setattr(metric, name, [t.to(device) if isinstance(t, Tensor) else t for part in gathered for t in part])
 
 
-class DetectionModule(ScaledRecipe, L.LightningModule):
+class DetectionModule(ScaledRecipe):
     """Faster R-CNN / Mask R-CNN with an attention ResNet-FPN backbone, with the paper's 2x recipe.
 
     Args:
@@ -117,10 +116,10 @@ class DetectionModule(ScaledRecipe, L.LightningModule):
         net: Optional[DetectorSpec] = None,
         backbone_weights: Optional[str] = None,
         backbone_partial: bool = False,
-        optimizer: OptimizerCallable = COCO_SGD,
+        optimizer: OptimizerCallable = COCO_SGD,  # type: ignore[assignment]  # a piece's config form
         lr_scaling: str = "linear",
         lr_reference_batch: int = 16,
-        lr_schedule: Schedule = COCO_2X_STEPS,
+        lr_schedule: Schedule = COCO_2X_STEPS,  # type: ignore[assignment]  # a piece's config form
         no_weight_decay_on: Sequence[str] = (),
     ) -> None:
         super().__init__()
@@ -129,7 +128,7 @@ class DetectionModule(ScaledRecipe, L.LightningModule):
         self.save_hyperparameters(ignore=["net", "optimizer", "lr_schedule"])
         self.hparams["net"] = self.net_spec.config()  # plain values: load_from_checkpoint rebuilds the network
         self.store_recipe()
-        self.backbone_report = None
+        self.backbone_report: Optional[BackboneLoadReport] = None
         self.model = self.build_model()
         self.iou_types = getattr(self.net_spec, "iou_types", ("bbox",))
         self.val_metric = detection_metric(self.iou_types)
@@ -144,21 +143,23 @@ class DetectionModule(ScaledRecipe, L.LightningModule):
     def load_backbone_weights(self, path: Optional[str] = None) -> Optional[BackboneLoadReport]:
         """Load classification weights (``backbone_weights`` unless ``path``) into the backbone's
         ResNet and report what was loaded, what is new, and what was ignored (the ``fc`` head)."""
-        source = path or self.hparams.backbone_weights
+        source = path or self.hparams["backbone_weights"]
         if not source:
             return None
         weights = resolve_checkpoint(source, what="backbone weights")
+        body: nn.Module = self.model.backbone.body  # type: ignore[union-attr,assignment]
         self.backbone_report = load_backbone_weights(
-            self.model.backbone.body, weights, exclude=("fc.",), allow_partial=self.hparams.backbone_partial
+            body, weights, exclude=("fc.",), allow_partial=self.hparams["backbone_partial"]
         )
-        rank_zero_info(f"backbone weights {weights}: {self.backbone_report.summary()}")
-        return self.backbone_report
+        report = self.backbone_report
+        rank_zero_info(f"backbone weights {weights}: {report.summary()}")
+        return report
 
     def on_fit_start(self) -> None:
         super().on_fit_start()
         # after a resume the checkpoint holds the weights: start from backbone_weights only on a
         # fresh run (Lightning restores checkpoints after setup, so this is the first hook that knows)
-        if self.trainer.ckpt_path is None and self.hparams.backbone_weights:
+        if self.trainer.ckpt_path is None and self.hparams["backbone_weights"]:
             self.load_backbone_weights()
 
     def forward(self, images: List[Tensor], targets: Optional[List[Dict[str, Tensor]]] = None):

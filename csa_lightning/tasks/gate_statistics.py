@@ -11,7 +11,7 @@ during the steps it logs, so the other steps run exactly as without it.
 from __future__ import annotations
 
 import contextlib
-from typing import Optional
+from typing import Dict, Optional
 
 import lightning as L
 import torch
@@ -60,7 +60,9 @@ class GateStatistics(L.Callback):
             return
         record = self._record
         self._stop()
-        chunks = {}
+        if record is None:
+            return
+        chunks: Dict[str, list] = {}
         for kind, per_gate in record.kinds.items():
             for name, tensors in per_gate.items():
                 chunks.setdefault(f"{gate_stage(name)}/{kind}", []).extend(tensors)

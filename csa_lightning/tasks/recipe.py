@@ -110,11 +110,12 @@ def optimizer_class(config: Mapping[str, Any]) -> type:
     return _import_optimizer(config["class_path"], "model.optimizer")
 
 
-def configured_lr(config: Mapping[str, Any]) -> float:
-    """The piece's lr (for the reference batch): its init_args', else the class's default."""
+def configured_lr(config: Mapping[str, Any]) -> Any:
+    """The piece's lr (for the reference batch): its init_args', else the class's default (None: none;
+    `check_recipe` refuses that)."""
     lr = (config.get("init_args") or {}).get("lr")
     if lr is None:
-        default = inspect.signature(optimizer_class(config).__init__).parameters.get("lr")
+        default = inspect.signature(optimizer_class(config)).parameters.get("lr")
         lr = None if default is None or default.default is inspect.Parameter.empty else default.default
     return lr
 
@@ -128,7 +129,7 @@ def check_recipe(optimizer: Mapping[str, Any], lr_scaling: str, lr_reference_bat
     require_positive("model.lr_reference_batch", lr_reference_batch, integer=True)
     unknown = set(no_weight_decay_on) - {"norm", "bias"}
     require(not unknown, "model.no_weight_decay_on", list(no_weight_decay_on), "a list of 'norm' and 'bias'")
-    takes_decay = "weight_decay" in inspect.signature(cls.__init__).parameters
+    takes_decay = "weight_decay" in inspect.signature(cls).parameters
     require(
         takes_decay or not no_weight_decay_on,
         "model.no_weight_decay_on",
@@ -148,7 +149,8 @@ def parameter_groups(model: nn.Module, no_weight_decay_on: Sequence[str]) -> Lis
     normalisation layers, "bias": every bias) in a second group with ``weight_decay`` 0; the first
     group takes the optimiser's own weight decay. An empty list decays everything, as the paper's
     recipe (and torchvision's reference) does."""
-    decay, no_decay = [], []
+    decay: List[nn.Parameter] = []
+    no_decay: List[nn.Parameter] = []
     for module in model.modules():
         for name, param in module.named_parameters(recurse=False):
             if not param.requires_grad:
@@ -157,7 +159,7 @@ def parameter_groups(model: nn.Module, no_weight_decay_on: Sequence[str]) -> Lis
                 "norm" in no_weight_decay_on and isinstance(module, NORM_TYPES)
             )
             (no_decay if skip else decay).append(param)
-    groups = [{"params": decay}]
+    groups: List[Dict[str, Any]] = [{"params": decay}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
     return groups
@@ -225,9 +227,12 @@ def read_checkpoint_hparams(checkpoint: Dict[str, Any]) -> bool:
     return True
 
 
-class ScaledRecipe:
-    """Mixin for the task modules: the optimiser and schedule pieces (``hparams.optimizer``,
-    ``hparams.lr_schedule``), the lr scaled to the global batch, and images/s logging."""
+class ScaledRecipe(L.LightningModule):
+    """The base of the task modules: the optimiser and schedule pieces (``hparams.optimizer``,
+    ``hparams.lr_schedule``), the lr scaled to the global batch, and images/s logging. A subclass
+    provides ``self.model`` (the network)."""
+
+    model: nn.Module
 
     _batch_started: Optional[float] = None
 
@@ -263,7 +268,7 @@ class ScaledRecipe:
         trainer: Optional[L.Trainer] = self._trainer
         datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
         per_process = getattr(datamodule, "batch_size", None)
-        if per_process is None:
+        if per_process is None or trainer is None:
             return None
         return int(per_process) * trainer.world_size * trainer.accumulate_grad_batches
 
@@ -273,7 +278,7 @@ class ScaledRecipe:
         rule = self.hparams.get("lr_scaling", "linear")
         if batch is None or rule == "none":
             return 1.0
-        ratio = batch / self.hparams.lr_reference_batch
+        ratio = batch / self.hparams["lr_reference_batch"]
         return ratio if rule == "linear" else math.sqrt(ratio)
 
     def scaled_lr(self) -> float:
@@ -351,7 +356,7 @@ class ScaledRecipe:
         batch = self.global_batch_size()
         rule = self.hparams.get("lr_scaling", "linear")
         return (
-            f"lr {configured_lr(self.optimizer_piece):g} for a global batch of {self.hparams.lr_reference_batch} "
+            f"lr {configured_lr(self.optimizer_piece):g} for a global batch of {self.hparams['lr_reference_batch']} "
             f"-> {self.scaled_lr():g} ({rule} scaling) for the actual global batch of "
             f"{batch if batch is not None else 'unknown (no datamodule batch_size)'}"
         )

@@ -11,8 +11,8 @@ at a batch boundary and exits 143; its newest epoch-end ``last.ckpt`` is what a 
 
 - **time limit**: ``signal_delay_s`` before it, SLURM sends SIGUSR2 (``#SBATCH --signal``) to the
   job's tasks. The trainings ignore it; submitit, in the task that starts rank 0, calls
-  `csa_lightning.ablate.executors.slurm.VariantJob.checkpoint`, which sends SIGTERM to the job's processes (``scancel
-  --signal``), waits for rank 0's training to stop and hands submitit the same job to requeue
+  `csa_lightning.ablate.executors.slurm_job.VariantJob.checkpoint`, which sends SIGTERM to the job's
+  processes (``scancel --signal``), waits for rank 0's training to stop and hands submitit the same job to requeue
   (``scontrol requeue``), at most ``max_requeues`` times.
 - **preemption** (``PreemptMode=REQUEUE``): SLURM sends SIGTERM itself, waits the partition's
   ``GraceTime`` and requeues the job; the trainings stop as above.
@@ -26,10 +26,8 @@ output): not from ``sacct``, which many clusters (and the test cluster) do not r
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -37,17 +35,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from ...checks import process_rank, require
+from ...checks import require
 from ...errors import UsageError
-from ...run_folder import AblationFolder, RunFolder, log_attempt, read_attempts, scheduler_job_id, stopped_by_signal
+from ...run_folder import AblationFolder, RunFolder, read_attempts
 from ...third_party import make_sbatch_string
-from ..job import start_training
 from ..plan import Variant
-from ..records import finish_record
 from . import Executor, Run, Status
 from .local import last_error_line, status_from_attempts
+from .slurm_job import VariantJob
 
-__all__ = ["SlurmResources", "SlurmExecutor", "VariantJob", "split_slurm_args", "parse_resources", "sbatch_error"]
+__all__ = ["SlurmResources", "SlurmExecutor", "split_slurm_args", "parse_resources", "sbatch_error"]
 
 #: in each run folder: the job that trains it (id, log paths, when submitted)
 
@@ -174,88 +171,6 @@ class SlurmResources:
             "setup": self.setup_lines(),
             "additional_parameters": dict(self.sbatch),
         }
-
-
-class VariantJob:
-    """What a job runs in each of its tasks: start the training (resuming from the newest
-    ``last.ckpt``), wait, write the record. Picklable (submitit sends it to the job)."""
-
-    def __init__(self, run_dir: str, command: List[str], env: Dict[str, str]) -> None:
-        self.run_dir, self.command, self.env = run_dir, command, env
-        self._proc: Optional[subprocess.Popen] = None
-
-    def __call__(self) -> str:
-        rank = process_rank()
-        run_dir = Path(self.run_dir)
-        started = time.time()
-        log = RunFolder(run_dir).log(rank)
-        # the time-limit warning is for this process (submitit's handler); the training ignores it
-        # the training runs on the job's own Python (the one its setup lines made active), not the path of
-        # the interpreter that submitted it
-        command = [sys.executable, *self.command[1:]]
-        self._proc = start_training(run_dir, command, self.env, rank, ignore_signals=(signal.SIGUSR2,))
-        code = _wait(self._proc)
-        if rank != 0:
-            if code not in (0, 143):
-                raise RuntimeError(f"rank {rank}: {last_error_line(log) or f'exit {code}'}")
-            return "done"
-        log_attempt(run_dir, "end", code=code, job=scheduler_job_id())
-        if stopped_by_signal(code):
-            # SIGTERM from SLURM (143 through the training's handler, -15 when it landed after the handler was
-            # gone, between the fit's end and the process's): preemption (SLURM requeues the job once its grace
-            # time is over, but only if the job has not ended by itself before) or scancel (it is being
-            # cancelled). Either way SLURM ends this job: wait for that instead of ending it as failed.
-            state = _job_state(os.environ.get("SLURM_JOB_ID"))
-            print(f"the training stopped on SIGTERM (job state {state}); waiting for SLURM to requeue or end the job",
-                  flush=True)  # fmt: skip
-            time.sleep(float(os.environ.get("CSA_SLURM_STOP_WAIT", 3600)))
-            raise RuntimeError("stopped by SIGTERM and not ended by SLURM within CSA_SLURM_STOP_WAIT seconds")
-        if code != 0:
-            raise RuntimeError(last_error_line(log) or f"the training exited with status {code}")
-        finish_record(run_dir, time.time() - started)  # a ValueError when the run is not done: the job fails
-        return "done"
-
-    def checkpoint(self, *args, **kwargs):
-        """submitit's hook on the time-limit signal (rank 0): stop the trainings through the one
-        mechanism (SIGTERM, a batch boundary, exit 143), then requeue this same job; the start after
-        the requeue chooses the checkpoint again."""
-        import submitit
-
-        job = os.environ.get("SLURM_JOB_ID")
-        if job:  # every task's training, on every node of the job
-            subprocess.run(["scancel", "--signal=TERM", job], check=False)  # the steps, not the batch shell
-        if self._proc is not None:
-            if _wait(self._proc, timeout=float(os.environ.get("CSA_SIGTERM_GRACE", 60)) + 10) is None:
-                self._proc.kill()
-                _wait(self._proc)
-            log_attempt(Path(self.run_dir), "end", code=self._proc.returncode, job=scheduler_job_id(),
-                        requeued="time limit")  # fmt: skip
-        fresh = VariantJob(self.run_dir, self.command, self.env)
-        return submitit.helpers.DelayedSubmission(fresh)
-
-    def __getstate__(self):
-        return {"run_dir": self.run_dir, "command": self.command, "env": self.env}
-
-    def __setstate__(self, state):
-        self.__dict__.update(state, _proc=None)
-
-
-def _job_state(job: Optional[str]) -> str:
-    if not job:
-        return "unknown"
-    listed = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True)
-    return listed.stdout.strip() or "unknown"
-
-
-def _wait(proc: subprocess.Popen, timeout: Optional[float] = None) -> Optional[int]:
-    """Wait by polling: submitit's signal handler runs in this thread, and a blocking Popen.wait
-    interrupted by it would hold the lock the handler's own wait needs."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while proc.poll() is None:
-        if deadline is not None and time.monotonic() > deadline:
-            return None
-        time.sleep(0.5)
-    return proc.returncode
 
 
 def _requeue_reason(events: Sequence[Dict[str, Any]], resources: Dict[str, Any]) -> str:

@@ -53,7 +53,7 @@ class RecordResult(Callback):
             run_validation(trainer)
         if trainer.global_rank != 0:
             return
-        datamodule = trainer.datamodule
+        datamodule = getattr(trainer, "datamodule", None)
         size = int(getattr(datamodule, "resolution", 224))
         batch = int(getattr(datamodule, "batch_size", 32))
         net = getattr(pl_module, "model", pl_module)

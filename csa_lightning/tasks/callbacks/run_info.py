@@ -42,7 +42,7 @@ def _git(*args: str) -> Optional[str]:
 
 def describe_run() -> Dict[str, Any]:
     """Git commit (and whether the tree was dirty), package versions, seed, command, host."""
-    versions = {}
+    versions: Dict[str, Optional[str]] = {}
     for name in PACKAGES:
         try:
             versions[name] = metadata.version(name)
@@ -72,7 +72,8 @@ class RunInfo(Callback):
     def on_fit_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
         from ...provenance import code_provenance, named_files, run_classes
 
-        self.info["code"] = code_provenance(run_classes(pl_module, trainer.datamodule, trainer.callbacks))
+        datamodule, callbacks = getattr(trainer, "datamodule", None), getattr(trainer, "callbacks", [])
+        self.info["code"] = code_provenance(run_classes(pl_module, datamodule, callbacks))
         # the files the model's arguments name (pretrained weights, a teacher), by content
         self.info["code"]["named_files"] = named_files(dict(getattr(pl_module, "hparams", {}) or {}))
         source = getattr(pl_module, "weights_source", None)
