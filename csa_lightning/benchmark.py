@@ -60,7 +60,7 @@ def _variants(
     attentions: Sequence[str], csa_modes: Sequence[str], csa_grad: bool, csa_projected: bool = False
 ) -> List[Tuple[str, str, dict]]:
     """(label, attention, options) per variant; options may hold "placement" besides the gate's own."""
-    variants = []
+    variants: List[Tuple[str, str, dict]] = []
     for attention in attentions:
         if attention == "csa":
             for mode in csa_modes:
@@ -125,7 +125,7 @@ def benchmark(
     csa_projected: bool = False,
     bf16: bool = False,
     channels_last: bool = False,
-    extra_variants: Sequence[Tuple[str, str, dict]] = (),
+    extra_variants: Sequence[Tuple[str, Any, dict]] = (),
     max_repeats: Optional[int] = None,
 ) -> List[Dict[str, Any]]:
     """Rows of measurements, one per variant; ratios are to the "none" row of the same run.
@@ -149,7 +149,7 @@ def benchmark(
     y = torch.randint(0, 1000, (batch,), device=dev)
     setups = []
     for name, attention, options in [*_variants(attentions, csa_modes, csa_grad, csa_projected), *extra_variants]:
-        model = build_variant(depth, attention, options).to(dev, memory_format=memory_format)
+        model = build_variant(depth, attention, options).to(dev).to(memory_format=memory_format)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         setups.append(
             {

@@ -103,7 +103,7 @@ class CSALightningCLI(LightningCLI):
             return
         import torch
 
-        from .tasks.recipe import upgrade_recipe_hparams
+        from .tasks.legacy import upgrade_recipe_hparams
 
         hparams = torch.load(ckpt_path, weights_only=True, map_location="cpu").get("hyper_parameters", {})
         hparams = upgrade_recipe_hparams(hparams) or dict(hparams)
@@ -251,7 +251,7 @@ def with_atomic_checkpoint_io(plugins):
 
 def _upgrade_saved_model_config(saved: dict) -> None:
     """A run's config.yaml from before the optimiser and schedule were pieces, as pieces (in place)."""
-    from .tasks.recipe import upgrade_recipe_hparams
+    from .tasks.legacy import upgrade_recipe_hparams
 
     init_args = ((saved.get("model") or {}).get("init_args")) if isinstance(saved.get("model"), dict) else None
     upgraded = upgrade_recipe_hparams(init_args) if isinstance(init_args, dict) else None
@@ -357,7 +357,7 @@ def _build_cli(args: Optional[Sequence[str]], run: bool) -> CSALightningCLI:
         save_config_kwargs={"overwrite": True},
         # parse errors raise instead of printing a usage dump first: main() prints one line
         parser_kwargs={"exit_on_error": False, **{c: {"exit_on_error": False} for c in SUBCOMMANDS}},
-        args=args,
+        args=list(args) if args is not None else None,
         run=run,
     )
 

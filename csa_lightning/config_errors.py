@@ -99,18 +99,18 @@ def parse_error_line(err: BaseException) -> str:
         params = _parameters(owner)
         close = difflib.get_close_matches(name, params, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
-        from .tasks.recipe import LEGACY_OPTIONS
+        from .tasks.legacy import LEGACY_OPTIONS
 
         if name in LEGACY_OPTIONS and {"optimizer", "lr_schedule"} <= set(params):
             hint = f": the optimiser and the lr schedule are pieces now; use model.{LEGACY_OPTIONS[name]}"
         return f"{owner.rpartition('.')[2]} has no option '{unknown.group(1)}'{hint}"
     path = re.search(r"Expected a path but (\S+) either not accessible or invalid", text)
-    given = path.group(1) if path else _given(text)
+    given: str = path.group(1) if path else _given(text)
     if re.search(r"has no attribute|No module named|not accessible|Unable to import", text) and re.search(
         r"has no attribute '|No module named '", text
     ):
-        close = _closest_class(given)
-        hint = f"; did you mean {close}?" if close else "; give the full import path of a class"
+        closest = _closest_class(given)
+        hint = f"; did you mean {closest}?" if closest else "; give the full import path of a class"
         return f"{key}: class {given} not found{hint}"
     if "to be a subclass of <class 'Optimizer'>" in text:
         return f"{key}: {given} is not an optimiser (a torch.optim.Optimizer subclass); name one, e.g. torch.optim.SGD"

@@ -124,11 +124,11 @@ class ToolParser(argparse.ArgumentParser):
         self.register("action", None, _StoreOnce)
         self.register("action", "store", _StoreOnce)
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str):
         """argparse's error: a `UsageError` naming ``--help`` (the command wrapper prints it, exit 2)."""
         raise UsageError(f"{message} ({self.prog} --help lists every option)")
 
-    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+    def parse_known_args(self, args=None, namespace=None):
         """argparse's, remembering which options this command line gave (to refuse one given twice)."""
         self._given: dict = {}
         self._listed: set = set()

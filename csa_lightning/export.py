@@ -85,13 +85,14 @@ def export_model(model: nn.Module, fmt: str, out: str, size: int = 224, opset: i
     out_path = Path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "pt2":
-        program = torch.export.export(model, example, dynamic_shapes=dynamic)
-        torch.export.save(program, str(out_path))
+        exported = torch.export.export(model, example, dynamic_shapes=dynamic)
+        torch.export.save(exported, str(out_path))
     elif fmt == "onnx":
-        program = torch.onnx.export(
+        onnx_program = torch.onnx.export(
             model, example, dynamo=True, dynamic_shapes=dynamic, opset_version=opset, verbose=False
         )
-        program.save(str(out_path))
+        assert onnx_program is not None  # dynamo=True returns the program
+        onnx_program.save(str(out_path))
     else:
         raise ValueError(f"unknown format '{fmt}': choose onnx or pt2")
     return out_path

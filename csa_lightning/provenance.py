@@ -60,7 +60,7 @@ def run_classes(*objects: Any) -> List[type]:
 
 @functools.lru_cache(maxsize=None)
 def _top_level_distributions() -> Dict[str, List[str]]:
-    return metadata.packages_distributions()  # reads every installed distribution's metadata: once
+    return dict(metadata.packages_distributions())  # reads every installed distribution's metadata: once
 
 
 @functools.lru_cache(maxsize=None)
@@ -99,7 +99,7 @@ def _module_closure(start: Set[str]) -> Set[str]:
             if isinstance(value, ModuleType):
                 dep = value.__name__
             elif isinstance(value, type) or callable(value):
-                dep = getattr(value, "__module__", None)
+                dep = getattr(value, "__module__", "")
             else:
                 continue
             if isinstance(dep, str) and _top(dep) == top and dep not in seen:
@@ -113,8 +113,11 @@ def _without_docstrings(tree: ast.Module) -> ast.Module:
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
             first = node.body[0] if node.body else None
-            docstring = isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
-            if docstring and isinstance(first.value.value, str):
+            if (
+                isinstance(first, ast.Expr)
+                and isinstance(first.value, ast.Constant)
+                and isinstance(first.value.value, str)
+            ):
                 node.body = node.body[1:] or [ast.Pass()]
     return tree
 
@@ -154,7 +157,7 @@ def _git(folder: str) -> Optional[Dict[str, Any]]:
 
 def _package_folder(top: str) -> Path:
     """The folder of a top-level package (its ``__init__.py``'s), or of a single-file module."""
-    location = Path(sys.modules[top].__file__).resolve()
+    location = Path(str(sys.modules[top].__file__)).resolve()
     return location.parent if location.name == "__init__.py" else location.with_suffix("")
 
 
@@ -199,18 +202,17 @@ def code_provenance(classes: Iterable[type]) -> Dict[str, Any]:
     for top in sorted({_top(m) for m in start}):
         entry: Dict[str, Any] = dict(_distribution(top))
         root = sys.modules.get(top)
-        location = getattr(root, "__file__", None)
+        location: Optional[str] = getattr(root, "__file__", None)
         if location and top not in dependencies:
             folder = _package_folder(top)
             entry["path"] = str(folder)
             entry["git"] = _git(str(folder))
         packages[top] = entry
-    for name in sorted(_module_closure(hashed)):
-        module = sys.modules[name]
-        path = Path(module.__file__).resolve()
-        base = _package_folder(_top(name)).parent
+    for module_name in sorted(_module_closure(hashed)):
+        path = Path(str(sys.modules[module_name].__file__)).resolve()
+        package_parent = _package_folder(_top(module_name)).parent
         try:
-            relative = path.relative_to(base).as_posix()
+            relative = path.relative_to(package_parent).as_posix()
         except ValueError:
             relative = path.as_posix()
         if path.suffix == ".py" and path.is_file():

@@ -95,10 +95,10 @@ def paired_comparisons(
         results.append(result)
     tested = [r for r in results if r.p_value is not None]
     m = len(tested)
-    for r, adjusted in zip(tested, holm_adjust([r.p_value for r in tested])):
+    for r, adjusted in zip(tested, holm_adjust([r.p_value or 0.0 for r in tested])):
         r.holm_p = adjusted
         r.significant = adjusted < alpha
-    for rank, r in enumerate(sorted(tested, key=lambda r: r.p_value)):
+    for rank, r in enumerate(sorted(tested, key=lambda r: r.p_value or 0.0)):  # tested: every p_value is set
         diffs = [variants[r.variant][s] - baseline[s] for s in r.seeds]
         r.holm_interval = t_interval(diffs, 1 - alpha / (m - rank))
     return results

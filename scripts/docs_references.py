@@ -9,7 +9,10 @@ and autorefs check the cross-references ``[title][csa_lightning.x.Y]`` of the do
   reference does not render (submodules, module constants, private helpers);
 - a code span naming a repository path (`` `configs/r50.yaml` ``) that does not exist;
 - a reST role (``:class:`X```), which neither tool resolves or checks: write a cross-reference;
-- a class or function of the API reference without a docstring of its own.
+- a class or function of the API reference without a docstring of its own;
+- an argument entry of a docstring's ``Args:`` list inserted into the middle of the entry above it
+  (the entry above ends with an open parenthesis or a dangling word such as "see", and its sentence
+  goes on below the inserted one).
 
 It reads the sources as text and imports only to resolve a path, so a reference in a comment counts too.
 """
@@ -80,6 +83,46 @@ def problems_in(path: Path, text: str) -> List[str]:
     return found
 
 
+ARG_ENTRY = re.compile(r"^(\s*)(\*{0,2}\w+)(?: \([^)]*\))?: ")
+#: words a sentence does not end on: an entry whose text ends with one was cut
+DANGLING = ("see", "of", "the", "a", "an", "and", "or", "to", "with", "for", "by", "in", "e.g.", "i.e.")
+
+
+def cut_entries(path: Path, text: str) -> List[str]:
+    """One line per ``Args:`` entry that starts while the entry above it is mid-sentence."""
+    found = []
+    lines = text.splitlines()
+    in_args, entry_indent, entry_text, entry_name = False, None, "", ""
+    for number, line in enumerate(lines, 1):
+        stripped = line.strip()
+        if stripped in ("Args:", "Arguments:", "Parameters:"):
+            in_args, entry_indent, entry_text = True, None, ""
+            continue
+        if not in_args:
+            continue
+        indent = len(line) - len(line.lstrip())
+        match = ARG_ENTRY.match(line)
+        if not stripped or (entry_indent is not None and indent < entry_indent) or stripped.startswith('"""'):
+            in_args = False
+            continue
+        if match and (entry_indent is None or indent == entry_indent):
+            words = entry_text.rstrip().split()
+            unfinished = entry_text.count("(") > entry_text.count(")") or entry_text.rstrip().endswith((",", ";"))
+            if entry_text and (unfinished or (words and words[-1] in DANGLING)):
+                where = f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}:{number}"
+                found.append(f"{where}: the Args entry '{match.group(2)}' starts inside the sentence of "
+                             f"'{entry_name}' ({entry_text.rstrip()[-40:]!r}): move it below that entry")  # fmt: skip
+            entry_indent, entry_name, entry_text = indent, match.group(2), line[match.end() :]
+        else:
+            ended = entry_text.rstrip().endswith(".") and not entry_text.rstrip().endswith(("e.g.", "i.e."))
+            if entry_text and ended and stripped[:1].islower() and entry_indent is not None and indent > entry_indent:
+                where = f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}:{number}"
+                found.append(f"{where}: the Args entry '{entry_name}' is followed by the rest of another entry's "
+                             f"sentence ({stripped[:40]!r}): move that text back to its entry")  # fmt: skip
+            entry_text += " " + stripped
+    return found
+
+
 def files(root: Path = ROOT) -> Iterable[Path]:
     for name in SOURCES:
         yield from sorted((root / name).rglob("*.py"))
@@ -89,7 +132,11 @@ def files(root: Path = ROOT) -> Iterable[Path]:
 
 
 def find_problems(paths: Iterable[Path]) -> List[str]:
-    return [problem for path in paths for problem in problems_in(path, path.read_text(encoding="utf-8"))]
+    found = []
+    for path in paths:
+        text = path.read_text(encoding="utf-8")
+        found += problems_in(path, text) + (cut_entries(path, text) if path.suffix == ".py" else [])
+    return found
 
 
 def undocumented(api_pages: Path = ROOT / "docs" / "api") -> List[str]:

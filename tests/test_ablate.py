@@ -636,3 +636,18 @@ def test_a_gpu_ablation_is_planned_and_checked_on_a_machine_without_gpus(tmp_pat
     # a bad value is still found, as a value: one line per variant
     bad = check_variants(str(DEMO_CONFIG), plan_variants(["none"], [0], {}), [*run_args, "--model.lr_scalng", "x"])
     assert bad.resolved == {} and bad.errors[0].startswith("variant none_seed0: ClassificationModule has no option")
+
+
+def test_every_stale_variant_is_named_when_several_changed(tmp_path):
+    """Before: the stale check rebound its own `differences` function to the first variant's list, so a
+    second changed variant raised "'list' object is not callable" instead of being named."""
+    from csa_lightning.ablate.plan import CONFIG_SCHEME, Resolved, Variant
+    from csa_lightning.ablate.records import stale_variants
+
+    then = {"trainer": {"max_epochs": 2}}
+    records = [{**_record(g, g, 0, 0.9), "variant": f"{g}_seed0", "config_scheme": CONFIG_SCHEME,
+                "config_hash": "old", "config": then, "code": {"files": {}}} for g in ("none", "se")]  # fmt: skip
+    (tmp_path / "results.json").write_text(json.dumps(records))
+    now = Resolved({"trainer": {"max_epochs": 3}}, "new", {"files": {}})
+    stale = stale_variants(tmp_path, [Variant("none", 0), Variant("se", 0)], {"none_seed0": now, "se_seed0": now})
+    assert stale == {name: "trainer.max_epochs: 2 then, 3 now" for name in ("none_seed0", "se_seed0")}

@@ -75,3 +75,24 @@ def test_every_class_and_function_of_the_api_reference_has_a_docstring(tmp_path,
         "bare_package.bare",
         "bare_package.Bare",
     ]
+
+
+def test_an_args_entry_inserted_mid_sentence_is_found(tmp_path):
+    """Before: "cutmix_alpha: see ..." entries were inserted between "(0: off; see" and its continuation."""
+    page = tmp_path / "module.py"
+    page.write_text(
+        "def f(mixup_alpha, cutmix_alpha, label_smoothing):\n"
+        '    """Train.\n\n'
+        "    Args:\n"
+        "        mixup_alpha: batch augmentation while training (0: off; see\n"
+        "        cutmix_alpha: see ``mixup_alpha``.\n"
+        "            `BatchAugment`). Mixed batches train on soft targets.\n"
+        "        label_smoothing: cross-entropy label smoothing (0 in the paper).\n"
+        '    """\n'
+    )
+    problems = docs_references.find_problems([page])
+    assert (
+        len(problems) == 1
+        and "the Args entry 'cutmix_alpha' starts inside the sentence of 'mixup_alpha'" in problems[0]
+    )
+    assert problems[0].startswith(f"{page}:6:")

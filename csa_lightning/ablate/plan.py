@@ -152,7 +152,7 @@ def run_relevant_config(resolved: Dict[str, Any]) -> Dict[str, Any]:
     config = copy.deepcopy(resolved)
     for key in _RUN_NEUTRAL_KEYS:
         *parents, last = key.split(".")
-        node = config
+        node: Any = config
         for part in parents:
             node = node.get(part) if isinstance(node, dict) else None
         if isinstance(node, dict):
@@ -265,7 +265,7 @@ def check_variants(base_config: str, variants: Sequence[Variant], extra: Sequenc
                 errors.append(f"variant {variant.name}: {input_error_line(err)}")
                 continue
             config = run_relevant_config(comparable(job_config))
-            code = code_provenance(run_classes(cli.model, cli.datamodule, cli.trainer.callbacks))
+            code = code_provenance(run_classes(cli.model, cli.datamodule, getattr(cli.trainer, "callbacks", [])))
             code["named_files"] = named_files(config.get("model"))  # weights and teachers, by content
             resolved[variant.name] = Resolved(config, config_hash(config), code)
     return PlanCheck(resolved, errors)

@@ -73,7 +73,7 @@ def finish_record(run_dir: Path, wall: float) -> Dict[str, Any]:
         "config_hash": config_hash,
         "config": json.loads(run.config_resolved.read_text()),
         "code": json.loads(run.code.read_text()),
-        **result,
+        **(result or {}),
         "wall_s": round(wall, 1),
         "git_commit": describe_run()["git_commit"],
         "attempts": redone_steps(read_attempts(run.path)),
@@ -135,8 +135,8 @@ def stale_variants(out: Path, variants: Sequence[Variant], resolved: Dict[str, R
         if then_scheme != CONFIG_SCHEME:
             stale[v.name] = "recorded by an earlier runner, which hashed the config file's text only"
         elif then_hash != now.hash:
-            differences = differences(then_config, now.config) if then_config is not None else []
-            listed = "; ".join(f"{key}: {a!r} then, {b!r} now" for key, a, b in differences[:2])
+            changed = differences(then_config, now.config) if then_config is not None else []
+            listed = "; ".join(f"{key}: {a!r} then, {b!r} now" for key, a, b in changed[:2])
             stale[v.name] = listed or "another configuration"
         elif then_code is None:
             stale[v.name] = "recorded by an earlier runner, which did not record the code a run uses"

@@ -66,9 +66,12 @@ def _speed(items: Sequence[Dict[str, Any]], key: str) -> Dict[str, Any]:
     timed batches where the record has it) and whether that range supports the figure."""
     import statistics
 
-    values = [r.get(key) for r in items if r.get(key) is not None and math.isfinite(r.get(key))]
+    values: List[float] = [float(r[key]) for r in items if r.get(key) is not None and math.isfinite(r[key])]
     if not values:
         return {"median": None, "range": None, "stable": None}
+    stable: Optional[bool]
+    low: Optional[float]
+    high: Optional[float]
     if len(values) > 1:
         low, high = min(values), max(values)
         stable = spread_of(values) <= STABLE_SPREAD
@@ -90,7 +93,7 @@ def _speed_text(row: Dict[str, Any], name: str) -> str:
 
 def _extra_metrics(records: Sequence[Dict[str, Any]], metric: str) -> List[str]:
     """Further columns: Mask R-CNN's val/mask_AP beside val/box_AP (and the other way round)."""
-    names = set()
+    names: set = set()
     for r in records:
         names.update((r.get("final") or {}).keys())
     return [m for m in ("val/box_AP", "val/mask_AP") if m in names and m != metric]
@@ -111,7 +114,10 @@ def summarise(
     for r in records:
         if reported(r, metric) is not None:
             groups.setdefault(r["group"], []).append(r)
-    values = {g: {r["seed"]: reported(r, metric) for r in items} for g, items in groups.items()}
+    # groups hold only records with the metric reported
+    values: Dict[str, Dict[int, float]] = {
+        g: {r["seed"]: float(reported(r, metric) or 0.0) for r in items} for g, items in groups.items()
+    }
     half_widths = per_variant_intervals({g: list(v.values()) for g, v in values.items()})
     comparisons = {}
     if baseline in values:
@@ -130,7 +136,7 @@ def summarise(
             "ci95_half_width": half_widths[group],
         }
         for m in extra:
-            shown = [reported(r, m) for r in items if reported(r, m) is not None]
+            shown = [float(v) for v in (reported(r, m) for r in items) if v is not None]
             row[f"{m}_mean"] = _mean_std(shown)[0] if shown else None
         c = comparisons.get(group)
         row.update(

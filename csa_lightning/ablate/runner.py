@@ -198,7 +198,7 @@ def _run_plan(args, extra: List[str], out: Path, variants: List[Variant], resolv
     if busy:
         name = busy[0]
         if args.executor == "local":
-            pid = live[name].job.split()[1]
+            pid = str(live[name].job).split()[1]
             raise UsageError(
                 f"{len(busy)} variant(s) in {out} are still being trained by another process ({name}: "
                 f"pid {pid}), left by a runner that was stopped; wait for them or stop them (kill {pid}), then run "

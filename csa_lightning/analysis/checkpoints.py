@@ -82,7 +82,7 @@ def load_models(paths: Sequence[str], labels: Optional[Sequence[str]] = None) ->
     return models
 
 
-def stage_blocks(network: nn.Module) -> List[Sequence[nn.Module]]:
+def stage_blocks(network: nn.Module) -> List[nn.Sequential]:
     """The network's stages, as it names them itself
     ([`AttentionResNet.stage_blocks`][csa_lightning.models.AttentionResNet.stage_blocks])."""
     if not callable(getattr(network, "stage_blocks", None)):
@@ -90,7 +90,7 @@ def stage_blocks(network: nn.Module) -> List[Sequence[nn.Module]]:
             f"{type(network).__name__} has no stage_blocks(); the analysis tools need an attention ResNet "
             "(csa_lightning.models.AttentionResNet) or a model that lists its stages the same way"
         )
-    return network.stage_blocks()
+    return network.stage_blocks()  # type: ignore[operator]  # checked callable above
 
 
 def last_bn(block: nn.Module) -> nn.Module:

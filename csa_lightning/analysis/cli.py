@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -71,15 +71,15 @@ def run_gradcam(args) -> List[Path]:
             print(f"note: {m.label}: {note}", file=sys.stderr)
         stages[m.label] = stage
         maps[m.label], probs[m.label] = gradcam_maps(m.network, batch.inputs, targets, stage)
-    np.savez(
-        out / "gradcam.npz",
-        labels=np.array(list(maps)),
-        targets=np.array(targets),
-        images=batch.display,
-        stages=np.array([stages[k] for k in maps]),
+    arrays: Dict[str, Any] = {
+        "labels": np.array(list(maps)),
+        "targets": np.array(targets),
+        "images": batch.display,
+        "stages": np.array([stages[k] for k in maps]),
         **{f"{_safe(k)}__cam": v for k, v in maps.items()},
         **{f"{_safe(k)}__prob": v for k, v in probs.items()},
-    )
+    }
+    np.savez(out / "gradcam.npz", **arrays)
     used = sorted(set(stages.values()))
     title = f"Grad-CAM at the last block of layer{'/'.join(map(str, used))}"
     if notes:

@@ -4,7 +4,7 @@ channel over the images, sorted and smoothed, saved as .npz and plotted."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Iterable, List
+from typing import Any, Dict, Iterable, List
 
 import numpy as np
 import torch
@@ -141,7 +141,7 @@ def save_descriptors(
     sort order, and the sorted and smoothed curves, keyed ``{label}__{name}``."""
     written = []
     for key in _block_keys(results):
-        arrays: Dict[str, np.ndarray] = {"labels": np.array(list(results))}
+        arrays: Dict[str, Any] = {"labels": np.array(list(results))}
         for label, per_block in results.items():
             values = per_block[key]
             order = sort_order(values, sort_key)

@@ -202,6 +202,8 @@ def _cost_table(reports: Sequence[BlockReport]) -> str:
     ]
     for report in reports:
         c = report.cost
+        if c is None:
+            continue
         setting = c["setting"]
         net = f"ResNet-{setting['depth']}, {setting['batch']} x {setting['size']} px"
         macs = c["extra_macs"]

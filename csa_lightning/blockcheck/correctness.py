@@ -85,6 +85,7 @@ def _forward_backward(block: ChannelAttention, x: Tensor, upstream: Optional[Ten
     (y.float() * g.float()).sum().backward()
     grads = {n: p.grad.detach().clone() for n, p in block.named_parameters() if p.grad is not None}
     block.zero_grad(set_to_none=True)
+    assert x.grad is not None
     return y.detach(), x.grad.detach(), grads
 
 
@@ -280,7 +281,8 @@ def check_no_shared_state(b: BlockUnderTest, quick: bool) -> str:
         t.start()
     for t in threads:
         t.join()
-    for same, error in results:
+    for result in results:
+        same, error = result if result is not None else (False, "(a thread did not finish)")
         _require(same, f"two threads (the block and its deep copy) disagree with sequential calls {error}".strip())
     return f"no state shared between calls, copies or threads (2 threads x {rounds} calls)"
 

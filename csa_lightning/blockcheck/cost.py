@@ -20,7 +20,7 @@ from .correctness import BlockUnderTest, correlated_map
 __all__ = ["SETTINGS", "measure_cost", "extra_macs_agreement", "cost_findings"]
 
 #: the network and timing of a full run, and of --quick
-SETTINGS = {
+SETTINGS: Dict[bool, Dict[str, Any]] = {
     False: dict(depth=50, batch=8, size=224, repeats=3),
     True: dict(depth=18, batch=4, size=64, repeats=3),
 }

@@ -9,7 +9,7 @@ to keep equal. Setting an attribute (Lightning's batch-size finder does) overrid
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import lightning as L
 import numpy as np
@@ -36,7 +36,7 @@ def require_same_classes(kind: str, names: Sequence[str], reference: Sequence[st
         )
 
 
-def stratified_order(labels: Sequence[int]) -> np.ndarray:
+def stratified_order(labels: Union[Sequence[int], np.ndarray]) -> np.ndarray:
     """An evaluation order whose every prefix is a stratified sample of the classes.
 
     Data sets are stored class by class (ImageFolder trees, the betons written from them), so a
@@ -46,14 +46,14 @@ def stratified_order(labels: Sequence[int]) -> np.ndarray:
     after any ``k`` samples every class has ``k n / N`` of them, to within one. Within a class the
     stored order is kept. Returns indices into ``labels``.
     """
-    labels = np.asarray(labels, dtype=np.int64)
-    if labels.size == 0:
+    values = np.asarray(labels, dtype=np.int64)
+    if values.size == 0:
         return np.zeros(0, dtype=np.int64)
-    position = np.empty(labels.size, dtype=np.float64)
-    for label in np.unique(labels):
-        members = np.flatnonzero(labels == label)
+    position = np.empty(values.size, dtype=np.float64)
+    for label in np.unique(values):
+        members = np.flatnonzero(values == label)
         position[members] = (np.arange(members.size) + 0.5) / members.size
-    return np.lexsort((labels, position)).astype(np.int64)
+    return np.lexsort((values, position)).astype(np.int64)
 
 
 class ImageClassificationDataModule(L.LightningDataModule):
@@ -132,16 +132,16 @@ class ImageClassificationDataModule(L.LightningDataModule):
 
     @property
     def val_resolution(self) -> int:
-        return self.hparams.val_resolution or self.hparams.resolution
+        return self.hparams["val_resolution"] or self.hparams["resolution"]
 
     @property
     def train_crop_scale(self) -> Tuple[float, float]:
-        return tuple(self.hparams.train_crop_scale)
+        return tuple(self.hparams["train_crop_scale"])
 
     @property
     def mean(self) -> Tuple[float, float, float]:
-        return tuple(self.hparams.mean)
+        return tuple(self.hparams["mean"])
 
     @property
     def std(self) -> Tuple[float, float, float]:
-        return tuple(self.hparams.std)
+        return tuple(self.hparams["std"])

@@ -327,7 +327,7 @@ class GroupedBatchSampler(BatchSampler):
             yield rest[start : start + self.batch_size]
 
     def __len__(self) -> int:
-        return len(self.sampler) // self.batch_size
+        return len(self.sampler) // self.batch_size  # type: ignore[arg-type]  # a sized sampler (RandomSampler)
 
 
 class COCODataModule(L.LightningDataModule):
@@ -424,15 +424,20 @@ class COCODataModule(L.LightningDataModule):
         found = self.train_set or self.val_set
         return [found.coco.cats[c]["name"] for c in found.category_ids] if found is not None else []
 
+    def _built(self, data: Optional[COCODetection]) -> COCODetection:
+        if data is None:
+            raise RuntimeError("the data module has no such split: call setup() (the Trainer does) first")
+        return data
+
     def train_dataloader(self) -> DataLoader:
-        data = self.train_set
+        data = self._built(self.train_set)
         # a RandomSampler, so that Lightning knows to shard it shuffled under DDP
         sampler = RandomSampler(data)
         if self.aspect_ratio_group_factor >= 0:
             groups = aspect_ratio_groups(
                 [data.aspect_ratio(i) for i in range(len(data))], self.aspect_ratio_group_factor
             )
-            batches = GroupedBatchSampler(sampler, groups, self.batch_size)
+            batches: BatchSampler = GroupedBatchSampler(sampler, groups, self.batch_size)
         else:
             batches = BatchSampler(sampler, self.batch_size, drop_last=True)
         return DataLoader(
@@ -444,17 +449,18 @@ class COCODataModule(L.LightningDataModule):
         )
 
     def val_dataloader(self) -> DataLoader:
+        val_set = self._built(self.val_set)
         trainer = getattr(self, "trainer", None)
         if trainer is not None and trainer.world_size > 1:
             # Lightning's own sharding pads ranks to equal length with repeated images, which COCO
             # evaluation would count twice; a DistributedSampler of our own is left alone
-            sampler = UnrepeatedDistributedSampler(
-                self.val_set, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
+            sampler: Sampler = UnrepeatedDistributedSampler(
+                val_set, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
             )
         else:
-            sampler = SequentialSampler(self.val_set)
+            sampler = SequentialSampler(val_set)
         return DataLoader(
-            self.val_set,
+            val_set,
             batch_size=self.batch_size,
             sampler=sampler,
             num_workers=self.num_workers,

@@ -15,10 +15,15 @@ for 10-25 s.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import PIL.Image
+
 import os
 import shutil
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import lightning as L
 import numpy as np
@@ -56,13 +61,13 @@ def digits_split(val_fraction: float = 0.2, seed: int = 0) -> Tuple[np.ndarray, 
     )  # x_train, x_val, y_train, y_val
 
 
-def rasterize_digit(image8x8: np.ndarray, size: int) -> "Image.Image":  # noqa: F821 (PIL imported lazily)
+def rasterize_digit(image8x8: np.ndarray, size: int) -> "PIL.Image.Image":  # PIL imported lazily
     """One 8 x 8 digit (values 0..16) as a ``size`` x ``size`` greyscale PIL image (bilinear): the one
     rasteriser of the classification set and the detection canvases."""
     from PIL import Image
 
     grey = Image.fromarray(np.round(image8x8 * (255.0 / 16.0)).astype(np.uint8), mode="L")
-    return grey.resize((size, size), Image.BILINEAR)
+    return grey.resize((size, size), Image.Resampling.BILINEAR)
 
 
 def write_digits_image_folder(root: str, image_size: int = 32, val_fraction: float = 0.2, seed: int = 0) -> Path:
@@ -193,7 +198,7 @@ class DigitsMemoryDataModule(L.LightningDataModule):
         self.mean = mean
         self.std = std
         self.num_classes = 10
-        self._data = None
+        self._data: Optional[Dict[str, TensorDataset]] = None
 
     def _tensors(self, images: np.ndarray, labels: np.ndarray) -> TensorDataset:
         x = torch.as_tensor(images, dtype=torch.float32)[:, None] / 16.0
@@ -221,12 +226,18 @@ class DigitsMemoryDataModule(L.LightningDataModule):
             dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=self.seed, drop_last=shuffle
         )
 
+    def _split(self, name: str) -> TensorDataset:
+        if self._data is None:
+            self.setup()
+        assert self._data is not None
+        return self._data[name]
+
     def train_dataloader(self) -> DataLoader:
-        data = self._data["train"]
+        data = self._split("train")
         return DataLoader(data, batch_size=self.batch_size, sampler=self._sampler(data, True), drop_last=True)
 
     def val_dataloader(self) -> DataLoader:
-        data = self._data["val"]
+        data = self._split("val")
         return DataLoader(data, batch_size=self.batch_size, sampler=self._sampler(data, False))
 
     test_dataloader = val_dataloader

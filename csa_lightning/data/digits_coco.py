@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -89,7 +89,8 @@ def write_digits_coco(
     (tmp / "annotations").mkdir(parents=True)
     for split, digits, labels, count in (("train", x_train, y_train, num_train), ("val", x_val, y_val, num_val)):
         (tmp / split).mkdir()
-        images, annotations = [], []
+        images: List[Dict[str, Any]] = []
+        annotations: List[Dict[str, Any]] = []
         for image_id in range(1, count + 1):
             pixels, objects = _paste_canvas(rng, digits, labels, canvas, digits_per_image, digit_size)
             name = f"{image_id:06d}.png"
@@ -166,7 +167,7 @@ class DigitsCOCODataModule(COCODataModule):
             aspect_ratio_group_factor=-1,
         )
         self.save_hyperparameters()
-        self.write_options = dict(
+        self.write_options: Dict[str, Any] = dict(
             canvas=canvas_size,
             num_train=num_train,
             num_val=num_val,

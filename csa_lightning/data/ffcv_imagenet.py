@@ -175,7 +175,7 @@ class _EpochAwareLoader:
             # depend on every epoch drawn before it in this process; rebuilding the table makes it
             # a function of (seed, epoch) alone, as RANDOM order already is
             order = getattr(self.loader, "traversal_order", None)
-            if hasattr(order, "prepare_data_structures"):
+            if order is not None and hasattr(order, "prepare_data_structures"):
                 order.prepare_data_structures()
         for batch in self.loader:
             if torch.get_num_threads() != self.torch_threads:

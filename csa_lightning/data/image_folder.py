@@ -104,7 +104,7 @@ class ImageFolderDataModule(TorchvisionImageData):
             )
         # every split is labelled by the training folder's classes: a validation folder without
         # class "1" would otherwise give its folder "2" label 1
-        own = _class_names(path)
+        own = _class_names(path) or []
         require_same_classes(
             kind,
             own,

@@ -22,6 +22,11 @@ variable ``CSA_MAX_IMAGE_PIXELS`` (a number, or ``none`` for no limit) for trust
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import PIL.Image
+
 import io
 import os
 from typing import Optional
@@ -39,7 +44,7 @@ def _by_range(values: np.ndarray) -> np.ndarray:
     return (values - low) / (high - low) if high > low else np.zeros_like(values)
 
 
-def to_rgb(image: "Image.Image") -> "Image.Image":  # noqa: F821 (PIL imported lazily)
+def to_rgb(image: "PIL.Image.Image") -> "PIL.Image.Image":  # PIL imported lazily
     """``image`` as 8-bit RGB (see the module's table of modes)."""
     from PIL import Image
 
@@ -71,7 +76,7 @@ def _pixel_limit() -> None:
         Image.MAX_IMAGE_PIXELS = None if limit.strip().lower() == "none" else int(limit)
 
 
-def open_rgb(path, name: Optional[str] = None) -> "Image.Image":  # noqa: F821
+def open_rgb(path, name: Optional[str] = None) -> "PIL.Image.Image":
     """Open ``path`` (a file path, or the file's bytes as ``bytes`` / ``memoryview`` / a binary file
     object, named ``name`` in errors) and return it as 8-bit RGB, decoded (the file is closed).
 

@@ -56,16 +56,16 @@ class ClassificationModule(ScaledRecipe):
             ``StepDecay([30, 60, 90], 0.1)``; ``CosineDecay``, warm-ups), stepped per optimiser step.
         label_smoothing: cross-entropy label smoothing (0 in the paper).
         mixup_alpha: batch augmentation while training (0: off; see
-        cutmix_alpha: see ``mixup_alpha``.
-        random_erasing: see ``mixup_alpha``.
             `csa_lightning.tasks.batch_augment.BatchAugment`). Mixed batches train on soft
             targets; train/top1 then counts the larger of the two mixed labels.
+        cutmix_alpha: as ``mixup_alpha``.
+        random_erasing: as ``mixup_alpha``.
         ema_decay: an exponential moving average of the weights (None: off),
-        ema_every_n_steps: see ``ema_decay``.
             updated every ``ema_every_n_steps`` optimiser steps by Lightning's
             ``EMAWeightAveraging`` (added by
             [`configure_callbacks`][csa_lightning.tasks.ClassificationModule.configure_callbacks]): the EMA weights are
             the ones validated and saved as the checkpoint's ``state_dict`` (the raw ones beside them, for resuming).
+        ema_every_n_steps: see ``ema_decay``.
         no_weight_decay_on: "norm" and/or "bias" parameters excluded from weight decay.
         channels_last: keep the network in channels_last memory format (matches ffcv's batches).
         backbone_weights: the weights to start from: a torchvision weight name (``IMAGENET1K_V2``, from

@@ -101,14 +101,13 @@ class DetectionModule(ScaledRecipe):
             project, or a run folder holding one (its newest checkpoint); the ``fc`` head is ignored.
             Loaded when a fresh fit starts (not on resume, not when building the module).
         backbone_partial: allow ``backbone_weights`` that leave tensors other than the gates' unloaded.
-        optimizer: the recipe's
+        optimizer: the recipe's pieces, as [`ClassificationModule`][csa_lightning.tasks.ClassificationModule]'s; the
+            defaults are the COCO 2x recipe (SGD lr 0.02 for 16 images, momentum 0.9, weight decay 1e-4;
+            ``StepDecay([16, 22], warmup_iters=500)``).
         lr_scaling: see ``optimizer``.
         lr_reference_batch: see ``optimizer``.
         lr_schedule: see ``optimizer``.
         no_weight_decay_on: see ``optimizer``.
-            pieces, as [`ClassificationModule`][csa_lightning.tasks.ClassificationModule]'s; the defaults are the
-            COCO 2x recipe (SGD lr 0.02 for 16 images, momentum 0.9, weight decay 1e-4;
-            ``StepDecay([16, 22], warmup_iters=500)``).
     """
 
     def __init__(

@@ -14,7 +14,7 @@
 The module stores the optimiser and the schedule as plain ``{class_path, init_args}`` values in its
 hyperparameters, so ``load_from_checkpoint`` rebuilds them. Checkpoints written before these were
 pieces (flat ``lr``, ``momentum``, ``milestones``, ``schedule`` ...) are read through
-`csa_lightning.tasks.recipe.upgrade_recipe_hparams`.
+`csa_lightning.tasks.legacy.upgrade_recipe_hparams`.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from ..checks import oversubscription_warning, require, require_positive
 from ..errors import UsageError, first_line
 from ..run_folder.result import TRAIN_IMAGES_PER_SEC
 from ..spec import plain, public_path, spec_from_config
+from .legacy import read_checkpoint_hparams
 from .schedules import Schedule, WarmupDecay
 
 __all__ = [
@@ -46,7 +47,6 @@ __all__ = [
     "LR_SCALING",
     "optimizer_config",
     "parameter_groups",
-    "upgrade_recipe_hparams",
     "WarmupDecay",
 ]
 
@@ -163,68 +163,6 @@ def parameter_groups(model: nn.Module, no_weight_decay_on: Sequence[str]) -> Lis
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
     return groups
-
-
-#: the recipe options before the optimiser and schedule were pieces, and where each went
-LEGACY_OPTIONS = {
-    **{k: f"optimizer.{k}" for k in ("lr", "momentum", "nesterov", "weight_decay")},
-    **{k: f"lr_schedule.{k}" for k in ("milestones", "gamma", "warmup_epochs", "warmup_iters", "warmup_factor")},
-    "schedule": "lr_schedule (csa_lightning.tasks.StepDecay or CosineDecay)",
-}
-_LEGACY_KEYS = tuple(LEGACY_OPTIONS)
-
-
-def upgrade_recipe_hparams(hparams: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
-    """A module's hyperparameters (or a saved config's ``model.init_args``) from before the optimiser
-    and schedule were pieces, rewritten as pieces with the same numbers: SGD with the old ``lr``,
-    ``momentum``, ``nesterov`` and ``weight_decay``; ``StepDecay`` or ``CosineDecay`` with the old
-    milestones and warm-up. Every argument of both is written out, as a parsed config holds them.
-    None when there is nothing to upgrade."""
-    if not any(k in hparams for k in _LEGACY_KEYS) or "optimizer" in hparams:
-        return None
-    new = {k: v for k, v in hparams.items() if k not in _LEGACY_KEYS}
-    momentum = hparams.get("momentum", 0.9)
-    new["optimizer"] = full_config(
-        sgd(
-            lr=hparams.get("lr", 0.1),
-            momentum=momentum,
-            nesterov=bool(hparams.get("nesterov", False)) and momentum > 0,
-            weight_decay=hparams.get("weight_decay", 1e-4),
-        )
-    )
-    warmup = {k: hparams[k] for k in ("warmup_epochs", "warmup_iters", "warmup_factor") if k in hparams}
-    if hparams.get("schedule", "step") == "cosine":
-        schedule = {"class_path": "csa_lightning.tasks.CosineDecay", "init_args": warmup}
-    else:
-        schedule = step_decay(milestones=list(hparams.get("milestones", (30, 60, 90))),
-                              gamma=hparams.get("gamma", 0.1), **warmup)  # fmt: skip
-    new["lr_schedule"] = full_config(schedule)
-    new.setdefault("lr_scaling", "linear")  # the only rule there was
-    return new
-
-
-def full_config(config: Mapping[str, Any]) -> Dict[str, Any]:
-    """``{class_path, init_args}`` with every ``__init__`` argument written out (the class's
-    defaults where not given), as jsonargparse writes a parsed piece."""
-    module_name, _, name = config["class_path"].rpartition(".")
-    cls = getattr(importlib.import_module(module_name), name)
-    args = {}
-    for pname, param in inspect.signature(cls.__init__).parameters.items():
-        if pname in ("self", "params") or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
-            continue
-        given = (config.get("init_args") or {}).get(pname, param.default)
-        args[pname] = None if given is inspect.Parameter.empty else given
-    return {"class_path": config["class_path"], "init_args": plain(args)}
-
-
-def read_checkpoint_hparams(checkpoint: Dict[str, Any]) -> bool:
-    """Upgrade a loaded checkpoint's hyperparameters in place; True when they changed."""
-    hparams = checkpoint.get("hyper_parameters")
-    upgraded = upgrade_recipe_hparams(hparams) if isinstance(hparams, Mapping) else None
-    if upgraded is None:
-        return False
-    checkpoint["hyper_parameters"] = upgraded
-    return True
 
 
 class ScaledRecipe(L.LightningModule):

@@ -50,7 +50,7 @@ class LocalExecutor(Executor):
 
         stopped = []
         for name, status in self.live(out, variants).items():
-            os.kill(int(status.job.split()[1]), signal.SIGTERM)  # the run stops at a batch boundary
+            os.kill(int(str(status.job).split()[1]), signal.SIGTERM)  # "pid N": the run stops at a batch boundary
             stopped.append(name)
         return stopped
 
@@ -68,7 +68,7 @@ def status_from_attempts(run_dir: Path) -> Status:
                       detail="" if not run_dir.is_dir() else "ended without a record")  # fmt: skip
     code = ends[-1].get("code")
     if stopped_by_signal(code):
-        how = "killed by it" if code < 0 else f"exit {code}"
+        how = "killed by it" if int(code or 0) < 0 else f"exit {code}"
         name = "SIGTERM" if code in (143, -15) else "SIGINT"
         return Status("stopped", log=str(log), detail=f"stopped by {name} ({how}); run again to resume")
     return Status("failed", log=str(log), detail=last_error_line(log) or f"exit {code}")

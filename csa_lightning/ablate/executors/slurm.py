@@ -373,5 +373,5 @@ class SlurmExecutor(Executor):
     def cancel(self, out: Path, variants: Sequence[Variant]) -> List[str]:
         live = self.live(out, variants)
         if live:
-            subprocess.run(["scancel", *sorted({s.job for s in live.values()})], check=False)
+            subprocess.run(["scancel", *sorted({str(s.job) for s in live.values()})], check=False)
         return sorted(live)
