@@ -67,7 +67,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 from csa_lightning.attention import available_attentions, build_attention, resolve_attention  # noqa: E402
-from csa_lightning.attention.csa import CONTIGUITY_MODES, DISTANCE_MODES  # noqa: E402
+from csa_lightning.attention.csa_options import CONTIGUITY_MODES, DISTANCE_MODES  # noqa: E402
 from csa_lightning.blockcheck.correctness import BlockUnderTest, check_autocast, correlated_map  # noqa: E402
 
 SECTIONS = ("numerics", "speed", "train")

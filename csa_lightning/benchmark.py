@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from .attention import PAPER_ATTENTIONS, attention_name
-from .attention.csa import CONTIGUITY_MODES
+from .attention.csa_options import CONTIGUITY_MODES
 from .checks import MAX_IMAGE_SIDE, require_writable_file
 from .errors import ToolParser, command, int_in, list_option, positive_int
 from .models.attention_resnet import RESNET_LAYOUTS

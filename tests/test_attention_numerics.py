@@ -97,20 +97,20 @@ def test_zero_initialised_last_bn_gives_finite_gradients(depth, options):
 def test_csa_under_autocast_runs_distances_in_fp32_and_agrees_with_fp32_gate(dtype, contiguity, monkeypatch):
     """The distance chain (w z inside CSA's custom operator, forward and backward) gets float32 maps
     and vectors under bf16 / fp16 autocast, and no bmm or exp outside it runs in low precision."""
-    from csa_lightning.attention import csa as csa_module
+    from csa_lightning.attention import csa_math as csa_module
 
     torch.manual_seed(0)
     block = CSA(64, contiguity=contiguity)
     x = torch.randn(2, 64, 7, 7) + 0.5 * torch.randn(2, 1, 7, 7)
     reference = block.gate(x).flatten(1)
     dtypes = []
-    weighted_sums = csa_module._weighted_sums
+    weighted_sums = csa_module.weighted_sums
 
     def recording(f, y, *args, **kwargs):
         dtypes.extend([f.dtype, y.dtype])
         return weighted_sums(f, y, *args, **kwargs)
 
-    monkeypatch.setattr(csa_module, "_weighted_sums", recording)
+    monkeypatch.setattr(csa_module, "weighted_sums", recording)
 
     class RecordBmm(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -202,7 +202,7 @@ def test_compiled_csa_network_is_one_graph_and_equals_eager():
 def test_lean_weighted_sums_equal_the_dense_weights(contiguity, case, blocks):
     """The default path (symmetric blocks, w never formed) computes w @ y for the same w as the
     dense, differentiable contiguity_weights, for any block count (uneven blocks included)."""
-    from csa_lightning.attention.csa import _weighted_sums, contiguity_weights
+    from csa_lightning.attention.csa_math import contiguity_weights, weighted_sums
 
     g = torch.Generator().manual_seed(1)
     base = torch.randn(2, 1, 5, 5, generator=g, dtype=torch.float64)
@@ -214,7 +214,7 @@ def test_lean_weighted_sums_equal_the_dense_weights(contiguity, case, blocks):
     }[case]
     y = torch.randn(x.shape[0], 23, 2, generator=g, dtype=torch.float64)
     before = x.clone()
-    lean, _ = _weighted_sums(x.reshape(x.shape[0], 23, -1), y, contiguity, 1e-5, blocks)
+    lean, _ = weighted_sums(x.reshape(x.shape[0], 23, -1), y, contiguity, 1e-5, blocks)
     dense = contiguity_weights(x, contiguity, 1e-5)
     torch.testing.assert_close(lean, torch.bmm(dense, y), atol=1e-12, rtol=1e-9)
     assert torch.equal(x, before), "the input must not be modified"
@@ -250,7 +250,7 @@ def test_lean_path_keeps_no_channel_by_channel_matrix_for_backward(contiguity):
 
 
 def test_projected_distances():
-    from csa_lightning.attention.csa import distance_features
+    from csa_lightning.attention.csa_math import distance_features
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 32, 16, 16, generator=g)

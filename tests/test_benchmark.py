@@ -94,7 +94,7 @@ def test_benchmark_leaves_no_tensor_alive():
     through C++). After the fix nothing the benchmark made outlives it."""
     import gc
 
-    from csa_lightning.attention.csa import release_workspace
+    from csa_lightning.attention.csa_cache import release_workspace
 
     def live_elements():
         release_workspace()  # CSA's per-thread CPU workspace is kept on purpose

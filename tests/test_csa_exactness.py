@@ -16,8 +16,14 @@ import threading
 import pytest
 import torch
 
-from csa_lightning.attention import CSA, GaussianContextTransformer, spatial_autocorrelation, standardize
-from csa_lightning.attention import csa as csa_module
+from csa_lightning.attention import (
+    CSA,
+    GaussianContextTransformer,
+    csa_cache,
+    csa_math,
+    spatial_autocorrelation,
+    standardize,
+)
 
 MODES = ["l2", "hybrid", "cosine"]
 
@@ -198,7 +204,7 @@ def _dense_gate(gate, x):
 def test_export_then_eager_equals_fresh_eager():
     """torch.export first in a process (nothing cached yet) must not leave a fake tensor that later
     eager calls use; eager first must not bake the cached workspace into the program."""
-    csa_module.release_workspace()
+    csa_cache.release_workspace()
     torch.manual_seed(0)
     gate = CSA(256).eval()
     x1, x2 = torch.randn(2, 256, 7, 7), torch.randn(2, 256, 7, 7)
@@ -215,7 +221,7 @@ def test_export_then_eager_equals_fresh_eager():
 def test_fake_tensor_tracing_leaves_no_state():
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    csa_module.release_workspace()
+    csa_cache.release_workspace()
     gate = CSA(64, distance="projected", projection_dim=8).eval()
     with FakeTensorMode(allow_non_fake_inputs=True):
         gate(torch.randn(2, 64, 6, 6))
@@ -223,7 +229,7 @@ def test_fake_tensor_tracing_leaves_no_state():
     with torch.no_grad():
         out = gate(x)
     assert torch.isfinite(out).all()
-    for t in csa_module._projection_cache_tensors():
+    for t in csa_cache.projection_cache_tensors():
         assert type(t) is torch.Tensor, "a fake tensor was cached"
     torch.testing.assert_close(out, _dense_gate_projected(gate, x), atol=1e-5, rtol=1e-5)
 
@@ -237,16 +243,16 @@ def _dense_gate_projected(gate, x):
 
 def test_projection_cache_is_bounded():
     """COCO's padded sizes vary batch to batch: the projection cache keeps only the newest sizes."""
-    csa_module.clear_projection_cache()
-    for side in range(9, 9 + 3 * csa_module.PROJECTION_CACHE_SIZE):
-        csa_module.distance_features(torch.randn(1, 4, side, 9), projection_dim=8)
-    assert len(csa_module._projection_cache_tensors()) == csa_module.PROJECTION_CACHE_SIZE
+    csa_cache.clear_projection_cache()
+    for side in range(9, 9 + 3 * csa_cache.PROJECTION_CACHE_SIZE):
+        csa_math.distance_features(torch.randn(1, 4, side, 9), projection_dim=8)
+    assert len(csa_cache.projection_cache_tensors()) == csa_cache.PROJECTION_CACHE_SIZE
 
 
 def test_workspace_made_under_inference_mode_serves_training_calls():
     """Found by the test suite: validation (torch.inference_mode) made the thread's workspace an
     inference tensor, and the next training step's in-place writes to it raised RuntimeError."""
-    csa_module.release_workspace()
+    csa_cache.release_workspace()
     gate = CSA(256)
     x = torch.randn(2, 256, 7, 7)
     with torch.inference_mode():

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from csa_lightning.attention import CSA, spatial_autocorrelation
-from csa_lightning.attention.csa import AUTHORS_POOL_SIZES
+from csa_lightning.attention.csa_options import AUTHORS_POOL_SIZES
 from csa_lightning.models import attention_resnet
 from csa_lightning.models.summary import count_cost
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from csa_lightning.attention import build_attention, csa_triton
+from csa_lightning.attention import build_attention, csa_math, csa_triton
 from csa_lightning.attention import csa as csa_module
 
 from .conftest import TIMEOUT
@@ -37,7 +37,7 @@ def test_auto_takes_the_pytorch_path_on_the_cpu_and_triton_must_be_able_to_run()
     """kernel='auto' uses the fused kernels for CUDA tensors only; kernel='triton' on a CPU tensor
     (without the interpreter) is one line naming the fix, as is an unknown kernel."""
     x = torch.randn(2, 16, 5, 5)
-    assert not csa_module._use_fused(x, "auto") and not csa_module._use_fused(x, "torch")
+    assert not csa_math.use_fused(x, "auto") and not csa_math.use_fused(x, "torch")
     if not csa_triton.interpreting():
         with pytest.raises(ValueError, match="kernel='triton' cannot run here: .* use kernel='auto' or 'torch'"):
             csa_module.spatial_autocorrelation(x, kernel="triton")

@@ -13,7 +13,7 @@ spec.loader.exec_module(docs_references)
 def test_stale_references_and_rest_roles_are_found(tmp_path):
     page = tmp_path / "page.py"
     text = (
-        '"""A [`CSA`][csa_lightning.attention.CSA] gate, see `csa_lightning.attention.csa.KERNELS`.\n'
+        '"""A [`CSA`][csa_lightning.attention.CSA] gate, see `csa_lightning.attention.csa_options.KERNELS`.\n'
         "Gone: [`Old`][csa_lightning.attention.OldGate] and `csa_lightning.nowhere.thing`.\n"
         "A role :class:`CSA` and :func:`~csa_lightning.attention.record_gates`.\n"
         "Not a reference: `python -m csa_lightning.ablate`, csa_lightning/attention/csa.py, `runs/<name>/`.\n"

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from csa_lightning.attention import available_attentions, resolve_attention
-from csa_lightning.attention.csa import CONTIGUITY_MODES
+from csa_lightning.attention.csa_options import CONTIGUITY_MODES
 from csa_lightning.models import attention_resnet
 
 from .conftest import refusal

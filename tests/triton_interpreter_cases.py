@@ -12,7 +12,7 @@ import os
 import pytest
 import torch
 
-from csa_lightning.attention import build_attention, csa_triton
+from csa_lightning.attention import build_attention, csa_math, csa_triton
 from csa_lightning.attention import csa as csa_module
 
 pytestmark = pytest.mark.skipif(
@@ -33,7 +33,7 @@ def correlated_map(n=2, c=40, side=7, seed=0, dtype=torch.float32):
 
 
 def float64_reference(x, y, contiguity):
-    w = csa_module.contiguity_weights(x.double(), contiguity)
+    w = csa_math.contiguity_weights(x.double(), contiguity)
     return torch.bmm(w, y.double().unsqueeze(-1)).squeeze(-1)
 
 
@@ -51,7 +51,7 @@ def test_fused_weighted_sums_equal_float64_w_times_y(interpreter, contiguity, dt
     reference = float64_reference(x, y, contiguity)
     assert (out.double() - reference).abs().max() <= 2e-6 * reference.abs().max()
     # the statistics equal the PyTorch path's (which the backward reuses)
-    _, (mean_torch, total_torch) = csa_module._weighted_sums(f.float(), y.unsqueeze(-1), contiguity, 1e-5, 1)
+    _, (mean_torch, total_torch) = csa_math.weighted_sums(f.float(), y.unsqueeze(-1), contiguity, 1e-5, 1)
     torch.testing.assert_close(mean_dist, mean_torch, rtol=1e-5, atol=0)
     torch.testing.assert_close(total, total_torch, rtol=1e-5, atol=0)
 
@@ -121,6 +121,6 @@ def test_identical_channels_get_weight_one_from_the_fused_path(interpreter):
 
 def test_float64_is_refused_by_the_fused_path_in_one_line(interpreter):
     x = correlated_map(c=16).double()
-    assert csa_module._use_fused(x.float(), "triton")
+    assert csa_math.use_fused(x.float(), "triton")
     with pytest.raises(ValueError, match="got a torch.float64 tensor on cpu: it takes float32, bfloat16 or float16"):
         csa_module.spatial_autocorrelation(x, kernel="triton")

@@ -30,7 +30,6 @@ __all__ = [
     "check_int",
     "check_number",
     "check_flag",
-    "IGNORED_BUILDER_KWARGS",
 ]
 
 #: The placements ``attention_resnet`` understands by name (a list of [stage, block] pairs also works).

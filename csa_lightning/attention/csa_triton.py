@@ -1,6 +1,6 @@
 """CSA's contiguity-weighted sums w @ y as fused Triton kernels: the GPU path of `csa_lightning.attention.csa`.
 
-On a GPU the default PyTorch path of `csa_lightning.attention.csa._weighted_sums` is memory-bound: a float32 copy of
+On a GPU the default PyTorch path of `csa_lightning.attention.csa_math.weighted_sums` is memory-bound: a float32 copy of
 the map, then a chain of separate elementwise passes (distances, exp2, sums) each over N x C x C
 floats, 2 GB apiece at ResNet-50's layer4 at batch 128. Here one program takes one B x B tile of the
 symmetric w on or above the diagonal for one sample: it forms the Gram tile from the map in its own
@@ -31,6 +31,8 @@ from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
+
+from .csa_options import CONTIGUITY_MODES, rounding_floor
 
 
 def interpreting() -> bool:
@@ -76,7 +78,7 @@ def _kernel():
         stride_n,
         stride_c,
         stride_k,
-        MODE: tl.constexpr,  # the index in csa.CONTIGUITY_MODES: 0 l2, 1 hybrid, 2 cosine
+        MODE: tl.constexpr,  # the index in csa_options.CONTIGUITY_MODES: 0 l2, 1 hybrid, 2 cosine
         PASS: tl.constexpr,  # 1: sums of distances; 2: weighted sums
         PRECISION: tl.constexpr,  # "ieee" for float32 maps (ignored for 16-bit ones)
         UPCAST: tl.constexpr,  # multiply in float32 (the interpreter's bf16 dot is wrong; same products)
@@ -178,9 +180,8 @@ def weighted_sums(
 ) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
     """w @ y (N, C) for the contiguity weights of ``f`` (N, C, K), and (mean distance, sum of v)
     per sample; ``stats`` from an earlier call on the same ``f`` skip the first pass. The same
-    contract as `csa_lightning.attention.csa._weighted_sums` with a single column y (N, C). ``config``: (B, BK,
+    contract as `csa_lightning.attention.csa_math.weighted_sums` with a single column y (N, C). ``config``: (B, BK,
     num_warps, num_stages), default `csa_lightning.attention.csa_triton.tile_config`."""
-    from .csa import CONTIGUITY_MODES, rounding_floor  # csa imports this module, not the reverse, at import
 
     if contiguity not in CONTIGUITY_MODES:
         raise ValueError(f"unknown contiguity '{contiguity}': choose one of {', '.join(CONTIGUITY_MODES)}")

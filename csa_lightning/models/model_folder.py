@@ -20,19 +20,38 @@ from typing import Any, Dict, List, Optional
 
 from .attention_resnet import AttentionResNet
 
-__all__ = ["WEIGHTS_FILE", "CONFIG_FILE", "CARD_FILE", "model_config", "save_model_folder", "load_model_folder"]
+__all__ = [
+    "WEIGHTS_FILE",
+    "CONFIG_FILE",
+    "CARD_FILE",
+    "model_name",
+    "timm_pretrained_cfg",
+    "model_config",
+    "save_model_folder",
+    "load_model_folder",
+]
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 CARD_FILE = "README.md"
 
 
+def model_name(attention: str, depth: int) -> str:
+    """The name of the ResNet of ``depth`` with the block ``attention`` ("csa", 50 -> "csa_resnet50")."""
+    return f"{attention}_resnet{depth}"
+
+
+def timm_pretrained_cfg(name: str) -> Dict[str, Any]:
+    """timm's pretrained config of a name without published weights (a file or folder supplies them)."""
+    return dict(url="", num_classes=1000, input_size=(3, 224, 224), crop_pct=0.875,
+                interpolation="bilinear", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+                first_conv="conv1", classifier="fc", architecture=name)  # fmt: skip
+
+
 def model_config(model: AttentionResNet, preprocessing: Optional[Dict[str, Any]] = None,
                  label_names: Optional[List[str]] = None) -> Dict[str, Any]:  # fmt: skip
     """config.json for ``model``. ``preprocessing``: ``input_size`` (C, H, W), ``mean``, ``std``,
     ``crop_pct``, ``interpolation`` as timm's pretrained config names them (default ImageNet's)."""
-    from .names import model_name, timm_pretrained_cfg
-
     args = dict(model.build_args)
     config: Dict[str, Any] = {"csa_lightning": {"build_args": args}}
     if "." not in args["attention"] and args["attention"] != "none":  # a registered block: it has a timm name

@@ -22,36 +22,18 @@ from torch import nn
 
 from ..attention import available_attentions
 from .attention_resnet import RESNET_LAYOUTS, AttentionResNet
+from .model_folder import load_model_folder, model_name, timm_pretrained_cfg
 
-__all__ = [
-    "model_name",
-    "model_names",
-    "register_timm_names",
-    "hub_entrypoints",
-    "timm_pretrained_cfg",
-    "default_cfgs",
-]
+__all__ = ["model_names", "register_timm_names", "hub_entrypoints", "default_cfgs"]
 
 #: timm reads each registered name's pretrained config from its module's ``default_cfgs`` (filled below)
 default_cfgs: Dict[str, Any] = {}
-
-
-def model_name(attention: str, depth: int) -> str:
-    """The name of the ResNet of ``depth`` with the block ``attention`` ("csa", 50 -> "csa_resnet50")."""
-    return f"{attention}_resnet{depth}"
 
 
 def model_names(attentions: Optional[Sequence[str]] = None) -> Dict[str, Tuple[str, int]]:
     """{name: (block, depth)} for ``attentions`` (default: every block the resolver knows) and every depth."""
     blocks = [a for a in (attentions if attentions is not None else available_attentions()) if a != "none"]
     return {model_name(a, depth): (a, depth) for a in blocks for depth in sorted(RESNET_LAYOUTS)}
-
-
-def timm_pretrained_cfg(name: str) -> Dict[str, Any]:
-    """timm's pretrained config of a name without published weights (a file or folder supplies them)."""
-    return dict(url="", num_classes=1000, input_size=(3, 224, 224), crop_pct=0.875,
-                interpolation="bilinear", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
-                first_conv="conv1", classifier="fc", architecture=name)  # fmt: skip
 
 
 def _timm_entrypoint(name: str, attention: str, depth: int) -> Callable[..., nn.Module]:
@@ -90,8 +72,6 @@ def register_timm_names(attentions: Optional[Sequence[str]] = None) -> List[str]
 
 def _hub_entrypoint(name: str, attention: str, depth: int) -> Callable[..., nn.Module]:
     def create(pretrained: bool = False, weights: Optional[str] = None, **kwargs: Any) -> nn.Module:
-        from .model_folder import load_model_folder
-
         if weights is not None:
             model = load_model_folder(weights)
             if (model.build_args["attention"], model.build_args["depth"]) != (attention, depth):
