@@ -27,8 +27,9 @@ def test_strong_include_switches_a_table1_row_to_torchvisions_recipe(tmp_path):
     assert (hp.mixup_alpha, hp.cutmix_alpha, hp.random_erasing) == (0.2, 1.0, 0.1)
     assert list(hp.no_weight_decay_on) == ["norm"] and hp.net["init_args"]["attention"] == "csa"
     assert hp.ema_decay == pytest.approx(1 - 2e-5 * 1024 * 32 / 600) and hp.ema_every_n_steps == 32
-    (ema,) = cli.model.configure_callbacks()
+    speed, ema = cli.model.configure_callbacks()
     assert type(ema).__name__ == "EMAWeightAveraging" and ema.update_every_n_steps == 32
+    assert type(speed).__name__ == "ImagesPerSecond"
     assert cli.trainer.max_epochs == 600
     assert (cli.datamodule.resolution, cli.datamodule.val_resolution) == (176, 224)
     assert round(224 / cli.datamodule.hparams.val_crop_ratio) == 232

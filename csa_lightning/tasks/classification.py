@@ -296,10 +296,11 @@ class ClassificationModule(ScaledRecipe):
     # ------------------------------------------------------------------ optimisation
 
     def configure_callbacks(self):
+        """The recipe's (the training speed), and the EMA of the weights when ``ema_decay`` is set."""
+        callbacks = list(super().configure_callbacks())
         if self.hparams.get("ema_decay") is None:
-            return []
+            return callbacks
         from lightning.pytorch.callbacks import EMAWeightAveraging
 
-        return [
-            EMAWeightAveraging(decay=self.hparams["ema_decay"], update_every_n_steps=self.hparams["ema_every_n_steps"])
-        ]
+        decay, every = self.hparams["ema_decay"], self.hparams["ema_every_n_steps"]
+        return [*callbacks, EMAWeightAveraging(decay=decay, update_every_n_steps=every)]

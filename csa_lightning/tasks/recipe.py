@@ -25,7 +25,6 @@ import inspect
 import io
 import math
 import os
-import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 
@@ -36,7 +35,6 @@ from torch import nn
 
 from ..checks import oversubscription_warning, require, require_positive
 from ..errors import UsageError, first_line
-from ..run_folder.result import TRAIN_IMAGES_PER_SEC
 from ..spec import plain, public_path, spec_from_config
 from .legacy import read_checkpoint_hparams
 from .schedules import Schedule, WarmupDecay
@@ -171,8 +169,6 @@ class ScaledRecipe(L.LightningModule):
     provides ``self.model`` (the network)."""
 
     model: nn.Module
-
-    _batch_started: Optional[float] = None
 
     def init_recipe(self, optimizer: Any, lr_schedule: Any, lr_scaling: str, lr_reference_batch: int,
                     no_weight_decay_on: Sequence[str]) -> None:  # fmt: skip
@@ -314,12 +310,9 @@ class ScaledRecipe(L.LightningModule):
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         self.check_applied_lr()
-        # images/s of the optimisation step (forward, backward, update); data loading is not included
-        self._batch_started = time.perf_counter()
 
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        if self._batch_started is None:
-            return
-        elapsed = time.perf_counter() - self._batch_started
-        images = self.images_in(batch) * self.trainer.world_size
-        self.log(TRAIN_IMAGES_PER_SEC, images / max(elapsed, 1e-9), on_step=False, on_epoch=True, batch_size=1)
+    def configure_callbacks(self):
+        """The training speed every run logs (`csa_lightning.tasks.callbacks.ImagesPerSecond`)."""
+        from .callbacks import ImagesPerSecond
+
+        return [ImagesPerSecond()]
