@@ -26,10 +26,18 @@ import lightning as L
 from jsonargparse import ArgumentError
 from lightning.pytorch.cli import LightningCLI
 
-from .config_diff import comparable, differences, first_difference
+from .config_diff import comparable, differences
 from .config_errors import one_line, parse_error_line
 from .errors import first_line
+from .resume import evaluation_data_warning, find_last_checkpoint
 from .run_folder import check_checkpoint_file
+from .trainer_setup import (
+    check_trainer_values,
+    default_loggers,
+    prefer_counts_to_fractions,
+    quiet_lightning,
+    with_atomic_checkpoint_io,
+)
 
 __all__ = ["CSALightningCLI", "main", "check_checkpoint_file", "repeated_option"]
 
@@ -38,7 +46,7 @@ class CSALightningCLI(LightningCLI):
     """LightningCLI in subclass mode; the module configures its own optimiser and scheduler."""
 
     def add_arguments_to_parser(self, parser) -> None:
-        _count_before_fraction(parser)
+        prefer_counts_to_fractions(parser)
 
     def before_instantiate_classes(self) -> None:
         # the trainer's numbers, checked before anything is built: Lightning rejects some only in
@@ -139,170 +147,6 @@ class CSALightningCLI(LightningCLI):
             raise
 
 
-#: data options that change what an image looks like to the network: evaluating a checkpoint with other
-#: values than it was trained with changes its accuracy without an error
-_PIXEL_OPTIONS = ("mean", "std", "resolution", "val_resolution", "val_crop_ratio", "image_size")
-
-
-def evaluation_data_warning(ckpt_path: str, data_config) -> Optional[str]:
-    """A warning when the command's data normalises or sizes images otherwise than the checkpoint's run."""
-    import torch
-
-    try:
-        saved = torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=True)
-    except Exception:  # noqa: BLE001 - a warning is optional; the checkpoint itself is checked elsewhere
-        return None
-    trained = saved.get("datamodule_hyper_parameters") or {}
-    now = (comparable(data_config) or {}).get("init_args") or {}
-    differing = []
-    for key in _PIXEL_OPTIONS:
-        if key in trained and key in now:
-            then_value, now_value = comparable(trained[key]), now[key]
-            if then_value != now_value:
-                differing.append(f"{key} {then_value!r} then, {now_value!r} now")
-    if not differing:
-        return None
-    return (
-        f"checkpoint {ckpt_path} was trained with other image settings ({'; '.join(differing)}): "
-        "its scores here are not those of its training run; pass the data options it was trained with"
-    )
-
-
-def check_trainer_values(trainer) -> None:
-    """One line naming a trainer option whose value cannot run (before any class is built)."""
-    from .checks import is_number, require
-
-    def integer(value) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool)
-
-    get = trainer.get
-    for key in ("max_epochs", "max_steps"):
-        value = get(key)
-        require(value is None or (integer(value) and value >= -1), f"trainer.{key}", value, "-1 (no limit) or >= 0")
-    for key in ("min_epochs", "min_steps"):
-        value = get(key)
-        require(value is None or (integer(value) and value >= 0), f"trainer.{key}", value, "null or >= 0")
-    value = get("accumulate_grad_batches")
-    require(value is None or (integer(value) and value >= 1), "trainer.accumulate_grad_batches", value,
-            "a positive integer")  # fmt: skip
-    for key in ("check_val_every_n_epoch", "log_every_n_steps"):
-        value = get(key)
-        require(value is None or (integer(value) and value >= 1), f"trainer.{key}", value, "null or a positive integer")
-    for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches", "limit_predict_batches",
-                "overfit_batches"):  # fmt: skip
-        value = get(key)
-        ok = value is None or (integer(value) and value >= 0) or (is_number(value) and 0 <= value <= 1)
-        require(ok, f"trainer.{key}", value, "a number of batches (an integer >= 0) or a fraction in [0, 1]")
-    value = get("gradient_clip_val")
-    require(value is None or (is_number(value) and value >= 0), "trainer.gradient_clip_val", value, "null or >= 0")
-    value = get("num_sanity_val_steps")
-    require(value is None or (integer(value) and value >= -1), "trainer.num_sanity_val_steps", value,
-            "-1 (all) or >= 0")  # fmt: skip
-    value = get("num_nodes")
-    require(value is None or (integer(value) and value >= 1), "trainer.num_nodes", value, "a positive integer")
-
-
-def _count_before_fraction(parser) -> None:
-    """Options typed ``Optional[Union[int, float]]`` (``limit_val_batches`` ...) try int first.
-
-    Python's typing caches unions and compares them as sets: lightning.fabric creates
-    ``Optional[Union[float, int]]`` first, so the Trainer's ``Optional[Union[int, float]]`` *is*
-    that object and jsonargparse tried float first: ``--trainer.limit_val_batches 1`` arrived as
-    1.0, which Lightning reads as 100 %. A flat union is a different cache key and keeps its order;
-    an integer (``1``) stays a count of batches, a float (``1.0``) a fraction.
-    """
-    import typing
-
-    float_first = typing.Optional[typing.Union[float, int]]
-    int_first = typing.Union.__getitem__((int, float, type(None)))
-    for action in parser._actions:
-        if getattr(action, "_typehint", None) == float_first:
-            action._typehint = int_first
-
-
-def default_loggers(root: str) -> list:
-    """CSV metrics and TensorBoard curves in the same version folder of ``root``/lightning_logs.
-
-    ``tensorboard --logdir runs`` then shows every run; metrics.csv stays where the tools read it
-    (the first logger names the trainer's log_dir). The version is the CSV logger's, given to
-    TensorBoard, so the two never pick different folders.
-    """
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-
-    csv = CSVLogger(save_dir=root, name="lightning_logs")
-    return [csv, TensorBoardLogger(save_dir=root, name="lightning_logs", version=csv.version, default_hp_metric=False)]
-
-
-def with_atomic_checkpoint_io(plugins):
-    """The config's trainer plugins plus `csa_lightning.tasks.checkpoint_io.AtomicCheckpointIO` unless they name a
-    checkpoint IO: a run killed while saving then leaves no checkpoint-sized file in the system's temporary folder."""
-    from lightning.pytorch.plugins.io import CheckpointIO
-
-    from .tasks.checkpoint_io import AtomicCheckpointIO
-
-    if plugins is None:
-        plugins = []
-    elif not isinstance(plugins, (list, tuple)):
-        plugins = [plugins]
-    if any(isinstance(p, CheckpointIO) for p in plugins):
-        return list(plugins)
-    return [*plugins, AtomicCheckpointIO()]
-
-
-def _upgrade_saved_model_config(saved: dict) -> None:
-    """A run's config.yaml from before the optimiser and schedule were pieces, as pieces (in place)."""
-    from .tasks.legacy import upgrade_recipe_hparams
-
-    init_args = ((saved.get("model") or {}).get("init_args")) if isinstance(saved.get("model"), dict) else None
-    upgraded = upgrade_recipe_hparams(init_args) if isinstance(init_args, dict) else None
-    if upgraded is not None:
-        saved["model"]["init_args"] = upgraded
-
-
-def find_last_checkpoint(config) -> Path:
-    """The newest ``last*.ckpt`` of an earlier run of this config (under its default_root_dir).
-
-    "This config's run" means a run whose saved config.yaml (beside its checkpoints folder) has the
-    same model and data sections as the command's: a fast_dev_run (which saves no config) or a run
-    of another model or data set under the same root is never resumed. When only such runs exist,
-    a one-line error names the newest one and what differs. Lightning's own "last" looks only in
-    the new run's checkpoint folder, which a versioned logger makes fresh on every start; a resumed
-    run logs into a new version folder, so nothing of the interrupted run's logs is overwritten.
-    """
-    import yaml
-
-    from .run_folder import checkpoints_newest_first, saved_config
-
-    root = Path(config.trainer.get("default_root_dir") or "lightning_logs")
-    found = checkpoints_newest_first(str(root))
-    if not found:
-        raise FileNotFoundError(
-            f"--ckpt_path last: no last.ckpt under {root}; train first, or pass the checkpoint's path"
-        )
-    current = comparable({"model": config.get("model"), "data": config.get("data")})
-    other = None
-    for ckpt in found:
-        config_file = saved_config(ckpt)
-        if not config_file.is_file():
-            continue  # a fast_dev_run (Lightning saves no config for it) or a file from elsewhere
-        saved = yaml.safe_load(config_file.read_text()) or {}
-        _upgrade_saved_model_config(saved)
-        difference = first_difference(comparable({"model": saved.get("model"), "data": saved.get("data")}), current)
-        if difference is None:
-            return ckpt
-        other = other or (ckpt, difference)
-    if other is not None:
-        ckpt, (key, then, now) = other
-        raise ValueError(
-            f"--ckpt_path last: the newest run under {root} ({ckpt}) has another {key} ({then!r} there, {now!r} now); "
-            f"resume it with its own config and --ckpt_path {ckpt}, or set another trainer.default_root_dir"
-        )
-    raise FileNotFoundError(
-        f"--ckpt_path last: no run of this config under {root} (only fast_dev_run checkpoints); train first, "
-        "or pass the checkpoint's path"
-    )
-
-
 def _first_missing_ancestor(path: Path) -> Optional[Path]:
     """The outermost folder of ``path`` that does not exist yet (None if ``path`` exists)."""
     path = path.absolute()
@@ -311,29 +155,6 @@ def _first_missing_ancestor(path: Path) -> Optional[Path]:
         missing = path
         path = path.parent
     return missing
-
-
-class _DropTips:
-    """A logging filter dropping Lightning's advertisements (the litlogger tip) from a run's output."""
-
-    def filter(self, record) -> bool:  # noqa: D102
-        return "💡 Tip:" not in str(record.msg)
-
-
-def quiet_lightning() -> None:
-    """Leave out of every run's output what tells a user nothing about their run: Lightning's litlogger
-    tip, its hint that srun exists when a single process runs on a machine with SLURM installed (the
-    project's SLURM paths start runs through srun), and the deprecation inside Lightning's own pytree
-    helper that torch 2.14 triggers. Idempotent."""
-    import logging
-    import warnings
-
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _DropTips) for f in logger.filters):
-            logger.addFilter(_DropTips())
-    warnings.filterwarnings("ignore", message="The `srun` command is available on your system but is not used")
-    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
 def build_cli(args: Optional[Sequence[str]] = None, run: bool = True) -> CSALightningCLI:

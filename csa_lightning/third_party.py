@@ -12,7 +12,7 @@ parameter renamed), so an upgrade is caught by the suite, not by a user.
   `csa_lightning.cli.CSALightningCLI` (no public hook runs before the checkpoint is unpickled, or
   around a subcommand's failure);
 - jsonargparse actions' ``_typehint``: rewritten for the trainer's int-or-float options
-  (`csa_lightning.cli`);
+  (`csa_lightning.trainer_setup.prefer_counts_to_fractions`);
 - Lightning's ``trainer.fit_loop.epoch_loop.val_loop``: the validation a resumed run with nothing
   left to train runs to write its result (`csa_lightning.tasks.callbacks.RecordResult`).
 """

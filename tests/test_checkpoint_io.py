@@ -82,7 +82,8 @@ def test_a_live_process_partial_file_is_kept(tmp_path):
 def test_cli_trainers_save_through_the_atomic_io(tmp_path):
     from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-    from csa_lightning.cli import build_cli, with_atomic_checkpoint_io
+    from csa_lightning.cli import build_cli
+    from csa_lightning.trainer_setup import with_atomic_checkpoint_io
 
     cli = build_cli(
         ["--config", str(ROOT / "configs/demo/digits_csa.yaml"), f"--trainer.default_root_dir={tmp_path}"], run=False
