@@ -61,9 +61,9 @@ format: $(STAMP)
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
 
-# Only the quick tests, for the edit-run loop.
+# The edit-run loop: make test less the tests marked slow (no system, SLURM or slow tests).
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -n 2 --dist loadgroup -m "not system and not slurm and not slow"
 
 # The main job on the embedded data: CSA-ResNet-18 on scikit-learn's digits through the FFCV path.
 demo: $(STAMP)

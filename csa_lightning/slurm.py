@@ -69,7 +69,7 @@ def sbatch_script(resources, cli_args: Sequence[str], job_name: str = "csa-fit")
 @command
 def main(argv: Optional[List[str]] = None) -> int:
     """``python -m csa_lightning.slurm [OPTIONS] -- fit ...``: print, write or submit the job script."""
-    from .ablate.executors.slurm import parse_resources, sbatch_error, split_slurm_args
+    from .ablate.executors.slurm_resources import parse_resources, sbatch_error, split_slurm_args
 
     argv = list(sys.argv[1:] if argv is None else argv)
     at = argv.index("--") if "--" in argv else len(argv)

@@ -618,7 +618,7 @@ def test_a_gpu_ablation_is_planned_and_checked_on_a_machine_without_gpus(tmp_pat
     """Before: the plan check built every variant with the job's --trainer.accelerator gpu on the submitting
     machine: 'No supported gpu backend found!' on every GPU-less login node. The job's values are parsed and
     hashed; the build runs on the CPU. The sbatch script carries the GPU request."""
-    from csa_lightning.ablate.executors.slurm import parse_resources
+    from csa_lightning.ablate.executors.slurm_resources import parse_resources
     from csa_lightning.ablate.plan import check_variants, plan_variants
 
     resources = parse_resources(["--slurm.gpus_per_node", "2", "--slurm.nodes", "2"])

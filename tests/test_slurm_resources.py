@@ -15,7 +15,7 @@ import pytest
     ],
 )
 def test_resources_that_cannot_run_are_one_line(argv, message):
-    from csa_lightning.ablate.executors.slurm import parse_resources
+    from csa_lightning.ablate.executors.slurm_resources import parse_resources
     from csa_lightning.errors import UsageError
 
     with pytest.raises(UsageError) as err:
@@ -24,7 +24,7 @@ def test_resources_that_cannot_run_are_one_line(argv, message):
 
 
 def test_first_class_keys_reach_the_job_and_gpus_by_gres_alone():
-    from csa_lightning.ablate.executors.slurm import parse_resources, sbatch_error
+    from csa_lightning.ablate.executors.slurm_resources import parse_resources, sbatch_error
 
     resources = parse_resources(["--slurm.gres", "gpu:a100:4", "--slurm.gpus_per_node", "4", "--slurm.constraint",
                                  "a100", "--slurm.exclude", "node07", "--slurm.comment", "csa", "--slurm.mem_per_gpu",
@@ -61,7 +61,7 @@ def test_setup_lines_that_fail_stop_the_job_and_choose_its_python(tmp_path):
     path whatever `conda activate` chose."""
     import sys
 
-    from csa_lightning.ablate.executors.slurm import parse_resources
+    from csa_lightning.ablate.executors.slurm_resources import parse_resources
     from csa_lightning.slurm import sbatch_script
     from csa_lightning.third_party import make_sbatch_string
 

@@ -9,7 +9,7 @@ from csa_lightning.third_party import LIGHTNING_CLI_OVERRIDES
 def test_submitits_job_script_takes_every_parameter_the_resources_pass():
     from submitit.slurm.slurm import _make_sbatch_string
 
-    from csa_lightning.ablate.executors.slurm import SlurmResources
+    from csa_lightning.ablate.executors.slurm_resources import SlurmResources
 
     accepted = set(inspect.signature(_make_sbatch_string).parameters)
     resources = SlurmResources(gres="gpu:2", gpus_per_task=1, mem_per_gpu="4G", constraint="a", exclude="n",

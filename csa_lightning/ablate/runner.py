@@ -17,7 +17,7 @@ from ..checks import require_writable_folder
 from ..errors import ToolParser, UsageError, command, list_option, non_empty
 from ..run_folder import AblationFolder, RunFolder, training_environment
 from .executors import EXECUTORS, Executor, Run, Status, executor_class
-from .executors.slurm import parse_resources, split_slurm_args
+from .executors.slurm_resources import parse_resources, split_slurm_args
 from .job import fit_command
 from .plan import (
     Resolved,
