@@ -18,7 +18,7 @@ import argparse
 import functools
 import os
 import sys
-from typing import Any, Callable, List, Optional, Sequence, TypeVar
+from typing import Any, Callable, List, NoReturn, Optional, Sequence, TypeVar
 
 __all__ = ["UsageError", "first_line", "describe", "command", "ToolParser", "list_option", "positive_int",
            "int_in", "non_empty"]  # fmt: skip
@@ -124,11 +124,11 @@ class ToolParser(argparse.ArgumentParser):
         self.register("action", None, _StoreOnce)
         self.register("action", "store", _StoreOnce)
 
-    def error(self, message: str):
+    def error(self, message: str) -> NoReturn:
         """argparse's error: a `UsageError` naming ``--help`` (the command wrapper prints it, exit 2)."""
         raise UsageError(f"{message} ({self.prog} --help lists every option)")
 
-    def parse_known_args(self, args=None, namespace=None):
+    def parse_known_args(self, args: Optional[Sequence[str]] = None, namespace: Any = None) -> Any:  # type: ignore[override]
         """argparse's, remembering which options this command line gave (to refuse one given twice)."""
         self._given: dict = {}
         self._listed: set = set()

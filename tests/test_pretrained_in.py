@@ -187,11 +187,12 @@ def _finetune_args(plain_ckpt):
             str(plain_ckpt), "--model.net.init_args.attention", "csa", "--model.finetune.warmup_epochs", "1.5"]  # fmt: skip
 
 
-@pytest.fixture
-def plain_checkpoint(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    _fit(tmp_path, "plain", "--model.net.init_args.attention", "none", epochs=1)
-    (ckpt,) = (tmp_path / "plain").glob("**/last.ckpt")
+@pytest.fixture(scope="module")
+def plain_checkpoint(tmp_path_factory):
+    """A plain ResNet-18 trained one epoch on the digits (no gates): the pretrained network of these tests."""
+    root = tmp_path_factory.mktemp("pretrained")
+    _fit(root, "plain", "--model.net.init_args.attention", "none", epochs=1)
+    (ckpt,) = (root / "plain").glob("**/last.ckpt")
     return ckpt
 
 

@@ -27,13 +27,15 @@ def test_timm_and_torch_hub_build_every_depth_and_block_with_the_same_weights_na
         for name, (attention, depth) in names.items():
             from_timm = timm.create_model(name, num_classes=7)
             from_hub = torch.hub.load(str(ROOT), name, source="local", num_classes=7)
-            reference = AttentionResNet(depth, attention, num_classes=7)
-            shapes = {k: v.shape for k, v in reference.state_dict().items()}
-            for model in (from_timm, from_hub):
-                assert {k: v.shape for k, v in model.state_dict().items()} == shapes, name
-                assert model.build_args == reference.build_args and len(list(model.gates())) > 0
+            assert isinstance(from_timm, AttentionResNet) and isinstance(from_hub, AttentionResNet)
+            assert {k: v.shape for k, v in from_timm.state_dict().items()} == {
+                k: v.shape for k, v in from_hub.state_dict().items()
+            }, name
+            assert from_timm.build_args == from_hub.build_args and from_hub.build_args["attention"] == attention
+            assert from_hub.depth == depth and len(list(from_hub.gates())) > 0
 
 
+@pytest.mark.system  # two fresh interpreters importing torch and timm (10 s)
 def test_timm_names_register_in_either_import_order_and_never_shadow_timms_own():
     code = (
         "import {first}, {second}, timm\n"
