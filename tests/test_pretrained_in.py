@@ -2,6 +2,8 @@
 step, the gates still learning), weights by torchvision's and timm's names, and staged fine-tuning
 (gates and head first, then everything at a lower lr for the pretrained part) that resumes exactly."""
 
+import json
+
 import pytest
 import torch
 
@@ -329,3 +331,18 @@ def test_a_trained_classifier_with_gates_inserted_at_identity_gives_the_same_log
     new_head = ClassificationModule(ResNetSpec(18, attention, num_classes=3, gates_at_identity=True),
                                     backbone_weights=str(plain_checkpoint))  # fmt: skip
     assert new_head.model.fc.out_features == 3 and "model.fc.weight" not in new_head.pretrained_parameters
+
+
+def test_weights_by_name_enter_the_runs_provenance_by_content(tmp_path, monkeypatch):
+    """run_info.json names the weights as given (IMAGENET1K_V1) and the cached file it read, by sha256."""
+    import hashlib
+
+    from torchvision.models import ResNet18_Weights
+
+    _, path = _torchvision_file(monkeypatch, tmp_path, ResNet18_Weights.IMAGENET1K_V1)
+    _fit(tmp_path, "named", "--model.backbone_weights", "IMAGENET1K_V1", "--model.net.init_args.attention", "se",
+         "--model.net.init_args.gates_at_identity", "true", epochs=1)  # fmt: skip
+    (info_path,) = (tmp_path / "named").glob("**/run_info.json")
+    entry = json.loads(info_path.read_text())["code"]["named_files"]["model.backbone_weights"]
+    assert entry["model.backbone_weights"] == "IMAGENET1K_V1" and entry["path"] == str(path)
+    assert entry["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()[: len(entry["sha256"])]
