@@ -138,7 +138,14 @@ def publish(ckpt: str, out: str, license: str = "mit") -> Tuple[Path, float]:
     folder, the largest output difference between the folder's network and the checkpoint's)."""
     from .export import load_classifier
     from .models import AttentionResNet
-    from .models.model_folder import CARD_FILE, WEIGHTS_FILE, load_model_folder, model_config, save_model_folder
+    from .models.model_folder import (
+        CARD_FILE,
+        WEIGHTS_FILE,
+        load_model_folder,
+        model_config,
+        model_name,
+        save_model_folder,
+    )
     from .run_folder import resolve_checkpoint
 
     path = resolve_checkpoint(ckpt, what="--ckpt")
@@ -154,8 +161,9 @@ def publish(ckpt: str, out: str, license: str = "mit") -> Tuple[Path, float]:
     folder = save_model_folder(model, out, model_config(model, _preprocessing(checkpoint)))
     digest = hashlib.sha256((folder / WEIGHTS_FILE).read_bytes()).hexdigest()
     metrics, source = run_record(path, checkpoint)
-    name = model_config(model).get("architecture") or f"{model.build_args['attention']}_resnet{model.depth}"
-    card = model_card(name, path, checkpoint, metrics, source, digest, license)
+    card = model_card(
+        model_name(model.build_args["attention"], model.depth), path, checkpoint, metrics, source, digest, license
+    )
     (folder / CARD_FILE).write_text(card)
     loaded = load_model_folder(folder)
     x = torch.randn(2, 3, 32, 32)

@@ -128,14 +128,15 @@ def _stage_widths(model: nn.Module, names: Sequence[str]) -> Dict[str, int]:
     return widths
 
 
-def _load_pretrained_around_gates(model: nn.Module, state: Dict[str, Tensor], name: str) -> None:
+def _load_pretrained_around_gates(model: nn.Module, state: Dict[str, Tensor], name: str, classifier: str) -> None:
     """Load a plain network's weights into the same network with gates in its blocks' attention slots:
-    every tensor but the gates' must load (the gates, and an attention layer the plain network had
-    in that slot, are the only differences)."""
+    every tensor but the gates' and the ``classifier`` head's (a new head of another class count) must
+    load (the gates, and an attention layer the plain network had in that slot, are the only differences)."""
     missing, unexpected = model.load_state_dict(state, strict=False)
     gate_names = {n for n, m in model.named_modules() if isinstance(m, ChannelAttention)}
-    head = {k for k in missing if k not in state and k.rsplit(".", 1)[0] in ("fc", "head.fc", "classifier")}
-    outside = [k for k in missing if k not in head and not any(k.startswith(f"{g}.") for g in gate_names)]
+    outside = [
+        k for k in missing if k.rsplit(".", 1)[0] != classifier and not any(k.startswith(f"{g}.") for g in gate_names)
+    ]
     if outside:
         raise ValueError(f"timm's pretrained {name} leaves {len(outside)} tensors outside the gates unloaded "
                          f"(e.g. {outside[0]}); choose placement stage_end")  # fmt: skip
@@ -212,10 +213,13 @@ class TimmSpec(ClassifierSpec):
                 kwargs["block_args"] = {**kwargs.get("block_args", {}), "attn_layer": layer}
             else:
                 kwargs[slot] = layer
-        weights = self._pretrained_weights(timm)
+        # the head's name in timm's pretrained config ("fc", "head.fc", "classifier"): a file's head of another
+        # class count is left out, and left new in the network
+        classifier = timm.models.get_pretrained_cfg_value(self.model_name, "classifier") or "fc"
+        weights = self._pretrained_weights(timm, classifier)
         model = timm.create_model(self.model_name, pretrained=False, num_classes=self.num_classes, **kwargs)
         if weights is not None:
-            _load_pretrained_around_gates(model, weights, self.model_name)
+            _load_pretrained_around_gates(model, weights, self.model_name, classifier)
         if cls is not None and self.placement != "blocks":
             stages = None if self.placement == "stage_end" else list(self.placement)
             add_stage_gates(model, cls, stages, self.attention_options)
@@ -223,7 +227,7 @@ class TimmSpec(ClassifierSpec):
             start_gates_at_identity(model)
         return model
 
-    def _pretrained_weights(self, timm) -> Optional[Dict[str, Tensor]]:
+    def _pretrained_weights(self, timm, classifier: str) -> Optional[Dict[str, Tensor]]:
         """The pretrained state dict: the file's (read by timm's reader: safetensors, or torch.load with
         weights_only), or the plain network timm builds with its pretrained weights (its head replaced when
         ``num_classes`` differs). A file's head of another class count is left out (a new head)."""
@@ -231,7 +235,6 @@ class TimmSpec(ClassifierSpec):
             from timm.models import load_state_dict
 
             state = load_state_dict(self.pretrained_file)
-            classifier = timm.models.get_pretrained_cfg_value(self.model_name, "classifier") or "fc"
             for suffix in (".weight", ".bias"):
                 value = state.get(classifier + suffix)
                 if value is not None and value.shape[0] != self.num_classes:

@@ -172,10 +172,11 @@ class SlurmExecutor(Executor):
             status.detail = (
                 "stopped by SIGTERM and not requeued: cancelled (scancel) or ended by SLURM; run again to resume"
             )
-        if not read_attempts(run_dir):
+        events = read_attempts(run_dir)
+        if not events:
             status.log = job["stderr"]
             status.detail = last_error_line(Path(job["stderr"])) or "the job ended before the training started"
-        return requeues_used_up(status, read_attempts(run_dir), job.get("resources") or {})
+        return requeues_used_up(status, events, job.get("resources") or {})
 
     # ---- submit and cancel
 
