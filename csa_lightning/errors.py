@@ -128,6 +128,14 @@ class ToolParser(argparse.ArgumentParser):
         """argparse's error: a `UsageError` naming ``--help`` (the command wrapper prints it, exit 2)."""
         raise UsageError(f"{message} ({self.prog} --help lists every option)")
 
+    def parse_args(self, args: Optional[Sequence[str]] = None, namespace: Any = None) -> Any:  # type: ignore[override]
+        """argparse's; with ``CSA_PARSE_ONLY`` set, stop here (`csa_lightning.run_switches`)."""
+        from .run_switches import stop_after_parsing
+
+        parsed = super().parse_args(args, namespace)
+        stop_after_parsing(self.prog)
+        return parsed
+
     def parse_known_args(self, args: Optional[Sequence[str]] = None, namespace: Any = None) -> Any:  # type: ignore[override]
         """argparse's, remembering which options this command line gave (to refuse one given twice)."""
         self._given: dict = {}

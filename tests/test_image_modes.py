@@ -73,14 +73,17 @@ def test_other_modes_convert_as_torchvisions_loader_does(tmp_path, mode):
 
 
 def test_the_readers_share_it(tmp_path):
-    """ImageFolder and the beton writer's data set return open_rgb's pixels for a 16-bit PNG."""
-    from csa_lightning.data.image_folder import _rgb_loader
+    """ImageFolder's and LitData's uint8 decoder, their PIL pipeline and the beton writer's data set
+    return open_rgb's pixels for a 16-bit PNG."""
+    from csa_lightning.data.image_folder import PilTransform
+    from csa_lightning.data.uint8_pipeline import decode_uint8
     from csa_lightning.data.write_beton import RGBImageFolder
 
     (tmp_path / "0").mkdir()
     path = _save(tmp_path / "0", Image.fromarray(np.round(DIGIT * 65535).astype(np.uint16)), "a.png")
     expected = np.asarray(open_rgb(path))
-    assert np.array_equal(np.asarray(_rgb_loader(str(path))), expected)
+    assert np.array_equal(decode_uint8(str(path)).permute(1, 2, 0).numpy(), expected)
+    assert np.array_equal(np.asarray(PilTransform(lambda image: image)(str(path))), expected)
     assert np.array_equal(np.asarray(RGBImageFolder(str(tmp_path))[0][0]), expected)
 
 

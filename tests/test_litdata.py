@@ -211,3 +211,54 @@ def test_the_converter_refuses_empty_class_folders_and_non_images_naming_them(tm
     error = refusal(capsys, write_litdata, [str(tmp_path), str(tmp_path / "out"), "--splits", "train"])
     assert error.startswith(f"error: 1 file(s) under {tmp_path / 'train'} are not images PIL can read, e.g. ")
     assert "y.jpg (UnidentifiedImageError" in error and not (tmp_path / "out").exists()
+
+
+def test_max_side_re_encodes_only_larger_images(tmp_path):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from csa_lightning.data.write_litdata import shrink_to_max_side
+
+    pixels = (np.random.default_rng(0).random((400, 600, 3)) * 255).astype("uint8")
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    large = buffer.getvalue()
+    smaller = shrink_to_max_side(large, 300, quality=80)
+    with Image.open(io.BytesIO(smaller)) as image:
+        assert image.format == "JPEG" and image.size == (300, 200)
+    assert shrink_to_max_side(large, 600) is large  # not above the limit: the file's own bytes
+
+
+def test_max_side_and_quality_are_checked(tmp_path, capsys):
+    (tmp_path / "train").mkdir()
+    assert "--max-side must be a positive" in refusal(
+        capsys, write_litdata, [str(tmp_path), str(tmp_path / "out"), "--max-side", "0"]
+    )
+    assert "--quality must be in 1..100" in refusal(
+        capsys, write_litdata, [str(tmp_path), str(tmp_path / "out"), "--quality", "101"]
+    )
+
+
+@pytest.mark.system  # LitData converts in spawned processes (~30 s)
+def test_the_converter_stores_large_images_at_max_side(tmp_path):
+    from PIL import Image
+
+    for label in ("a", "b"):
+        (tmp_path / "images" / "train" / label).mkdir(parents=True)
+        Image.new("RGB", (640, 480), (40, 90, 200)).save(tmp_path / "images" / "train" / label / "big.jpg")
+        Image.new("RGB", (200, 150), (40, 90, 200)).save(tmp_path / "images" / "train" / label / "small.jpg")
+    out = tmp_path / "chunks"
+    assert write_litdata([str(tmp_path / "images"), str(out), "--splits", "train", "--max-side", "320",
+                          "--workers", "1"]) == 0  # fmt: skip
+    about = json.loads((out / "train" / "classes.json").read_text())
+    assert about["max_side"] == 320 and about["count"] == 4
+    import io
+
+    stream = litdata.StreamingDataset(str(out / "train"))
+    sizes = {}
+    for i in range(len(stream)):
+        with Image.open(io.BytesIO(bytes(stream[i]["image"]))) as image:
+            sizes[stream[i]["path"].split("/")[-1]] = image.size
+    assert sizes == {"big.jpg": (320, 240), "small.jpg": (200, 150)}

@@ -1,8 +1,8 @@
 """Lightning data modules and the beton writer. Imports no model code; ffcv only when used.
 
 - [`FFCVDataModule`][csa_lightning.data.FFCVDataModule]: ``.beton`` files through ffcv (the fast path);
-- [`ImageFolderDataModule`][csa_lightning.data.ImageFolderDataModule]: the same arguments over an ImageFolder tree with
-  torchvision;
+- [`ImageFolderDataModule`][csa_lightning.data.ImageFolderDataModule]: the same arguments over an ImageFolder tree,
+  decoded to uint8 in loader workers (`csa_lightning.data.uint8_pipeline`) or through PIL and torchvision;
 - [`LitDataModule`][csa_lightning.data.LitDataModule]: LitData chunk folders (local, shared or in an object store),
   streamed;
 - [`DigitsDataModule`][csa_lightning.data.DigitsDataModule]: scikit-learn's digits written to betons, through the FFCV
@@ -19,7 +19,7 @@ from .coco import COCODataModule
 from .digits import DigitsDataModule, DigitsMemoryDataModule
 from .digits_coco import DigitsCOCODataModule
 from .ffcv_imagenet import FFCVDataModule, ImageNetFFCVDataModule
-from .image_folder import ImageFolderDataModule
+from .image_folder import ImageFolderDataModule, TorchvisionImageData
 from .litdata_stream import LitDataModule
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "DigitsDataModule",
     "DigitsMemoryDataModule",
     "ImageFolderDataModule",
+    "TorchvisionImageData",
     "FFCVDataModule",
     "ImageClassificationDataModule",
     "ImageNetFFCVDataModule",

@@ -5,8 +5,8 @@ Write the chunks once with ``python -m csa_lightning.data.write_litdata`` (an Im
 the original image bytes out); then ``--data csa_lightning.data.LitDataModule --data.train_path
 s3://bucket/imagenet/train --data.val_path s3://bucket/imagenet/val`` (or local folders, or
 ``local:/path`` for LitData's local remote). The transforms are the ImageFolder module's
-(`csa_lightning.data.image_folder.TorchvisionImageData`), decoding with the project's one
-image function; under DDP LitData gives each rank its own shard and the same number of batches.
+(`csa_lightning.data.image_folder.TorchvisionImageData`: the uint8 pipeline by default, or
+PIL's); under DDP LitData gives each rank its own shard and the same number of batches.
 
 Resume: the training loader is a ``StreamingDataLoader``, whose state Lightning saves in its
 checkpoints; a run stopped by SIGTERM saves one at the stop
@@ -25,7 +25,6 @@ import torch
 from ..errors import first_line
 from .classification_data import require_same_classes
 from .image_folder import TorchvisionImageData
-from .image_io import open_rgb
 
 __all__ = ["LitDataModule", "CLASSES_FILE", "read_classes", "check_stream"]
 
@@ -127,8 +126,8 @@ class _Decode:
         self.transform = transform
 
     def __call__(self, item: Dict[str, Any]):
-        image = open_rgb(item["image"], name=f"stream item {item['index']} ({item.get('path', '?')})")
-        return self.transform(image), int(item["label"]), int(item["index"])
+        image = self.transform(item["image"], name=f"stream item {item['index']} ({item.get('path', '?')})")
+        return image, int(item["label"]), int(item["index"])
 
 
 class LitDataModule(TorchvisionImageData):
@@ -182,7 +181,7 @@ class LitDataModule(TorchvisionImageData):
             shuffle=train,
             drop_last=train,
             seed=self.seed,
-            transform=_Decode(self.train_transform() if train else self.val_transform()),
+            transform=_Decode(self.image_transform(train)),
         )
 
     def setup(self, stage: Optional[str] = None) -> None:
@@ -213,6 +212,7 @@ class LitDataModule(TorchvisionImageData):
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
+            collate_fn=self.collate_fn(),
         )
 
     def train_dataloader(self):
