@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.csa-lightning-installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := libopencv-dev libturbojpeg0-dev pkg-config
 
-.PHONY: install test test-system test-slurm slurm docs docs-serve test-fast demo-litdata blockcheck blockcheck-reference lint format demo demo-strong demo-finetune demo-detection summary figures gpu-check clean
+.PHONY: install test test-system test-slurm test-docs slurm docs docs-serve test-fast demo-litdata blockcheck blockcheck-reference lint format demo demo-strong demo-finetune demo-detection summary figures gpu-check clean
 
 install: $(STAMP)
 
@@ -33,9 +33,7 @@ test: $(STAMP)
 test-system: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadgroup -m system
 
-# A one-node SLURM on this machine (root; Debian's slurm-wlm and munge; idempotent), and the ablation
-# runner's SLURM executor tested against it (docs/clusters.md). One pytest process: the jobs share
-# the machine's cores with it.
+# A one-node SLURM on this machine (root; Debian's slurm-wlm and munge; idempotent).
 slurm:
 	scripts/slurm_up.sh
 
@@ -43,10 +41,19 @@ slurm:
 # missing from the navigation, a documented parameter that no longer exists fails the build.
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet
+	$(PY) scripts/figures.py check
+
+# Every command and snippet of README.md and docs/*.md run as a test, page by page in the site's
+# order (tests/docs_harness.py): trainings shortened (CSA_SHORT_RUN), commands whose data or machine
+# is not here parsed only (CSA_PARSE_ONLY). One pytest process: pages build on earlier ones' runs.
+test-docs: $(STAMP)
+	$(PY) -m pytest -p no:cacheprovider README.md docs
 
 docs-serve: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs serve
 
+# The ablation runner's SLURM executor tested against the one-node SLURM `make slurm` brings up
+# (docs/clusters.md). One pytest process: the jobs share the machine's cores with it.
 test-slurm: $(STAMP) slurm
 	$(PY) -m pytest -m slurm tests/test_slurm.py
 
@@ -101,7 +108,7 @@ summary: $(STAMP)
 	$(PY) -m csa_lightning.models.summary --depths 50,101 --variant '$(AUTHORS_VARIANT)'
 
 # The README's analysis figures: the digits demo recipe with no gate, SE and CSA (one run each,
-# resumable; ~8 min on 2 CPU cores), then channel descriptors and Grad-CAM of the three.
+# resumable), then channel descriptors and Grad-CAM of the three.
 FIG_RUNS := runs/analysis-digits
 figures: $(STAMP)
 	$(PY) -m csa_lightning.ablate --config configs/demo/digits_csa.yaml --attentions none,se,csa --seeds 0 --out $(FIG_RUNS)
@@ -118,13 +125,14 @@ BLOCKS ?=
 blockcheck: $(STAMP)
 	$(PY) -m csa_lightning.blockcheck $(BLOCKS) --builtins --out runs/blockcheck
 
-# Re-measure every built-in block (all sections, ResNet-50 timings until stable; 8 minutes on an idle 2-core CPU) and rewrite
-# csa_lightning/blockcheck/reference.json, the rows --builtins shows beside a user's block.
+# Re-measure every built-in block (all sections, ResNet-50 timings until stable; on an idle machine) and
+# rewrite csa_lightning/blockcheck/reference.json, the rows --builtins shows beside a user's block.
 blockcheck-reference: $(STAMP)
 	$(PY) -m csa_lightning.blockcheck --write-reference --out runs/blockcheck-reference
+	$(PY) scripts/figures.py render
 
-# Every CUDA path in ~5 minutes on one GPU (benchmarks/gpu_check.py says how to run it on a bare
-# GPU machine); writes runs/gpu-check/report.{md,json}, exits non-zero when a check fails.
+# Every CUDA path on one GPU (benchmarks/gpu_check.py says how to run it on a bare GPU machine);
+# writes runs/gpu-check/report.{md,json}, exits non-zero when a check fails.
 gpu-check: $(STAMP)
 	$(PY) benchmarks/gpu_check.py --out runs/gpu-check
 

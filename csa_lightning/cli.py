@@ -31,6 +31,7 @@ from .config_errors import one_line, parse_error_line
 from .errors import first_line
 from .resume import evaluation_data_warning, find_last_checkpoint
 from .run_folder import check_checkpoint_file
+from .run_switches import parse_only, short_run, short_trainer_values, stop_after_parsing
 from .trainer_setup import (
     check_trainer_values,
     default_loggers,
@@ -53,6 +54,11 @@ class CSALightningCLI(LightningCLI):
         # a 30-line traceback (max_epochs -2), others never (accumulate_grad_batches 0 divided by zero)
         config = self.config.get(self.subcommand) if self.subcommand else self.config
         check_trainer_values(config.get("trainer") or {})
+        if self.subcommand:  # a command line to run (the tools' plan checks build with run=False)
+            stop_after_parsing(f"cli.py {self.subcommand}")
+        if short_run() and config.get("trainer") is not None:
+            for key, value in short_trainer_values().items():
+                config.trainer[key] = value
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI unpickles --ckpt_path right after parsing (for its hyperparameters), before any
@@ -61,7 +67,7 @@ class CSALightningCLI(LightningCLI):
         # refuse a checkpoint whose hyperparameters differ from the command's (Lightning silently
         # replaces the command's model arguments with the checkpoint's)
         subcommand = self.config.get("subcommand")
-        if not subcommand:
+        if not subcommand or parse_only():  # parsing only: no checkpoint is read
             return
         ckpt_path = self.config[subcommand].get("ckpt_path")
         if ckpt_path == "auto" and subcommand == "fit":

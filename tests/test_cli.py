@@ -13,7 +13,7 @@ from csa_lightning.data import DigitsMemoryDataModule, FFCVDataModule
 from csa_lightning.tasks import ClassificationModule, DetectionModule
 
 from . import recipe_trace
-from .conftest import CONFIGS, DEMO_CONFIG, TIMEOUT
+from .conftest import CONFIGS, DEMO_CONFIG, MEMORY_DATA, TIMEOUT
 
 PAPER_ROWS = {
     "r50": (50, "none"), "se_r50": (50, "se"), "cbam_r50": (50, "cbam"), "eca_r50": (50, "eca"),
@@ -29,15 +29,6 @@ RUNNABLE_CONFIGS = (
 )
 
 RECORDED_RECIPES = json.loads(recipe_trace.RECORD.read_text())
-
-MEMORY_DATA = [
-    "--data",
-    "csa_lightning.data.DigitsMemoryDataModule",
-    "--data.resolution",
-    "16",
-    "--data.batch_size",
-    "16",
-]
 
 
 def test_one_config_per_buildable_table1_row():

@@ -171,3 +171,34 @@ def test_a_module_subclass_adds_an_l1_penalty_on_the_gates_through_the_cli(on_pa
     for row in rows:
         penalty, task, total = (float(row[f"train/{k}_step"]) for k in ("gate_l1", "loss_classification", "loss"))
         assert 0 < penalty <= 0.5 and total == pytest.approx(task + penalty, rel=1e-5)
+
+
+def test_a_module_holds_a_frozen_teacher_moved_not_optimised_not_saved(on_path, tmp_path, monkeypatch):
+    """The example's DistillationModule: the teacher (a trained run of this project) goes with the
+    module, gets no gradient and no optimiser slot, stays in eval mode while training, is left out
+    of the checkpoint, and the checkpoint resumes strictly."""
+    import torch
+
+    from csa_lightning.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    config = str(EXAMPLE / "configs" / "srm_digits.yaml")
+    main(["fit", "--config", config, *TINY, "--trainer.default_root_dir", str(tmp_path / "teacher")])
+    cli = main(["fit", "--config", config, "--model", "your_project.DistillationModule",
+                "--model.teacher", str(tmp_path / "teacher"), *TINY, "--trainer.log_every_n_steps", "1",
+                "--trainer.default_root_dir", str(tmp_path / "student")])  # fmt: skip
+    module = cli.model
+    assert not module.teacher.training and all(not p.requires_grad for p in module.teacher.parameters())
+    optimised = {id(p) for group in cli.trainer.optimizers[0].param_groups for p in group["params"]}
+    assert not optimised & {id(p) for p in module.teacher.parameters()}
+    last = next((tmp_path / "student").rglob("last.ckpt"))
+    state = torch.load(last, map_location="cpu", weights_only=True)["state_dict"]
+    assert state and not [k for k in state if k.startswith("teacher.")]
+    metrics = next((tmp_path / "student").rglob("metrics.csv")).read_text()
+    assert "train/distill_step" in metrics
+    two_epochs = [*TINY[: TINY.index("--trainer.max_epochs")], *TINY[TINY.index("--trainer.max_epochs") + 2 :],
+                  "--trainer.max_epochs", "2"]  # fmt: skip
+    resumed = main(["fit", "--config", config, "--model", "your_project.DistillationModule",
+                    "--model.teacher", str(tmp_path / "teacher"), *two_epochs,
+                    "--trainer.default_root_dir", str(tmp_path / "student"), "--ckpt_path", str(last)])  # fmt: skip
+    assert resumed.trainer.current_epoch == 2 and not resumed.model.teacher.training

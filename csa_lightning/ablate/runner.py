@@ -16,6 +16,7 @@ from ..attention import PAPER_ATTENTIONS, attention_name
 from ..checks import require_writable_folder
 from ..errors import ToolParser, UsageError, command, list_option, non_empty
 from ..run_folder import AblationFolder, RunFolder, training_environment
+from ..run_switches import parse_only, stop_after_parsing
 from .executors import EXECUTORS, Executor, Run, Status, executor_class
 from .executors.slurm_resources import parse_resources, split_slurm_args
 from .job import fit_command
@@ -67,7 +68,7 @@ def _sweeps(items: Sequence[str]) -> Dict[str, List[str]]:
 def _parse(argv: Optional[Sequence[str]]) -> Tuple[argparse.Namespace, List[str]]:
     from . import __doc__ as package_doc
 
-    parser = ToolParser(prog="python -m csa_lightning.ablate", description=package_doc.split("\n\n")[0])
+    parser = ToolParser(prog=PROG, description=package_doc.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="base config (any cli.py fit config)")
     list_option(parser, "--attentions", item_type=attention_name, default=PAPER_ATTENTIONS, metavar="A,B",
                 help="the blocks to compare, comma-separated (repeatable: the lists add up)")  # fmt: skip
@@ -133,6 +134,9 @@ def _parse(argv: Optional[Sequence[str]]) -> Tuple[argparse.Namespace, List[str]
     return args, extra
 
 
+PROG = "python -m csa_lightning.ablate"
+
+
 @command
 def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     """``python -m csa_lightning.ablate``: plan, check, run (or submit) what is missing, report; returns the records."""
@@ -142,16 +146,21 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
 
     out = Path(args.out)
     variants = plan_variants(attentions, seeds, sweeps)
-    if args.backbone_runs:
-        attach_backbones(variants, Path(args.backbone_runs))
     executor = executor_class(args.executor)(args)
     extra = [*executor.run_args(), *extra]  # nodes and devices on SLURM: part of each run's configuration
-    if args.status or args.cancel:
+    dry_run = parse_only()  # CSA_PARSE_ONLY: the plan check below is this command's dry run
+    if args.backbone_runs and not dry_run:
+        attach_backbones(variants, Path(args.backbone_runs))
+    if (args.status or args.cancel) and not dry_run:
         return _status_or_cancel(args, out, variants, executor)
-    checked = check_variants(args.config, variants, extra)  # every variant builds, before the first one trains
+    # every variant builds, before the first one trains; a dry run builds the first with every extra
+    # argument (the others differ only in the attention, seed and swept keys checked above) and reads
+    # no backbone runs, scheduler or data
+    checked = check_variants(args.config, variants[:1] if dry_run else variants, extra)
     if checked.errors:
         more = f" (and {len(checked.errors) - 1} more variant(s))" if len(checked.errors) > 1 else ""
         raise UsageError(f"{checked.errors[0]}{more}")
+    stop_after_parsing(PROG)
     resolved = checked.resolved
     out.mkdir(parents=True, exist_ok=True)
     executor.check(out)  # e.g. SLURM refusing the resources: before anything is submitted

@@ -148,7 +148,9 @@ def datamodule_batches(config: str, limit: Optional[int] = None) -> Tuple[Iterat
 
     def batches() -> Iterator[ImageBatch]:
         seen = 0
-        for images, labels in dm.val_dataloader():
+        for batch in dm.val_dataloader():
+            # what the trainer would hand the model (a uint8 batch normalised by its data module)
+            images, labels = dm.on_after_batch_transfer(batch, 0)[:2]
             # ffcv reuses its batch buffers: copy out before the next batch is read
             images = images.float().clone().contiguous()
             if limit is not None:

@@ -26,6 +26,29 @@ from ..errors import describe
 from .correctness import CORRECTNESS_CHECKS, BlockUnderTest, Fault, Finding
 from .deployment import DEPLOYMENT_CHECKS
 
+__all__ = [
+    "BlockReport",
+    "BlockUnderTest",
+    "CheckResult",
+    "Fault",
+    "Finding",
+    "attach_cost",
+    "blocks_under_test",
+    "build_report",
+    "builtin_names",
+    "check_block",
+    "check_blocks",
+    "reference_reports",
+    "reference_tables",
+    "to_markdown",
+    "write_report",
+    "PASS",
+    "FAIL",
+    "FINDING",
+    "REFERENCE",
+]
+
+#: the built-in blocks' report rows, which make blockcheck-reference rewrites
 REFERENCE = Path(__file__).with_name("reference.json")
 SECTIONS = {"correctness": CORRECTNESS_CHECKS, "deployment": DEPLOYMENT_CHECKS}
 
@@ -160,8 +183,17 @@ def _cell(result: CheckResult) -> str:
     return {PASS: "pass", FAIL: "**FAIL**", FINDING: "finding"}[result.status]
 
 
-def to_markdown(reports: Sequence[BlockReport], quick: bool) -> str:
+def _check_table(reports: Sequence[BlockReport], mark_sources: bool = True) -> List[str]:
     checks = list(dict.fromkeys(r.check for report in reports for r in report.results))
+    lines = ["| block | " + " | ".join(checks) + " |", "|---|" + "---|" * len(checks)]
+    for report in reports:
+        mark = f" ({report.source})" if mark_sources and report.source.startswith("reference") else ""
+        cells = {r.check: _cell(r) for r in report.results}
+        lines.append(f"| {report.block}{mark} | " + " | ".join(cells.get(c, "-") for c in checks) + " |")
+    return lines
+
+
+def to_markdown(reports: Sequence[BlockReport], quick: bool) -> str:
     lines = [
         "# Block check report",
         "",
@@ -169,13 +201,8 @@ def to_markdown(reports: Sequence[BlockReport], quick: bool) -> str:
         "pass / **FAIL** (a correctness fault) / finding (a limit worth knowing); details below the tables. "
         "Rows marked (reference) are the built-ins' as `make blockcheck-reference` measured them.",
         "",
-        "| block | " + " | ".join(checks) + " |",
-        "|---|" + "---|" * len(checks),
+        *_check_table(reports),
     ]
-    for report in reports:
-        mark = f" ({report.source})" if report.source.startswith("reference") else ""
-        cells = {r.check: _cell(r) for r in report.results}
-        lines.append(f"| {report.block}{mark} | " + " | ".join(cells.get(c, "-") for c in checks) + " |")
     costed = [r for r in reports if r.cost]
     if costed:
         lines += ["", "## Cost", "", _cost_table(costed)]
@@ -184,6 +211,15 @@ def to_markdown(reports: Sequence[BlockReport], quick: bool) -> str:
         lines += ["", f"## {report.block} (`{report.class_path}`{options})", ""]
         lines += [f"- {r.section} / {r.check}: {r.status}: {r.detail} ({r.seconds:.2f} s)" for r in report.results]
     return "\n".join(lines) + "\n"
+
+
+def reference_tables() -> str:
+    """The built-ins' reference (``reference.json``) as the manual shows it: the checks table, then
+    the cost table, without the per-check details."""
+    reports = reference_reports()
+    return (
+        "\n".join([*_check_table(reports, mark_sources=False), "", _cost_table([r for r in reports if r.cost])]) + "\n"
+    )
 
 
 def _cost_table(reports: Sequence[BlockReport]) -> str:

@@ -14,6 +14,7 @@ from typing import List, Optional
 
 from ..checks import require_writable_folder
 from ..errors import ToolParser, UsageError, command, first_line
+from ..run_switches import short_run
 from . import (
     REFERENCE,
     attach_cost,
@@ -59,6 +60,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         ) from None
     if args.write_reference:
         args.blocks, args.builtins, args.quick, args.no_cost = builtin_names(), False, False, False
+    elif short_run() and not args.quick:
+        print("CSA_SHORT_RUN is set: checking in --quick mode", flush=True)
+        args.quick = True
     require_writable_folder("--out", args.out)  # written after minutes of checks: refused now if it cannot be
     if not args.blocks and not args.builtins:
         raise UsageError("name at least one block (e.g. your_pkg.YourGate) or pass --builtins")
