@@ -11,7 +11,10 @@ times, the tests it ran (pytest's summary line) and the best score a training pr
 (``--8<--``), and the region of README.md between the ``figures`` markers (GitHub renders no
 includes). What each target runs comes from the comment above it in the Makefile, its one
 description. ``render`` also writes benchmarks/results/blockcheck_reference.md, the built-in
-blocks' rows of csa_lightning/blockcheck/reference.json (``make blockcheck-reference``) as tables.
+blocks' rows of csa_lightning/blockcheck/reference.json (``make blockcheck-reference``) as tables,
+benchmarks/results/loader_throughput.md from the loader benchmark's JSON (by the benchmark's own
+renderer), and README's model table (``csa_lightning.models.summary`` on meta tensors, computed
+each time: a changed block or backbone shows in the check).
 ``check`` fails when a file is not what ``render`` would write: a figure typed by hand, or a data
 file changed without rendering.
 """
@@ -34,10 +37,15 @@ DATA = ROOT / "benchmarks" / "results" / "make_targets.json"
 TABLE = ROOT / "benchmarks" / "results" / "make_targets.md"
 BLOCKCHECK_TABLE = ROOT / "benchmarks" / "results" / "blockcheck_reference.md"
 README = ROOT / "README.md"
-START = (
-    "<!-- figures: start (scripts/figures.py render writes this region from benchmarks/results/make_targets.json) -->"
-)
-END = "<!-- figures: end -->"
+LOADER_DATA = ROOT / "benchmarks" / "results" / "loader_throughput.json"
+LOADER_TABLE = ROOT / "benchmarks" / "results" / "loader_throughput.md"
+#: README's generated regions (GitHub renders no includes): marker name -> what fills it
+REGIONS = {
+    "figures": "benchmarks/results/make_targets.json",
+    "model table": "csa_lightning.models.summary, ResNet-50 and -101",
+}
+#: the depths of README's model table (the paper's Table 1)
+MODEL_TABLE_DEPTHS = (50, 101)
 #: the targets the table shows, in this order (those measured)
 ORDER = ("demo", "demo-litdata", "demo-strong", "demo-finetune", "demo-detection", "test", "test-fast", "test-system",
          "test-slurm", "test-docs", "lint", "docs", "blockcheck-reference", "figures")  # fmt: skip
@@ -137,11 +145,36 @@ def table() -> str:
     return "\n".join(lines) + "\n"
 
 
-def readme_region(readme: str, body: str) -> str:
-    start, end = readme.find(START), readme.find(END)
+def _markers(name: str) -> tuple:
+    start = f"<!-- {name}: start (scripts/figures.py render writes this region from {REGIONS[name]}) -->"
+    return start, f"<!-- {name}: end -->"
+
+
+def readme_region(readme: str, name: str, body: str) -> str:
+    """README with the region ``name`` (between its markers) holding ``body``."""
+    start_marker, end_marker = _markers(name)
+    start, end = readme.find(start_marker), readme.find(end_marker)
     if start < 0 or end < start:
-        raise SystemExit(f"README.md has no region between {START!r} and {END!r}")
-    return readme[: start + len(START)] + "\n" + body + readme[end:]
+        raise SystemExit(f"README.md has no region between {start_marker!r} and {end_marker!r}")
+    # blank lines around the body: Markdown reads a table glued to an HTML comment as part of it
+    return readme[: start + len(start_marker)] + "\n\n" + body + "\n" + readme[end:]
+
+
+def model_table() -> str:
+    """The parameter and GMAC table of the paper's models (meta tensors: a few seconds)."""
+    from csa_lightning.models.summary import summary_table, to_markdown
+
+    return to_markdown(summary_table(MODEL_TABLE_DEPTHS)) + "\n"
+
+
+def loader_table() -> str:
+    """benchmarks/results/loader_throughput.md from the benchmark's JSON (its own renderer)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("loader_throughput", ROOT / "benchmarks" / "loader_throughput.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench.table(json.loads(LOADER_DATA.read_text()))
 
 
 def rendered() -> dict:
@@ -149,28 +182,34 @@ def rendered() -> dict:
     blockcheck reference as tables (from csa_lightning/blockcheck/reference.json)."""
     from csa_lightning.blockcheck import reference_tables
 
-    return {TABLE: table(), BLOCKCHECK_TABLE: reference_tables()}
+    return {TABLE: table(), BLOCKCHECK_TABLE: reference_tables(), LOADER_TABLE: loader_table()}
+
+
+def readme(files: dict) -> str:
+    """README.md with every generated region filled."""
+    text = README.read_text()
+    text = readme_region(text, "figures", files[TABLE])
+    return readme_region(text, "model table", model_table())
 
 
 def render() -> None:
     files = rendered()
     for path, body in files.items():
         path.write_text(body)
-    README.write_text(readme_region(README.read_text(), files[TABLE]))
+    README.write_text(readme(files))
 
 
 def check() -> int:
     files = rendered()
     stale = [str(path.relative_to(ROOT)) for path, body in files.items()
              if not path.exists() or path.read_text() != body]  # fmt: skip
-    readme = README.read_text()
-    if readme_region(readme, files[TABLE]) != readme:
-        stale.append("README.md's figures region")
+    if readme(files) != README.read_text():
+        stale.append("README.md's generated regions")
     if stale:
         print(f"error: {', '.join(stale)} not rendered from the data files; run python "
               "scripts/figures.py render (never edit the figures by hand)", file=sys.stderr)  # fmt: skip
         return 1
-    print("figures: the tables and README's region are rendered from the data files")
+    print("figures: the tables and README's regions are rendered from their sources")
     return 0
 
 

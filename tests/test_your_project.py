@@ -15,14 +15,15 @@ import pytest
 
 from csa_lightning.ablate import summarise
 
-from .conftest import ROOT, TIMEOUT, refusal
+from .conftest import MEMORY_DATA, ROOT, TIMEOUT, refusal
 
 EXAMPLE = ROOT / "examples" / "your_project"
 # one install, one worker: the tests below share it
 pytestmark = [pytest.mark.xdist_group("your_project"), pytest.mark.system]
-TINY = ["--data", "csa_lightning.data.DigitsMemoryDataModule", "--data.resolution", "16", "--data.batch_size", "32",
-        "--data.limit_train_samples", "32", "--trainer.limit_val_batches", "1", "--trainer.max_epochs", "1",
-        "--trainer.enable_progress_bar", "false"]  # fmt: skip
+#: the in-memory digits, one batch of 32 an epoch (later flags override MEMORY_DATA's)
+ONE_BATCH = [*MEMORY_DATA, "--data.batch_size", "32", "--data.limit_train_samples", "32",
+             "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false"]  # fmt: skip
+TINY = [*ONE_BATCH, "--trainer.max_epochs", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -196,8 +197,7 @@ def test_a_module_holds_a_frozen_teacher_moved_not_optimised_not_saved(on_path, 
     assert state and not [k for k in state if k.startswith("teacher.")]
     metrics = next((tmp_path / "student").rglob("metrics.csv")).read_text()
     assert "train/distill_step" in metrics
-    two_epochs = [*TINY[: TINY.index("--trainer.max_epochs")], *TINY[TINY.index("--trainer.max_epochs") + 2 :],
-                  "--trainer.max_epochs", "2"]  # fmt: skip
+    two_epochs = [*ONE_BATCH, "--trainer.max_epochs", "2"]
     resumed = main(["fit", "--config", config, "--model", "your_project.DistillationModule",
                     "--model.teacher", str(tmp_path / "teacher"), *two_epochs,
                     "--trainer.default_root_dir", str(tmp_path / "student"), "--ckpt_path", str(last)])  # fmt: skip
