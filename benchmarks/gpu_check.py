@@ -17,6 +17,12 @@ Sections (``--only`` picks some; all by default), each a list of named checks:
   bf16 autocast, channels_last; training-step
   and inference times (CUDA events, median after a warm-up round), ratios to plain ResNet-50 of
   the same run, peak memory and its ratio, beside the paper's Table 4.
+- decode: ``data.pipeline: nvjpeg`` (`csa_lightning.data.device_decode`): photo-like JPEGs (500 x
+  375, cut from scikit-learn's two sample photos, quality 90) handed over as the loader's workers
+  hand them, decoded, cropped and resized on the device in batches of 256: pixels against the same
+  crops decoded on the CPU (PSNR, at least 30 dB: the DCT-scaling contract) and images/s (median
+  and range of the timed rounds) beside one CPU core's rate on the uint8 pipeline, the figure
+  docs/data-loading.md compares with FFCV's per core.
 - train: ClassificationModule (CSA-ResNet-18) on the in-memory digits, bf16-mixed, one device,
   300 steps to >= 90 % val top-1; a fit resumed from its last checkpoint; DetectionModule (Faster
   R-CNN, CSA-R18-FPN, digits canvases) ``fast_dev_run``; Lightning's DDP strategy with one
@@ -70,7 +76,7 @@ from csa_lightning.attention import available_attentions, build_attention, resol
 from csa_lightning.attention.csa_options import CONTIGUITY_MODES, DISTANCE_MODES  # noqa: E402
 from csa_lightning.blockcheck.correctness import BlockUnderTest, check_autocast, correlated_map  # noqa: E402
 
-SECTIONS = ("numerics", "speed", "train")
+SECTIONS = ("numerics", "speed", "decode", "train")
 #: the authors' detection backbone: CSA in every block, distances from pooled maps, contiguity "hybrid"
 AUTHORS_VARIANT = (
     "csa authors (every block, pooled)",
@@ -340,6 +346,100 @@ def speed(report: Report, device: torch.device, quick: bool, repeats: int = 5) -
         report.run("speed", f"benchmark batch {setting['batch']}", run)
 
 
+def _photo_jpegs(count: int, seed: int = 0) -> List[bytes]:
+    """``count`` photo-like JPEGs (500 x 375 or a quarter portrait, quality 90) cut from scikit-learn's
+    two sample photos at random offsets and flips: what the loader benchmark's photo set is like."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    photos = [Image.fromarray(p).resize((853, 569)) for p in load_sample_images().images]
+    rng = np.random.default_rng(seed)
+    files = []
+    for i in range(count):
+        photo = photos[i % len(photos)]
+        width, height = (500, 375) if i % 4 else (375, 500)
+        left, top = int(rng.integers(0, photo.width - width)), int(rng.integers(0, photo.height - height))
+        image = photo.crop((left, top, left + width, top + height))
+        if rng.random() < 0.5:
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=90)
+        files.append(buffer.getvalue())
+    return files
+
+
+def decode(report: Report, device: torch.device, quick: bool, repeats: int = 5) -> None:
+    from csa_lightning.data.device_decode import DeferredRandomResizedCrop, decode_batch
+    from csa_lightning.data.uint8_pipeline import RandomResizedCropUint8, psnr
+
+    batch = 8 if quick else 256
+    files = _photo_jpegs(batch)
+
+    def pixels() -> str:
+        torch.manual_seed(0)
+        handed = [DeferredRandomResizedCrop(224)(data) for data in files]
+        on_device = decode_batch(handed, device).cpu()
+        on_cpu = decode_batch(handed, "cpu")
+        worst = min(psnr(a, b) for a, b in zip(on_device, on_cpu))
+        largest = int((on_device.int() - on_cpu.int()).abs().max())
+        report.data["decode_pixels"] = {"min_psnr_db": worst, "max_abs_difference": largest, "images": batch}
+        assert worst >= 30, f"PSNR {worst:.1f} dB against the CPU's decoding, below the 30 dB contract"
+        return f"{batch} crops against the CPU's decoding: PSNR at least {worst:.1f} dB, largest difference {largest}"
+
+    def rate() -> str:
+        import statistics
+
+        torch.manual_seed(0)
+        rounds = 1 if quick else repeats
+        handed = [DeferredRandomResizedCrop(224)(data) for data in files]
+        decode_batch(handed, device)  # warm-up: nvJPEG's handles, the resize kernels
+        device_rates = []
+        for _ in range(rounds):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            decode_batch(handed, device)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            device_rates.append(batch / (time.perf_counter() - start))
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            crop = RandomResizedCropUint8(224, dct_scaling=False)
+            cpu_rates = []
+            for _ in range(rounds):
+                start = time.perf_counter()
+                for data in files:
+                    crop(data)
+                cpu_rates.append(batch / (time.perf_counter() - start))
+        finally:
+            torch.set_num_threads(threads)
+
+        def spread(rates: List[float]) -> str:
+            return f"{statistics.median(rates):,.0f} images/s ({min(rates):,.0f}-{max(rates):,.0f})"
+
+        report.data["decode_rate"] = {"device": device_rates, "cpu_one_core": cpu_rates, "batch": batch}
+        report.tables.append(
+            "\n".join(
+                [
+                    f"### Decoding photo-like JPEGs (500 x 375) to 224 px crops, batch {batch}, median of {rounds}",
+                    "",
+                    "| where | rate (lowest-highest) |",
+                    "|---|---:|",
+                    f"| {device.type}: decode_batch (data.pipeline nvjpeg) | {spread(device_rates)} |",
+                    f"| one CPU core: the uint8 pipeline (data.pipeline uint8, no DCT scaling) | {spread(cpu_rates)} |",
+                ]
+            )
+        )
+        return f"{device.type} {spread(device_rates)}; one CPU core {spread(cpu_rates)}"
+
+    report.run("decode", "nvJPEG crops against the CPU's", pixels)
+    report.run("decode", f"decode rate, batch {batch}", rate)
+
+
 def paper_comparison(rows: List[Dict[str, Any]]) -> str:
     lines = [
         "",
@@ -579,6 +679,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                 numerics(report, device, args.quick)
             elif section == "speed":
                 speed(report, device, args.quick, args.speed_repeats)
+            elif section == "decode":
+                decode(report, device, args.quick)
             else:
                 train(report, device, args.quick, Path(tmp))
     report.write(Path(args.out), env)

@@ -76,7 +76,7 @@ def test_every_block_and_csa_mode_is_checked():
 @pytest.mark.system
 @pytest.mark.slow
 def test_cpu_quick_dry_run_passes_every_section(tmp_path):
-    """All three sections on the CPU with tiny sizes: what the GPU run executes, minus the GPU and
+    """All four sections on the CPU with tiny sizes: what the GPU run executes, minus the GPU and
     the FFCV fit (skipped in a dry run). Runs as its own process, as on the GPU machine (34 s alone
     here, 14 s of it the detection fast_dev_run on 64 px canvases: it was 94 s at 128 px, batch 4)."""
     result = subprocess.run(
@@ -97,7 +97,7 @@ def test_cpu_quick_dry_run_passes_every_section(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     data = json.loads((tmp_path / "report.json").read_text())
     sections = {c["section"] for c in data["checks"]}
-    assert sections == {"numerics", "speed", "train"} and data["ok"]
+    assert sections == {"numerics", "speed", "decode", "train"} and data["ok"]
     ffcv = next(c for c in data["checks"] if c["check"] == "FFCV data module fit")
     assert ffcv["skipped"] and ffcv["detail"].startswith("--quick: the FFCV path is tested"), ffcv
     assert "ResNet-18, batch 2" in (tmp_path / "report.md").read_text()

@@ -149,10 +149,11 @@ def datamodule_batches(config: str, limit: Optional[int] = None) -> Tuple[Iterat
     def batches() -> Iterator[ImageBatch]:
         seen = 0
         for batch in dm.val_dataloader():
-            # what the trainer would hand the model (a uint8 batch normalised by its data module)
-            images, labels = dm.on_after_batch_transfer(batch, 0)[:2]
+            # what the trainer would hand the model (decoded on the GPU with pipeline nvjpeg, a uint8
+            # batch normalised by its data module)
+            images, labels = dm.on_after_batch_transfer(dm.on_before_batch_transfer(batch, 0), 0)[:2]
             # ffcv reuses its batch buffers: copy out before the next batch is read
-            images = images.float().clone().contiguous()
+            images = images.float().cpu().clone().contiguous()
             if limit is not None:
                 images, labels = images[: limit - seen], labels[: limit - seen]
             shown = (images * std + mean).clamp(0, 1).permute(0, 2, 3, 1).numpy()

@@ -2,7 +2,8 @@
 
 - [`FFCVDataModule`][csa_lightning.data.FFCVDataModule]: ``.beton`` files through ffcv (the fast path);
 - [`ImageFolderDataModule`][csa_lightning.data.ImageFolderDataModule]: the same arguments over an ImageFolder tree,
-  decoded to uint8 in loader workers (`csa_lightning.data.uint8_pipeline`) or through PIL and torchvision;
+  decoded to uint8 in loader workers (`csa_lightning.data.uint8_pipeline`), on the GPU with nvJPEG
+  (`csa_lightning.data.device_decode`) or through PIL and torchvision;
 - [`LitDataModule`][csa_lightning.data.LitDataModule]: LitData chunk folders (local, shared or in an object store),
   streamed;
 - [`DigitsDataModule`][csa_lightning.data.DigitsDataModule]: scikit-learn's digits written to betons, through the FFCV

@@ -21,8 +21,9 @@ from .image_io import _path_only, open_rgb
 
 __all__ = ["ImageFolderDataModule", "TorchvisionImageData", "PIPELINES"]
 
-#: ``data.pipeline``'s values: uint8 (`csa_lightning.data.uint8_pipeline`) or PIL and float transforms
-PIPELINES = ("uint8", "pil")
+#: ``data.pipeline``'s values: uint8 (`csa_lightning.data.uint8_pipeline`), PIL and float transforms,
+#: or JPEGs decoded on the GPU (`csa_lightning.data.device_decode`)
+PIPELINES = ("uint8", "pil", "nvjpeg")
 
 
 class PilTransform:
@@ -69,7 +70,9 @@ class TorchvisionImageData(ImageClassificationDataModule):
             decoding, crop and resize on uint8 tensors, uint8 batches normalised on the device
             (`csa_lightning.data.uint8_pipeline`; pixels within two grey levels of "pil"'s). "pil":
             PIL images through torchvision's transforms, normalised to float in the workers
-            (torchvision's reference pipeline, about half the speed).
+            (torchvision's reference pipeline, about half the speed). "nvjpeg": the workers read the
+            files and draw the crops, JPEGs are decoded, cropped and resized on the GPU in the
+            training process (`csa_lightning.data.device_decode`; needs CUDA, refuses otherwise).
         dct_scaling: with "uint8", decode a JPEG at 1/2, 1/4 or 1/8 scale when the crop is at least
             twice the output (changes pixels: at least 30 dB PSNR against full decoding;
             docs/data-loading.md); false: always decode at full size.
@@ -90,6 +93,14 @@ class TorchvisionImageData(ImageClassificationDataModule):
         ``(3, H, W)`` with ``pipeline: uint8``, normalised float with ``pipeline: pil``."""
         if self.pipeline == "pil":
             return PilTransform(self.train_transform() if train else self.val_transform())
+        if self.pipeline == "nvjpeg":
+            from .device_decode import DeferredRandomResizedCrop, DeferredResizeCenterCrop, require_cuda
+
+            require_cuda()
+            if train:
+                return DeferredRandomResizedCrop(self.resolution, scale=self.train_crop_scale, flip=self.flip,
+                                                 auto_augment=self.auto_augment)  # fmt: skip
+            return DeferredResizeCenterCrop(self.val_resolution, self._val_resize())
         from .uint8_pipeline import RandomResizedCropUint8, ResizeCenterCropUint8
 
         if train:
@@ -99,11 +110,16 @@ class TorchvisionImageData(ImageClassificationDataModule):
 
     def collate_fn(self):
         """The loaders' collate function: `csa_lightning.data.uint8_pipeline.collate_uint8` (channels_last
-        uint8 batches) with ``pipeline: uint8``, torch's default otherwise."""
+        uint8 batches) with ``pipeline: uint8``, `csa_lightning.data.device_decode.collate_deferred`
+        with ``pipeline: nvjpeg``, torch's default otherwise."""
         if self.pipeline == "uint8":
             from .uint8_pipeline import collate_uint8
 
             return collate_uint8
+        if self.pipeline == "nvjpeg":
+            from .device_decode import collate_deferred
+
+            return collate_deferred
         return None
 
     def _val_resize(self) -> int:
@@ -130,6 +146,27 @@ class TorchvisionImageData(ImageClassificationDataModule):
                 T.Normalize(self.mean, self.std),
             ]
         )
+
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        """In the training process, with ``pipeline: nvjpeg``: the batch's JPEGs decoded, cropped and
+        resized on the trainer's GPU (`csa_lightning.data.device_decode.decode_batch`), as uint8."""
+        from .device_decode import DeferredImages, decode_batch, require_cuda
+
+        if not (isinstance(batch, (list, tuple)) and isinstance(batch[0], DeferredImages)):
+            return batch
+        trainer = getattr(self, "trainer", None)  # None: called outside a trainer (the analysis tools)
+        device = trainer.strategy.root_device if trainer is not None else torch.device("cuda")
+        require_cuda(device)
+        return [decode_batch(batch[0], device, self._device_augment()), *batch[1:]]
+
+    def _device_augment(self):
+        if self.auto_augment != "trivial":
+            return None
+        if getattr(self, "_trivial_augment", None) is None:
+            from torchvision.transforms import v2
+
+            self._trivial_augment = v2.TrivialAugmentWide(interpolation=v2.InterpolationMode.BILINEAR)
+        return self._trivial_augment
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """On the batch's device: a uint8 batch normalised to float32 (``(x / 255 - mean) / std``, the
