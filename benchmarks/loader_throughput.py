@@ -26,7 +26,9 @@ Every loader decodes, random-resized-crops to 224 x 224 and flips, with the same
 size, in one process, one after the other, and is timed up to the batch it hands to the device:
 FFCV's CPU pipeline normalises to float in its threads; the uint8 pipeline's batches are uint8, the
 device normalises them (a GPU in microseconds). On a machine without a GPU the device is the CPU:
-the row "normalised on this CPU" times that too, in the main process beside the workers. The
+the row "normalised on this CPU" times that too, in the main process beside the workers. Where
+CUDA is available, the rows "nvjpeg (decoded on the GPU)" time ``data.pipeline: nvjpeg``: the
+workers read the files, the main process has the GPU decode, crop and normalise each batch. The
 first epoch of each is a warm-up (numba compiles ffcv's pipeline, workers start) and is not
 counted; the figure is the median images/s over the timed epochs with their range, and per core
 (divided by the workers). Beside them, decode-only rates of the same files on one core, repeated:
@@ -142,13 +144,17 @@ def write_digit_folder(root: Path, size: int = 256) -> Path:
 
 def images_per_second(module, loader, epochs: int, on_device: bool) -> list[float]:
     """Images/s of ``epochs`` passes; ``on_device``: each batch also goes through the data module's
-    ``on_after_batch_transfer`` (the uint8 pipeline's normalisation), here on this CPU."""
+    ``on_before_batch_transfer`` and ``on_after_batch_transfer`` (nvJPEG's decoding on the GPU; the
+    uint8 pipeline's normalisation, here on this CPU)."""
     rates = []
     for _ in range(epochs):
         start, seen = time.perf_counter(), 0
         for batch in loader:
-            images = module.on_after_batch_transfer(batch, 0)[0] if on_device else batch[0]
-            seen += len(images)
+            if on_device:
+                batch = module.on_after_batch_transfer(module.on_before_batch_transfer(batch, 0), 0)
+            seen += len(batch[0])
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
         rates.append(seen / (time.perf_counter() - start))
     return rates
 
@@ -300,9 +306,17 @@ def measure(name: str, tree: Path, data_dir: Path, workers: int, batch: int, epo
                                                                             "val_path": str(shrunk)})  # fmt: skip
     if name == "photos":
         modules["ImageFolder, uint8, normalised on this CPU"] = lambda: ImageFolderDataModule(**{**common, **folder})
+    if torch.cuda.is_available():  # data.pipeline nvjpeg: the workers read, the GPU decodes
+        modules["ImageFolder, nvjpeg (decoded on the GPU)"] = lambda: ImageFolderDataModule(
+            **{**common, **folder, "pipeline": "nvjpeg"}
+        )
+        modules["LitData, nvjpeg (decoded on the GPU)"] = lambda: LitDataModule(
+            **{**common, **stream, "pipeline": "nvjpeg"}
+        )
     rates = {}
     for loader_name, build in modules.items():
-        rates[loader_name] = summary(_timed(build(), 1 + epochs, on_device="on this CPU" in loader_name)[1:])
+        on_device = "on this CPU" in loader_name or "on the GPU" in loader_name
+        rates[loader_name] = summary(_timed(build(), 1 + epochs, on_device=on_device)[1:])
         gc.collect()  # this loader's workers end here, not in the next loader's forked workers
         print(f"  {name}: {loader_name}: {rates[loader_name]['median']:,.0f} images/s", flush=True)
     sizes = [os.path.getsize(p) for p in files]
