@@ -13,8 +13,10 @@ includes). What each target runs comes from the comment above it in the Makefile
 description. ``render`` also writes benchmarks/results/blockcheck_reference.md, the built-in
 blocks' rows of csa_lightning/blockcheck/reference.json (``make blockcheck-reference``) as tables,
 benchmarks/results/loader_throughput.md from the loader benchmark's JSON (by the benchmark's own
-renderer), and README's model table (``csa_lightning.models.summary`` on meta tensors, computed
-each time: a changed block or backbone shows in the check).
+renderer), README's model table (``csa_lightning.models.summary`` on meta tensors, computed
+each time: a changed block or backbone shows in the check) and README's summary of the digits
+ablation (columns of benchmarks/results/ablation_digits.md, the report table docs/ablations.md
+includes).
 ``check`` fails when a file is not what ``render`` would write: a figure typed by hand, or a data
 file changed without rendering.
 """
@@ -43,7 +45,12 @@ LOADER_TABLE = ROOT / "benchmarks" / "results" / "loader_throughput.md"
 REGIONS = {
     "figures": "benchmarks/results/make_targets.json",
     "model table": "csa_lightning.models.summary, ResNet-50 and -101",
+    "ablation summary": "benchmarks/results/ablation_digits.md",
 }
+#: the digits ablation's report table, as the ablation runner wrote it (docs/ablations.md includes it)
+ABLATION_TABLE = ROOT / "benchmarks" / "results" / "ablation_digits.md"
+#: the columns of it README shows
+ABLATION_COLUMNS = ("variant", "val top-1 err %", "vs none (paired)", "Holm CI", "params")
 #: the depths of README's model table (the paper's Table 1)
 MODEL_TABLE_DEPTHS = (50, 101)
 #: the targets the table shows, in this order (those measured)
@@ -167,6 +174,20 @@ def model_table() -> str:
     return to_markdown(summary_table(MODEL_TABLE_DEPTHS)) + "\n"
 
 
+def _cells(line: str) -> list:
+    return [cell.strip() for cell in line.strip().strip("|").split("|")]
+
+
+def ablation_summary() -> str:
+    """README's columns of the digits ablation's report table."""
+    header, rule, *rows = [line for line in ABLATION_TABLE.read_text().splitlines() if line.startswith("|")]
+    names, aligns = _cells(header), _cells(rule)
+    keep = [names.index(column) for column in ABLATION_COLUMNS]
+    lines = ["| " + " | ".join(names[i] for i in keep) + " |", "|" + "|".join(aligns[i] for i in keep) + "|"]
+    lines += ["| " + " | ".join(_cells(row)[i] for i in keep) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
 def loader_table() -> str:
     """benchmarks/results/loader_throughput.md from the benchmark's JSON (its own renderer)."""
     import importlib.util
@@ -189,6 +210,7 @@ def readme(files: dict) -> str:
     """README.md with every generated region filled."""
     text = README.read_text()
     text = readme_region(text, "figures", files[TABLE])
+    text = readme_region(text, "ablation summary", ablation_summary())
     return readme_region(text, "model table", model_table())
 
 
