@@ -159,3 +159,17 @@ def test_a_trainer_off_the_gpu_is_refused(monkeypatch):
     with pytest.raises(UsageError, match="trainer runs on cpu.*trainer.accelerator gpu"):
         require_cuda(torch.device("cpu"))
     require_cuda(torch.device("cuda", 0))
+
+
+def test_litdata_items_are_handed_over_the_same_way():
+    """LitData's stream items (the file's bytes, label, index) through the same transform and collate."""
+    from csa_lightning.data.litdata_stream import _Decode
+
+    decode = _Decode(DeferredRandomResizedCrop(48))
+    files = _files()
+    items = [decode({"image": files[kind], "label": i, "index": 7 + i, "path": kind}) for i, kind in enumerate(files)]
+    images, labels, indices = collate_deferred(items)
+    assert [isinstance(image, EncodedJpeg) for image in images] == [kind in ON_DEVICE for kind in files]
+    assert images[0].name == "stream item 7 (4:2:0)"
+    assert decode_batch(images, "cpu").shape == (len(files), 3, 48, 48)
+    assert torch.equal(indices, torch.arange(7, 7 + len(files)))
