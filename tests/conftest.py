@@ -11,8 +11,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 DEMO_CONFIG = CONFIGS / "demo" / "digits_csa.yaml"
 #: the demo config's data replaced by the digits in memory at 16 px (no ffcv Loader to compile)
-MEMORY_DATA = ["--data", "csa_lightning.data.DigitsMemoryDataModule", "--data.resolution", "16",
-               "--data.batch_size", "16"]  # fmt: skip
+MEMORY_MODULE = ["--data", "csa_lightning.data.DigitsMemoryDataModule", "--data.resolution", "16"]
+MEMORY_DATA = [*MEMORY_MODULE, "--data.batch_size", "16"]
 #: seconds a test waits for a process it started: only reached when something hangs, so sized for a
 #: loaded machine several times slower than a 2-core development box (the slowest child here: ~40 s)
 TIMEOUT = 900

@@ -15,13 +15,13 @@ import pytest
 
 from csa_lightning.ablate import summarise
 
-from .conftest import MEMORY_DATA, ROOT, TIMEOUT, refusal
+from .conftest import MEMORY_MODULE, ROOT, TIMEOUT, refusal
 
 EXAMPLE = ROOT / "examples" / "your_project"
 # one install, one worker: the tests below share it
 pytestmark = [pytest.mark.xdist_group("your_project"), pytest.mark.system]
-#: the in-memory digits, one batch of 32 an epoch (later flags override MEMORY_DATA's)
-ONE_BATCH = [*MEMORY_DATA, "--data.batch_size", "32", "--data.limit_train_samples", "32",
+#: the in-memory digits, one batch of 32 an epoch (a key given twice is refused, so not MEMORY_DATA's batch size)
+ONE_BATCH = [*MEMORY_MODULE, "--data.batch_size", "32", "--data.limit_train_samples", "32",
              "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false"]  # fmt: skip
 TINY = [*ONE_BATCH, "--trainer.max_epochs", "1"]
 
