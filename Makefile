@@ -30,6 +30,7 @@ $(STAMP): pyproject.toml constraints.txt
 test: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadgroup -m "not system and not slurm"
 
+# The end-to-end tests make test leaves out (marker `system`), on the same two workers.
 test-system: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadgroup -m system
 
