@@ -346,37 +346,25 @@ def speed(report: Report, device: torch.device, quick: bool, repeats: int = 5) -
         report.run("speed", f"benchmark batch {setting['batch']}", run)
 
 
-def _photo_jpegs(count: int, seed: int = 0) -> List[bytes]:
+def _photo_jpegs(count: int, folder: Path) -> List[bytes]:
     """``count`` photo-like JPEGs (500 x 375 or a quarter portrait, quality 90) cut from scikit-learn's
-    two sample photos at random offsets and flips: what the loader benchmark's photo set is like."""
-    import io
-
-    import numpy as np
-    from PIL import Image
+    two sample photos by the loader benchmark's writer (scikit-image's photos are not on the lent
+    GPU machines)."""
     from sklearn.datasets import load_sample_images
 
-    photos = [Image.fromarray(p).resize((853, 569)) for p in load_sample_images().images]
-    rng = np.random.default_rng(seed)
-    files = []
-    for i in range(count):
-        photo = photos[i % len(photos)]
-        width, height = (500, 375) if i % 4 else (375, 500)
-        left, top = int(rng.integers(0, photo.width - width)), int(rng.integers(0, photo.height - height))
-        image = photo.crop((left, top, left + width, top + height))
-        if rng.random() < 0.5:
-            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        buffer = io.BytesIO()
-        image.save(buffer, format="JPEG", quality=90)
-        files.append(buffer.getvalue())
-    return files
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from loader_throughput import _write_cuts
+
+    tree = _write_cuts(folder, count, 0, list(load_sample_images().images), (500, 375), zoom=(1.0, 1.6))
+    return [path.read_bytes() for path in sorted(tree.glob("*/*.jpg"))]
 
 
-def decode(report: Report, device: torch.device, quick: bool, repeats: int = 5) -> None:
+def decode(report: Report, device: torch.device, quick: bool, workdir: Path, repeats: int = 5) -> None:
     from csa_lightning.data.device_decode import DeferredRandomResizedCrop, decode_batch
     from csa_lightning.data.uint8_pipeline import RandomResizedCropUint8, psnr
 
     batch = 8 if quick else 256
-    files = _photo_jpegs(batch)
+    files = _photo_jpegs(batch, workdir / "photos")
 
     def pixels() -> str:
         torch.manual_seed(0)
@@ -680,7 +668,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             elif section == "speed":
                 speed(report, device, args.quick, args.speed_repeats)
             elif section == "decode":
-                decode(report, device, args.quick)
+                decode(report, device, args.quick, Path(tmp))
             else:
                 train(report, device, args.quick, Path(tmp))
     report.write(Path(args.out), env)

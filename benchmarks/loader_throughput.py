@@ -72,46 +72,35 @@ def write_photo_folder(root: Path, count: int, seed: int = 0) -> Path:
     """``count`` JPEGs of 500 x 375 (a quarter 375 x 500): a random scale (the short side 1 to 1.6
     times the crop's) and crop of one of the photos, flipped half the time, quality 90; one class
     folder per source photo."""
-    from PIL import Image
-
-    done = root / ".complete"
-    if done.exists() and len(list(root.glob("*/*.jpg"))) == count:
-        return root
-    rng = np.random.default_rng(seed)
-    photos = [Image.fromarray(p) for p in _photos()]
-    for i in range(count):
-        source = int(rng.integers(len(photos)))
-        photo = photos[source]
-        width, height = (375, 500) if rng.random() < 0.25 else (500, 375)
-        scale = max(width / photo.width, height / photo.height) * float(rng.uniform(1.0, 1.6))
-        resized = photo.resize((max(width, round(photo.width * scale)), max(height, round(photo.height * scale))),
-                               Image.BILINEAR)  # fmt: skip
-        left = int(rng.integers(resized.width - width + 1))
-        top = int(rng.integers(resized.height - height + 1))
-        crop = resized.crop((left, top, left + width, top + height))
-        if rng.random() < 0.5:
-            crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
-        folder = root / f"{source:02d}"
-        folder.mkdir(parents=True, exist_ok=True)
-        crop.save(folder / f"{i:05d}.jpg", quality=90)
-    done.write_text("ok\n")
-    return root
+    return _write_cuts(root, count, seed, _photos(), (500, 375), zoom=(1.0, 1.6))
 
 
 def write_hires_folder(root: Path, count: int, seed: int = 0) -> Path:
     """``count`` JPEGs of 800 x 600 (a quarter 600 x 800) cut at native scale from the sample photos
     larger than that, flipped half the time, quality 90; one class folder per source photo."""
+    return _write_cuts(root, count, seed, [p for p in _photos() if min(p.shape[:2]) >= 800], (800, 600))
+
+
+def _write_cuts(root: Path, count: int, seed: int, sources: list, size: tuple, zoom: tuple | None = None) -> Path:
+    """``count`` crops of ``size`` (width, height; a quarter turned to portrait) from random
+    ``sources``, each first scaled by a random factor in ``zoom`` over the least that fits the crop
+    (None: at native scale), flipped half the time, saved as quality-90 JPEGs in one class folder
+    per source; kept when a complete folder of ``count`` files is there."""
     from PIL import Image
 
     done = root / ".complete"
     if done.exists() and len(list(root.glob("*/*.jpg"))) == count:
         return root
     rng = np.random.default_rng(seed)
-    photos = [Image.fromarray(p) for p in _photos() if min(p.shape[:2]) >= 800]
+    photos = [Image.fromarray(p) for p in sources]
     for i in range(count):
         source = int(rng.integers(len(photos)))
         photo = photos[source]
-        width, height = (600, 800) if rng.random() < 0.25 else (800, 600)
+        width, height = size[::-1] if rng.random() < 0.25 else size
+        if zoom is not None:
+            scale = max(width / photo.width, height / photo.height) * float(rng.uniform(*zoom))
+            photo = photo.resize((max(width, round(photo.width * scale)), max(height, round(photo.height * scale))),
+                                 Image.BILINEAR)  # fmt: skip
         left = int(rng.integers(photo.width - width + 1))
         top = int(rng.integers(photo.height - height + 1))
         crop = photo.crop((left, top, left + width, top + height))

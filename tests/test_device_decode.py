@@ -4,9 +4,6 @@ decoder stands in for nvJPEG: the same code after the decode); files nvJPEG is n
 decoded from the workers; a corrupt JPEG is named; without CUDA the option refuses in one line.
 The GPU's own pixels and rate: benchmarks/gpu_check.py."""
 
-import io
-
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -24,39 +21,16 @@ from csa_lightning.data.device_decode import (
 from csa_lightning.data.uint8_pipeline import RandomResizedCropUint8, ResizeCenterCropUint8
 from csa_lightning.errors import UsageError
 
+from .sample_images import JPEG_KINDS, encoded, photo, photo_tree
 
-def _photo(index: int = 0) -> np.ndarray:
-    from sklearn.datasets import load_sample_images
-
-    return load_sample_images().images[index]
-
-
-def _jpeg(image: Image.Image, **options) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", **options)
-    return buffer.getvalue()
-
-
-def _png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-FILES = {
-    "4:2:0": lambda im: _jpeg(im, quality=90),
-    "4:4:4": lambda im: _jpeg(im, quality=90, subsampling=0),
-    "progressive": lambda im: _jpeg(im, quality=85, progressive=True),
-    "greyscale": lambda im: _jpeg(im.convert("L"), quality=90),
-    "CMYK": lambda im: _jpeg(im.convert("CMYK"), quality=90),
-    "PNG": _png,
-}
+#: every JPEG kind and a PNG
+FILES = {**JPEG_KINDS, "PNG": lambda im: encoded(im, format="PNG")}
 #: what nvJPEG is given; the rest is decoded in the workers
-ON_DEVICE = {"4:2:0", "4:4:4", "progressive"}
+ON_DEVICE = {"4:2:0", "4:4:4", "progressive", "EXIF-rotated"}
 
 
 def _files():
-    return {kind: make(Image.fromarray(_photo(i % 2)[40 * i : 40 * i + 300, 20 * i : 20 * i + 400]))
+    return {kind: make(Image.fromarray(photo(i % 2)[40 * i : 40 * i + 300, 20 * i : 20 * i + 400]))
             for i, (kind, make) in enumerate(FILES.items())}  # fmt: skip
 
 
@@ -112,15 +86,6 @@ def test_collate_keeps_the_hand_over_for_the_training_process():
     assert torch.equal(labels, torch.tensor([0, 1, 2])) and torch.equal(indices, torch.tensor([10, 11, 12]))
 
 
-def _tree(root):
-    for label in range(2):
-        folder = root / str(label)
-        folder.mkdir(parents=True)
-        for i in range(4):
-            Image.fromarray(_photo(label)[i * 20 : i * 20 + 200, :260]).save(folder / f"{i}.jpg", quality=90)
-    return root
-
-
 def test_the_data_module_decodes_in_the_training_process(tmp_path, monkeypatch):
     """The whole path through ImageFolder's loader with a worker process, CUDA's check lifted and
     the CPU as the device: the batch the model sees is the uint8 pipeline's, normalised."""
@@ -128,7 +93,7 @@ def test_the_data_module_decodes_in_the_training_process(tmp_path, monkeypatch):
 
     from csa_lightning.data import ImageFolderDataModule
 
-    root = _tree(tmp_path / "images")
+    root = photo_tree(tmp_path / "images")
     monkeypatch.setattr(device_decode, "require_cuda", lambda device=None: None)
     seen = {}
     for pipeline in ("nvjpeg", "uint8"):
@@ -148,7 +113,7 @@ def test_the_data_module_decodes_in_the_training_process(tmp_path, monkeypatch):
 def test_without_cuda_the_option_refuses_in_one_line(tmp_path):
     from csa_lightning.data import ImageFolderDataModule
 
-    dm = ImageFolderDataModule(train_path=str(_tree(tmp_path / "images")), pipeline="nvjpeg")
+    dm = ImageFolderDataModule(train_path=str(photo_tree(tmp_path / "images")), pipeline="nvjpeg")
     with pytest.raises(UsageError, match="data.pipeline 'nvjpeg' decodes on a CUDA GPU") as err:
         dm.setup("fit")
     assert "'uint8'" in str(err.value) and "\n" not in str(err.value)

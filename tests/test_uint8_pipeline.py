@@ -2,8 +2,6 @@
 decodes, the same random crops as torchvision's PIL pipeline (within one grey level), DCT scaling
 within its stated contract, errors naming the file, and batches normalised on the device."""
 
-import io
-
 import numpy as np
 import pytest
 import torch
@@ -19,42 +17,16 @@ from csa_lightning.data.uint8_pipeline import (
     psnr,
 )
 
-
-def _photo(index: int = 0) -> np.ndarray:
-    from sklearn.datasets import load_sample_images
-
-    return load_sample_images().images[index]  # 427 x 640 RGB photos, what scikit-learn ships
-
-
-def _jpeg(image: Image.Image, **options) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", **options)
-    return buffer.getvalue()
+from .sample_images import JPEG_KINDS, encoded, photo, photo_tree
 
 
 def _hwc(tensor: torch.Tensor) -> np.ndarray:
     return tensor.permute(1, 2, 0).numpy()
 
 
-def _exif_rotated(image: Image.Image) -> bytes:
-    exif = Image.Exif()
-    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
-    return _jpeg(image, exif=exif.tobytes())
-
-
-JPEG_KINDS = {
-    "4:2:0": lambda im: _jpeg(im, quality=90),
-    "4:4:4": lambda im: _jpeg(im, quality=90, subsampling=0),
-    "progressive": lambda im: _jpeg(im, quality=85, progressive=True),
-    "greyscale": lambda im: _jpeg(im.convert("L"), quality=90),
-    "CMYK": lambda im: _jpeg(im.convert("CMYK"), quality=90),
-    "EXIF-rotated": _exif_rotated,
-}
-
-
 @pytest.mark.parametrize("kind", list(JPEG_KINDS))
 def test_jpegs_decode_to_the_pixels_pil_gives(kind):
-    data = JPEG_KINDS[kind](Image.fromarray(_photo()[:120, :160]))
+    data = JPEG_KINDS[kind](Image.fromarray(photo()[:120, :160]))
     assert np.array_equal(_hwc(decode_uint8(data)), np.asarray(open_rgb(data)))
     # YCbCr and greyscale JPEGs take the fast decoder; CMYK keeps PIL's conversion
     assert (jpeg_size(data) is None) == (kind == "CMYK")
@@ -62,7 +34,7 @@ def test_jpegs_decode_to_the_pixels_pil_gives(kind):
 
 @pytest.mark.parametrize("mode", ["1", "L", "P", "RGBA", "LA", "I;16"])
 def test_other_files_keep_open_rgbs_pixels(tmp_path, mode):
-    base = Image.fromarray(_photo()[:40, :50])
+    base = Image.fromarray(photo()[:40, :50])
     image = base.convert(mode) if mode != "I;16" else Image.fromarray(np.asarray(base)[..., 0].astype("<u2") * 257)
     path = tmp_path / "image.png"
     image.save(path)
@@ -72,7 +44,7 @@ def test_other_files_keep_open_rgbs_pixels(tmp_path, mode):
 def test_training_crops_match_torchvisions_pil_pipeline_within_one_grey_level():
     from torchvision import transforms as T
 
-    data = _jpeg(Image.fromarray(_photo(1)), quality=90)
+    data = encoded(Image.fromarray(photo(1)), quality=90)
     old = T.Compose([T.RandomResizedCrop(96), T.RandomHorizontalFlip()])
     new = RandomResizedCropUint8(96, dct_scaling=False)
     for seed in range(8):
@@ -87,7 +59,7 @@ def test_training_crops_match_torchvisions_pil_pipeline_within_one_grey_level():
 def test_validation_crops_match_torchvisions_pil_pipeline_within_one_grey_level():
     from torchvision import transforms as T
 
-    data = _jpeg(Image.fromarray(_photo(0)), quality=90)
+    data = encoded(Image.fromarray(photo(0)), quality=90)
     expected = torch.from_numpy(np.array(T.Compose([T.Resize(110), T.CenterCrop(96)])(open_rgb(data))))
     crop = ResizeCenterCropUint8(96, 110, dct_scaling=False)(data)
     assert (crop.int() - expected.permute(2, 0, 1).int()).abs().max() <= 1
@@ -106,7 +78,7 @@ def test_dct_scaling_keeps_its_psnr_contract_against_full_decoding(index):
     of the same crop (the photos at their native 427 x 640, outputs small enough for DCT scaling)."""
     from csa_lightning.data.uint8_pipeline import _resize
 
-    data = _jpeg(Image.fromarray(_photo(index)), quality=90)
+    data = encoded(Image.fromarray(photo(index)), quality=90)
     full = decode_uint8(data)
     scaled, worst = 0, np.inf
     for out in (64, 100):
@@ -142,7 +114,7 @@ def test_dct_scaling_moves_a_crop_by_less_than_half_its_reduction():
 
 def test_a_truncated_jpeg_is_refused_naming_the_file(tmp_path):
     path = tmp_path / "cut.jpg"
-    path.write_bytes(_jpeg(Image.fromarray(_photo()), quality=90)[:5000])
+    path.write_bytes(encoded(Image.fromarray(photo()), quality=90)[:5000])
     with pytest.raises(OSError, match="cut.jpg"):
         RandomResizedCropUint8(64)(str(path))
     with pytest.raises(OSError, match="gone.jpg"):
@@ -151,25 +123,16 @@ def test_a_truncated_jpeg_is_refused_naming_the_file(tmp_path):
 
 def test_a_jpeg_above_the_pixel_limit_is_refused_naming_the_variable(tmp_path, monkeypatch):
     path = tmp_path / "big.jpg"
-    path.write_bytes(_jpeg(Image.fromarray(_photo()[:64, :64]), quality=90))
+    path.write_bytes(encoded(Image.fromarray(photo()[:64, :64]), quality=90))
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     with pytest.raises(OSError, match="CSA_MAX_IMAGE_PIXELS=none"):
         ResizeCenterCropUint8(32, 36)(str(path))
 
 
-def _tree(root, count: int = 6):
-    for label in range(2):
-        folder = root / str(label)
-        folder.mkdir(parents=True)
-        for i in range(count):
-            Image.fromarray(_photo(label)[i * 20 : i * 20 + 200, :260]).save(folder / f"{i}.jpg", quality=90)
-    return root
-
-
 def test_uint8_batches_are_normalised_on_the_device_as_the_pil_pipeline_normalises(tmp_path):
     from csa_lightning.data import ImageFolderDataModule
 
-    root = _tree(tmp_path / "images")
+    root = photo_tree(tmp_path / "images")
     batches = {}
     for pipeline in ("uint8", "pil"):
         dm = ImageFolderDataModule(train_path=str(root), val_path=str(root), batch_size=4, num_workers=0,

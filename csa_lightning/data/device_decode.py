@@ -30,7 +30,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 
 from ..errors import UsageError, first_line
-from .uint8_pipeline import RandomResizedCropUint8, ResizeCenterCropUint8, Source, _bytes, _resize
+from .uint8_pipeline import RandomResizedCropUint8, ResizeCenterCropUint8, Source, _bytes, _resize, jpeg_header
 
 __all__ = ["EncodedJpeg", "DeferredRandomResizedCrop", "DeferredResizeCenterCrop", "collate_deferred",
            "decode_batch", "require_cuda"]  # fmt: skip
@@ -60,15 +60,11 @@ class EncodedJpeg:
     resize: Optional[int] = None
 
 
-def _device_jpeg(data: bytes) -> bool:
-    """True for a JPEG nvJPEG is given: a YCbCr JPEG whose header the uint8 pipeline takes."""
-    from .uint8_pipeline import jpeg_size
-
-    if jpeg_size(data) is None:
-        return False
-    import simplejpeg
-
-    return simplejpeg.decode_jpeg_header(data)[2] == DEVICE_COLORSPACE
+def _device_size(data: bytes) -> Optional[Tuple[int, int]]:
+    """``(height, width)`` of a JPEG nvJPEG is given (a YCbCr JPEG the uint8 pipeline's header check
+    takes), else None."""
+    header = jpeg_header(data)
+    return header[:2] if header is not None and header[2] == DEVICE_COLORSPACE else None
 
 
 def _as_tensor(data: bytes) -> torch.Tensor:
@@ -92,13 +88,10 @@ class DeferredRandomResizedCrop:
         self.on_cpu = RandomResizedCropUint8(size, scale, ratio, flip, auto_augment, dct_scaling=False)
 
     def __call__(self, source: Source, name: Optional[str] = None) -> Union[EncodedJpeg, torch.Tensor]:
-        from .uint8_pipeline import jpeg_size
-
         data, name = _bytes(source, name)
-        if not _device_jpeg(data):
+        size = _device_size(data)
+        if size is None:
             return self.on_cpu(data, name)
-        size = jpeg_size(data)
-        assert size is not None  # _device_jpeg took it
         top, left, height, width, _ = self.on_cpu.draw(size, scalable=False)
         flip = bool(self.on_cpu.flip and torch.rand(1) < 0.5)
         return EncodedJpeg(_as_tensor(data), name, self.on_cpu.size, box=(top, left, height, width), flip=flip)
@@ -114,7 +107,7 @@ class DeferredResizeCenterCrop:
 
     def __call__(self, source: Source, name: Optional[str] = None) -> Union[EncodedJpeg, torch.Tensor]:
         data, name = _bytes(source, name)
-        if not _device_jpeg(data):
+        if _device_size(data) is None:
             return self.on_cpu(data, name)
         return EncodedJpeg(_as_tensor(data), name, self.on_cpu.size, resize=self.on_cpu.resize)
 

@@ -37,6 +37,7 @@ from .image_io import open_rgb
 
 __all__ = [
     "decode_uint8",
+    "jpeg_header",
     "jpeg_size",
     "RandomResizedCropUint8",
     "ResizeCenterCropUint8",
@@ -62,9 +63,9 @@ def _bytes(source: Source, name: Optional[str]) -> Tuple[bytes, str]:
         raise OSError(f"cannot read image {name or source} ({err.strerror or err})") from None
 
 
-def jpeg_size(data: bytes) -> Optional[Tuple[int, int]]:
-    """``(height, width)`` from a JPEG's header when the fast decoder takes the file (a YCbCr or
-    greyscale JPEG within PIL's pixel limit), else None (the file goes through ``open_rgb``)."""
+def jpeg_header(data: bytes) -> Optional[Tuple[int, int, str]]:
+    """``(height, width, colour space)`` from a JPEG's header when the fast decoder takes the file (a
+    YCbCr or greyscale JPEG within PIL's pixel limit), else None (the file goes through ``open_rgb``)."""
     if data[:3] != b"\xff\xd8\xff":
         return None
     import simplejpeg
@@ -79,7 +80,13 @@ def jpeg_size(data: bytes) -> Optional[Tuple[int, int]]:
     limit = Image.MAX_IMAGE_PIXELS
     if limit is not None and height * width > limit:  # open_rgb warns or refuses, naming the variable
         return None
-    return height, width
+    return height, width, colorspace
+
+
+def jpeg_size(data: bytes) -> Optional[Tuple[int, int]]:
+    """``(height, width)`` of a JPEG the fast decoder takes (`jpeg_header`), else None."""
+    header = jpeg_header(data)
+    return None if header is None else header[:2]
 
 
 def dct_factor(crop: Tuple[int, int], output: Tuple[int, int]) -> int:
