@@ -90,7 +90,9 @@ class TorchvisionImageData(ImageClassificationDataModule):
 
     def image_transform(self, train: bool):
         """A file (path or bytes, and a name for errors) -> the image tensor a batch holds: uint8
-        ``(3, H, W)`` with ``pipeline: uint8``, normalised float with ``pipeline: pil``."""
+        ``(3, H, W)`` with ``pipeline: uint8``, normalised float with ``pipeline: pil``, the file's bytes
+        and its crop (`csa_lightning.data.device_decode.EncodedJpeg`) or a uint8 crop with
+        ``pipeline: nvjpeg``."""
         if self.pipeline == "pil":
             return PilTransform(self.train_transform() if train else self.val_transform())
         if self.pipeline == "nvjpeg":
